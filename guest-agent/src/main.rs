@@ -1,0 +1,3 @@
+//! `amphi-agent`: PID 1 in the guest.
+
+fn main() {}

@@ -1,0 +1,3 @@
+//! containerd-shim-amphi-v2.
+
+fn main() {}

@@ -1,0 +1,2 @@
+//! The host <-> guest agent protocol: the one definition both the VMM side
+//! and `amphi-agent` use.

@@ -1,0 +1,1 @@
+//! runc-compatible logging: `--log FILE` and `--log-format text|json`.

@@ -1,0 +1,3 @@
+//! The `amphi` binary: parse, dispatch, print the error chain once, exit.
+
+fn main() {}

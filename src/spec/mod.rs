@@ -1,0 +1,1 @@
+//! Loading and validating a bundle's config.json, and amphi's annotations.
