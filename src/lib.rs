@@ -9,6 +9,7 @@
 pub mod agent;
 pub mod container;
 pub mod linux;
+pub mod exit;
 pub mod logging;
 pub mod spec;
 pub mod vm;

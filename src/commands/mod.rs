@@ -1,0 +1,16 @@
+//! One thin file per command: turn parsed arguments into one library call.
+
+mod vm;
+
+use std::process::ExitCode;
+
+use crate::cli::{Cli, Command};
+
+/// Runs the parsed command and maps its outcome to an exit code.
+pub fn dispatch(cli: Cli) -> ExitCode {
+    let global = cli.global;
+    match cli.command {
+        Command::Vm(cmd) => vm::run(&global, cmd),
+        _ => ExitCode::from(amphi::exit::GENERAL),
+    }
+}
