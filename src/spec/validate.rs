@@ -173,10 +173,12 @@ pub(super) fn validate(config: &Path, spec: &Spec) -> Result<(), SpecError> {
             ));
         }
     }
-    if spec.hostname().as_deref().is_some_and(|h| !h.is_empty()) && !new_ns(LinuxNamespaceType::Uts) {
+    // As runc: a uts namespace of the container's (new or joined) is
+    // required, or the host's hostname would change.
+    if spec.hostname().as_deref().is_some_and(|h| !h.is_empty()) && !has_ns(LinuxNamespaceType::Uts) {
         return Err(field(
             "hostname",
-            "setting the hostname needs a new uts namespace: add {\"type\":\"uts\"}".into(),
+            "setting the hostname needs a uts namespace: add {\"type\":\"uts\"} to linux.namespaces".into(),
         ));
     }
     Ok(())
