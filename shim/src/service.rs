@@ -1,0 +1,783 @@
+//! The Task service containerd calls, for one container per shim.
+//!
+//! Each call maps onto one amphi command (see [`crate::runtime`]) plus the
+//! shim's own bookkeeping: the init's phase and exit status
+//! ([`crate::process`]), its stdio ([`crate::stdio`]), its rootfs mounts
+//! ([`crate::rootfs`]) and the events containerd expects. Extra processes
+//! (Exec), pause, resume, checkpoint and update are not in amphi yet; those
+//! calls answer Unimplemented and say so.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use containerd_shim::api::{
+    CloseIORequest, ConnectRequest, ConnectResponse, CreateTaskRequest, CreateTaskResponse, DeleteRequest,
+    DeleteResponse, Empty, ExecProcessRequest, KillRequest, PidsRequest, PidsResponse, ResizePtyRequest,
+    ShutdownRequest, StartRequest, StartResponse, StateRequest, StateResponse, StatsRequest, StatsResponse,
+    Status, WaitRequest, WaitResponse,
+};
+use containerd_shim::protos::events::task::{TaskCreate, TaskDelete, TaskExit, TaskIO, TaskStart};
+use containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp;
+use containerd_shim::protos::shim::shim::{CheckpointTaskRequest, PauseRequest, ResumeRequest, UpdateTaskRequest};
+use containerd_shim::protos::types::task::ProcessInfo;
+use containerd_shim::{ExitSignal, Task, TtrpcContext, TtrpcResult};
+
+use crate::runtime::{Amphi, CreateFlags, CreateStdio};
+use crate::error::ShimError;
+use crate::events::{send, Publish};
+use crate::options::{find_amphi, ShimOptions};
+use crate::process::{Exit, ExitBook, InitProcess, Phase};
+use crate::reaper::Runner;
+use crate::rootfs;
+use crate::stats::Cgroups;
+use crate::stdio::{ConsoleSocket, Io, StdioPaths};
+
+/// How long Delete lets the output copies drain.
+const IO_DRAIN: Duration = Duration::from_secs(2);
+/// How long Delete waits to reap a created container it force-deleted.
+const REAP_WAIT: Duration = Duration::from_secs(10);
+
+const EXEC_UNSUPPORTED: &str = "exec is not implemented in amphi yet: a container runs its init process only, \
+     so extra processes (ctr task exec, kubectl exec) cannot be started";
+
+/// What the service needs to know about its environment.
+pub struct Config {
+    pub namespace: String,
+    /// The directory of the shim's own binary (amphi is looked up there).
+    pub shim_dir: Option<PathBuf>,
+    /// PATH, for finding amphi when it is not beside the shim.
+    pub path_var: Option<OsString>,
+    pub runner: Arc<dyn Runner>,
+}
+
+/// The container this shim serves.
+struct Container {
+    id: String,
+    bundle: PathBuf,
+    /// `<bundle>/rootfs` when the shim mounted it.
+    rootfs: Option<PathBuf>,
+    stdio: StdioPaths,
+    amphi: Amphi,
+    init: Arc<InitProcess>,
+    io: Mutex<Option<Io>>,
+    cgroups: Option<Cgroups>,
+}
+
+/// State shared with the exit watcher thread.
+struct Shared {
+    events: Arc<dyn Publish>,
+    book: ExitBook,
+    container: Mutex<Option<Arc<Container>>>,
+    /// Held while a state change and its event go out together, so that
+    /// containerd never sees a TaskExit before the TaskStart of the same
+    /// process.
+    order: Mutex<()>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn timestamp(t: SystemTime) -> Timestamp {
+    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    Timestamp { seconds: d.as_secs() as i64, nanos: d.subsec_nanos() as i32, ..Default::default() }
+}
+
+impl Shared {
+    fn current(&self) -> Option<Arc<Container>> {
+        lock(&self.container).clone()
+    }
+
+    /// A reaped child: if it is the init, record and report its exit.
+    fn on_exit(&self, pid: i32, status: i32, at: SystemTime) {
+        let Some((_, exit)) = self.book.record(pid, status, at) else { return };
+        let Some(c) = self.current().filter(|c| c.init.pid() == pid) else { return };
+        let _order = lock(&self.order);
+        self.send_exit(&c, exit);
+    }
+
+    fn send_exit(&self, c: &Container, exit: Exit) {
+        send(
+            &*self.events,
+            TaskExit {
+                container_id: c.id.clone(),
+                id: c.id.clone(),
+                pid: c.init.pid() as u32,
+                exit_status: exit.status,
+                exited_at: Some(timestamp(exit.at)).into(),
+                ..Default::default()
+            },
+        );
+    }
+}
+
+/// The Task service.
+pub struct Service {
+    cfg: Config,
+    shared: Arc<Shared>,
+    /// Serializes Create (one container per shim).
+    creating: Mutex<()>,
+    exit: Arc<ExitSignal>,
+}
+
+impl Service {
+    pub fn new(cfg: Config, events: Arc<dyn Publish>, exit: Arc<ExitSignal>) -> Service {
+        let shared = Arc::new(Shared {
+            events,
+            book: ExitBook::default(),
+            container: Mutex::new(None),
+            order: Mutex::new(()),
+        });
+        Service { cfg, shared, creating: Mutex::new(()), exit }
+    }
+
+    /// Starts the thread that turns reaped pids into exits. The shim's
+    /// reaper must be running (it publishes on containerd-shim's monitor).
+    pub fn watch_exits(&self) -> std::io::Result<()> {
+        let sub = containerd_shim::monitor::monitor_subscribe(containerd_shim::monitor::Topic::Pid)
+            .map_err(std::io::Error::other)?;
+        let shared = self.shared.clone();
+        std::thread::Builder::new().name("exits".into()).spawn(move || {
+            while let Ok(e) = sub.rx.recv() {
+                if let containerd_shim::monitor::Subject::Pid(pid) = e.subject {
+                    shared.on_exit(pid, e.exit_code, SystemTime::now());
+                }
+            }
+        })?;
+        Ok(())
+    }
+
+    fn container(&self, id: &str) -> Result<Arc<Container>, ShimError> {
+        self.shared
+            .current()
+            .filter(|c| c.id == id)
+            .ok_or_else(|| ShimError::NotFound(format!("container \"{id}\" does not exist")))
+    }
+
+    fn init_only(exec_id: &str) -> Result<(), ShimError> {
+        if exec_id.is_empty() {
+            Ok(())
+        } else {
+            Err(ShimError::NotFound(format!("exec process \"{exec_id}\" does not exist: {EXEC_UNSUPPORTED}")))
+        }
+    }
+
+    pub fn do_create(&self, req: CreateTaskRequest) -> Result<CreateTaskResponse, ShimError> {
+        let _one = lock(&self.creating);
+        if let Some(c) = self.shared.current() {
+            return Err(ShimError::AlreadyExists(format!(
+                "this shim already runs container \"{}\": containerd starts one shim per container",
+                c.id
+            )));
+        }
+        amphi::container::ContainerId::new(&req.id).map_err(|e| ShimError::InvalidArgument(e.to_string()))?;
+        if !req.checkpoint.is_empty() {
+            return Err(ShimError::Unimplemented(
+                "restoring from a checkpoint is not supported: amphi has no checkpoint/restore".into(),
+            ));
+        }
+        let bundle = PathBuf::from(&req.bundle);
+        let opts = ShimOptions::from_any(req.options.as_ref())?;
+        if opts != ShimOptions::default() {
+            // The `delete` action gets no options: keep them with the bundle.
+            containerd_shim::util::write_options(&req.bundle, &opts.to_runc())
+                .map_err(|e| ShimError::Io { what: format!("cannot store the runtime options in {}", req.bundle), source: std::io::Error::other(e) })?;
+        }
+        let binary = find_amphi(opts.binary.as_deref(), self.cfg.shim_dir.as_deref(), self.cfg.path_var.as_deref())
+            .ok_or_else(|| {
+                ShimError::FailedPrecondition(format!(
+                    "cannot find the amphi binary {}: install amphi beside the shim or on PATH (scripts/install.sh), \
+                     or name it with BinaryName in the runtime options",
+                    opts.binary.as_ref().map_or_else(
+                        || match &self.cfg.shim_dir {
+                            Some(d) => format!("in {} or on PATH", d.display()),
+                            None => "on PATH".to_string(),
+                        },
+                        |b| b.display().to_string()
+                    )
+                ))
+            })?;
+        let amphi = Amphi::new(
+            binary,
+            opts.state_root(&self.cfg.namespace),
+            Some(bundle.join("log.json")),
+            self.cfg.runner.clone(),
+        )
+        .with_systemd_cgroup(opts.systemd_cgroup);
+        let stdio = StdioPaths {
+            stdin: req.stdin.clone(),
+            stdout: req.stdout.clone(),
+            stderr: req.stderr.clone(),
+            terminal: req.terminal,
+        };
+
+        let rootfs = rootfs::mount_all(&bundle, &req.rootfs)?;
+        let undo_mounts = |e: ShimError| {
+            if let Some(r) = &rootfs {
+                let _ = rootfs::unmount(r);
+            }
+            e
+        };
+
+        let pid_file = bundle.join("init.pid");
+        let console = if req.terminal { Some(ConsoleSocket::new().map_err(|e| undo_mounts(e.into()))?) } else { None };
+        let (create_stdio, pipes) = match &console {
+            Some(_) => (CreateStdio::null(), None),
+            None => {
+                let (s, io) = Io::pipes(&stdio).map_err(|e| undo_mounts(e.into()))?;
+                (s, Some(io))
+            }
+        };
+        let flags = CreateFlags {
+            pid_file: pid_file.clone(),
+            console_socket: console.as_ref().map(|c| c.path()),
+            no_pivot: opts.no_pivot,
+            no_new_keyring: opts.no_new_keyring,
+        };
+
+        let creating = self.shared.book.begin_create();
+        if let Err(e) = amphi.create(&req.id, &bundle, &flags, create_stdio) {
+            if let Some(io) = pipes {
+                io.finish(Duration::ZERO);
+            }
+            return Err(undo_mounts(e.into()));
+        }
+        // From here the container exists: undo means deleting it too.
+        let finish = || -> Result<(i32, Option<Io>), ShimError> {
+            let text = std::fs::read_to_string(&pid_file)
+                .map_err(|source| ShimError::Io { what: format!("cannot read amphi's pid file {}", pid_file.display()), source })?;
+            let pid: i32 = text.trim().parse().map_err(|_| ShimError::Io {
+                what: format!("amphi's pid file {} holds {:?}, not a pid", pid_file.display(), text.trim()),
+                source: std::io::Error::from(std::io::ErrorKind::InvalidData),
+            })?;
+            let io = match &console {
+                Some(sock) => Some(Io::console(sock.receive()?, &stdio)?),
+                None => pipes,
+            };
+            Ok((pid, io))
+        };
+        let (pid, io) = match finish() {
+            Ok(v) => v,
+            Err(e) => {
+                let _ = amphi.delete(&req.id, true);
+                return Err(undo_mounts(e));
+            }
+        };
+        drop(console);
+        let init = Arc::new(InitProcess::new(pid));
+        let early = self.shared.book.watch(init.clone());
+        drop(creating);
+
+        let c = Arc::new(Container {
+            id: req.id.clone(),
+            bundle,
+            rootfs,
+            stdio,
+            amphi,
+            init,
+            io: Mutex::new(io),
+            cgroups: Cgroups::of(pid as u32),
+        });
+        *lock(&self.shared.container) = Some(c.clone());
+        let _order = lock(&self.shared.order);
+        send(
+            &*self.shared.events,
+            TaskCreate {
+                container_id: req.id.clone(),
+                bundle: req.bundle.clone(),
+                rootfs: req.rootfs.clone(),
+                io: Some(TaskIO {
+                    stdin: req.stdin.clone(),
+                    stdout: req.stdout.clone(),
+                    stderr: req.stderr.clone(),
+                    terminal: req.terminal,
+                    ..Default::default()
+                })
+                .into(),
+                checkpoint: req.checkpoint.clone(),
+                pid: pid as u32,
+                ..Default::default()
+            },
+        );
+        if let Some(exit) = early {
+            self.shared.send_exit(&c, exit);
+        }
+        Ok(CreateTaskResponse { pid: pid as u32, ..Default::default() })
+    }
+
+    pub fn do_start(&self, req: StartRequest) -> Result<StartResponse, ShimError> {
+        Self::init_only(&req.exec_id)?;
+        let c = self.container(&req.id)?;
+        match c.init.phase() {
+            Phase::Created => {}
+            Phase::Running => {
+                return Err(ShimError::FailedPrecondition(format!("container \"{}\" is already running", c.id)))
+            }
+            Phase::Stopped(_) => {
+                return Err(ShimError::FailedPrecondition(format!(
+                    "container \"{}\" has exited and cannot start again: delete it and create a new one",
+                    c.id
+                )))
+            }
+        }
+        let _order = lock(&self.shared.order);
+        c.amphi.start(&c.id)?;
+        c.init.set_running();
+        send(&*self.shared.events, TaskStart { container_id: c.id.clone(), pid: c.init.pid() as u32, ..Default::default() });
+        Ok(StartResponse { pid: c.init.pid() as u32, ..Default::default() })
+    }
+
+    pub fn do_state(&self, req: StateRequest) -> Result<StateResponse, ShimError> {
+        Self::init_only(&req.exec_id)?;
+        let c = self.container(&req.id)?;
+        let (status, exit) = match c.init.phase() {
+            Phase::Created => (Status::CREATED, None),
+            Phase::Stopped(e) => (Status::STOPPED, Some(e)),
+            // Started: only amphi knows whether it is paused.
+            Phase::Running => match c.amphi.state(&c.id) {
+                Ok(s) if s.status == amphi::container::Status::Paused => (Status::PAUSED, None),
+                Ok(s) if s.status != amphi::container::Status::Stopped => (Status::RUNNING, None),
+                Ok(_) => self.stopped(&c),
+                Err(e) if e.is_not_found() => self.stopped(&c),
+                Err(e) => return Err(e.into()),
+            },
+        };
+        Ok(StateResponse {
+            id: c.id.clone(),
+            bundle: c.bundle.display().to_string(),
+            pid: c.init.pid() as u32,
+            status: status.into(),
+            stdin: c.stdio.stdin.clone(),
+            stdout: c.stdio.stdout.clone(),
+            stderr: c.stdio.stderr.clone(),
+            terminal: c.stdio.terminal,
+            exit_status: exit.map_or(0, |e| e.status),
+            exited_at: exit.map(|e| timestamp(e.at)).into(),
+            ..Default::default()
+        })
+    }
+
+    /// amphi saw the process gone; the reaper may not have collected its
+    /// status yet, so give it a moment rather than report a status of 0.
+    fn stopped(&self, c: &Container) -> (Status, Option<Exit>) {
+        match c.init.wait_timeout(Duration::from_secs(1)) {
+            Some(e) => (Status::STOPPED, Some(e)),
+            None => (Status::RUNNING, None),
+        }
+    }
+
+    pub fn do_kill(&self, req: KillRequest) -> Result<(), ShimError> {
+        Self::init_only(&req.exec_id)?;
+        let c = self.container(&req.id)?;
+        let finished = || ShimError::NotFound(format!("process already finished: container \"{}\" has exited", c.id));
+        if c.init.exit().is_some() {
+            return Err(finished());
+        }
+        match c.amphi.kill(&c.id, req.signal, req.all) {
+            Ok(()) => Ok(()),
+            Err(_) if c.init.wait_timeout(Duration::from_millis(100)).is_some() => Err(finished()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub fn do_delete(&self, req: DeleteRequest) -> Result<DeleteResponse, ShimError> {
+        Self::init_only(&req.exec_id)?;
+        let c = self.container(&req.id)?;
+        let phase = c.init.phase();
+        if phase == Phase::Running {
+            return Err(ShimError::FailedPrecondition(format!(
+                "container \"{}\" is running: kill it first (ctr task kill), then delete it",
+                c.id
+            )));
+        }
+        // A created container never ran: amphi deletes it only with
+        // --force (as the runtime spec asks), which also ends its init.
+        match c.amphi.delete(&c.id, phase == Phase::Created) {
+            Ok(()) => {}
+            Err(e) if e.is_not_found() => {}
+            Err(e) => return Err(e.into()),
+        }
+        let exit = c
+            .init
+            .wait_timeout(if phase == Phase::Created { REAP_WAIT } else { Duration::ZERO })
+            .unwrap_or(Exit { status: 128 + libc::SIGKILL as u32, at: SystemTime::now() });
+        if let Some(io) = lock(&c.io).take() {
+            io.finish(IO_DRAIN);
+        }
+        if let Some(r) = &c.rootfs {
+            rootfs::unmount(r)?;
+        }
+        self.shared.book.forget(c.init.pid());
+        *lock(&self.shared.container) = None;
+        let pid = c.init.pid() as u32;
+        send(
+            &*self.shared.events,
+            TaskDelete {
+                container_id: c.id.clone(),
+                pid,
+                exit_status: exit.status,
+                exited_at: Some(timestamp(exit.at)).into(),
+                id: c.id.clone(),
+                ..Default::default()
+            },
+        );
+        Ok(DeleteResponse { pid, exit_status: exit.status, exited_at: Some(timestamp(exit.at)).into(), ..Default::default() })
+    }
+
+    pub fn do_wait(&self, req: WaitRequest) -> Result<WaitResponse, ShimError> {
+        Self::init_only(&req.exec_id)?;
+        let c = self.container(&req.id)?;
+        let exit = c.init.wait();
+        Ok(WaitResponse { exit_status: exit.status, exited_at: Some(timestamp(exit.at)).into(), ..Default::default() })
+    }
+
+    pub fn do_pids(&self, req: PidsRequest) -> Result<PidsResponse, ShimError> {
+        let c = self.container(&req.id)?;
+        let mut pids = c.cgroups.as_ref().map(Cgroups::pids).unwrap_or_default();
+        if pids.is_empty() && !matches!(c.init.phase(), Phase::Stopped(_)) {
+            pids.push(c.init.pid() as u32);
+        }
+        let processes = pids.into_iter().map(|pid| ProcessInfo { pid, ..Default::default() }).collect();
+        Ok(PidsResponse { processes, ..Default::default() })
+    }
+
+    pub fn do_close_io(&self, req: CloseIORequest) -> Result<(), ShimError> {
+        Self::init_only(&req.exec_id)?;
+        let c = self.container(&req.id)?;
+        if req.stdin {
+            if let Some(io) = lock(&c.io).as_mut() {
+                io.close_stdin();
+            }
+        }
+        Ok(())
+    }
+
+    pub fn do_resize_pty(&self, req: ResizePtyRequest) -> Result<(), ShimError> {
+        Self::init_only(&req.exec_id)?;
+        let c = self.container(&req.id)?;
+        let io = lock(&c.io);
+        match io.as_ref() {
+            Some(io) => Ok(io.resize(req.width, req.height)?),
+            None => Err(crate::stdio::StdioError::NoTerminal.into()),
+        }
+    }
+
+    pub fn do_stats(&self, req: StatsRequest) -> Result<StatsResponse, ShimError> {
+        let c = self.container(&req.id)?;
+        let cg = c.cgroups.as_ref().ok_or(crate::stats::StatsError::NoCgroup)?;
+        Ok(StatsResponse { stats: Some(cg.metrics()?).into(), ..Default::default() })
+    }
+
+    pub fn do_connect(&self, _req: ConnectRequest) -> ConnectResponse {
+        ConnectResponse {
+            shim_pid: std::process::id(),
+            task_pid: self.shared.current().map_or(0, |c| c.init.pid() as u32),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            ..Default::default()
+        }
+    }
+
+    pub fn do_shutdown(&self, req: ShutdownRequest) {
+        // containerd asks after every Delete; a shim with a container keeps
+        // serving it unless told to stop now.
+        if self.shared.current().is_some() && !req.now {
+            return;
+        }
+        self.exit.signal();
+    }
+}
+
+fn unimplemented<T>(what: &str) -> TtrpcResult<T> {
+    Err(ShimError::Unimplemented(what.to_string()).into())
+}
+
+impl Task for Service {
+    fn create(&self, _: &TtrpcContext, req: CreateTaskRequest) -> TtrpcResult<CreateTaskResponse> {
+        Ok(self.do_create(req)?)
+    }
+    fn start(&self, _: &TtrpcContext, req: StartRequest) -> TtrpcResult<StartResponse> {
+        Ok(self.do_start(req)?)
+    }
+    fn state(&self, _: &TtrpcContext, req: StateRequest) -> TtrpcResult<StateResponse> {
+        Ok(self.do_state(req)?)
+    }
+    fn kill(&self, _: &TtrpcContext, req: KillRequest) -> TtrpcResult<Empty> {
+        self.do_kill(req)?;
+        Ok(Empty::new())
+    }
+    fn delete(&self, _: &TtrpcContext, req: DeleteRequest) -> TtrpcResult<DeleteResponse> {
+        Ok(self.do_delete(req)?)
+    }
+    fn wait(&self, _: &TtrpcContext, req: WaitRequest) -> TtrpcResult<WaitResponse> {
+        Ok(self.do_wait(req)?)
+    }
+    fn pids(&self, _: &TtrpcContext, req: PidsRequest) -> TtrpcResult<PidsResponse> {
+        Ok(self.do_pids(req)?)
+    }
+    fn close_io(&self, _: &TtrpcContext, req: CloseIORequest) -> TtrpcResult<Empty> {
+        self.do_close_io(req)?;
+        Ok(Empty::new())
+    }
+    fn resize_pty(&self, _: &TtrpcContext, req: ResizePtyRequest) -> TtrpcResult<Empty> {
+        self.do_resize_pty(req)?;
+        Ok(Empty::new())
+    }
+    fn stats(&self, _: &TtrpcContext, req: StatsRequest) -> TtrpcResult<StatsResponse> {
+        Ok(self.do_stats(req)?)
+    }
+    fn connect(&self, _: &TtrpcContext, req: ConnectRequest) -> TtrpcResult<ConnectResponse> {
+        Ok(self.do_connect(req))
+    }
+    fn shutdown(&self, _: &TtrpcContext, req: ShutdownRequest) -> TtrpcResult<Empty> {
+        self.do_shutdown(req);
+        Ok(Empty::new())
+    }
+    fn exec(&self, _: &TtrpcContext, _: ExecProcessRequest) -> TtrpcResult<Empty> {
+        unimplemented(EXEC_UNSUPPORTED)
+    }
+    fn pause(&self, _: &TtrpcContext, _: PauseRequest) -> TtrpcResult<Empty> {
+        unimplemented("pause is not implemented in amphi yet: the container keeps running")
+    }
+    fn resume(&self, _: &TtrpcContext, _: ResumeRequest) -> TtrpcResult<Empty> {
+        unimplemented("resume is not implemented in amphi yet (nor is pause)")
+    }
+    fn checkpoint(&self, _: &TtrpcContext, _: CheckpointTaskRequest) -> TtrpcResult<Empty> {
+        unimplemented("checkpoint is not supported: amphi has no checkpoint/restore")
+    }
+    fn update(&self, _: &TtrpcContext, _: UpdateTaskRequest) -> TtrpcResult<Empty> {
+        unimplemented("update is not implemented in amphi yet: resource limits are fixed at create")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::events::Recorded;
+    use crate::reaper::Finished;
+    use containerd_shim::protos::ttrpc::Code;
+    use std::process::Command;
+
+    /// Plays amphi: writes the pid file on create, records every command
+    /// line, and fails the subcommand it is told to.
+    struct FakeAmphi {
+        pid: i32,
+        calls: Mutex<Vec<String>>,
+        fail: Mutex<Option<(&'static str, i32, &'static str)>>,
+    }
+
+    impl Runner for FakeAmphi {
+        fn run(&self, cmd: &mut Command) -> std::io::Result<Finished> {
+            let args: Vec<String> = cmd.get_args().map(|a| a.to_string_lossy().into_owned()).collect();
+            let sub = args
+                .iter()
+                .find(|a| ["create", "start", "state", "kill", "delete"].contains(&a.as_str()))
+                .cloned()
+                .unwrap_or_default();
+            let after_sub: Vec<&String> = args.iter().skip_while(|a| **a != sub).skip(1).collect();
+            self.calls.lock().unwrap().push(format!(
+                "{sub} {}",
+                after_sub.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(" ")
+            ));
+            if let Some((s, status, msg)) = *self.fail.lock().unwrap() {
+                if s == sub {
+                    return Ok(Finished { status, stdout: Vec::new(), stderr: msg.as_bytes().to_vec() });
+                }
+            }
+            if sub == "create" {
+                let i = args.iter().position(|a| a == "--pid-file").unwrap();
+                std::fs::write(&args[i + 1], self.pid.to_string()).unwrap();
+            }
+            Ok(Finished::default())
+        }
+    }
+
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        bundle: PathBuf,
+        svc: Service,
+        events: Arc<Recorded>,
+        amphi: Arc<FakeAmphi>,
+        exit: Arc<ExitSignal>,
+    }
+
+    /// `pid` is the init amphi "creates": tests pass pids above any
+    /// pid_max, so no real process (and no real cgroup) is involved.
+    fn fixture(pid: i32) -> Fixture {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let bin = dir.path().join("amphi");
+        std::fs::write(&bin, "#!/bin/sh\n").unwrap();
+        std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let bundle = dir.path().join("bundle");
+        std::fs::create_dir(&bundle).unwrap();
+        let amphi = Arc::new(FakeAmphi { pid, calls: Mutex::new(Vec::new()), fail: Mutex::new(None) });
+        let events = Arc::new(Recorded::default());
+        let exit = Arc::new(ExitSignal::default());
+        let cfg = Config {
+            namespace: "testns".into(),
+            shim_dir: Some(dir.path().to_path_buf()),
+            path_var: None,
+            runner: amphi.clone(),
+        };
+        let svc = Service::new(cfg, events.clone(), exit.clone());
+        Fixture { _dir: dir, bundle, svc, events, amphi, exit }
+    }
+
+    fn create_req(f: &Fixture, id: &str) -> CreateTaskRequest {
+        CreateTaskRequest { id: id.into(), bundle: f.bundle.display().to_string(), ..Default::default() }
+    }
+
+    fn id_req<T: Default>(set: impl FnOnce(&mut T)) -> T {
+        let mut r = T::default();
+        set(&mut r);
+        r
+    }
+
+    fn signalled(exit: &Arc<ExitSignal>) -> bool {
+        let e = exit.clone();
+        let t = std::thread::spawn(move || e.wait());
+        std::thread::sleep(Duration::from_millis(50));
+        let done = t.is_finished();
+        if !done {
+            // Release the waiter so the test does not leak a thread.
+            exit.signal();
+        }
+        let _ = t.join();
+        done
+    }
+
+    #[test]
+    fn lifecycle_reports_exit_status_and_events_in_order() {
+        let f = fixture(999_000_042);
+        let r = f.svc.do_create(create_req(&f, "c1")).unwrap();
+        assert_eq!(r.pid, 999_000_042);
+        let state = f.svc.do_state(id_req(|r: &mut StateRequest| r.id = "c1".into())).unwrap();
+        assert_eq!(state.status.enum_value(), Ok(Status::CREATED));
+        f.svc.do_start(id_req(|r: &mut StartRequest| r.id = "c1".into())).unwrap();
+        let e = f.svc.do_start(id_req(|r: &mut StartRequest| r.id = "c1".into())).unwrap_err();
+        assert_eq!(e.code(), Code::FAILED_PRECONDITION);
+        let e = f.svc.do_delete(id_req(|r: &mut DeleteRequest| r.id = "c1".into())).unwrap_err();
+        assert_eq!(e.code(), Code::FAILED_PRECONDITION, "{e}");
+
+        // The reaper saw the init exit with status 3.
+        f.svc.shared.on_exit(999_000_042, 3, UNIX_EPOCH + Duration::from_secs(100));
+        let w = f.svc.do_wait(id_req(|r: &mut WaitRequest| r.id = "c1".into())).unwrap();
+        assert_eq!((w.exit_status, w.exited_at.seconds), (3, 100));
+        let state = f.svc.do_state(id_req(|r: &mut StateRequest| r.id = "c1".into())).unwrap();
+        assert_eq!((state.status.enum_value(), state.exit_status), (Ok(Status::STOPPED), 3));
+        let e = f.svc.do_kill(id_req(|r: &mut KillRequest| { r.id = "c1".into(); r.signal = 9; })).unwrap_err();
+        assert_eq!(e.code(), Code::NOT_FOUND);
+        assert!(e.to_string().contains("process already finished"), "{e}");
+
+        let d = f.svc.do_delete(id_req(|r: &mut DeleteRequest| r.id = "c1".into())).unwrap();
+        assert_eq!((d.pid, d.exit_status), (999_000_042, 3));
+        assert_eq!(
+            f.events.topics(),
+            ["/tasks/create", "/tasks/start", "/tasks/exit", "/tasks/delete"].map(String::from)
+        );
+        let calls = f.amphi.calls.lock().unwrap().clone();
+        assert_eq!(calls[0], format!("create --bundle {b} --pid-file {b}/init.pid c1", b = f.bundle.display()));
+        assert_eq!(calls[1..], ["start c1".to_string(), "delete c1".to_string()]);
+
+        // Gone now: every call says so.
+        let e = f.svc.do_state(id_req(|r: &mut StateRequest| r.id = "c1".into())).unwrap_err();
+        assert_eq!(e.to_string(), "container \"c1\" does not exist");
+        assert_eq!(e.code(), Code::NOT_FOUND);
+    }
+
+    #[test]
+    fn shutdown_waits_for_the_container_to_be_deleted() {
+        let f = fixture(999_000_077);
+        f.svc.do_create(create_req(&f, "c")).unwrap();
+        f.svc.do_shutdown(ShutdownRequest::default());
+        assert!(!signalled(&f.exit), "still serving a container");
+        let f = fixture(999_000_078);
+        f.svc.do_shutdown(ShutdownRequest::default());
+        assert!(signalled(&f.exit));
+    }
+
+    #[test]
+    fn a_created_container_is_force_deleted_and_its_exit_reported() {
+        let f = fixture(999_000_900);
+        f.svc.do_create(create_req(&f, "c2")).unwrap();
+        let shared = f.svc.shared.clone();
+        let reaper = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            shared.on_exit(999_000_900, 137, SystemTime::now());
+        });
+        let d = f.svc.do_delete(id_req(|r: &mut DeleteRequest| r.id = "c2".into())).unwrap();
+        reaper.join().unwrap();
+        assert_eq!(d.exit_status, 137);
+        assert!(f.amphi.calls.lock().unwrap().contains(&"delete --force c2".to_string()));
+        assert_eq!(f.events.topics().last().map(String::as_str), Some("/tasks/delete"));
+    }
+
+    #[test]
+    fn amphis_failure_reaches_containerd_with_its_code() {
+        let f = fixture(999_000_001);
+        *f.amphi.fail.lock().unwrap() = Some(("create", 5, "config.json: field `process`: missing"));
+        let e = f.svc.do_create(create_req(&f, "c3")).unwrap_err();
+        assert_eq!(e.code(), Code::INVALID_ARGUMENT);
+        assert!(e.to_string().contains("field `process`"), "{e}");
+        assert!(f.events.topics().is_empty());
+        // Nothing was recorded: a fixed bundle can be created again.
+        *f.amphi.fail.lock().unwrap() = None;
+        f.svc.do_create(create_req(&f, "c3")).unwrap();
+        let e = f.svc.do_create(create_req(&f, "c4")).unwrap_err();
+        assert_eq!(e.code(), Code::ALREADY_EXISTS);
+    }
+
+    #[test]
+    fn bad_requests_are_refused_before_amphi_runs() {
+        let f = fixture(999_000_001);
+        let e = f.svc.do_create(create_req(&f, "../escape")).unwrap_err();
+        assert_eq!(e.code(), Code::INVALID_ARGUMENT);
+        let mut req = create_req(&f, "c5");
+        req.checkpoint = "/some/checkpoint".into();
+        assert_eq!(f.svc.do_create(req).unwrap_err().code(), Code::UNIMPLEMENTED);
+        let mut req = create_req(&f, "c5");
+        req.stdout = "binary:///usr/bin/log-driver".into();
+        assert_eq!(f.svc.do_create(req).unwrap_err().code(), Code::UNIMPLEMENTED);
+        assert!(f.amphi.calls.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn exec_processes_do_not_exist() {
+        let f = fixture(999_000_005);
+        f.svc.do_create(create_req(&f, "c6")).unwrap();
+        let e = f
+            .svc
+            .do_state(id_req(|r: &mut StateRequest| {
+                r.id = "c6".into();
+                r.exec_id = "e1".into();
+            }))
+            .unwrap_err();
+        assert_eq!(e.code(), Code::NOT_FOUND);
+        assert!(e.to_string().contains("exec is not implemented in amphi yet"), "{e}");
+        let ttrpc_err: containerd_shim::protos::ttrpc::Error = unimplemented::<()>(EXEC_UNSUPPORTED).unwrap_err();
+        let containerd_shim::protos::ttrpc::Error::RpcStatus(s) = ttrpc_err else { panic!("not a status") };
+        assert_eq!(s.code(), Code::UNIMPLEMENTED);
+    }
+
+    #[test]
+    fn resize_needs_a_terminal_and_connect_reports_pids() {
+        // A pid that cannot exist: no cgroups to read, the init alone.
+        let f = fixture(999_999_999);
+        f.svc.do_create(create_req(&f, "c7")).unwrap();
+        let e = f
+            .svc
+            .do_resize_pty(id_req(|r: &mut ResizePtyRequest| {
+                r.id = "c7".into();
+                r.width = 80;
+                r.height = 24;
+            }))
+            .unwrap_err();
+        assert_eq!(e.code(), Code::FAILED_PRECONDITION);
+        let c = f.svc.do_connect(ConnectRequest::default());
+        assert_eq!((c.shim_pid, c.task_pid), (std::process::id(), 999_999_999));
+        let p = f.svc.do_pids(id_req(|r: &mut PidsRequest| r.id = "c7".into())).unwrap();
+        assert_eq!(p.processes.iter().map(|p| p.pid).collect::<Vec<_>>(), [999_999_999]);
+    }
+}
