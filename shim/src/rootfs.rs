@@ -23,10 +23,10 @@ pub enum RootfsError {
         source_path: String,
         target: PathBuf,
         #[source]
-        source: containerd_shim::Error,
+        source: Box<containerd_shim::Error>,
     },
     #[error("cannot unmount the rootfs at {0}")]
-    Unmount(PathBuf, #[source] containerd_shim::Error),
+    Unmount(PathBuf, #[source] Box<containerd_shim::Error>),
 }
 
 /// `<bundle>/rootfs`.
@@ -56,7 +56,7 @@ pub fn mount_all(bundle: &Path, mounts: &[Mount]) -> Result<Option<PathBuf>, Roo
                 fs_type: m.type_.clone(),
                 source_path: m.source.clone(),
                 target,
-                source: e,
+                source: Box::new(e),
             });
         }
     }
@@ -66,7 +66,7 @@ pub fn mount_all(bundle: &Path, mounts: &[Mount]) -> Result<Option<PathBuf>, Roo
 /// Unmounts everything at and below `target` (idempotent).
 pub fn unmount(target: &Path) -> Result<(), RootfsError> {
     let Some(t) = target.to_str() else { return Ok(()) };
-    umount_recursive(Some(t), libc::MNT_DETACH).map_err(|e| RootfsError::Unmount(target.to_path_buf(), e))
+    umount_recursive(Some(t), libc::MNT_DETACH).map_err(|e| RootfsError::Unmount(target.to_path_buf(), Box::new(e)))
 }
 
 #[cfg(test)]

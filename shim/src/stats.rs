@@ -10,7 +10,7 @@
 
 use cgroups_rs::fs::{Cgroup, Subsystem};
 use containerd_shim::cgroup::{collect_metrics, collect_metrics_v2, get_cgroup};
-use containerd_shim::protos::cgroups::metrics::{CPUStat, CPUUsage, Metrics};
+use containerd_shim::protos::cgroups::metrics::{CPUUsage, Metrics};
 use containerd_shim::protos::protobuf::well_known_types::any::Any;
 use containerd_shim::util::convert_to_any;
 
@@ -97,7 +97,7 @@ fn set_cpu_usage(m: &mut Metrics, total: u64, user: u64, kernel: u64, percpu: &s
         per_cpu: percpu.split_whitespace().filter_map(|v| v.parse().ok()).collect(),
         ..Default::default()
     };
-    let mut cpu = m.cpu.take().unwrap_or_else(CPUStat::new);
+    let mut cpu = m.cpu.take().unwrap_or_default();
     cpu.usage = Some(usage).into();
     m.cpu = Some(cpu).into();
 }
@@ -105,7 +105,7 @@ fn set_cpu_usage(m: &mut Metrics, total: u64, user: u64, kernel: u64, percpu: &s
 #[cfg(test)]
 mod tests {
     use super::*;
-    use containerd_shim::protos::cgroups::metrics::Throttle;
+    use containerd_shim::protos::cgroups::metrics::{CPUStat, Throttle};
 
     #[test]
     fn cpuacct_usage_fills_v1_cpu_stats() {
