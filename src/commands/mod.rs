@@ -14,3 +14,14 @@ pub fn dispatch(cli: Cli) -> ExitCode {
         _ => ExitCode::from(amphi::exit::GENERAL),
     }
 }
+
+/// Prints an error and its causes once, as `amphi: a: b: c`.
+pub(crate) fn print_error(e: &dyn std::error::Error) {
+    let mut msg = format!("amphi: {e}");
+    let mut src = e.source();
+    while let Some(c) = src {
+        msg.push_str(&format!(": {c}"));
+        src = c.source();
+    }
+    eprintln!("{msg}");
+}
