@@ -69,6 +69,27 @@ fn health(ctx: &Context) -> Result<HealthResponse, AgentError> {
     })
 }
 
+/// Waits until the peer closes `conn` (EOF), at most two seconds.
+fn wait_for_close(conn: &mut File) {
+    use std::io::Read;
+    use std::os::fd::AsFd;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    let mut buf = [0u8; 256];
+    while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
+        let mut fds = [nix::poll::PollFd::new(conn.as_fd(), nix::poll::PollFlags::POLLIN)];
+        let ms = nix::poll::PollTimeout::try_from(left.as_millis().min(2000) as u16).unwrap_or(nix::poll::PollTimeout::ZERO);
+        match nix::poll::poll(&mut fds, ms) {
+            Ok(0) => return,
+            Ok(_) => match conn.read(&mut buf) {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            },
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(_) => return,
+        }
+    }
+}
+
 /// Serves one connection until it closes or breaks.
 fn handle(mut conn: File, ctx: &Context) {
     let mut handshaken = false;
@@ -126,7 +147,12 @@ fn handle(mut conn: File, ctx: &Context) {
         };
         let sent = send(&mut conn, &reply).is_ok();
         if let Some(action) = after {
-            // The reply is out; the host now waits for the VM to end.
+            // The reply is only queued in the guest's socket: powering off
+            // now could lose it. The host closes the connection once it has
+            // the reply; wait for that (bounded), then power off.
+            if sent {
+                wait_for_close(&mut conn);
+            }
             drop(conn);
             let mode = match action {
                 ShutdownAction::PowerOff => nix::sys::reboot::RebootMode::RB_POWER_OFF,
