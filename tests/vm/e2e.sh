@@ -47,7 +47,7 @@ check "a second run reuses the cached initramfs" '[ $rc = 0 ] && echo "$out" | g
 check "two vCPUs come online in the guest" 'echo "$out" | grep -q "\"online_cpus\": 2"'
 
 # 3. Failures: clear, within the timeout, nothing left behind.
-out=$(vmcheck --kernel /nonexistent/vmlinuz --timeout 20); rc=$?
+out=$("$A" vm check --kernel /nonexistent/vmlinuz --modules "$M" --cache-dir "$CACHE" --timeout 20 2>&1); rc=$?
 check "a wrong kernel path is refused by name" '[ $rc != 0 ] && echo "$out" | grep -q "/nonexistent/vmlinuz does not exist"'
 check "nothing is left behind after a wrong kernel path" no_leftovers
 

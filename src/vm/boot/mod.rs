@@ -145,6 +145,22 @@ pub fn load_initrd(
     Ok(placement)
 }
 
+/// Real-mode address the CPU resets to (F000:FFF0).
+pub const RESET_VECTOR: u64 = 0xffff0;
+
+/// What a firmware's reset vector would do on a warm reboot, reduced to
+/// "reset the machine": `mov al, 1; mov dx, 0x600; out dx, al; hlt; jmp $-1`,
+/// a write of the FADT reset value to the ACPI reset register. Kernels that
+/// reboot through the BIOS (the x86 fallback, and what a 6.1 kernel does
+/// after a panic here) jump to this vector; without it they would run
+/// zeroed memory forever instead of ending the VM.
+pub const RESET_STUB: [u8; 9] = [0xb0, acpi::RESET_VALUE, 0xba, 0x00, 0x06, 0xee, 0xf4, 0xeb, 0xfd];
+
+pub fn write_reset_stub(mem: &GuestMemoryMmap) -> Result<(), BootError> {
+    mem.write_slice(&RESET_STUB, GuestAddress(RESET_VECTOR))?;
+    Ok(())
+}
+
 /// Writes the NUL-terminated command line.
 pub fn write_cmdline(mem: &GuestMemoryMmap, cmdline: &str) -> Result<(), BootError> {
     if cmdline.len() + 1 > layout::CMDLINE_MAX_LEN {
@@ -159,6 +175,18 @@ pub fn write_cmdline(mem: &GuestMemoryMmap, cmdline: &str) -> Result<(), BootErr
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_reset_stub_writes_the_reset_value_to_the_acpi_port() {
+        assert_eq!(u16::from_le_bytes([RESET_STUB[3], RESET_STUB[4]]), layout::ACPI_PM_PORT);
+        assert_eq!(RESET_STUB[1], acpi::RESET_VALUE);
+        assert!(RESET_VECTOR >= layout::ACPI_START && RESET_VECTOR + 16 <= layout::ACPI_END, "inside the reserved BIOS area");
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 2 << 20)]).unwrap();
+        write_reset_stub(&mem).unwrap();
+        let mut b = [0u8; 9];
+        mem.read_slice(&mut b, GuestAddress(RESET_VECTOR)).unwrap();
+        assert_eq!(b, RESET_STUB);
+    }
 
     #[test]
     fn kernel_formats_are_recognized_by_magic() {

@@ -13,7 +13,7 @@ use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use event_manager::{EventManager, EventOps, EventSet, Events, MutEventSubscriber, SubscriberOps};
 use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
@@ -162,6 +162,9 @@ impl MutEventSubscriber for ExitSubscriber {
 
 extern "C" fn kick_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
 
+/// How long a guest that printed a panic gets to reset by itself.
+pub const PANIC_GRACE: Duration = Duration::from_secs(2);
+
 /// Smallest guest amphi boots: kernel, initramfs and page tables.
 pub const MIN_MEM_MIB: u64 = 64;
 
@@ -221,16 +224,18 @@ pub fn run(
         evt: EventFd::new(libc::EFD_NONBLOCK).map_err(|e| VmmError::Device("exit", e))?,
     });
     let panic_line: Arc<Mutex<Option<String>>> = Arc::new(Mutex::new(None));
+    let panic_at: Arc<Mutex<Option<Instant>>> = Arc::new(Mutex::new(None));
 
     // Legacy devices.
     let mut pio = Bus::new();
     let console_events = {
         let events = events.clone();
-        let panic_line = panic_line.clone();
+        let (panic_line, panic_at) = (panic_line.clone(), panic_at.clone());
         Arc::new(move |e: ConsoleEvent| match e {
             ConsoleEvent::AgentListening => events(VmmEvent::AgentListening),
             ConsoleEvent::KernelPanic(line) => {
                 *panic_line.lock().unwrap_or_else(|e| e.into_inner()) = Some(line.clone());
+                panic_at.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert_with(Instant::now);
                 events(VmmEvent::GuestPanic(line));
             }
         })
@@ -300,6 +305,7 @@ pub fn run(
     let pvh = matches!(kernel.entry, EntryPoint::Pvh { .. });
     params::write_boot_params(&mem, pvh, kernel.setup_header, mem_size, config.cmdline.len(), initrd, rsdp)?;
     regs::write_tables(&mem, kernel.entry)?;
+    boot::write_reset_stub(&mem)?;
 
     // vCPUs.
     let base_cpuid =
@@ -338,6 +344,13 @@ pub fn run(
     while !done.load(Ordering::Acquire) {
         if stop.load(Ordering::Acquire) {
             latch.set(ExitReason::Stopped);
+        }
+        // A panicked kernel normally resets (panic=-1); one that does not
+        // (panic=0, or a reset that never comes) is ended after a grace
+        // period that lets it print the rest of its report.
+        let since_panic = panic_at.lock().unwrap_or_else(|e| e.into_inner()).map(|t| t.elapsed());
+        if since_panic.is_some_and(|d| d >= PANIC_GRACE) {
+            latch.set(ExitReason::Crash);
         }
         if let Err(e) = em.run_with_timeout(50) {
             latch.set(ExitReason::Error(format!("event loop: {e}")));
