@@ -52,6 +52,10 @@ pub struct CheckArgs {
     #[arg(long = "cache-dir", value_name = "DIR", default_value = "/var/lib/amphi/cache")]
     pub cache_dir: PathBuf,
 
+    /// Extra kernel command-line arguments, after amphi's own.
+    #[arg(long, value_name = "ARGS", allow_hyphen_values = true)]
+    pub append: Option<String>,
+
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,

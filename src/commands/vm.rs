@@ -30,6 +30,7 @@ fn check(a: CheckArgs) -> ExitCode {
             Some(p) => ConsoleTarget::File(p),
         },
         cache_dir: a.cache_dir,
+        append: a.append,
         kvm_path: amphi::vm::host::DEFAULT_KVM_PATH.into(),
         vmm_binary: std::env::current_exe().unwrap_or_else(|_| "amphi".into()),
     };

@@ -46,6 +46,8 @@ pub struct CheckOptions {
     pub timeout: Duration,
     pub console: ConsoleTarget,
     pub cache_dir: PathBuf,
+    /// Extra kernel command-line arguments.
+    pub append: Option<String>,
     pub kvm_path: PathBuf,
     /// The `amphi` binary to run the VMM child with (normally this one).
     pub vmm_binary: PathBuf,
@@ -291,7 +293,10 @@ pub fn check(opts: &CheckOptions, progress: &mut dyn FnMut(&str)) -> Result<Chec
     let args = ChildArgs {
         kernel: kernel_path.clone(),
         initrd: image.path.clone(),
-        cmdline: crate::vm::GUEST_CMDLINE.into(),
+        cmdline: match &opts.append {
+            Some(extra) => format!("{} {extra}", crate::vm::GUEST_CMDLINE),
+            None => crate::vm::GUEST_CMDLINE.into(),
+        },
         memory_mib: opts.memory_mib,
         cpus: opts.cpus,
         serial: serial_arg,

@@ -92,10 +92,16 @@ pub fn find_default(boot_dir: &Path, kernel_dir: &Path) -> Result<PathBuf, Kerne
 
 /// The release (`uname -r`) of a bzImage or ELF kernel.
 pub fn release_of(path: &Path) -> Result<String, KernelError> {
+    let read_err = |source| KernelError::Read { path: path.into(), source };
+    let mut file = File::open(path).map_err(read_err)?;
+    // A bzImage's version string sits in its first pages; only an ELF
+    // kernel needs a full scan for its banner.
     let mut data = Vec::new();
-    File::open(path)
-        .and_then(|mut f| f.read_to_end(&mut data))
-        .map_err(|source| KernelError::Read { path: path.into(), source })?;
+    (&mut file).take(64 * 1024).read_to_end(&mut data).map_err(read_err)?;
+    let is_bzimage = data.len() > 0x206 && &data[0x202..0x206] == b"HdrS";
+    if !is_bzimage {
+        file.read_to_end(&mut data).map_err(read_err)?;
+    }
     release_from_image(&data)
         .or_else(|| {
             let name = path.file_name()?.to_str()?;

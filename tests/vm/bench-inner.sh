@@ -16,32 +16,44 @@ cat /tmp/warm.txt
 INITRD=$(ls "$CACHE"/initramfs-*.cpio)
 CMDLINE="console=ttyS0 quiet panic=-1 pci=off 8250.nr_uarts=1 tsc=reliable rdinit=/init"
 
+# Waits (blocking, no polling: the test host may have one CPU) until the
+# console on fifo $1 shows the agent's line; prints the time; drains the
+# rest in the background so the VMM never blocks on its console.
+wait_mark() {
+  exec 3< "$1"
+  while IFS= read -r l <&3; do
+    case $l in *"$MARK"*) now; break;; esac
+  done
+  cat <&3 > /dev/null &
+  exec 3<&-
+}
+
 # amphi: from launching `amphi vm check` to the listening line on its console.
 amphi_once() {
+  rm -f /tmp/afifo; mkfifo /tmp/afifo
   t0=$(now)
   "$A" vm check --kernel "$p/kernel/vmlinuz" --modules "$p/modules" --cache-dir "$CACHE" --timeout 300 \
-    --console - --json > /tmp/amphi.out 2>&1 &
+    --console /tmp/afifo --json > /tmp/amphi.json 2>/tmp/amphi.err &
   pid=$!
-  while ! grep -q "$MARK" /tmp/amphi.out 2>/dev/null; do sleep 0.01; done
-  t1=$(now)
-  wait $pid
-  echo "$(sub_ms "$t0" "$t1") $(grep -o '"boot_to_handshake_ms": [0-9.]*' /tmp/amphi.out | awk '{print int($2)}') $(grep -o '"vmm_peak_rss_kib": [0-9]*' /tmp/amphi.out | awk '{print $2}')"
+  t1=$(wait_mark /tmp/afifo)
+  wait $pid || { cat /tmp/amphi.err; return 1; }
+  hs=$(grep -o '"boot_to_handshake_ms": [0-9]*' /tmp/amphi.json | awk '{print $2}')
+  rss=$(grep -o '"vmm_peak_rss_kib": [0-9]*' /tmp/amphi.json | awk '{print $2}')
+  echo "$(sub_ms "$t0" "$t1") $hs $rss"
 }
 
 # QEMU microvm: from launch to the same line, then its peak RSS, then stop it.
 qemu_once() {
+  rm -f /tmp/qfifo; mkfifo /tmp/qfifo
   t0=$(now)
   "$QEMU_LD" --library-path "$p/qemu/lib" "$p/qemu/qemu-system-x86_64" \
     -M microvm -enable-kvm -cpu host -m 256 -smp 1 -nodefaults -no-user-config -nographic \
     -L "$p/qemu/share" -serial stdio \
     -kernel "$p/kernel/vmlinuz" -initrd "$INITRD" -append "$CMDLINE" \
-    -device vhost-vsock-device,guest-cid=3 > /tmp/qemu.out 2>&1 </dev/null &
+    -device vhost-vsock-device,guest-cid=3 > /tmp/qfifo 2>&1 </dev/null &
   pid=$!
-  while ! grep -q "$MARK" /tmp/qemu.out 2>/dev/null; do
-    kill -0 $pid 2>/dev/null || { cat /tmp/qemu.out; echo "bench: qemu exited"; return 1; }
-    sleep 0.01
-  done
-  t1=$(now)
+  t1=$(wait_mark /tmp/qfifo)
+  [ -n "$t1" ] || { echo "bench: qemu never printed the agent's line"; return 1; }
   rss=$(awk '/VmHWM/ {print $2}' /proc/$pid/status)
   kill -9 $pid; wait $pid 2>/dev/null
   echo "$(sub_ms "$t0" "$t1") $rss"

@@ -5,6 +5,7 @@
 //! crashes, or the caller stops it.
 
 pub mod cpuid;
+pub mod memory;
 pub mod vcpu;
 
 use std::fs::File;
@@ -18,7 +19,7 @@ use std::time::{Duration, Instant};
 use event_manager::{EventManager, EventOps, EventSet, Events, MutEventSubscriber, SubscriberOps};
 use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::{IoEventAddress, Kvm};
-use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, MemoryRegionAddress};
+use vm_memory::{GuestMemoryBackend, GuestMemoryRegion, MemoryRegionAddress};
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 
@@ -104,7 +105,7 @@ pub enum VmmError {
     #[error("{0} failed")]
     Kvm(&'static str, #[source] kvm_ioctls::Error),
     #[error("cannot allocate {mib} MiB of guest memory")]
-    Memory { mib: u64, #[source] source: vm_memory::mmap::FromRangesError },
+    Memory { mib: u64, #[source] source: memory::MemoryError },
     #[error("KVM refused the boot MSRs")]
     MsrList,
     #[error("cannot boot the guest")]
@@ -197,15 +198,11 @@ pub fn run(
 
     // Guest memory.
     let mem_size = config.mem_mib << 20;
-    let ranges: Vec<(GuestAddress, usize)> =
-        layout::ram_regions(mem_size).into_iter().map(|(s, l)| (GuestAddress(s), l as usize)).collect();
-    let mem = GuestMemoryMmap::<()>::from_ranges(&ranges)
-        .map_err(|source| VmmError::Memory { mib: config.mem_mib, source })?;
+    let mem = memory::create(mem_size).map_err(|source| VmmError::Memory { mib: config.mem_mib, source })?;
     for (slot, region) in mem.iter().enumerate() {
-        let host = region.get_host_address(MemoryRegionAddress(0)).map_err(|_| VmmError::Memory {
-            mib: config.mem_mib,
-            source: vm_memory::mmap::FromRangesError::InvalidGuestRegion,
-        })?;
+        let host = region
+            .get_host_address(MemoryRegionAddress(0))
+            .map_err(|_| VmmError::Memory { mib: config.mem_mib, source: memory::MemoryError::Region { start: 0 } })?;
         let r = kvm_userspace_memory_region {
             slot: slot as u32,
             guest_phys_addr: region.start_addr().0,
