@@ -180,7 +180,7 @@ mod tests {
     fn the_reset_stub_writes_the_reset_value_to_the_acpi_port() {
         assert_eq!(u16::from_le_bytes([RESET_STUB[3], RESET_STUB[4]]), layout::ACPI_PM_PORT);
         assert_eq!(RESET_STUB[1], acpi::RESET_VALUE);
-        assert!(RESET_VECTOR >= layout::ACPI_START && RESET_VECTOR + 16 <= layout::ACPI_END, "inside the reserved BIOS area");
+        const { assert!(RESET_VECTOR >= layout::ACPI_START && RESET_VECTOR + 16 <= layout::ACPI_END, "inside the reserved BIOS area") };
         let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 2 << 20)]).unwrap();
         write_reset_stub(&mem).unwrap();
         let mut b = [0u8; 9];

@@ -138,16 +138,15 @@ impl MmioTransport {
         let writable_queue = self.status & status::DRIVER_OK == 0;
         match offset {
             0x14 => self.features_select = v,
-            0x20 => {
-                if self.status & status::FEATURES_OK == 0 {
-                    match self.acked_features_select {
-                        0 => self.acked_features = (self.acked_features & !0xffff_ffff) | u64::from(v),
-                        1 => self.acked_features = (self.acked_features & 0xffff_ffff) | (u64::from(v) << 32),
-                        _ => {}
-                    }
-                    let avail = self.dev().avail_features();
-                    self.acked_features &= avail;
+            // Features are fixed once FEATURES_OK is set.
+            0x20 if self.status & status::FEATURES_OK == 0 => {
+                match self.acked_features_select {
+                    0 => self.acked_features = (self.acked_features & !0xffff_ffff) | u64::from(v),
+                    1 => self.acked_features = (self.acked_features & 0xffff_ffff) | (u64::from(v) << 32),
+                    _ => {}
                 }
+                let avail = self.dev().avail_features();
+                self.acked_features &= avail;
             }
             0x24 => self.acked_features_select = v,
             0x30 => self.queue_select = v,

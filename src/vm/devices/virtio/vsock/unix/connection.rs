@@ -202,10 +202,9 @@ impl<S: HostStream> VsockConnection<S> {
                 self.peer_no_rx |= flags & SHUTDOWN_RCV != 0;
                 self.peer_no_tx |= flags & SHUTDOWN_SEND != 0;
                 self.flush();
-                if (self.peer_no_rx && self.peer_no_tx) || self.state == ConnState::LocalClosed {
-                    if self.tx_buf.is_empty() {
-                        self.kill();
-                    }
+                let finished = (self.peer_no_rx && self.peer_no_tx) || self.state == ConnState::LocalClosed;
+                if finished && self.tx_buf.is_empty() {
+                    self.kill();
                 }
             }
             // Anything else is a protocol violation for this state.
@@ -573,7 +572,7 @@ pub(crate) mod tests {
     fn a_guest_overrunning_our_buffer_is_reset() {
         let (mut c, _b) = established();
         // Fill the host socket so nothing drains, then overrun.
-        c.tx_buf.extend(std::iter::repeat(0u8).take(CONN_BUF_SIZE as usize));
+        c.tx_buf.extend(std::iter::repeat_n(0u8, CONN_BUF_SIZE as usize));
         c.send_pkt(&TestPkt::guest(OP_RW, 1024, 1 << 30, 0, b"x").pkt());
         let mut out = TestPkt::new(0);
         assert!(c.recv_pkt(&mut out.pkt()));
