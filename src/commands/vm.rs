@@ -1,6 +1,6 @@
 //! `amphi vm ...`: arguments -> one library call each.
 
-use std::process::ExitCode;
+use std::io::Write;
 use std::time::Duration;
 
 use amphi::vm::check::{CheckOptions, ConsoleTarget};
@@ -9,14 +9,14 @@ use amphi::vm::process::ChildArgs;
 use crate::cli::vm::{CheckArgs, RunVmmArgs, VmCommand};
 use crate::cli::GlobalArgs;
 
-pub fn run(_global: &GlobalArgs, cmd: VmCommand) -> ExitCode {
+pub fn run(_global: &GlobalArgs, cmd: VmCommand) -> anyhow::Result<u8> {
     match cmd {
         VmCommand::Check(a) => check(a),
-        VmCommand::RunVmm(a) => ExitCode::from(run_vmm(a)),
+        VmCommand::RunVmm(a) => Ok(run_vmm(a)),
     }
 }
 
-fn check(a: CheckArgs) -> ExitCode {
+fn check(a: CheckArgs) -> anyhow::Result<u8> {
     let opts = CheckOptions {
         kernel: a.kernel,
         modules: a.modules,
@@ -35,30 +35,19 @@ fn check(a: CheckArgs) -> ExitCode {
         vmm_binary: std::env::current_exe().unwrap_or_else(|_| "amphi".into()),
     };
     let mut progress = |m: &str| eprintln!("amphi: {m}");
-    match amphi::vm::check(&opts, &mut progress) {
-        Ok(report) => {
-            let mut out = std::io::stdout().lock();
-            let written = if a.json {
-                serde_json::to_writer_pretty(&mut out, &report).map_err(std::io::Error::from).and_then(|_| {
-                    use std::io::Write;
-                    writeln!(out)
-                })
-            } else {
-                report.render(&mut out)
-            };
-            if written.is_err() {
-                return ExitCode::from(amphi::exit::GENERAL);
-            }
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            super::print_error(&e);
-            ExitCode::from(e.exit_code())
-        }
+    let report = amphi::vm::check(&opts, &mut progress)?;
+    let mut out = std::io::stdout().lock();
+    if a.json {
+        serde_json::to_writer_pretty(&mut out, &report)?;
+        writeln!(out)?;
+    } else {
+        report.render(&mut out)?;
     }
+    Ok(0)
 }
 
 fn run_vmm(a: RunVmmArgs) -> u8 {
+    let event_fd = a.event_fd;
     let args = ChildArgs {
         kernel: a.kernel,
         initrd: a.initrd,
@@ -68,8 +57,8 @@ fn run_vmm(a: RunVmmArgs) -> u8 {
         serial: a.serial,
         vsock_uds: a.vsock_uds,
         vsock_cid: a.vsock_cid,
-        event_fd: a.event_fd,
+        event_fd,
         kvm_path: a.kvm,
     };
-    amphi::vm::process::run_child(args.into_config(), a.event_fd)
+    amphi::vm::process::run_child(args.into_config(), event_fd)
 }
