@@ -49,7 +49,11 @@ pub struct CheckArgs {
     pub console: Option<PathBuf>,
 
     /// Directory of the initramfs cache.
-    #[arg(long = "cache-dir", value_name = "DIR", default_value = "/var/lib/amphi/cache")]
+    #[arg(
+        long = "cache-dir",
+        value_name = "DIR",
+        default_value = "/var/lib/amphi/cache"
+    )]
     pub cache_dir: PathBuf,
 
     /// Extra kernel command-line arguments, after amphi's own.
@@ -95,8 +99,21 @@ mod tests {
     #[test]
     fn vm_check_takes_the_documented_flags() {
         let cli = Cli::try_parse_from([
-            "amphi", "vm", "check", "--kernel", "/k", "--modules", "/m", "--agent", "/a", "--memory", "512", "--cpus",
-            "2", "--timeout", "9",
+            "amphi",
+            "vm",
+            "check",
+            "--kernel",
+            "/k",
+            "--modules",
+            "/m",
+            "--agent",
+            "/a",
+            "--memory",
+            "512",
+            "--cpus",
+            "2",
+            "--timeout",
+            "9",
         ])
         .unwrap();
         match cli.command {

@@ -8,20 +8,28 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::agent::{
-    self, Client, HandshakeRequest, HandshakeResponse, HealthResponse, ProtocolError, Request, Response,
-    ShutdownAction, ShutdownRequest, PROTOCOL_VERSION,
+    self, Client, HandshakeRequest, HandshakeResponse, HealthResponse, ProtocolError, Request,
+    Response, ShutdownAction, ShutdownRequest, PROTOCOL_VERSION,
 };
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentClientError {
     #[error("the agent did not accept a connection on vsock port {port} through {path} before the deadline")]
-    Connect { path: PathBuf, port: u32, #[source] source: std::io::Error },
+    Connect {
+        path: PathBuf,
+        port: u32,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("the VMM answered {answer:?} to CONNECT {port} (expected \"OK <port>\")")]
     BadConnectReply { port: u32, answer: String },
     #[error("agent protocol error")]
     Protocol(#[from] ProtocolError),
     #[error("the agent speaks protocol {agent}, this amphi speaks {host}: upgrade the agent in the guest image")]
-    IncompatibleVersion { host: agent::ProtocolVersion, agent: agent::ProtocolVersion },
+    IncompatibleVersion {
+        host: agent::ProtocolVersion,
+        agent: agent::ProtocolVersion,
+    },
 }
 
 /// Reads the `OK <port>\n` line byte by byte, leaving the stream at the
@@ -60,7 +68,11 @@ pub fn connect(uds: &Path, port: u32, deadline: Instant) -> Result<UnixStream, A
             Ok(Ok(s)) => return Ok(s),
             Ok(Err(answer)) => return Err(AgentClientError::BadConnectReply { port, answer }),
             Err(e) if Instant::now() >= deadline => {
-                return Err(AgentClientError::Connect { path: uds.into(), port, source: e })
+                return Err(AgentClientError::Connect {
+                    path: uds.into(),
+                    port,
+                    source: e,
+                })
             }
             Err(_) => std::thread::sleep(Duration::from_millis(20)),
         }
@@ -73,7 +85,9 @@ pub struct AgentClient {
 
 impl AgentClient {
     pub fn new(stream: UnixStream) -> Self {
-        AgentClient { client: Client::new(stream) }
+        AgentClient {
+            client: Client::new(stream),
+        }
     }
 
     pub fn set_timeout(&self, t: Duration) -> std::io::Result<()> {
@@ -82,27 +96,46 @@ impl AgentClient {
     }
 
     pub fn handshake(&mut self) -> Result<HandshakeResponse, AgentClientError> {
-        let req = HandshakeRequest { protocol: PROTOCOL_VERSION, host_version: env!("CARGO_PKG_VERSION").into() };
+        let req = HandshakeRequest {
+            protocol: PROTOCOL_VERSION,
+            host_version: env!("CARGO_PKG_VERSION").into(),
+        };
         match self.client.call(Request::Handshake(req))? {
             Response::Handshake(h) if PROTOCOL_VERSION.compatible_with(h.protocol) => Ok(h),
-            Response::Handshake(h) => {
-                Err(AgentClientError::IncompatibleVersion { host: PROTOCOL_VERSION, agent: h.protocol })
+            Response::Handshake(h) => Err(AgentClientError::IncompatibleVersion {
+                host: PROTOCOL_VERSION,
+                agent: h.protocol,
+            }),
+            other => Err(ProtocolError::WrongResponse {
+                sent: "handshake",
+                got: other.method(),
             }
-            other => Err(ProtocolError::WrongResponse { sent: "handshake", got: other.method() }.into()),
+            .into()),
         }
     }
 
     pub fn health(&mut self) -> Result<HealthResponse, AgentClientError> {
         match self.client.call(Request::Health)? {
             Response::Health(h) => Ok(h),
-            other => Err(ProtocolError::WrongResponse { sent: "health", got: other.method() }.into()),
+            other => Err(ProtocolError::WrongResponse {
+                sent: "health",
+                got: other.method(),
+            }
+            .into()),
         }
     }
 
     pub fn shutdown(&mut self, action: ShutdownAction) -> Result<(), AgentClientError> {
-        match self.client.call(Request::Shutdown(ShutdownRequest { action }))? {
+        match self
+            .client
+            .call(Request::Shutdown(ShutdownRequest { action }))?
+        {
             Response::Shutdown(_) => Ok(()),
-            other => Err(ProtocolError::WrongResponse { sent: "shutdown", got: other.method() }.into()),
+            other => Err(ProtocolError::WrongResponse {
+                sent: "shutdown",
+                got: other.method(),
+            }
+            .into()),
         }
     }
 }

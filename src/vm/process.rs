@@ -20,11 +20,19 @@ use crate::vm::vmm::{self, ExitReason, VmmConfig, VmmEvent};
 pub enum ChildEvent {
     KernelEntry,
     AgentListening,
-    GuestPanic { line: String },
+    GuestPanic {
+        line: String,
+    },
     /// The VMM could not start or failed; `message` is the error chain.
-    Error { message: String },
+    Error {
+        message: String,
+    },
     /// The VM ended.
-    Exit { reason: String, panic: Option<String>, peak_rss_kib: u64 },
+    Exit {
+        reason: String,
+        panic: Option<String>,
+        peak_rss_kib: u64,
+    },
 }
 
 /// Stable names of exit reasons on the event pipe.
@@ -77,7 +85,10 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 pub fn run_child(config: VmmConfig, event_fd: i32) -> u8 {
     // If the parent dies, so does the VM: nothing is left behind.
     let _ = nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL);
-    let pipe: Box<dyn Write + Send> = match std::fs::OpenOptions::new().write(true).open(format!("/proc/self/fd/{event_fd}")) {
+    let pipe: Box<dyn Write + Send> = match std::fs::OpenOptions::new()
+        .write(true)
+        .open(format!("/proc/self/fd/{event_fd}"))
+    {
         Ok(f) => Box::new(f),
         Err(_) => Box::new(std::io::sink()),
     };
@@ -113,7 +124,9 @@ pub fn run_child(config: VmmConfig, event_fd: i32) -> u8 {
             exit_code(&outcome.reason, outcome.panic.is_some())
         }
         Err(e) => {
-            send(&ChildEvent::Error { message: error_chain(&e) });
+            send(&ChildEvent::Error {
+                message: error_chain(&e),
+            });
             exit::GENERAL
         }
     }
@@ -196,7 +209,10 @@ impl ChildArgs {
                 Some(p) => vmm::SerialOutput::File(p),
                 None => vmm::SerialOutput::Discard,
             },
-            vsock: Some(vmm::VsockConfig { guest_cid: self.vsock_cid, uds_path: self.vsock_uds }),
+            vsock: Some(vmm::VsockConfig {
+                guest_cid: self.vsock_cid,
+                uds_path: self.vsock_uds,
+            }),
         }
     }
 }
@@ -207,12 +223,19 @@ mod tests {
 
     #[test]
     fn events_have_a_stable_wire_form() {
-        let e = ChildEvent::Exit { reason: "power_off".into(), panic: None, peak_rss_kib: 12 };
+        let e = ChildEvent::Exit {
+            reason: "power_off".into(),
+            panic: None,
+            peak_rss_kib: 12,
+        };
         assert_eq!(
             serde_json::to_value(&e).unwrap(),
             serde_json::json!({"event":"exit","reason":"power_off","panic":null,"peak_rss_kib":12})
         );
-        assert_eq!(serde_json::to_string(&ChildEvent::KernelEntry).unwrap(), r#"{"event":"kernel_entry"}"#);
+        assert_eq!(
+            serde_json::to_string(&ChildEvent::KernelEntry).unwrap(),
+            r#"{"event":"kernel_entry"}"#
+        );
     }
 
     #[test]
@@ -220,7 +243,10 @@ mod tests {
         assert_eq!(exit_code(&ExitReason::PowerOff, false), 0);
         assert_eq!(exit_code(&ExitReason::Reset, true), exit::VM_GUEST_PANIC);
         assert_eq!(exit_code(&ExitReason::Reset, false), exit::VM_GUEST_REBOOT);
-        assert_eq!(exit_code(&ExitReason::EmulationFailure, false), exit::VM_HOST_UNSUPPORTED);
+        assert_eq!(
+            exit_code(&ExitReason::EmulationFailure, false),
+            exit::VM_HOST_UNSUPPORTED
+        );
     }
 
     #[test]
@@ -232,7 +258,8 @@ mod tests {
             spawn_reader(f, tx)
         };
         let mut w = w;
-        w.write_all(b"garbage\n{\"event\":\"agent_listening\"}\n").unwrap();
+        w.write_all(b"garbage\n{\"event\":\"agent_listening\"}\n")
+            .unwrap();
         drop(w);
         h.join().unwrap();
         let got: Vec<ChildEvent> = rx.iter().map(|(_, e)| e).collect();
@@ -255,7 +282,9 @@ mod tests {
         };
         let argv = a.to_argv();
         assert_eq!(&argv[..2], ["vm", "run-vmm"]);
-        assert!(argv.windows(2).any(|w| w[0] == "--cmdline" && w[1] == "console=ttyS0 quiet"));
+        assert!(argv
+            .windows(2)
+            .any(|w| w[0] == "--cmdline" && w[1] == "console=ttyS0 quiet"));
         let c = a.into_config();
         assert_eq!(c.serial, vmm::SerialOutput::Stdout);
     }

@@ -24,13 +24,21 @@ const FORMAT_VERSION: &str = "amphi-initramfs-v1";
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {
     #[error("cannot read the guest agent {path}: build it (cargo build -p amphi-agent, statically linked) or pass --agent PATH")]
-    Agent { path: PathBuf, #[source] source: std::io::Error },
+    Agent {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("the guest agent {path} is not a statically linked executable (it has an ELF interpreter); build it with RUSTFLAGS='-C target-feature=+crt-static'")]
     AgentNotStatic { path: PathBuf },
     #[error(transparent)]
     Module(#[from] ModuleError),
     #[error("cannot write the initramfs cache {path}")]
-    Cache { path: PathBuf, #[source] source: std::io::Error },
+    Cache {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 pub struct InitramfsSpec<'a> {
@@ -58,7 +66,9 @@ pub fn has_interpreter(elf: &[u8]) -> bool {
     let phnum = u16::from_le_bytes([elf[0x38], elf[0x39]]) as usize;
     (0..phnum).any(|i| {
         let off = phoff + i * phentsize;
-        elf.get(off..off + 4).map(|t| u32::from_le_bytes(t.try_into().unwrap_or([0; 4])) == 3).unwrap_or(false)
+        elf.get(off..off + 4)
+            .map(|t| u32::from_le_bytes(t.try_into().unwrap_or([0; 4])) == 3)
+            .unwrap_or(false)
     })
 }
 
@@ -70,9 +80,14 @@ pub fn build_or_reuse(
     progress: &mut dyn FnMut(&str),
 ) -> Result<BuiltInitramfs, ImageError> {
     let start = Instant::now();
-    let agent = std::fs::read(spec.agent).map_err(|source| ImageError::Agent { path: spec.agent.into(), source })?;
+    let agent = std::fs::read(spec.agent).map_err(|source| ImageError::Agent {
+        path: spec.agent.into(),
+        source,
+    })?;
     if has_interpreter(&agent) {
-        return Err(ImageError::AgentNotStatic { path: spec.agent.into() });
+        return Err(ImageError::AgentNotStatic {
+            path: spec.agent.into(),
+        });
     }
     let mods = modules::resolve(spec.modules_dir, spec.modules)?;
     let names: Vec<String> = mods.iter().map(|m| m.name.clone()).collect();
@@ -91,7 +106,12 @@ pub fn build_or_reuse(
     let hex: String = digest.iter().take(16).map(|b| format!("{b:02x}")).collect();
     let path = cache_dir.join(format!("initramfs-{hex}.cpio"));
     if path.is_file() {
-        return Ok(BuiltInitramfs { path, from_cache: true, modules: names, build_time: start.elapsed() });
+        return Ok(BuiltInitramfs {
+            path,
+            from_cache: true,
+            modules: names,
+            build_time: start.elapsed(),
+        });
     }
 
     progress(&format!(
@@ -101,7 +121,17 @@ pub fn build_or_reuse(
         cache_dir.display()
     ));
     let mut w = CpioWriter::new();
-    for d in ["dev", "proc", "sys", "run", "tmp", "etc", "etc/amphi", "lib", "lib/modules"] {
+    for d in [
+        "dev",
+        "proc",
+        "sys",
+        "run",
+        "tmp",
+        "etc",
+        "etc/amphi",
+        "lib",
+        "lib/modules",
+    ] {
         w.dir(d);
     }
     w.char_dev("dev/console", 0o600, 5, 1);
@@ -120,7 +150,10 @@ pub fn build_or_reuse(
     w.file(MODULE_LIST_PATH, 0o644, list.as_bytes());
     let bytes = w.finish();
 
-    let cache_err = |source| ImageError::Cache { path: path.clone(), source };
+    let cache_err = |source| ImageError::Cache {
+        path: path.clone(),
+        source,
+    };
     std::fs::create_dir_all(cache_dir).map_err(cache_err)?;
     // Write aside and rename, so a concurrent or interrupted build never
     // leaves a half-written image under the final name.
@@ -132,8 +165,17 @@ pub fn build_or_reuse(
         let _ = std::fs::remove_file(&tmp);
         return Err(cache_err(e));
     }
-    progress(&format!("initramfs ready ({} KiB) in {} ms", bytes.len() / 1024, start.elapsed().as_millis()));
-    Ok(BuiltInitramfs { path, from_cache: false, modules: names, build_time: start.elapsed() })
+    progress(&format!(
+        "initramfs ready ({} KiB) in {} ms",
+        bytes.len() / 1024,
+        start.elapsed().as_millis()
+    ));
+    Ok(BuiltInitramfs {
+        path,
+        from_cache: false,
+        modules: names,
+        build_time: start.elapsed(),
+    })
 }
 
 #[cfg(test)]
@@ -155,22 +197,39 @@ mod tests {
     fn the_image_is_built_once_and_then_reused() {
         let (d, agent, mods) = setup();
         let cache = d.path().join("cache");
-        let spec = InitramfsSpec { agent: &agent, modules_dir: &mods, kernel_release: "6.1.0", modules: &["vsock"] };
+        let spec = InitramfsSpec {
+            agent: &agent,
+            modules_dir: &mods,
+            kernel_release: "6.1.0",
+            modules: &["vsock"],
+        };
         let mut said = Vec::new();
         let first = build_or_reuse(&spec, &cache, &mut |m| said.push(m.to_string())).unwrap();
         assert!(!first.from_cache);
         assert!(said[0].contains("assembling"), "a build says what it does");
-        let again = build_or_reuse(&spec, &cache, &mut |_| panic!("no progress for a cache hit")).unwrap();
+        let again = build_or_reuse(&spec, &cache, &mut |_| {
+            panic!("no progress for a cache hit")
+        })
+        .unwrap();
         assert!(again.from_cache);
         assert_eq!(first.path, again.path);
-        assert_eq!(std::fs::read_dir(&cache).unwrap().count(), 1, "no temp files left");
+        assert_eq!(
+            std::fs::read_dir(&cache).unwrap().count(),
+            1,
+            "no temp files left"
+        );
     }
 
     #[test]
     fn a_changed_input_gives_a_new_image() {
         let (d, agent, mods) = setup();
         let cache = d.path().join("cache");
-        let spec = InitramfsSpec { agent: &agent, modules_dir: &mods, kernel_release: "6.1.0", modules: &["vsock"] };
+        let spec = InitramfsSpec {
+            agent: &agent,
+            modules_dir: &mods,
+            kernel_release: "6.1.0",
+            modules: &["vsock"],
+        };
         let a = build_or_reuse(&spec, &cache, &mut |_| {}).unwrap();
         std::fs::write(&agent, b"\x7fELF a newer agent").unwrap();
         let b = build_or_reuse(&spec, &cache, &mut |_| {}).unwrap();
@@ -181,7 +240,12 @@ mod tests {
     #[test]
     fn the_image_holds_init_console_modules_and_their_order() {
         let (d, agent, mods) = setup();
-        let spec = InitramfsSpec { agent: &agent, modules_dir: &mods, kernel_release: "6.1.0", modules: &["vsock"] };
+        let spec = InitramfsSpec {
+            agent: &agent,
+            modules_dir: &mods,
+            kernel_release: "6.1.0",
+            modules: &["vsock"],
+        };
         let img = build_or_reuse(&spec, &d.path().join("c"), &mut |_| {}).unwrap();
         let bytes = std::fs::read(&img.path).unwrap();
         let find = |n: &[u8]| bytes.windows(n.len()).any(|w| w == n);
@@ -202,7 +266,12 @@ mod tests {
         elf[0x38..0x3a].copy_from_slice(&1u16.to_le_bytes());
         elf[64..68].copy_from_slice(&3u32.to_le_bytes());
         std::fs::write(&agent, &elf).unwrap();
-        let spec = InitramfsSpec { agent: &agent, modules_dir: &mods, kernel_release: "6.1.0", modules: &["vsock"] };
+        let spec = InitramfsSpec {
+            agent: &agent,
+            modules_dir: &mods,
+            kernel_release: "6.1.0",
+            modules: &["vsock"],
+        };
         let e = build_or_reuse(&spec, &d.path().join("c"), &mut |_| {}).unwrap_err();
         assert!(matches!(e, ImageError::AgentNotStatic { .. }));
     }

@@ -54,7 +54,11 @@ pub fn boot_msrs() -> Vec<kvm_msr_entry> {
         (MSR_MTRR_DEF_TYPE, MTRR_ENABLE_WB),
     ]
     .iter()
-    .map(|&(index, data)| kvm_msr_entry { index, data, ..Default::default() })
+    .map(|&(index, data)| kvm_msr_entry {
+        index,
+        data,
+        ..Default::default()
+    })
     .collect()
 }
 
@@ -78,34 +82,66 @@ pub struct Vcpu {
 
 impl Vcpu {
     pub fn new(vm: &VmFd, index: u8, pio: Arc<Bus>, mmio: Arc<Bus>) -> Result<Self, VmmError> {
-        let fd = vm.create_vcpu(u64::from(index)).map_err(|e| VmmError::Kvm("KVM_CREATE_VCPU", e))?;
-        Ok(Vcpu { index, fd, pio, mmio })
+        let fd = vm
+            .create_vcpu(u64::from(index))
+            .map_err(|e| VmmError::Kvm("KVM_CREATE_VCPU", e))?;
+        Ok(Vcpu {
+            index,
+            fd,
+            pio,
+            mmio,
+        })
     }
 
     /// Sets up this vCPU. Only the boot vCPU (index 0) gets registers: the
     /// others wait for the kernel's INIT/SIPI in the in-kernel LAPIC.
-    pub fn configure(&self, kvm: &Kvm, base_cpuid: &CpuId, count: u8, entry: EntryPoint) -> Result<(), VmmError> {
+    pub fn configure(
+        &self,
+        kvm: &Kvm,
+        base_cpuid: &CpuId,
+        count: u8,
+        entry: EntryPoint,
+    ) -> Result<(), VmmError> {
         let mut cpuid = base_cpuid.clone();
         let tsc_deadline = kvm.check_extension(kvm_ioctls::Cap::TscDeadlineTimer);
         cpuid::adjust(cpuid.as_mut_slice(), self.index, count, tsc_deadline);
-        self.fd.set_cpuid2(&cpuid).map_err(|e| VmmError::Kvm("KVM_SET_CPUID2", e))?;
+        self.fd
+            .set_cpuid2(&cpuid)
+            .map_err(|e| VmmError::Kvm("KVM_SET_CPUID2", e))?;
 
         let msrs = Msrs::from_entries(&boot_msrs()).map_err(|_| VmmError::MsrList)?;
-        let written = self.fd.set_msrs(&msrs).map_err(|e| VmmError::Kvm("KVM_SET_MSRS", e))?;
+        let written = self
+            .fd
+            .set_msrs(&msrs)
+            .map_err(|e| VmmError::Kvm("KVM_SET_MSRS", e))?;
         if written != msrs.as_slice().len() {
             return Err(VmmError::MsrList);
         }
 
-        let mut lapic = self.fd.get_lapic().map_err(|e| VmmError::Kvm("KVM_GET_LAPIC", e))?;
+        let mut lapic = self
+            .fd
+            .get_lapic()
+            .map_err(|e| VmmError::Kvm("KVM_GET_LAPIC", e))?;
         set_lvt(&mut lapic.regs, APIC_LVT0, APIC_MODE_EXTINT);
         set_lvt(&mut lapic.regs, APIC_LVT1, APIC_MODE_NMI);
-        self.fd.set_lapic(&lapic).map_err(|e| VmmError::Kvm("KVM_SET_LAPIC", e))?;
+        self.fd
+            .set_lapic(&lapic)
+            .map_err(|e| VmmError::Kvm("KVM_SET_LAPIC", e))?;
 
-        self.fd.set_fpu(&regs::fpu()).map_err(|e| VmmError::Kvm("KVM_SET_FPU", e))?;
+        self.fd
+            .set_fpu(&regs::fpu())
+            .map_err(|e| VmmError::Kvm("KVM_SET_FPU", e))?;
         if self.index == 0 {
-            let sregs = self.fd.get_sregs().map_err(|e| VmmError::Kvm("KVM_GET_SREGS", e))?;
-            self.fd.set_sregs(&regs::sregs(entry, sregs)).map_err(|e| VmmError::Kvm("KVM_SET_SREGS", e))?;
-            self.fd.set_regs(&regs::regs(entry)).map_err(|e| VmmError::Kvm("KVM_SET_REGS", e))?;
+            let sregs = self
+                .fd
+                .get_sregs()
+                .map_err(|e| VmmError::Kvm("KVM_GET_SREGS", e))?;
+            self.fd
+                .set_sregs(&regs::sregs(entry, sregs))
+                .map_err(|e| VmmError::Kvm("KVM_SET_SREGS", e))?;
+            self.fd
+                .set_regs(&regs::regs(entry))
+                .map_err(|e| VmmError::Kvm("KVM_SET_REGS", e))?;
         }
         Ok(())
     }
@@ -146,19 +182,26 @@ impl Vcpu {
                         KVM_SYSTEM_EVENT_SHUTDOWN => return ExitReason::PowerOff,
                         KVM_SYSTEM_EVENT_RESET => return ExitReason::Reset,
                         KVM_SYSTEM_EVENT_CRASH => return ExitReason::Crash,
-                        other => return ExitReason::Error(format!("unknown KVM system event {other}")),
+                        other => {
+                            return ExitReason::Error(format!("unknown KVM system event {other}"))
+                        }
                     },
                     VcpuExit::InternalError => {
                         // SAFETY: KVM filled the `internal` member of the
                         // kvm_run union for a KVM_EXIT_INTERNAL_ERROR exit.
-                        let suberror = unsafe { self.fd.get_kvm_run().__bindgen_anon_1.internal.suberror };
+                        let suberror =
+                            unsafe { self.fd.get_kvm_run().__bindgen_anon_1.internal.suberror };
                         if suberror == KVM_INTERNAL_ERROR_EMULATION {
                             return ExitReason::EmulationFailure;
                         }
-                        return ExitReason::Error(format!("KVM internal error, suberror {suberror}"));
+                        return ExitReason::Error(format!(
+                            "KVM internal error, suberror {suberror}"
+                        ));
                     }
                     VcpuExit::FailEntry(reason, cpu) => {
-                        return ExitReason::Error(format!("KVM entry failed on cpu {cpu}, reason {reason:#x}"))
+                        return ExitReason::Error(format!(
+                            "KVM entry failed on cpu {cpu}, reason {reason:#x}"
+                        ))
                     }
                     VcpuExit::Intr => {}
                     other => return ExitReason::Error(format!("unexpected vCPU exit {other:?}")),

@@ -37,7 +37,11 @@ const MAX_CONNECT_LINE: usize = 32;
 #[derive(Debug, thiserror::Error)]
 pub enum MuxerError {
     #[error("cannot listen on vsock socket {path}")]
-    Listen { path: PathBuf, #[source] source: std::io::Error },
+    Listen {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot set up the vsock backend's epoll")]
     Epoll(#[source] std::io::Error),
 }
@@ -48,7 +52,10 @@ type ConnKey = (u32, u32);
 enum RxItem {
     Conn(ConnKey),
     /// A RST for a packet that matched no connection.
-    Rst { local_port: u32, peer_port: u32 },
+    Rst {
+        local_port: u32,
+        peer_port: u32,
+    },
 }
 
 enum Watched {
@@ -78,16 +85,26 @@ pub struct VsockMuxer {
 /// Parses `CONNECT <port>\n`.
 pub fn parse_connect(line: &[u8]) -> Option<u32> {
     let s = std::str::from_utf8(line).ok()?;
-    let port = s.strip_suffix('\n')?.trim_end_matches('\r').strip_prefix("CONNECT ")?;
+    let port = s
+        .strip_suffix('\n')?
+        .trim_end_matches('\r')
+        .strip_prefix("CONNECT ")?;
     port.trim().parse().ok()
 }
 
 impl VsockMuxer {
     /// Listens on `path`; guest connections to port P go to `<path>_P`.
     pub fn new(guest_cid: u64, path: &Path) -> Result<Self, MuxerError> {
-        let listener =
-            UnixListener::bind(path).map_err(|source| MuxerError::Listen { path: path.into(), source })?;
-        listener.set_nonblocking(true).map_err(|source| MuxerError::Listen { path: path.into(), source })?;
+        let listener = UnixListener::bind(path).map_err(|source| MuxerError::Listen {
+            path: path.into(),
+            source,
+        })?;
+        listener
+            .set_nonblocking(true)
+            .map_err(|source| MuxerError::Listen {
+                path: path.into(),
+                source,
+            })?;
         let epoll = Epoll::new().map_err(MuxerError::Epoll)?;
         let mut m = VsockMuxer {
             guest_cid,
@@ -102,7 +119,8 @@ impl VsockMuxer {
             next_local_port: LOCAL_PORT_BASE,
         };
         let fd = m.listener.as_raw_fd();
-        m.watch(fd, Watched::Listener, EventSet::IN).map_err(MuxerError::Epoll)?;
+        m.watch(fd, Watched::Listener, EventSet::IN)
+            .map_err(MuxerError::Epoll)?;
         Ok(m)
     }
 
@@ -111,13 +129,19 @@ impl VsockMuxer {
     }
 
     fn watch(&mut self, fd: RawFd, what: Watched, events: EventSet) -> std::io::Result<()> {
-        self.epoll.ctl(ControlOperation::Add, fd, EpollEvent::new(to_epoll(events), fd as u64))?;
+        self.epoll.ctl(
+            ControlOperation::Add,
+            fd,
+            EpollEvent::new(to_epoll(events), fd as u64),
+        )?;
         self.watched.insert(fd, what);
         Ok(())
     }
 
     fn unwatch(&mut self, fd: RawFd) {
-        let _ = self.epoll.ctl(ControlOperation::Delete, fd, EpollEvent::default());
+        let _ = self
+            .epoll
+            .ctl(ControlOperation::Delete, fd, EpollEvent::default());
         self.watched.remove(&fd);
     }
 
@@ -130,7 +154,9 @@ impl VsockMuxer {
     /// After a connection changed: update its epoll interest, queue it for
     /// RX, or drop it.
     fn refresh(&mut self, key: ConnKey) {
-        let Some(conn) = self.conns.get(&key) else { return };
+        let Some(conn) = self.conns.get(&key) else {
+            return;
+        };
         let fd = conn.stream().as_raw_fd();
         if conn.state() == ConnState::Killed && !conn.has_pending_rx() {
             self.unwatch(fd);
@@ -139,7 +165,11 @@ impl VsockMuxer {
         }
         let interest = conn.interest();
         let pending = conn.has_pending_rx();
-        let _ = self.epoll.ctl(ControlOperation::Modify, fd, EpollEvent::new(to_epoll(interest), fd as u64));
+        let _ = self.epoll.ctl(
+            ControlOperation::Modify,
+            fd,
+            EpollEvent::new(to_epoll(interest), fd as u64),
+        );
         if pending {
             self.enqueue(key);
         }
@@ -147,7 +177,10 @@ impl VsockMuxer {
 
     fn add_conn(&mut self, key: ConnKey, conn: VsockConnection<UnixStream>) {
         let fd = conn.stream().as_raw_fd();
-        if self.watch(fd, Watched::Conn(key), EventSet::empty()).is_err() {
+        if self
+            .watch(fd, Watched::Conn(key), EventSet::empty())
+            .is_err()
+        {
             return;
         }
         self.conns.insert(key, conn);
@@ -157,7 +190,10 @@ impl VsockMuxer {
     fn alloc_local_port(&mut self) -> u32 {
         loop {
             let p = self.next_local_port;
-            self.next_local_port = self.next_local_port.checked_add(1).unwrap_or(LOCAL_PORT_BASE);
+            self.next_local_port = self
+                .next_local_port
+                .checked_add(1)
+                .unwrap_or(LOCAL_PORT_BASE);
             if !self.conns.keys().any(|(l, _)| *l == p) {
                 return p;
             }
@@ -171,7 +207,13 @@ impl VsockMuxer {
             }
             let fd = stream.as_raw_fd();
             if self.watch(fd, Watched::Pending, EventSet::IN).is_ok() {
-                self.pending_hosts.insert(fd, PendingHost { stream, line: Vec::new() });
+                self.pending_hosts.insert(
+                    fd,
+                    PendingHost {
+                        stream,
+                        line: Vec::new(),
+                    },
+                );
             }
         }
     }
@@ -179,7 +221,9 @@ impl VsockMuxer {
     /// Reads a pending host stream's `CONNECT` line, byte by byte so that
     /// nothing after the newline is consumed.
     fn read_connect(&mut self, fd: RawFd) {
-        let Some(p) = self.pending_hosts.get_mut(&fd) else { return };
+        let Some(p) = self.pending_hosts.get_mut(&fd) else {
+            return;
+        };
         let mut byte = [0u8; 1];
         let outcome = loop {
             match p.stream.read(&mut byte) {
@@ -199,7 +243,9 @@ impl VsockMuxer {
             }
         };
         self.unwatch(fd);
-        let Some(p) = self.pending_hosts.remove(&fd) else { return };
+        let Some(p) = self.pending_hosts.remove(&fd) else {
+            return;
+        };
         // A malformed request just gets the stream closed, as Firecracker does.
         if let Ok(peer_port) = outcome {
             let local_port = self.alloc_local_port();
@@ -209,7 +255,10 @@ impl VsockMuxer {
     }
 
     fn rst(&mut self, local_port: u32, peer_port: u32) {
-        self.rxq.push_back(RxItem::Rst { local_port, peer_port });
+        self.rxq.push_back(RxItem::Rst {
+            local_port,
+            peer_port,
+        });
     }
 }
 
@@ -260,7 +309,10 @@ impl VsockBackend for VsockMuxer {
     fn recv_pkt<B: BitmapSlice>(&mut self, pkt: &mut VsockPacket<B>) -> bool {
         while let Some(item) = self.rxq.pop_front() {
             match item {
-                RxItem::Rst { local_port, peer_port } => {
+                RxItem::Rst {
+                    local_port,
+                    peer_port,
+                } => {
                     let h = Header {
                         src_cid: HOST_CID,
                         dst_cid: self.guest_cid,
@@ -276,7 +328,9 @@ impl VsockBackend for VsockMuxer {
                 }
                 RxItem::Conn(key) => {
                     self.queued.remove(&key);
-                    let Some(conn) = self.conns.get_mut(&key) else { continue };
+                    let Some(conn) = self.conns.get_mut(&key) else {
+                        continue;
+                    };
                     let produced = conn.recv_pkt(pkt);
                     self.refresh(key);
                     if produced {
