@@ -46,7 +46,15 @@ out=$(vmcheck --timeout "$TIMEOUT" --cpus 2 --json); rc=$?
 check "a second run reuses the cached initramfs" '[ $rc = 0 ] && echo "$out" | grep -q "\"initramfs_cached\": true"'
 check "two vCPUs come online in the guest" 'echo "$out" | grep -q "\"online_cpus\": 2"'
 
-# 3. Failures: clear, within the timeout, nothing left behind.
+# 3. The same kernel as an ELF vmlinux, entered through its PVH entry point.
+if [ -f "$p/kernel/vmlinux" ]; then
+  out=$(vmcheck --kernel "$p/kernel/vmlinux" --timeout "$TIMEOUT"); rc=$?
+  check "an ELF vmlinux boots through its PVH entry" '[ $rc = 0 ] && echo "$out" | grep -q "guest powered off cleanly"'
+else
+  not_ok "an ELF vmlinux boots through its PVH entry" "no $p/kernel/vmlinux in the payload"
+fi
+
+# 4. Failures: clear, within the timeout, nothing left behind.
 out=$("$A" vm check --kernel /nonexistent/vmlinuz --modules "$M" --cache-dir "$CACHE" --timeout 20 2>&1); rc=$?
 check "a wrong kernel path is refused by name" '[ $rc != 0 ] && echo "$out" | grep -q "/nonexistent/vmlinuz does not exist"'
 check "nothing is left behind after a wrong kernel path" no_leftovers

@@ -23,6 +23,7 @@ trap 'rm -rf "$payload"' EXIT
 cp "$bindir/amphi" "$bindir/amphi-agent" "$here/e2e.sh" "$payload/"
 mkdir -p "$payload/kernel"
 cp "$kroot/boot/vmlinuz-$kver" "$payload/kernel/vmlinuz"
+extract_vmlinux "$kroot/boot/vmlinuz-$kver" "$payload/kernel/vmlinux"
 copy_module_tree "$kroot/lib/modules/$kver" "$payload/modules" virtio_mmio vmw_vsock_virtio_transport
 # An /init the kernel cannot execute (it panics: "No working init found"),
 # and a static program that never answers on vsock (busybox, run as init).
@@ -50,7 +51,7 @@ elif command -v qemu-system-x86_64 >/dev/null; then
   "$here/nested-host.sh" --smp 2 --timeout 1500 "$payload" 'sh ./e2e.sh /payload' || status=1
 else
   echo "# SKIPPED: no usable /dev/kvm (no vmx/svm) and no qemu-system-x86_64 for the nested test host"
-  echo "vm e2e: 0 passed, 0 failed, 14 skipped"
+  echo "vm e2e: 0 passed, 0 failed, 18 skipped"
   exit 0
 fi
 if [ $bench = 1 ]; then
