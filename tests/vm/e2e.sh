@@ -24,7 +24,8 @@ no_leftovers() {
   [ -z "$left$procs" ] || { echo "# leftovers: $left $procs"; return 1; }
 }
 
-vmcheck() { "$A" vm check --kernel "$K" --modules "$M" --cache-dir "$CACHE" "$@" 2>&1; }
+vmcheck() { "$A" vm check --kernel "$KERNEL" --modules "$M" --cache-dir "$CACHE" "$@" 2>&1; }
+KERNEL=$K
 
 echo "# e2e: $(uname -r), $(grep -c ^processor /proc/cpuinfo) CPU(s), /dev/kvm: $(ls -l /dev/kvm 2>&1)"
 
@@ -48,7 +49,9 @@ check "two vCPUs come online in the guest" 'echo "$out" | grep -q "\"online_cpus
 
 # 3. The same kernel as an ELF vmlinux, entered through its PVH entry point.
 if [ -f "$p/kernel/vmlinux" ]; then
-  out=$(vmcheck --kernel "$p/kernel/vmlinux" --timeout "$TIMEOUT"); rc=$?
+  KERNEL=$p/kernel/vmlinux
+  out=$(vmcheck --timeout "$TIMEOUT"); rc=$?
+  KERNEL=$K
   check "an ELF vmlinux boots through its PVH entry" '[ $rc = 0 ] && echo "$out" | grep -q "guest powered off cleanly"'
 else
   not_ok "an ELF vmlinux boots through its PVH entry" "no $p/kernel/vmlinux in the payload"
