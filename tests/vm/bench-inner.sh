@@ -16,47 +16,54 @@ cat /tmp/warm.txt
 INITRD=$(ls "$CACHE"/initramfs-*.cpio)
 CMDLINE="console=ttyS0 quiet panic=-1 pci=off 8250.nr_uarts=1 tsc=reliable rdinit=/init"
 
-# Waits (blocking, no polling: the test host may have one CPU) until the
-# console on fifo $1 shows the agent's line; prints the time; drains the
-# rest in the background so the VMM never blocks on its console.
-wait_mark() {
-  exec 3< "$1"
-  while IFS= read -r l <&3; do
-    case $l in *"$MARK"*) now; break;; esac
+# Reads a console on stdin (blocking, no polling: the test host may have
+# one CPU) until the agent's line, writes the time to $1, then drains the
+# rest into $2 so the VMM never blocks on its console.
+mark_reader() {
+  while IFS= read -r l; do
+    case $l in *"$MARK"*) now > "$1"; break;; esac
   done
-  cat <&3 > /dev/null &
-  exec 3<&-
+  cat > "$2"
 }
 
 # amphi: from launching `amphi vm check` to the listening line on its console.
 amphi_once() {
-  rm -f /tmp/afifo; mkfifo /tmp/afifo
+  rm -f /tmp/t1
   t0=$(now)
-  "$A" vm check --kernel "$p/kernel/vmlinuz" --modules "$p/modules" --cache-dir "$CACHE" --timeout 300 \
-    --console /tmp/afifo --json > /tmp/amphi.json 2>/tmp/amphi.err &
-  pid=$!
-  t1=$(wait_mark /tmp/afifo)
-  wait $pid || { cat /tmp/amphi.err; return 1; }
-  hs=$(grep -o '"boot_to_handshake_ms": [0-9]*' /tmp/amphi.json | awk '{print $2}')
-  rss=$(grep -o '"vmm_peak_rss_kib": [0-9]*' /tmp/amphi.json | awk '{print $2}')
-  echo "$(sub_ms "$t0" "$t1") $hs $rss"
+  timeout 300 "$A" vm check --kernel "$p/kernel/vmlinuz" --modules "$p/modules" --cache-dir "$CACHE" \
+    --timeout 240 --console - --json 2>/tmp/amphi.err | mark_reader /tmp/t1 /tmp/amphi.rest
+  [ -s /tmp/t1 ] || { cat /tmp/amphi.err /tmp/amphi.rest; echo "bench: amphi never printed the agent's line"; return 1; }
+  hs=$(grep -o '"boot_to_handshake_ms": [0-9]*' /tmp/amphi.rest | awk '{print $2}')
+  rss=$(grep -o '"vmm_peak_rss_kib": [0-9]*' /tmp/amphi.rest | awk '{print $2}')
+  [ -n "$hs" ] || { cat /tmp/amphi.err; echo "bench: amphi vm check failed"; return 1; }
+  echo "$(sub_ms "$t0" "$(cat /tmp/t1)") $hs $rss"
 }
 
 # QEMU microvm: from launch to the same line, then its peak RSS, then stop it.
 qemu_once() {
-  rm -f /tmp/qfifo; mkfifo /tmp/qfifo
+  rm -f /tmp/t1 /tmp/qpid /tmp/qrss
   t0=$(now)
-  "$QEMU_LD" --library-path "$p/qemu/lib" "$p/qemu/qemu-system-x86_64" \
-    -M microvm -enable-kvm -cpu host -m 256 -smp 1 -nodefaults -no-user-config -nographic \
-    -L "$p/qemu/share" -serial stdio \
-    -kernel "$p/kernel/vmlinuz" -initrd "$INITRD" -append "$CMDLINE" \
-    -device vhost-vsock-device,guest-cid=3 > /tmp/qfifo 2>&1 </dev/null &
-  pid=$!
-  t1=$(wait_mark /tmp/qfifo)
-  [ -n "$t1" ] || { echo "bench: qemu never printed the agent's line"; return 1; }
-  rss=$(awk '/VmHWM/ {print $2}' /proc/$pid/status)
-  kill -9 $pid; wait $pid 2>/dev/null
-  echo "$(sub_ms "$t0" "$t1") $rss"
+  { "$QEMU_LD" --library-path "$p/qemu/lib" "$p/qemu/qemu-system-x86_64" \
+      -M microvm -enable-kvm -cpu host -m 256 -smp 1 -nodefaults -no-user-config -nographic \
+      -L "$p/qemu/share" -serial stdio \
+      -kernel "$p/kernel/vmlinuz" -initrd "$INITRD" -append "$CMDLINE" \
+      -device vhost-vsock-device,guest-cid=3 </dev/null 2>&1 &
+    qpid=$!
+    echo $qpid > /tmp/qpid
+    # A QEMU that never gets there is stopped rather than left to hang the run.
+    ( sleep 300; kill -9 $qpid 2>/dev/null ) > /dev/null 2>&1 &
+    wait $qpid
+  } | {
+    while IFS= read -r l; do
+      case $l in *"$MARK"*) now > /tmp/t1; break;; esac
+    done
+    pid=$(cat /tmp/qpid)
+    awk '/VmHWM/ {print $2}' "/proc/$pid/status" > /tmp/qrss
+    kill -9 "$pid" 2>/dev/null
+    cat > /tmp/qemu.rest
+  }
+  [ -s /tmp/t1 ] || { cat /tmp/qemu.rest; echo "bench: qemu never printed the agent's line"; return 1; }
+  echo "$(sub_ms "$t0" "$(cat /tmp/t1)") $(cat /tmp/qrss)"
 }
 
 : > /tmp/a.txt; : > /tmp/q.txt
