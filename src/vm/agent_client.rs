@@ -139,3 +139,88 @@ impl AgentClient {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::agent::{receive, send, RequestEnvelope, ResponseEnvelope};
+    use std::io::BufRead;
+    use std::os::unix::net::UnixListener;
+
+    /// A VMM-side stand-in: refuses the first CONNECT (guest not listening
+    /// yet), accepts the second and answers one handshake.
+    fn fake_vmm(path: &Path) -> std::thread::JoinHandle<String> {
+        let listener = UnixListener::bind(path).unwrap();
+        std::thread::spawn(move || {
+            drop(listener.accept().unwrap());
+            let (s, _) = listener.accept().unwrap();
+            let mut r = std::io::BufReader::new(s.try_clone().unwrap());
+            let mut line = String::new();
+            r.read_line(&mut line).unwrap();
+            let mut w = s;
+            w.write_all(b"OK 1073741824\n").unwrap();
+            let req: RequestEnvelope = receive(&mut r).unwrap().unwrap();
+            let reply = Response::Handshake(HandshakeResponse {
+                protocol: PROTOCOL_VERSION,
+                agent_version: "9.9.9".into(),
+                kernel_release: "6.1.0-test".into(),
+                modules_loaded: vec![],
+                agent_init_ms: 1,
+            });
+            send(&mut w, &ResponseEnvelope::ok(req.id, reply)).unwrap();
+            line
+        })
+    }
+
+    #[test]
+    fn connect_retries_until_the_guest_listens_then_handshakes() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("v.sock");
+        let vmm = fake_vmm(&path);
+        let s = connect(
+            &path,
+            AGENT_PORT_FOR_TEST,
+            Instant::now() + Duration::from_secs(10),
+        )
+        .unwrap();
+        let mut c = AgentClient::new(s);
+        let h = c.handshake().unwrap();
+        assert_eq!(
+            (h.agent_version.as_str(), h.kernel_release.as_str()),
+            ("9.9.9", "6.1.0-test")
+        );
+        assert_eq!(vmm.join().unwrap(), "CONNECT 1024\n");
+    }
+
+    #[test]
+    fn connect_gives_up_at_the_deadline() {
+        let d = tempfile::tempdir().unwrap();
+        let e = connect(
+            &d.path().join("absent.sock"),
+            1024,
+            Instant::now() + Duration::from_millis(100),
+        )
+        .unwrap_err();
+        assert!(
+            matches!(e, AgentClientError::Connect { port: 1024, .. }),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_bad_connect_reply_is_reported() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("v.sock");
+        let listener = UnixListener::bind(&path).unwrap();
+        let t = std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            s.write_all(b"NO\n").unwrap();
+            std::thread::sleep(Duration::from_millis(100));
+        });
+        let e = connect(&path, 1024, Instant::now() + Duration::from_secs(5)).unwrap_err();
+        assert!(matches!(e, AgentClientError::BadConnectReply { .. }), "{e}");
+        t.join().unwrap();
+    }
+
+    const AGENT_PORT_FOR_TEST: u32 = crate::agent::AGENT_VSOCK_PORT;
+}

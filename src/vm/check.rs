@@ -359,7 +359,10 @@ pub fn check(
     };
     let console_tail = || tail(console_file.as_deref(), 15);
 
-    // The event pipe: the write end is inherited by the child only.
+    // The event pipe. Its write end is made inheritable just for the spawn:
+    // another thread spawning at that moment would inherit it too, which is
+    // why nothing here waits for the pipe's EOF (part 2, with concurrent
+    // spawns, should move the fd with a pre-exec dup2 instead).
     let (read_end, write_end) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
         .map_err(|e| CheckError::TempDir(e.into()))?;
     nix::fcntl::fcntl(
@@ -522,7 +525,9 @@ pub fn check(
         .wait_timeout(TEARDOWN_TIMEOUT)
         .ok_or(CheckError::Teardown(TEARDOWN_TIMEOUT))?;
     let teardown_end = Instant::now();
-    let _ = reader.join();
+    // The reader ends by itself at EOF; joining could wait on a process that
+    // inherited the pipe's write end in the spawn window (see above).
+    drop(reader);
     let exit = match exit_reason.as_deref() {
         Some("power_off") => "guest powered off cleanly".to_string(),
         Some(other) => {
