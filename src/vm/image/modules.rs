@@ -296,6 +296,12 @@ pub(crate) mod tests {
                 let mut out = Vec::new();
                 lzma_rs::xz_compress(&mut &elf[..], &mut out).unwrap();
                 std::fs::write(p, out).unwrap();
+            } else if file.ends_with(".zst") {
+                let out = ruzstd::encoding::compress_to_vec(
+                    &elf[..],
+                    ruzstd::encoding::CompressionLevel::Fastest,
+                );
+                std::fs::write(p, out).unwrap();
             } else {
                 std::fs::write(p, elf).unwrap();
             }
@@ -321,7 +327,7 @@ pub(crate) mod tests {
             ("virtio_ring.ko", ""),
             ("virtio.ko", ""),
             ("virtio_mmio.ko", "virtio,virtio_ring"),
-            ("vsock.ko", ""),
+            ("vsock.ko.zst", ""),
             ("vmw_vsock_virtio_transport_common.ko.xz", "vsock"),
             (
                 "vmw_vsock_virtio_transport.ko",
@@ -343,6 +349,11 @@ pub(crate) mod tests {
         );
         let pos = |n: &str| names.iter().position(|x| *x == n).unwrap();
         assert!(pos("vsock") < pos("vmw_vsock_virtio_transport_common"));
+        assert_eq!(
+            &mods[3].data[..4],
+            b"\x7fELF",
+            "the .zst module was decompressed"
+        );
         assert_eq!(
             &mods[4].data[..4],
             b"\x7fELF",
