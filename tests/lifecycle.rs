@@ -331,8 +331,13 @@ fn inherited_fds_do_not_reach_the_workload_but_preserved_ones_do() {
 /// Puts `fd` at 3 without close-on-exec (dup2 onto itself would keep the
 /// flag).
 fn dup_to_3(fd: i32) -> std::io::Result<()> {
-    // SAFETY: fcntl/dup2 on descriptors of this (pre-exec child) process.
-    let r = unsafe { if fd == 3 { libc::fcntl(3, libc::F_SETFD, 0) } else { libc::dup2(fd, 3) } };
+    let r = if fd == 3 {
+        // SAFETY: clears the flags of fd 3 in this (pre-exec child) process.
+        unsafe { libc::fcntl(3, libc::F_SETFD, 0) }
+    } else {
+        // SAFETY: duplicates a descriptor of this (pre-exec child) process.
+        unsafe { libc::dup2(fd, 3) }
+    };
     if r < 0 {
         return Err(std::io::Error::last_os_error());
     }

@@ -299,8 +299,7 @@ impl Runtime {
             bundle: bundle.dir.clone(),
             rootfs: bundle.rootfs.clone(),
             created: state::now_rfc3339(),
-            // SAFETY: geteuid has no preconditions and cannot fail.
-            owner: unsafe { libc::geteuid() },
+            owner: nix::unistd::geteuid().as_raw(),
             annotations: bundle.spec.annotations().clone().unwrap_or_default(),
             isolation,
             hooks: bundle.spec.hooks().clone(),
