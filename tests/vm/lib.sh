@@ -91,3 +91,51 @@ copy_module_tree() {
     cp "$f" "$out/kernel/"
   done
 }
+
+# Whether a binary is statically linked (no ELF interpreter).
+is_static() { ! readelf -l "$1" 2>/dev/null | grep -q INTERP; }
+
+# vm_binaries: a directory holding static amphi and amphi-agent side by
+# side: the installed ones when $AMPHI (scripts/test.sh exports it) points
+# at such a pair, else a fresh static build (build-static.sh).
+vm_binaries() {
+  local here d
+  here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+  if [ -n "${AMPHI:-}" ]; then
+    d=$(dirname "$AMPHI")
+    if [ -x "$d/amphi-agent" ] && is_static "$d/amphi" && is_static "$d/amphi-agent"; then
+      echo "$d"; return 0
+    fi
+  fi
+  "$here/build-static.sh"
+}
+
+# prepare_payload DIR KROOT KVER BINDIR: what the VM tests and the demo
+# need, in DIR: the binaries, the guest kernel (bzImage and its ELF
+# vmlinux), a minimal module tree, an /init the kernel cannot execute
+# (bad-init) and a static program that never answers on vsock
+# (silent-agent: busybox, which runs as init and waits).
+prepare_payload() {
+  local dir=$1 kroot=$2 kver=$3 bindir=$4
+  cp "$bindir/amphi" "$bindir/amphi-agent" "$dir/"
+  mkdir -p "$dir/kernel"
+  cp "$kroot/boot/vmlinuz-$kver" "$dir/kernel/vmlinuz"
+  extract_vmlinux "$kroot/boot/vmlinuz-$kver" "$dir/kernel/vmlinux"
+  copy_module_tree "$kroot/lib/modules/$kver" "$dir/modules" virtio_mmio vmw_vsock_virtio_transport
+  head -c 4096 /dev/urandom > "$dir/bad-init"
+  cp /bin/busybox "$dir/silent-agent"
+}
+
+# Where stock guests boot: "direct" (VMX/SVM /dev/kvm), "nested" (PVM or
+# no hardware virtualization, but QEMU is there), or "none".
+vm_place() {
+  if [ -e /sys/module/kvm_pvm ]; then
+    command -v qemu-system-x86_64 >/dev/null && echo nested || echo none
+  elif [ -c /dev/kvm ] && grep -qwE 'vmx|svm' /proc/cpuinfo; then
+    echo direct
+  elif command -v qemu-system-x86_64 >/dev/null; then
+    echo nested
+  else
+    echo none
+  fi
+}
