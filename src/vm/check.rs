@@ -473,7 +473,7 @@ pub fn check(
     let timeout_err = |phase| CheckError::Timeout {
         timeout: opts.timeout,
         phase,
-        console: Vec::new(),
+        console: console_tail(),
     };
     let stream = agent_client::connect(&uds, AGENT_VSOCK_PORT, deadline).map_err(|e| match e {
         AgentClientError::Connect { .. } => {
