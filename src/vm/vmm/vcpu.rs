@@ -73,6 +73,56 @@ fn set_lvt(regs: &mut [i8], offset: usize, mode: u32) {
     }
 }
 
+/// What a KVM_EXIT_INTERNAL_ERROR means.
+pub fn internal_error(suberror: u32) -> ExitReason {
+    if suberror == KVM_INTERNAL_ERROR_EMULATION {
+        ExitReason::EmulationFailure
+    } else {
+        ExitReason::Error(format!("KVM internal error, suberror {suberror}"))
+    }
+}
+
+/// Handles one vCPU exit: device accesses go to the buses (unclaimed reads
+/// float high on the I/O bus and read zero on MMIO); exits that end the VM
+/// return why.
+pub fn handle_exit(exit: VcpuExit<'_>, pio: &Bus, mmio: &Bus) -> Option<ExitReason> {
+    match exit {
+        VcpuExit::IoIn(port, data) => {
+            if !pio.read(u64::from(port), data) {
+                data.fill(0xff);
+            }
+            None
+        }
+        VcpuExit::IoOut(port, data) => {
+            pio.write(u64::from(port), data);
+            None
+        }
+        VcpuExit::MmioRead(addr, data) => {
+            if !mmio.read(addr, data) {
+                data.fill(0);
+            }
+            None
+        }
+        VcpuExit::MmioWrite(addr, data) => {
+            mmio.write(addr, data);
+            None
+        }
+        VcpuExit::Intr => None,
+        VcpuExit::Hlt => Some(ExitReason::Halted),
+        VcpuExit::Shutdown => Some(ExitReason::TripleFault),
+        VcpuExit::SystemEvent(KVM_SYSTEM_EVENT_SHUTDOWN, _) => Some(ExitReason::PowerOff),
+        VcpuExit::SystemEvent(KVM_SYSTEM_EVENT_RESET, _) => Some(ExitReason::Reset),
+        VcpuExit::SystemEvent(KVM_SYSTEM_EVENT_CRASH, _) => Some(ExitReason::Crash),
+        VcpuExit::SystemEvent(other, _) => Some(ExitReason::Error(format!(
+            "unknown KVM system event {other}"
+        ))),
+        VcpuExit::FailEntry(reason, cpu) => Some(ExitReason::Error(format!(
+            "KVM entry failed on cpu {cpu}, reason {reason:#x}"
+        ))),
+        other => Some(ExitReason::Error(format!("unexpected vCPU exit {other:?}"))),
+    }
+}
+
 pub struct Vcpu {
     pub index: u8,
     fd: VcpuFd,
@@ -159,53 +209,18 @@ impl Vcpu {
                 f();
             }
             match self.fd.run() {
-                Ok(exit) => match exit {
-                    VcpuExit::IoIn(port, data) => {
-                        if !self.pio.read(u64::from(port), data) {
-                            data.fill(0xff);
-                        }
+                Ok(VcpuExit::InternalError) => {
+                    // SAFETY: KVM filled the `internal` member of the
+                    // kvm_run union for a KVM_EXIT_INTERNAL_ERROR exit.
+                    let suberror =
+                        unsafe { self.fd.get_kvm_run().__bindgen_anon_1.internal.suberror };
+                    return internal_error(suberror);
+                }
+                Ok(exit) => {
+                    if let Some(reason) = handle_exit(exit, &self.pio, &self.mmio) {
+                        return reason;
                     }
-                    VcpuExit::IoOut(port, data) => {
-                        self.pio.write(u64::from(port), data);
-                    }
-                    VcpuExit::MmioRead(addr, data) => {
-                        if !self.mmio.read(addr, data) {
-                            data.fill(0);
-                        }
-                    }
-                    VcpuExit::MmioWrite(addr, data) => {
-                        self.mmio.write(addr, data);
-                    }
-                    VcpuExit::Hlt => return ExitReason::Halted,
-                    VcpuExit::Shutdown => return ExitReason::TripleFault,
-                    VcpuExit::SystemEvent(kind, _) => match kind {
-                        KVM_SYSTEM_EVENT_SHUTDOWN => return ExitReason::PowerOff,
-                        KVM_SYSTEM_EVENT_RESET => return ExitReason::Reset,
-                        KVM_SYSTEM_EVENT_CRASH => return ExitReason::Crash,
-                        other => {
-                            return ExitReason::Error(format!("unknown KVM system event {other}"))
-                        }
-                    },
-                    VcpuExit::InternalError => {
-                        // SAFETY: KVM filled the `internal` member of the
-                        // kvm_run union for a KVM_EXIT_INTERNAL_ERROR exit.
-                        let suberror =
-                            unsafe { self.fd.get_kvm_run().__bindgen_anon_1.internal.suberror };
-                        if suberror == KVM_INTERNAL_ERROR_EMULATION {
-                            return ExitReason::EmulationFailure;
-                        }
-                        return ExitReason::Error(format!(
-                            "KVM internal error, suberror {suberror}"
-                        ));
-                    }
-                    VcpuExit::FailEntry(reason, cpu) => {
-                        return ExitReason::Error(format!(
-                            "KVM entry failed on cpu {cpu}, reason {reason:#x}"
-                        ))
-                    }
-                    VcpuExit::Intr => {}
-                    other => return ExitReason::Error(format!("unexpected vCPU exit {other:?}")),
-                },
+                }
                 Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {}
                 Err(e) => return ExitReason::Error(format!("KVM_RUN failed: {e}")),
             }
@@ -216,6 +231,81 @@ impl Vcpu {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use crate::vm::devices::BusDevice;
+    use std::sync::Mutex;
+
+    struct Reg(u8);
+    impl BusDevice for Reg {
+        fn read(&mut self, _: u64, data: &mut [u8]) {
+            data.fill(self.0);
+        }
+        fn write(&mut self, _: u64, data: &[u8]) {
+            self.0 = data[0];
+        }
+    }
+
+    fn buses() -> (Bus, Bus) {
+        let mut pio = Bus::new();
+        pio.insert(0x600, 1, Arc::new(Mutex::new(Reg(0)))).unwrap();
+        let mut mmio = Bus::new();
+        mmio.insert(0xd000_0000, 0x1000, Arc::new(Mutex::new(Reg(7))))
+            .unwrap();
+        (pio, mmio)
+    }
+
+    #[test]
+    fn device_exits_reach_the_buses_and_unclaimed_reads_float() {
+        let (pio, mmio) = buses();
+        assert_eq!(
+            handle_exit(VcpuExit::IoOut(0x600, &[0x34]), &pio, &mmio),
+            None
+        );
+        let mut b = [0u8; 1];
+        assert_eq!(
+            handle_exit(VcpuExit::IoIn(0x600, &mut b), &pio, &mmio),
+            None
+        );
+        assert_eq!(b, [0x34]);
+        let mut b = [0u8; 2];
+        handle_exit(VcpuExit::IoIn(0x70, &mut b), &pio, &mmio);
+        assert_eq!(b, [0xff, 0xff], "no device: the I/O bus floats high");
+        let mut m = [1u8; 4];
+        handle_exit(VcpuExit::MmioRead(0xd000_0010, &mut m), &pio, &mmio);
+        assert_eq!(m, [7; 4]);
+        handle_exit(VcpuExit::MmioRead(0xe000_0000, &mut m), &pio, &mmio);
+        assert_eq!(m, [0; 4], "unclaimed MMIO reads zero");
+    }
+
+    #[test]
+    fn exits_that_end_the_vm_say_why() {
+        let (pio, mmio) = buses();
+        let h = |e| handle_exit(e, &pio, &mmio);
+        assert_eq!(
+            h(VcpuExit::SystemEvent(KVM_SYSTEM_EVENT_SHUTDOWN, &[])),
+            Some(ExitReason::PowerOff)
+        );
+        assert_eq!(
+            h(VcpuExit::SystemEvent(KVM_SYSTEM_EVENT_RESET, &[])),
+            Some(ExitReason::Reset)
+        );
+        assert_eq!(
+            h(VcpuExit::SystemEvent(KVM_SYSTEM_EVENT_CRASH, &[])),
+            Some(ExitReason::Crash)
+        );
+        assert_eq!(h(VcpuExit::Shutdown), Some(ExitReason::TripleFault));
+        assert_eq!(h(VcpuExit::Hlt), Some(ExitReason::Halted));
+        assert_eq!(h(VcpuExit::Intr), None);
+        assert!(matches!(
+            h(VcpuExit::FailEntry(0x80, 0)),
+            Some(ExitReason::Error(_))
+        ));
+        assert_eq!(
+            internal_error(KVM_INTERNAL_ERROR_EMULATION),
+            ExitReason::EmulationFailure
+        );
+        assert!(matches!(internal_error(3), ExitReason::Error(_)));
+    }
 
     #[test]
     fn boot_msrs_enable_fast_strings_and_write_back_mtrrs() {
