@@ -8,3 +8,11 @@
 pub const GENERAL: u8 = 1;
 /// Bad command-line usage (unknown flag, missing argument).
 pub const USAGE: u8 = 2;
+/// The container does not exist.
+pub const NOT_FOUND: u8 = 3;
+/// The operation does not fit the container's state, or the id is taken.
+pub const CONFLICT: u8 = 4;
+/// Bad input: an invalid id, bundle, config.json or signal.
+pub const BAD_INPUT: u8 = 5;
+/// The host or this build lacks what the request needs.
+pub const UNSUPPORTED: u8 = 6;

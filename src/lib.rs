@@ -10,6 +10,7 @@ pub mod agent;
 pub mod container;
 pub mod linux;
 pub mod exit;
+pub mod features;
 pub mod logging;
 pub mod spec;
 pub mod vm;

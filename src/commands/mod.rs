@@ -1,16 +1,77 @@
 //! One thin file per command: turn parsed arguments into one library call.
 
+mod create;
+mod delete;
+mod features;
+mod kill;
+mod list;
+mod run;
+mod spec;
+mod start;
+mod state;
 mod vm;
 
 use std::process::ExitCode;
 
-use crate::cli::{Cli, Command};
+use amphi::container::{ContainerError, CreateOptions, Runtime};
+use amphi::spec::Isolation;
 
-/// Runs the parsed command and maps its outcome to an exit code.
+use crate::cli::{Cli, Command, CreateOpts, GlobalArgs, IsolationArg, LogFormat};
+
+/// Runs the parsed command, prints a failure's error chain once, and maps
+/// the outcome to a stable exit code.
 pub fn dispatch(cli: Cli) -> ExitCode {
     let global = cli.global;
-    match cli.command {
+    let format = match global.log_format {
+        LogFormat::Text => amphi::logging::Format::Text,
+        LogFormat::Json => amphi::logging::Format::Json,
+    };
+    if let Err(e) = amphi::logging::init(global.log.as_deref(), format, global.debug) {
+        eprintln!("amphi: cannot open the log file {}: {e}", global.log.as_deref().unwrap_or_else(|| std::path::Path::new("")).display());
+        return ExitCode::from(amphi::exit::GENERAL);
+    }
+    let result = match cli.command {
+        Command::Create(a) => create::run(&global, a),
+        Command::Start(a) => start::run(&global, a),
+        Command::Run(a) => run::run(&global, a),
+        Command::State(a) => state::run(&global, a),
+        Command::Kill(a) => kill::run(&global, a),
+        Command::Delete(a) => delete::run(&global, a),
+        Command::List(a) => list::run(&global, a),
+        Command::Features => features::run(),
+        Command::Spec(a) => spec::run(a),
         Command::Vm(cmd) => vm::run(&global, cmd),
-        _ => ExitCode::from(amphi::exit::GENERAL),
+    };
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            let msg = e.chain().map(|c| c.to_string()).collect::<Vec<_>>().join(": ");
+            if amphi::logging::has_file() {
+                amphi::logging::error(&msg);
+            }
+            eprintln!("amphi: {msg}");
+            let code = e.downcast_ref::<ContainerError>().map_or(amphi::exit::GENERAL, ContainerError::exit_code);
+            ExitCode::from(code)
+        }
+    }
+}
+
+/// The runtime as the global options describe it.
+pub fn runtime(global: &GlobalArgs) -> Runtime {
+    let isolation = global.isolation.map(|i| match i {
+        IsolationArg::Container => Isolation::Container,
+        IsolationArg::Vm => Isolation::Vm,
+    });
+    Runtime::new(global.root.clone(), isolation, global.systemd_cgroup)
+}
+
+pub fn create_options(o: CreateOpts) -> CreateOptions {
+    CreateOptions {
+        bundle: o.bundle,
+        console_socket: o.console_socket,
+        pid_file: o.pid_file,
+        no_pivot: o.no_pivot,
+        no_new_keyring: o.no_new_keyring,
+        preserve_fds: o.preserve_fds,
     }
 }

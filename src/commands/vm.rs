@@ -1,9 +1,7 @@
 //! `amphi vm ...`.
 
-use std::process::ExitCode;
-
 use crate::cli::{vm::VmCommand, GlobalArgs};
 
-pub fn run(_global: &GlobalArgs, cmd: VmCommand) -> ExitCode {
+pub fn run(_global: &GlobalArgs, cmd: VmCommand) -> anyhow::Result<u8> {
     match cmd {}
 }

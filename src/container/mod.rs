@@ -1,2 +1,561 @@
 //! What both isolations share: container ids, the lifecycle state machine,
-//! the state store under `--root`, per-container locking and hooks.
+//! the state store under `--root`, per-container locking, hooks that run in
+//! the runtime's namespaces, and the foreground `run` loop.
+//!
+//! [`Runtime`] is the library entry point the commands call. It never looks
+//! at how a container is isolated beyond picking the [`Sandbox`] that the
+//! state file (or, at create, the annotation or `--isolation`) names.
+
+pub mod foreground;
+pub mod hooks;
+pub mod id;
+pub mod process;
+pub mod sandbox;
+pub mod signal;
+pub mod state;
+pub mod store;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+
+use crate::spec::{Bundle, Isolation, SpecError};
+use hooks::{HookError, HookKind};
+pub use id::{ContainerId, IdError};
+use process::Liveness;
+pub use sandbox::{CreateRequest, Created, LaunchMode, Sandbox, SandboxError};
+pub use state::{OciState, Op, State, Status};
+use store::{ContainerDir, Store, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ContainerError {
+    #[error(transparent)]
+    Id(#[from] IdError),
+    #[error(transparent)]
+    Spec(#[from] SpecError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Signal(#[from] signal::SignalError),
+    #[error(transparent)]
+    Hook(#[from] HookError),
+    #[error(transparent)]
+    Sandbox(#[from] SandboxError),
+    #[error("cannot {op} container \"{id}\": it is {status}{hint}")]
+    WrongState { id: String, op: Op, status: Status, hint: &'static str },
+    #[error(
+        "--systemd-cgroup needs systemd, and systemd is not running on this host \
+         (no /run/systemd/system): drop the flag and amphi manages cgroupfs itself"
+    )]
+    NoSystemd,
+    #[error("cgroupsPath {0:?} is not in systemd's \"slice:prefix:name\" form, which --systemd-cgroup expects")]
+    SystemdPath(String),
+    #[error("cannot write pid file {path}")]
+    PidFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("container \"{id}\" did not stop within {secs}s of SIGKILL")]
+    KillTimeout { id: String, secs: u64 },
+    #[error("cannot wait for the container's process")]
+    Wait(#[source] nix::errno::Errno),
+}
+
+impl ContainerError {
+    /// The stable exit code for this error (docs/exit-codes.md).
+    pub fn exit_code(&self) -> u8 {
+        use crate::exit;
+        match self {
+            ContainerError::Store(StoreError::NotFound(_)) => exit::NOT_FOUND,
+            ContainerError::Store(StoreError::Exists(_)) => exit::CONFLICT,
+            ContainerError::WrongState { .. } => exit::CONFLICT,
+            ContainerError::Id(_) | ContainerError::Spec(_) | ContainerError::Signal(_) => exit::BAD_INPUT,
+            ContainerError::SystemdPath(_) => exit::BAD_INPUT,
+            ContainerError::NoSystemd | ContainerError::Sandbox(SandboxError::Unsupported(_)) => {
+                exit::UNSUPPORTED
+            }
+            _ => exit::GENERAL,
+        }
+    }
+}
+
+/// What `create` and `run` take besides the id.
+#[derive(Debug, Default, Clone)]
+pub struct CreateOptions {
+    pub bundle: Option<PathBuf>,
+    pub console_socket: Option<PathBuf>,
+    pub pid_file: Option<PathBuf>,
+    pub no_pivot: bool,
+    pub no_new_keyring: bool,
+    pub preserve_fds: u32,
+}
+
+/// The runtime as one invocation of the binary sees it.
+#[derive(Debug, Clone)]
+pub struct Runtime {
+    store: Store,
+    isolation: Option<Isolation>,
+    systemd_cgroup: bool,
+}
+
+/// How long `delete --force` waits for a SIGKILLed container.
+const KILL_WAIT: Duration = Duration::from_secs(10);
+
+impl Runtime {
+    pub fn new(root: impl Into<PathBuf>, isolation: Option<Isolation>, systemd_cgroup: bool) -> Runtime {
+        Runtime { store: Store::new(root), isolation, systemd_cgroup }
+    }
+
+    pub fn root(&self) -> &Path {
+        self.store.root()
+    }
+
+    /// `create`: the container ends up `created`, its process waiting for
+    /// `start`.
+    pub fn create(&self, id: &str, opts: &CreateOptions) -> Result<(), ContainerError> {
+        self.create_container(id, opts, LaunchMode::Deferred, false).map(|_| ())
+    }
+
+    /// `start`: releases the process of a `created` container, then runs the
+    /// poststart hooks.
+    pub fn start(&self, id: &str) -> Result<(), ContainerError> {
+        let id = ContainerId::new(id)?;
+        let dir = self.store.open(&id, true)?;
+        let state = self.require(&dir, Op::Start)?;
+        sandbox_for(state.isolation).start(&dir, &state)?;
+        self.poststart(&state);
+        Ok(())
+    }
+
+    /// `run`: create and start; unless detached, wait for the process, delete
+    /// the container (unless `keep`) and return the exit code to report.
+    pub fn run(&self, id: &str, opts: &CreateOptions, detach: bool, keep: bool) -> Result<i32, ContainerError> {
+        // Signals that the foreground loop forwards are blocked from here on,
+        // so none can kill amphi between creating the container and
+        // watching it. The container's init unblocks them before exec.
+        let guard = if detach { None } else { Some(foreground::SignalGuard::block()) };
+        let (dir, state, created) = self.create_container(id, opts, LaunchMode::Attached, !detach)?;
+        let Created { console, launcher, .. } = created;
+        if let Some(launcher) = launcher {
+            if let Err(e) = launcher.launch() {
+                let _ = self.teardown(dir, &state, true);
+                return Err(e.into());
+            }
+        }
+        self.poststart(&state);
+        if detach {
+            return Ok(0);
+        }
+        let guard = guard.expect("blocked for foreground runs");
+        let code = foreground::supervise(&guard, state.pid, console).map_err(ContainerError::Wait)?;
+        drop(guard);
+        if !keep {
+            self.teardown(dir, &state, false)?;
+        }
+        Ok(code)
+    }
+
+    /// `state`: the OCI state document.
+    pub fn state(&self, id: &str) -> Result<OciState, ContainerError> {
+        let id = ContainerId::new(id)?;
+        let dir = self.store.open(&id, false)?;
+        Ok(match dir.read_state()? {
+            Some(state) => {
+                let status = status_of(&dir, &state);
+                state.to_oci(status)
+            }
+            None => creating_state(&dir),
+        })
+    }
+
+    /// `kill`: signals the init (or with `all`, every process).
+    pub fn kill(&self, id: &str, signal: &str, all: bool) -> Result<(), ContainerError> {
+        let id = ContainerId::new(id)?;
+        let sig = signal::parse(signal)?;
+        let dir = self.store.open(&id, true)?;
+        let state = self.require(&dir, Op::Kill)?;
+        sandbox_for(state.isolation).kill(&state, sig, all)?;
+        Ok(())
+    }
+
+    /// `delete`: removes a stopped container (with `force`, kills it first).
+    pub fn delete(&self, id: &str, force: bool) -> Result<(), ContainerError> {
+        let id = ContainerId::new(id)?;
+        let dir = self.store.open(&id, true)?;
+        let Some(state) = dir.read_state()? else {
+            // The creating process died before recording anything: nothing
+            // but the directory can exist.
+            if force {
+                dir.remove()?;
+                return Ok(());
+            }
+            return Err(ContainerError::WrongState {
+                id: id.to_string(),
+                op: Op::Delete,
+                status: Status::Creating,
+                hint: ": use --force to remove it",
+            });
+        };
+        let status = status_of(&dir, &state);
+        if status != Status::Stopped {
+            if !force {
+                return Err(ContainerError::WrongState {
+                    id: id.to_string(),
+                    op: Op::Delete,
+                    status,
+                    hint: ": stop it first or use --force",
+                });
+            }
+            let sandbox = sandbox_for(state.isolation);
+            sandbox.kill(&state, Signal::SIGKILL, true)?;
+            if !process::wait_gone(state.pid, state.pid_start_time, KILL_WAIT) {
+                return Err(ContainerError::KillTimeout { id: id.to_string(), secs: KILL_WAIT.as_secs() });
+            }
+        }
+        self.teardown(dir, &state, false)
+    }
+
+    /// `list`: every container with its status, sorted by id.
+    pub fn list(&self) -> Result<Vec<OciState>, ContainerError> {
+        let mut out = Vec::new();
+        for name in self.store.list()? {
+            let Ok(id) = ContainerId::new(&name) else { continue };
+            let Ok(dir) = self.store.open(&id, false) else { continue };
+            match dir.read_state() {
+                Ok(Some(state)) => {
+                    let status = status_of(&dir, &state);
+                    out.push(state.to_oci(status));
+                }
+                Ok(None) => out.push(creating_state(&dir)),
+                Err(_) => continue,
+            }
+        }
+        Ok(out)
+    }
+
+    fn require(&self, dir: &ContainerDir, op: Op) -> Result<State, ContainerError> {
+        let wrong = |status| ContainerError::WrongState {
+            id: dir.id.clone(),
+            op,
+            status,
+            hint: match (op, status) {
+                (Op::Start, Status::Running) => ": it was started already",
+                (Op::Start | Op::Kill, Status::Stopped) => ": its process has exited",
+                _ => "",
+            },
+        };
+        let Some(state) = dir.read_state()? else { return Err(wrong(Status::Creating)) };
+        let status = status_of(dir, &state);
+        if state::allowed(op, status) {
+            Ok(state)
+        } else {
+            Err(wrong(status))
+        }
+    }
+
+    fn create_container(
+        &self,
+        id: &str,
+        opts: &CreateOptions,
+        mode: LaunchMode,
+        foreground: bool,
+    ) -> Result<(ContainerDir, State, Created), ContainerError> {
+        let id = ContainerId::new(id)?;
+        let bundle_dir = match &opts.bundle {
+            Some(b) => b.clone(),
+            None => std::env::current_dir().map_err(|e| {
+                SpecError::Read { path: PathBuf::from("."), source: e }
+            })?,
+        };
+        let bundle = Bundle::load(&bundle_dir)?;
+        let isolation = match self.isolation {
+            Some(i) => i,
+            None => bundle.requested_isolation()?.unwrap_or(Isolation::Container),
+        };
+        let cgroups_path = self.cgroups_path(&bundle)?;
+        let dir = self.store.create(&id)?;
+
+        let mut state = State {
+            oci_version: bundle.spec.version().clone(),
+            id: id.to_string(),
+            pid: 0,
+            pid_start_time: 0,
+            bundle: bundle.dir.clone(),
+            rootfs: bundle.rootfs.clone(),
+            created: state::now_rfc3339(),
+            // SAFETY: geteuid has no preconditions and cannot fail.
+            owner: unsafe { libc::geteuid() },
+            annotations: bundle.spec.annotations().clone().unwrap_or_default(),
+            isolation,
+            hooks: bundle.spec.hooks().clone(),
+            paused: false,
+            sandbox: serde_json::Value::Null,
+        };
+        let terminal = bundle.spec.process().as_ref().and_then(|p| p.terminal()).unwrap_or(false);
+        let req = CreateRequest {
+            id: id.as_str(),
+            bundle: &bundle,
+            dir: &dir,
+            console_socket: opts.console_socket.clone(),
+            preserve_fds: opts.preserve_fds,
+            no_pivot: opts.no_pivot,
+            no_new_keyring: opts.no_new_keyring,
+            cgroups_path,
+            mode,
+            keep_console: foreground && terminal && opts.console_socket.is_none(),
+        };
+        let sandbox = sandbox_for(isolation);
+        let hooks = bundle.spec.hooks().clone();
+        let created = {
+            let state_for_hooks = &state;
+            let mut run_hooks = |pid: i32| -> Result<(), HookError> {
+                let Some(h) = &hooks else { return Ok(()) };
+                if h.prestart().is_none() && h.create_runtime().is_none() {
+                    return Ok(());
+                }
+                let mut s = state_for_hooks.to_oci(Status::Creating);
+                s.pid = pid;
+                let json = serde_json::to_vec(&s).unwrap_or_default();
+                // prestart is the deprecated twin of createRuntime and runs
+                // first, as runc does.
+                hooks::run_all(HookKind::Prestart, h.prestart().as_deref().unwrap_or(&[]), &json)?;
+                hooks::run_all(HookKind::CreateRuntime, h.create_runtime().as_deref().unwrap_or(&[]), &json)
+            };
+            match sandbox.create(&req, &mut run_hooks) {
+                Ok(c) => c,
+                Err(e) => {
+                    let _ = dir.remove();
+                    return Err(e.into());
+                }
+            }
+        };
+        state.pid = created.pid;
+        state.pid_start_time = created.pid_start_time;
+        state.sandbox = created.sandbox_state.clone();
+
+        let recorded = dir.write_state(&state).map_err(ContainerError::from).and_then(|()| {
+            match &opts.pid_file {
+                Some(p) => write_pid_file(p, state.pid),
+                None => Ok(()),
+            }
+        });
+        if let Err(e) = recorded {
+            let _ = sandbox.kill(&state, Signal::SIGKILL, true);
+            process::wait_gone(state.pid, state.pid_start_time, KILL_WAIT);
+            let _ = sandbox.destroy(&state);
+            let _ = dir.remove();
+            return Err(e);
+        }
+        Ok((dir, state, created))
+    }
+
+    /// Converts the spec's cgroupsPath for `--systemd-cgroup`.
+    fn cgroups_path(&self, bundle: &Bundle) -> Result<Option<PathBuf>, ContainerError> {
+        let path = bundle.spec.linux().as_ref().and_then(|l| l.cgroups_path().clone());
+        if !self.systemd_cgroup {
+            return Ok(path);
+        }
+        if !Path::new("/run/systemd/system").is_dir() {
+            return Err(ContainerError::NoSystemd);
+        }
+        match path {
+            None => Ok(None),
+            Some(p) => systemd_to_cgroupfs(&p.to_string_lossy()).map(Some),
+        }
+    }
+
+    fn poststart(&self, state: &State) {
+        let Some(list) = state.hooks.as_ref().and_then(|h| h.poststart().clone()) else { return };
+        let json = serde_json::to_vec(&state.to_oci(Status::Running)).unwrap_or_default();
+        for e in hooks::run_all_collect(HookKind::Poststart, &list, &json) {
+            crate::logging::warn(&crate::logging::chain(&e));
+        }
+    }
+
+    /// Releases everything a stopped (or killed) container holds, runs the
+    /// poststop hooks and removes its directory.
+    fn teardown(&self, dir: ContainerDir, state: &State, kill_first: bool) -> Result<(), ContainerError> {
+        let sandbox = sandbox_for(state.isolation);
+        if kill_first {
+            let _ = sandbox.kill(state, Signal::SIGKILL, true);
+            process::wait_gone(state.pid, state.pid_start_time, KILL_WAIT);
+        }
+        let destroyed = sandbox.destroy(state);
+        if let Some(list) = state.hooks.as_ref().and_then(|h| h.poststop().clone()) {
+            let json = serde_json::to_vec(&state.to_oci(Status::Stopped)).unwrap_or_default();
+            for e in hooks::run_all_collect(HookKind::Poststop, &list, &json) {
+                crate::logging::warn(&crate::logging::chain(&e));
+            }
+        }
+        destroyed?;
+        dir.remove()?;
+        Ok(())
+    }
+}
+
+/// The isolation implementation for a container.
+fn sandbox_for(isolation: Isolation) -> Box<dyn Sandbox> {
+    match isolation {
+        Isolation::Container => Box::new(crate::linux::LinuxSandbox),
+        Isolation::Vm => Box::new(sandbox::NotYet(isolation)),
+    }
+}
+
+/// Derives the status from the recorded process and the exec fifo.
+pub fn status_of(dir: &ContainerDir, state: &State) -> Status {
+    match process::liveness(state.pid, state.pid_start_time) {
+        Liveness::Gone => Status::Stopped,
+        Liveness::Alive if dir.has_fifo() => Status::Created,
+        Liveness::Alive if state.paused => Status::Paused,
+        Liveness::Alive => Status::Running,
+    }
+}
+
+fn creating_state(dir: &ContainerDir) -> OciState {
+    OciState {
+        oci_version: crate::spec::OCI_VERSION_MAX.to_string(),
+        id: dir.id.clone(),
+        pid: 0,
+        status: Status::Creating,
+        bundle: PathBuf::new(),
+        rootfs: PathBuf::new(),
+        created: String::new(),
+        owner: String::new(),
+        annotations: Default::default(),
+    }
+}
+
+fn write_pid_file(path: &Path, pid: i32) -> Result<(), ContainerError> {
+    let path = crate::spec::absolute(path).map_err(|source| ContainerError::PidFile {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    store::write_atomic(&path, pid.to_string().as_bytes(), 0o644)
+        .map_err(|source| ContainerError::PidFile { path, source })
+}
+
+/// systemd's "slice:prefix:name" to the cgroupfs path systemd would use:
+/// `/<slice path>/<prefix>-<name>.scope`, where a slice "a-b.slice" lives
+/// under "a.slice/a-b.slice".
+pub fn systemd_to_cgroupfs(spec: &str) -> Result<PathBuf, ContainerError> {
+    let parts: Vec<&str> = spec.split(':').collect();
+    if parts.len() != 3 || parts[2].is_empty() {
+        return Err(ContainerError::SystemdPath(spec.to_string()));
+    }
+    let slice = if parts[0].is_empty() { "system.slice" } else { parts[0] };
+    if !slice.ends_with(".slice") || slice.contains('/') {
+        return Err(ContainerError::SystemdPath(spec.to_string()));
+    }
+    let mut path = PathBuf::from("/");
+    if slice != "-.slice" {
+        let stem = &slice[..slice.len() - ".slice".len()];
+        let mut prefix = String::new();
+        for (i, part) in stem.split('-').enumerate() {
+            if i > 0 {
+                prefix.push('-');
+            }
+            prefix.push_str(part);
+            path.push(format!("{prefix}.slice"));
+        }
+    }
+    let unit = if parts[1].is_empty() {
+        format!("{}.scope", parts[2])
+    } else {
+        format!("{}-{}.scope", parts[1], parts[2])
+    };
+    path.push(unit);
+    Ok(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn systemd_paths_convert_like_systemd_lays_them_out() {
+        assert_eq!(
+            systemd_to_cgroupfs("system.slice:libpod:abc").unwrap(),
+            PathBuf::from("/system.slice/libpod-abc.scope")
+        );
+        assert_eq!(
+            systemd_to_cgroupfs("machine-a-b.slice:x:y").unwrap(),
+            PathBuf::from("/machine.slice/machine-a.slice/machine-a-b.slice/x-y.scope")
+        );
+        assert_eq!(systemd_to_cgroupfs(":p:n").unwrap(), PathBuf::from("/system.slice/p-n.scope"));
+        assert!(systemd_to_cgroupfs("/plain/path").is_err());
+        assert!(systemd_to_cgroupfs("a.slice:p:").is_err());
+    }
+
+    #[test]
+    fn wrong_state_message_names_the_fix() {
+        let e = ContainerError::WrongState {
+            id: "c".into(),
+            op: Op::Delete,
+            status: Status::Running,
+            hint: ": stop it first or use --force",
+        };
+        assert_eq!(e.to_string(), "cannot delete container \"c\": it is running: stop it first or use --force");
+        assert_eq!(e.exit_code(), crate::exit::CONFLICT);
+    }
+
+    #[test]
+    fn unknown_container_is_not_found() {
+        let root = tempfile::tempdir().unwrap();
+        let rt = Runtime::new(root.path(), None, false);
+        let e = rt.state("nope").unwrap_err();
+        assert!(e.to_string().contains("does not exist"), "{e}");
+        assert_eq!(e.exit_code(), crate::exit::NOT_FOUND);
+        assert!(rt.list().unwrap().is_empty());
+    }
+
+    #[test]
+    fn bad_input_leaves_no_state_directory() {
+        let root = tempfile::tempdir().unwrap();
+        let rt = Runtime::new(root.path().join("r"), None, false);
+        let opts = CreateOptions { bundle: Some("/nonexistent".into()), ..Default::default() };
+        let e = rt.create("c1", &opts).unwrap_err();
+        assert_eq!(e.exit_code(), crate::exit::BAD_INPUT, "{e}");
+        assert!(!root.path().join("r/c1").exists());
+        let e = rt.create("../x", &opts).unwrap_err();
+        assert!(matches!(e, ContainerError::Id(_)), "{e}");
+    }
+}
+
+/// Left-aligned columns separated by at least two spaces (runc's `list`).
+pub fn table<const N: usize>(header: [&str; N], rows: &[[String; N]]) -> String {
+    let mut width = header.map(str::len);
+    for r in rows {
+        for (w, c) in width.iter_mut().zip(r.iter()) {
+            *w = (*w).max(c.len());
+        }
+    }
+    let mut out = String::new();
+    let mut line = |cells: Vec<&str>| {
+        let mut l = String::new();
+        for (i, c) in cells.iter().enumerate() {
+            if i + 1 == N {
+                l.push_str(c);
+            } else {
+                l.push_str(&format!("{c:<w$}  ", w = width[i]));
+            }
+        }
+        out.push_str(l.trim_end());
+        out.push('\n');
+    };
+    line(header.to_vec());
+    for r in rows {
+        line(r.iter().map(String::as_str).collect());
+    }
+    out
+}
+
+#[cfg(test)]
+mod table_tests {
+    #[test]
+    fn columns_align() {
+        let t = super::table(["ID", "PID"], &[["long-name".to_string(), "1".to_string()]]);
+        assert_eq!(t, "ID         PID\nlong-name  1\n");
+    }
+}

@@ -1,4 +1,93 @@
 //! Container isolation: namespaces, rootfs and mounts, devices, cgroups,
-//! capabilities, seccomp, rlimits and the console, run the way runc does.
+//! capabilities, seccomp, rlimits and the console, set up the way runc
+//! does, by a process cloned from amphi itself (no re-exec of a separate init
+//! binary, which keeps `create` fast).
+//!
+//! The parent side ([`process::parent`]) and the container's init
+//! ([`process::init`]) talk over a socketpair with typed messages; every
+//! error the init meets reaches the caller of `create`.
 
+pub mod capabilities;
 pub mod cgroups;
+pub mod console;
+pub mod devices;
+pub mod exe;
+pub mod mounts;
+pub mod namespaces;
+pub mod process;
+pub mod rlimits;
+pub mod rootfs;
+pub mod seccomp;
+pub mod user;
+
+use std::path::PathBuf;
+
+use nix::errno::Errno;
+use nix::sys::signal::Signal;
+
+use crate::container::sandbox::{CreateRequest, Created, RuntimeHooks, Sandbox, SandboxError};
+use crate::container::state::State;
+use crate::container::store::ContainerDir;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LinuxError {
+    #[error("{what}")]
+    Sys {
+        what: String,
+        #[source]
+        errno: Errno,
+    },
+    #[error("{what}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// An error the container's init reported, already carrying its chain.
+    #[error("container init: {0}")]
+    Init(String),
+    #[error("container init exited during setup without saying why ({0})")]
+    InitDied(String),
+    #[error(transparent)]
+    Cgroup(#[from] cgroups::CgroupError),
+    #[error(transparent)]
+    Hook(#[from] crate::container::hooks::HookError),
+    #[error("container process exited before it could be started")]
+    ExitedBeforeStart,
+    #[error("exec fifo {0} is gone: the container was started already or is being deleted")]
+    NoFifo(PathBuf),
+    #[error("{0}")]
+    Config(String),
+}
+
+impl LinuxError {
+    pub fn sys(what: impl Into<String>, errno: Errno) -> LinuxError {
+        LinuxError::Sys { what: what.into(), errno }
+    }
+
+    pub fn io(what: impl Into<String>, source: std::io::Error) -> LinuxError {
+        LinuxError::Io { what: what.into(), source }
+    }
+}
+
+/// The Linux container isolation.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct LinuxSandbox;
+
+impl Sandbox for LinuxSandbox {
+    fn create(&self, req: &CreateRequest<'_>, hooks: &mut RuntimeHooks<'_>) -> Result<Created, SandboxError> {
+        Ok(process::parent::create(req, hooks)?)
+    }
+
+    fn start(&self, dir: &ContainerDir, state: &State) -> Result<(), SandboxError> {
+        Ok(process::fifo::release(dir, state)?)
+    }
+
+    fn kill(&self, state: &State, signal: Signal, all: bool) -> Result<(), SandboxError> {
+        Ok(process::parent::kill(state, signal, all)?)
+    }
+
+    fn destroy(&self, state: &State) -> Result<(), SandboxError> {
+        Ok(process::parent::destroy(state)?)
+    }
+}

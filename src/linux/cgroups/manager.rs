@@ -13,6 +13,7 @@
 //! memory, pids, cpu and io for statistics, enabled in each ancestor's
 //! cgroup.subtree_control; devices and freezing need no controller there.
 
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -31,6 +32,10 @@ use super::path::CgroupsPath;
 use super::sys::{CgroupSys, HostSys};
 
 pub use super::controllers::freezer::FreezerState;
+use crate::linux::rootfs::CgroupView;
+
+/// The name the rest of amphi uses.
+pub type Manager = CgroupManager<HostSys>;
 
 /// What a container's cgroups are made from (the spec's parts that matter).
 #[derive(Debug, Clone, Copy)]
@@ -79,6 +84,49 @@ pub struct CgroupState {
     /// Allow rules for the spec's linux.devices, kept for updates.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub extra_device_rules: Vec<DeviceRule>,
+}
+
+impl Default for CgroupState {
+    /// No cgroups at all (a state file written without any).
+    fn default() -> Self {
+        CgroupState {
+            layout: LayoutKind::V1,
+            cgroups_path: CgroupsPath::Absolute(PathBuf::new()),
+            nodes: Vec::new(),
+            extra_device_rules: Vec::new(),
+        }
+    }
+}
+
+/// How a new process joins the container's cgroups by itself, without the
+/// parent writing its pid into cgroup.procs. That write takes the kernel's
+/// global threadgroup lock, whose RCU grace period costs milliseconds here;
+/// a single-threaded process writing "0" (itself) into each v1 `tasks` file
+/// does not, and clone3(CLONE_INTO_CGROUP) places a child in the cgroup2
+/// directory as it is created.
+#[derive(Debug, Default)]
+pub struct Join {
+    /// v1: an open `tasks` file per hierarchy; [`Join::join_self`] writes "0".
+    pub tasks: Vec<(PathBuf, OwnedFd)>,
+    /// The container's cgroup2 directory, for CLONE_INTO_CGROUP (pure v2 and
+    /// hybrid hosts).
+    pub clone_into: Option<OwnedFd>,
+}
+
+impl Join {
+    /// In the new (still single-threaded) process: moves itself into every
+    /// v1 cgroup. Allocates nothing unless it fails.
+    pub fn join_self(&self) -> Result<()> {
+        for (path, fd) in &self.tasks {
+            nix::unistd::write(fd, b"0").map_err(|e| CgroupError::AddTask {
+                pid: 0,
+                path: path.clone(),
+                hint: "; the process could not move itself (writing 0 to tasks)".into(),
+                source: e.into(),
+            })?;
+        }
+        Ok(())
+    }
 }
 
 /// Memory, CPU and process figures of a container (`events --stats`, shim).
@@ -549,6 +597,51 @@ impl<S: CgroupSys> CgroupManager<S> {
         }
         self.fresh.iter_mut().for_each(|f| *f = false);
         Ok(())
+    }
+
+    /// create, apply the resources given to `new`, and open what a new
+    /// process needs to join by itself ([`Join`]): the cheapest way to start
+    /// the container's init. On failure the cgroups are removed again.
+    pub fn prepare(&mut self) -> Result<Join> {
+        self.create()?;
+        let res = self.resources.take().unwrap_or_default();
+        let r = self.apply(&res).and_then(|_| self.open_join());
+        self.resources = Some(res);
+        r.inspect_err(|_| {
+            let _ = self.destroy();
+        })
+    }
+
+    /// Opens the join handles of the existing cgroups (also for `exec`).
+    pub fn open_join(&self) -> Result<Join> {
+        let mut join = Join::default();
+        for n in &self.state.nodes {
+            if n.v2 {
+                let fd = self.sys.open(&n.path, true).map_err(|e| CgroupError::file("open", n.path.clone(), e))?;
+                join.clone_into = Some(fd);
+            } else {
+                let p = n.path.join("tasks");
+                let fd = self.sys.open(&p, false).map_err(|e| CgroupError::file("open", p.clone(), e))?;
+                join.tasks.push((p, fd));
+            }
+        }
+        Ok(join)
+    }
+
+    /// The v1 view for a `cgroup` mount inside the container: every v1
+    /// hierarchy (a hybrid host's cgroup2 mount is not part of it), or the
+    /// one cgroup2 directory on a pure v2 host.
+    pub fn view(&self) -> CgroupView {
+        let v2 = self.state.layout == LayoutKind::V2;
+        let mut view = CgroupView { v2, hierarchies: Vec::new(), links: Vec::new() };
+        for m in self.mounts().into_iter().filter(|m| m.v2 == v2) {
+            for l in &m.symlinks {
+                view.links.push((l.clone(), m.dir_name.clone()));
+            }
+            let data = if m.options.starts_with("name=") { format!("none,{}", m.options) } else { m.options };
+            view.hierarchies.push((m.dir_name, data, m.host_path));
+        }
+        view
     }
 
     /// Moves process `pid` (all its threads) into the container's cgroups.

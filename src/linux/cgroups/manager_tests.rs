@@ -498,3 +498,47 @@ fn bad_paths_and_ids() {
     let e = CgroupManager::with_layout(&h.tree.sys, &h.tree.layout, None, &cfg).err().unwrap().to_string();
     assert!(e.contains("relative cgroupsPath") && e.contains("absolute cgroupsPath"), "{e}");
 }
+
+#[test]
+fn prepare_opens_join_handles_and_view_matches() {
+    let h = host(FakeHost::hybrid());
+    let mut m = manager(&h, "c1", None, Some(&default_res())).unwrap();
+    let join = m.prepare().unwrap();
+    assert_eq!(join.tasks.len(), 9);
+    assert!(join.clone_into.is_some(), "hybrid: placed in unified at clone time");
+    join.join_self().unwrap();
+    for (p, _) in &join.tasks {
+        assert!(p.ends_with("amphi-c1/tasks"));
+        assert_eq!(read(p), "0");
+    }
+    let view = m.view();
+    assert!(!view.v2);
+    assert_eq!(view.hierarchies.len(), 9);
+    let sd = view.hierarchies.iter().find(|(n, _, _)| n == "systemd").unwrap();
+    assert_eq!(sd.1, "none,name=systemd");
+    assert_eq!(sd.2, h.tree.mount("name=systemd").join("amphi-c1"));
+    let h2 = host(FakeHost::v1());
+    let m2 = manager(&h2, "c1", None, None).unwrap();
+    let v = m2.view();
+    assert!(v.links.contains(&("cpu".into(), "cpu,cpuacct".into())) && v.links.contains(&("cpuacct".into(), "cpu,cpuacct".into())));
+    let h3 = host(FakeHost::v2());
+    let mut m3 = manager(&h3, "c1", None, None).unwrap();
+    let j3 = m3.prepare().unwrap();
+    assert!(j3.tasks.is_empty() && j3.clone_into.is_some());
+    let v3 = m3.view();
+    assert!(v3.v2);
+    assert_eq!(v3.hierarchies, vec![(String::new(), String::new(), h3.tree.root.join("amphi-c1"))]);
+}
+
+#[test]
+fn prepare_failure_leaves_nothing() {
+    let h = host(FakeHost::v1());
+    let before = tree_dirs(&h.tree.root);
+    let r = res(r#"{"pids":{"limit":3}}"#);
+    let mut m = manager(&h, "c1", None, Some(&r)).unwrap();
+    std::fs::remove_file(h.tree.mount("pids").join("tasks")).unwrap();
+    h.tree.sys.fail_writes(&h.tree.mount("pids").join("amphi-c1/pids.max"), &[libc::EACCES]);
+    let e = m.prepare().unwrap_err().to_string();
+    assert!(e.contains("pids.max") && e.contains("permission denied"), "{e}");
+    assert_eq!(tree_dirs(&h.tree.root), before);
+}

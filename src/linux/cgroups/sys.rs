@@ -5,6 +5,7 @@
 
 use std::fs::{DirBuilder, OpenOptions};
 use std::io::{self, Write};
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -33,6 +34,10 @@ pub trait CgroupSys {
     fn rmdir(&self, path: &Path) -> io::Result<()>;
 
     fn exists(&self, path: &Path) -> bool;
+
+    /// Opens a file for writing (`directory`: false) or a directory (true),
+    /// close-on-exec, for a process to join the cgroup by itself later.
+    fn open(&self, path: &Path, directory: bool) -> io::Result<OwnedFd>;
 
     /// Child directories of `path`.
     fn subdirs(&self, path: &Path) -> io::Result<Vec<PathBuf>>;
@@ -66,6 +71,9 @@ impl<T: CgroupSys + ?Sized> CgroupSys for &T {
     fn exists(&self, path: &Path) -> bool {
         (**self).exists(path)
     }
+    fn open(&self, path: &Path, directory: bool) -> io::Result<OwnedFd> {
+        (**self).open(path, directory)
+    }
     fn subdirs(&self, path: &Path) -> io::Result<Vec<PathBuf>> {
         (**self).subdirs(path)
     }
@@ -83,6 +91,16 @@ impl<T: CgroupSys + ?Sized> CgroupSys for &T {
 /// The real kernel.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct HostSys;
+
+/// open(2) for [`CgroupSys::open`] (shared with the fake, which opens real files).
+pub(crate) fn open_fd(path: &Path, directory: bool) -> io::Result<OwnedFd> {
+    let f = if directory {
+        OpenOptions::new().read(true).custom_flags(libc::O_DIRECTORY | libc::O_CLOEXEC).open(path)?
+    } else {
+        open_for_write(path)?
+    };
+    Ok(f.into())
+}
 
 fn open_for_write(path: &Path) -> io::Result<std::fs::File> {
     OpenOptions::new().write(true).custom_flags(libc::O_CLOEXEC).open(path)
@@ -115,6 +133,10 @@ impl CgroupSys for HostSys {
 
     fn exists(&self, path: &Path) -> bool {
         path.exists()
+    }
+
+    fn open(&self, path: &Path, directory: bool) -> io::Result<OwnedFd> {
+        open_fd(path, directory)
     }
 
     fn subdirs(&self, path: &Path) -> io::Result<Vec<PathBuf>> {

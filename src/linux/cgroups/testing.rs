@@ -205,6 +205,10 @@ impl CgroupSys for FakeSys {
         path.exists()
     }
 
+    fn open(&self, path: &Path, directory: bool) -> io::Result<std::os::fd::OwnedFd> {
+        super::sys::open_fd(path, directory)
+    }
+
     fn subdirs(&self, path: &Path) -> io::Result<Vec<PathBuf>> {
         let mut out = Vec::new();
         for e in std::fs::read_dir(path)? {

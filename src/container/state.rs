@@ -1,0 +1,245 @@
+//! The lifecycle state machine and what amphi records about a container.
+//!
+//! Status is derived, never stored: a recorded pid plus its start time say
+//! whether the container's process still exists, and the exec fifo says
+//! whether `start` has happened. A state file can therefore never claim that
+//! a dead (or recycled) process is running.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use oci_spec::runtime::Hooks;
+use serde::{Deserialize, Serialize};
+
+use crate::spec::Isolation;
+
+/// The OCI lifecycle statuses (plus `paused`, as runc reports it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Creating,
+    Created,
+    Running,
+    Paused,
+    Stopped,
+}
+
+impl std::fmt::Display for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Status::Creating => "creating",
+            Status::Created => "created",
+            Status::Running => "running",
+            Status::Paused => "paused",
+            Status::Stopped => "stopped",
+        })
+    }
+}
+
+/// An operation on a container, for the transition table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    Start,
+    Kill,
+    Delete,
+    Pause,
+    Resume,
+}
+
+impl std::fmt::Display for Op {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Op::Start => "start",
+            Op::Kill => "kill",
+            Op::Delete => "delete",
+            Op::Pause => "pause",
+            Op::Resume => "resume",
+        })
+    }
+}
+
+/// Whether `op` is allowed in `status` (delete's `--force` is handled by the
+/// caller, which kills first).
+pub fn allowed(op: Op, status: Status) -> bool {
+    use Status::*;
+    match op {
+        Op::Start => status == Created,
+        Op::Kill => matches!(status, Created | Running | Paused),
+        Op::Delete => status == Stopped,
+        Op::Pause => status == Running,
+        Op::Resume => status == Paused,
+    }
+}
+
+/// What `state.json` in a container's directory holds.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct State {
+    #[serde(rename = "ociVersion")]
+    pub oci_version: String,
+    pub id: String,
+    /// The host pid that stands for the container: the container's init, or
+    /// the VMM process.
+    pub pid: i32,
+    /// The pid's start time (clock ticks after boot), to detect recycling.
+    pub pid_start_time: u64,
+    pub bundle: PathBuf,
+    pub rootfs: PathBuf,
+    /// RFC 3339 creation time in UTC.
+    pub created: String,
+    /// Uid of the user that created the container.
+    pub owner: u32,
+    #[serde(default)]
+    pub annotations: HashMap<String, String>,
+    pub isolation: Isolation,
+    /// Hooks that run after create (poststart, poststop).
+    #[serde(default)]
+    pub hooks: Option<Hooks>,
+    /// Set by pause, cleared by resume.
+    #[serde(default)]
+    pub paused: bool,
+    /// Whatever the isolation needs to find its resources again (cgroup
+    /// paths, VMM sockets).
+    #[serde(default)]
+    pub sandbox: serde_json::Value,
+}
+
+/// The state document the OCI runtime spec defines (`amphi state`), with
+/// runc's extra `created` and `owner` fields that clients read.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct OciState {
+    #[serde(rename = "ociVersion")]
+    pub oci_version: String,
+    pub id: String,
+    pub pid: i32,
+    pub status: Status,
+    pub bundle: PathBuf,
+    pub rootfs: PathBuf,
+    pub created: String,
+    pub owner: String,
+    #[serde(skip_serializing_if = "HashMap::is_empty", default)]
+    pub annotations: HashMap<String, String>,
+}
+
+impl State {
+    /// The OCI view of this state for a given status (pid 0 once stopped,
+    /// as runc reports it).
+    pub fn to_oci(&self, status: Status) -> OciState {
+        OciState {
+            oci_version: self.oci_version.clone(),
+            id: self.id.clone(),
+            pid: if status == Status::Stopped { 0 } else { self.pid },
+            status,
+            bundle: self.bundle.clone(),
+            rootfs: self.rootfs.clone(),
+            created: self.created.clone(),
+            owner: user_name(self.owner),
+            annotations: self.annotations.clone(),
+        }
+    }
+}
+
+/// The user name for a uid, from /etc/passwd, or the number.
+pub fn user_name(uid: u32) -> String {
+    if uid == 0 {
+        return "root".into();
+    }
+    std::fs::read_to_string("/etc/passwd")
+        .ok()
+        .and_then(|p| {
+            p.lines().find_map(|l| {
+                let mut f = l.split(':');
+                let name = f.next()?;
+                f.next()?;
+                (f.next()?.parse::<u32>().ok()? == uid).then(|| name.to_string())
+            })
+        })
+        .unwrap_or_else(|| uid.to_string())
+}
+
+/// Formats the current time as RFC 3339 with nanoseconds, in UTC.
+pub fn now_rfc3339() -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    rfc3339(now.as_secs() as i64, now.subsec_nanos())
+}
+
+/// RFC 3339 for a Unix time, computed without a time zone database.
+pub fn rfc3339(secs: i64, nanos: u32) -> String {
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    let (y, m, d) = civil_from_days(days);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{nanos:09}Z",
+        rem / 3600,
+        (rem % 3600) / 60,
+        rem % 60
+    )
+}
+
+/// Days since 1970-01-01 to (year, month, day), proleptic Gregorian.
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transitions_follow_the_spec() {
+        use Status::*;
+        assert!(allowed(Op::Start, Created));
+        for s in [Creating, Running, Paused, Stopped] {
+            assert!(!allowed(Op::Start, s), "{s}");
+        }
+        assert!(allowed(Op::Kill, Created) && allowed(Op::Kill, Running));
+        assert!(!allowed(Op::Kill, Stopped));
+        assert!(allowed(Op::Delete, Stopped));
+        assert!(!allowed(Op::Delete, Created) && !allowed(Op::Delete, Running));
+        assert!(allowed(Op::Pause, Running) && !allowed(Op::Pause, Created));
+        assert!(allowed(Op::Resume, Paused) && !allowed(Op::Resume, Running));
+    }
+
+    #[test]
+    fn rfc3339_known_dates() {
+        assert_eq!(rfc3339(0, 0), "1970-01-01T00:00:00.000000000Z");
+        assert_eq!(rfc3339(951_782_400, 5), "2000-02-29T00:00:00.000000005Z");
+        assert_eq!(rfc3339(1_798_675_199, 0), "2026-12-31T23:59:59.000000000Z");
+    }
+
+    #[test]
+    fn stopped_state_reports_pid_zero() {
+        let s = State {
+            oci_version: "1.2.1".into(),
+            id: "c".into(),
+            pid: 42,
+            pid_start_time: 1,
+            bundle: "/b".into(),
+            rootfs: "/b/rootfs".into(),
+            created: rfc3339(0, 0),
+            owner: 0,
+            annotations: HashMap::new(),
+            isolation: Isolation::Container,
+            hooks: None,
+            paused: false,
+            sandbox: serde_json::Value::Null,
+        };
+        assert_eq!(s.to_oci(Status::Running).pid, 42);
+        let stopped = s.to_oci(Status::Stopped);
+        assert_eq!(stopped.pid, 0);
+        let json = serde_json::to_value(&stopped).unwrap();
+        assert_eq!(json["status"], "stopped");
+        assert_eq!(json["owner"], "root");
+        assert!(json.get("annotations").is_none());
+    }
+}

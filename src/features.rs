@@ -1,0 +1,63 @@
+//! The OCI features document (`amphi features`): what this build and this
+//! host really support, so that higher-level tools can adapt.
+
+use serde_json::{json, Value};
+
+use crate::linux::{mounts, namespaces, seccomp};
+
+pub fn document() -> Value {
+    let mut ns = vec!["cgroup", "ipc", "mount", "network", "pid", "user", "uts"];
+    if namespaces::time_supported() {
+        ns.push("time");
+    }
+    let mut caps: Vec<String> = caps::runtime::thread_all_supported().iter().map(|c| c.to_string()).collect();
+    caps.sort();
+    let (actions, operators, archs) = seccomp::supported();
+    let flags = ["SECCOMP_FILTER_FLAG_LOG", "SECCOMP_FILTER_FLAG_SPEC_ALLOW", "SECCOMP_FILTER_FLAG_TSYNC"];
+    json!({
+        "ociVersionMin": crate::spec::OCI_VERSION_MIN,
+        "ociVersionMax": crate::spec::OCI_VERSION_MAX,
+        "hooks": ["prestart", "createRuntime", "createContainer", "startContainer", "poststart", "poststop"],
+        "mountOptions": mounts::known_options(),
+        "linux": {
+            "namespaces": ns,
+            "capabilities": caps,
+            "cgroup": { "v1": true, "v2": true, "systemd": false, "systemdUser": false, "rdma": false },
+            "seccomp": {
+                "enabled": true,
+                "actions": actions,
+                "operators": operators,
+                "archs": archs,
+                "knownFlags": flags,
+                "supportedFlags": flags
+            },
+            "apparmor": { "enabled": false },
+            "selinux": { "enabled": false },
+            "intelRdt": { "enabled": false },
+            "mountExtensions": { "idmap": { "enabled": false } }
+        },
+        "annotations": {
+            "run.amphi.version": env!("CARGO_PKG_VERSION"),
+            "run.amphi.isolations": "container,vm",
+            "io.github.seccomp.libseccomp.version": libseccomp_version()
+        },
+        "potentiallyUnsafeConfigAnnotations": [crate::spec::ISOLATION_ANNOTATION]
+    })
+}
+
+fn libseccomp_version() -> String {
+    libseccomp::ScmpVersion::current()
+        .map(|v| format!("{}.{}.{}", v.major, v.minor, v.micro))
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn document_parses_as_oci_features() {
+        let doc = super::document();
+        let parsed: oci_spec::runtime::Features = serde_json::from_value(doc).unwrap();
+        assert_eq!(parsed.oci_version_min(), crate::spec::OCI_VERSION_MIN);
+        assert!(parsed.hooks().as_ref().unwrap().contains(&"poststop".to_string()));
+    }
+}

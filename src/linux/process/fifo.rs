@@ -1,0 +1,82 @@
+//! The exec fifo: how `start`, a separate invocation, releases the init
+//! that `create` left waiting.
+//!
+//! The init blocks opening `exec.fifo` for writing; `start` opens it for
+//! reading, which lets the init go on, and waits for its byte. A pidfd of
+//! the init is polled at the same time, so an init that died while waiting
+//! is reported instead of hanging `start`.
+
+use std::os::fd::{AsRawFd, OwnedFd};
+
+use nix::errno::Errno;
+use nix::fcntl::OFlag;
+use nix::sys::stat::Mode;
+
+use super::super::LinuxError;
+use crate::container::process;
+use crate::container::state::State;
+use crate::container::store::{ContainerDir, EXEC_FIFO};
+
+/// Makes the fifo in the container's directory.
+pub fn make(dir: &ContainerDir) -> Result<(), LinuxError> {
+    nix::unistd::mkfifo(&dir.fifo_path(), Mode::from_bits_truncate(0o600))
+        .map_err(|e| LinuxError::sys(format!("cannot create {}", dir.fifo_path().display()), e))
+}
+
+/// Init side: blocks until `start`, then returns.
+pub fn wait_for_start(dir_fd: i32) -> Result<(), LinuxError> {
+    // SAFETY: the directory fd stays open in this process; borrowing it
+    // for one openat call is sound.
+    let dir = unsafe { std::os::fd::BorrowedFd::borrow_raw(dir_fd) };
+    let fd: OwnedFd = loop {
+        match nix::fcntl::openat(dir, EXEC_FIFO, OFlag::O_WRONLY | OFlag::O_CLOEXEC, Mode::empty()) {
+            Ok(fd) => break fd,
+            Err(Errno::EINTR) => continue,
+            Err(e) => return Err(LinuxError::sys("cannot open the exec fifo", e)),
+        }
+    };
+    nix::unistd::write(&fd, b"0").map_err(|e| LinuxError::sys("cannot write the exec fifo", e))?;
+    Ok(())
+}
+
+/// `start` side: releases the init and removes the fifo.
+pub fn release(dir: &ContainerDir, state: &State) -> Result<(), LinuxError> {
+    let path = dir.fifo_path();
+    let fifo = match nix::fcntl::open(&path, OFlag::O_RDONLY | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC, Mode::empty()) {
+        Ok(f) => f,
+        Err(Errno::ENOENT) => return Err(LinuxError::NoFifo(path)),
+        Err(e) => return Err(LinuxError::sys(format!("cannot open {}", path.display()), e)),
+    };
+    let pidfd = process::pidfd(state.pid, state.pid_start_time)
+        .map_err(|e| LinuxError::sys("cannot watch the container process", e))?
+        .ok_or(LinuxError::ExitedBeforeStart)?;
+    loop {
+        let mut fds = [
+            libc::pollfd { fd: fifo.as_raw_fd(), events: libc::POLLIN, revents: 0 },
+            libc::pollfd { fd: pidfd.as_raw_fd(), events: libc::POLLIN, revents: 0 },
+        ];
+        // SAFETY: two valid pollfds for the duration of the call.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
+        if n < 0 {
+            if Errno::last() == Errno::EINTR {
+                continue;
+            }
+            return Err(LinuxError::sys("poll on the exec fifo", Errno::last()));
+        }
+        if fds[0].revents & libc::POLLIN != 0 {
+            let mut b = [0u8; 1];
+            match nix::unistd::read(&fifo, &mut b) {
+                Ok(1) => break,
+                // The writer went away without its byte: the init failed.
+                Ok(_) => return Err(LinuxError::ExitedBeforeStart),
+                Err(Errno::EAGAIN) => {}
+                Err(e) => return Err(LinuxError::sys("cannot read the exec fifo", e)),
+            }
+        }
+        if fds[1].revents & libc::POLLIN != 0 {
+            return Err(LinuxError::ExitedBeforeStart);
+        }
+    }
+    let _ = std::fs::remove_file(&path);
+    Ok(())
+}

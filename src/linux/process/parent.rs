@@ -1,0 +1,333 @@
+//! The `create` side: plan the container, clone its init, place it in its
+//! cgroups, run the runtime-namespace hooks when it asks, and wait until it
+//! is ready. Any failure kills the init and removes what was made.
+
+use std::ffi::CString;
+use std::os::fd::OwnedFd;
+
+use nix::errno::Errno;
+use nix::sys::signal::Signal;
+use nix::sys::wait::waitpid;
+use nix::unistd::Pid;
+
+use super::super::capabilities::CapSets;
+use super::super::cgroups::{CgroupConfig, CgroupState, Manager};
+use super::super::namespaces::{self, NamespacePlan};
+use super::super::rootfs::RootfsPlan;
+use super::super::{console, devices, seccomp, LinuxError};
+use super::init::{self, InitPlan};
+use super::sync::{Channel, ToChild, ToParent};
+use super::{clone_child, fifo};
+use crate::container::process;
+use crate::container::sandbox::{CreateRequest, Created, Launch, LaunchMode, RuntimeHooks, SandboxError};
+use crate::container::state::{OciState, State, Status};
+
+/// What the state file keeps for the Linux isolation.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct LinuxState {
+    pub cgroup: CgroupState,
+}
+
+fn cstrings<'a>(items: impl Iterator<Item = &'a String>, what: &str) -> Result<Vec<CString>, LinuxError> {
+    items
+        .map(|s| CString::new(s.as_bytes()).map_err(|_| LinuxError::Config(format!("{what} contains a NUL byte: {s:?}"))))
+        .collect()
+}
+
+pub fn create(req: &CreateRequest<'_>, hooks: &mut RuntimeHooks<'_>) -> Result<Created, LinuxError> {
+    let spec = &req.bundle.spec;
+    let process = spec
+        .process()
+        .as_ref()
+        .ok_or_else(|| LinuxError::Config("config.json has no process".into()))?;
+    let linux = spec.linux().clone().unwrap_or_default();
+    let ns = NamespacePlan::from_spec(linux.namespaces().as_deref().unwrap_or(&[]));
+    if ns.new_time && !namespaces::time_supported() {
+        return Err(LinuxError::Config(
+            "linux.namespaces asks for a time namespace, which this kernel lacks (needs Linux 5.6): remove it".into(),
+        ));
+    }
+    let terminal = process.terminal().unwrap_or(false);
+    match (&req.console_socket, terminal) {
+        (Some(p), true) => console::check_socket(p)?,
+        (Some(_), false) => {
+            return Err(LinuxError::Config(
+                "--console-socket was given but process.terminal is false: drop the flag or set terminal".into(),
+            ))
+        }
+        (None, true) if !req.keep_console => {
+            return Err(LinuxError::Config(
+                "process.terminal is true but no --console-socket was given to receive the terminal: pass \
+                 --console-socket or set terminal to false"
+                    .into(),
+            ))
+        }
+        _ => {}
+    }
+
+    let mut cgroups = Manager::new(&CgroupConfig {
+        id: req.id,
+        cgroups_path: req.cgroups_path.as_deref(),
+        resources: linux.resources().as_ref(),
+        linux_devices: linux.devices().as_deref(),
+    })?;
+    let view = cgroups.view();
+    let join = match cgroups.prepare() {
+        Ok(j) => j,
+        Err(e) => {
+            let _ = cgroups.destroy();
+            return Err(e.into());
+        }
+    };
+    let filter = linux.seccomp().as_ref().map(seccomp::compile).transpose()?;
+    if let Some(f) = &filter {
+        if !f.skipped.is_empty() && crate::logging::debug_enabled() {
+            crate::logging::debug(&format!("seccomp: syscalls unknown here, skipped: {}", f.skipped.join(" ")));
+        }
+    }
+    let caps = match process.capabilities() {
+        Some(c) => Some(CapSets::from_spec(c, &caps::runtime::thread_all_supported())?),
+        None => None,
+    };
+    let devices = devices::all_devices(linux.devices().as_deref().unwrap_or(&[]))?;
+    let env_strings = super::super::user::environment(process.env().as_deref().unwrap_or(&[]), || {
+        let passwd = std::fs::read_to_string(req.bundle.rootfs.join("etc/passwd")).ok();
+        super::super::user::home_of(passwd.as_deref(), process.user().uid())
+    });
+    let env = cstrings(env_strings.iter(), "process.env")?;
+    let args = cstrings(process.args().iter().flatten(), "process.args")?;
+    let time_offsets = linux
+        .time_offsets()
+        .iter()
+        .flatten()
+        .map(|(clock, o)| format!("{clock} {} {}\n", o.secs().unwrap_or(0), o.nanosecs().unwrap_or(0)))
+        .collect::<String>();
+    let listen_fds: u32 = std::env::var("LISTEN_FDS").ok().and_then(|v| v.parse().ok()).unwrap_or(0);
+    let runtime_hooks = spec
+        .hooks()
+        .as_ref()
+        .is_some_and(|h| h.prestart().as_ref().is_some_and(|l| !l.is_empty()) || h.create_runtime().as_ref().is_some_and(|l| !l.is_empty()));
+
+    let plan = InitPlan {
+        id: req.id,
+        spec,
+        process,
+        rootfs: RootfsPlan {
+            spec,
+            rootfs: &req.bundle.rootfs,
+            bundle: &req.bundle.dir,
+            in_userns: ns.in_userns(),
+            own_netns: ns.new.contains(nix::sched::CloneFlags::CLONE_NEWNET),
+            cgroupns: ns.new_cgroup,
+            cgroups: &view,
+            devices,
+        },
+        ns,
+        cgroups: &join,
+        mode: req.mode,
+        dir_fd: req.dir.fd(),
+        no_pivot: req.no_pivot,
+        no_new_keyring: req.no_new_keyring,
+        caps,
+        seccomp: filter,
+        runtime_hooks,
+        state: OciState {
+            oci_version: spec.version().clone(),
+            id: req.id.to_string(),
+            pid: 0,
+            status: Status::Creating,
+            bundle: req.bundle.dir.clone(),
+            rootfs: req.bundle.rootfs.clone(),
+            created: String::new(),
+            owner: String::new(),
+            annotations: spec.annotations().clone().unwrap_or_default(),
+        },
+        time_offsets,
+        first_private_fd: 3 + listen_fds + req.preserve_fds,
+        env,
+        args,
+    };
+    if req.mode == LaunchMode::Deferred {
+        fifo::make(req.dir)?;
+    }
+    let (ours, theirs) = Channel::pair().map_err(|e| LinuxError::sys("cannot create the sync socketpair", e))?;
+
+    let mut guard = InitGuard { pid: None, cgroups: &cgroups, cgroups_made: true };
+    let pid = spawn(&plan, &ours, &theirs, &mut guard)?;
+    drop(theirs);
+    guard.pid = Some(pid);
+
+    ours.send(&ToChild::Proceed { pid }, None).map_err(|e| LinuxError::sys("sync with the init", e))?;
+
+    let console: Option<OwnedFd> = loop {
+        match ours.recv::<ToParent>() {
+            Ok(Some((ToParent::Hooks, _))) => {
+                hooks(pid)?;
+                ours.send(&ToChild::HooksDone, None).map_err(|e| LinuxError::sys("sync with the init", e))?;
+            }
+            Ok(Some((ToParent::Ready { console }, fd))) => break if console { fd } else { None },
+            Ok(Some((ToParent::Error(msg), _))) => return Err(LinuxError::Init(msg)),
+            Ok(Some((other, _))) => return Err(LinuxError::Init(format!("unexpected message {other:?}"))),
+            Ok(None) => return Err(LinuxError::InitDied(exit_status(pid))),
+            Err(e) => return Err(LinuxError::sys("sync with the init", e)),
+        }
+    };
+    let console = match (&req.console_socket, console) {
+        (Some(path), Some(master)) => {
+            console::send_to_socket(path, std::os::fd::AsRawFd::as_raw_fd(&master))?;
+            None
+        }
+        (_, c) => c,
+    };
+    let (start_time, _) = process::stat(pid).ok_or_else(|| LinuxError::InitDied(exit_status(pid)))?;
+    let sandbox_state = serde_json::to_value(LinuxState { cgroup: cgroups.state().clone() })
+        .map_err(|e| LinuxError::Config(format!("cannot record the cgroup state: {e}")))?;
+    guard.disarm();
+    let launcher: Option<Box<dyn Launch>> = match req.mode {
+        LaunchMode::Attached => Some(Box::new(Attached { chan: ours })),
+        LaunchMode::Deferred => None,
+    };
+    Ok(Created { pid, pid_start_time: start_time, sandbox_state, console, launcher })
+}
+
+/// Clones the init, directly (fast path) or through an intermediate that
+/// joins namespaces first.
+fn spawn(plan: &InitPlan<'_>, ours: &Channel, theirs: &Channel, guard: &mut InitGuard<'_>) -> Result<i32, LinuxError> {
+    if plan.ns.fast_path() {
+        let into = plan.cgroups.clone_into.as_ref().map(std::os::fd::AsRawFd::as_raw_fd);
+        let pid = clone_child(plan.ns.new, into, || {
+            close_parent_end(ours);
+            init::run(plan, theirs)
+        })
+            .map_err(|e| LinuxError::sys("cannot clone the container init (are these namespaces supported?)", e))?;
+        guard.pid = Some(pid);
+        if plan.ns.new_user() {
+            let linux = plan.spec.linux().as_ref();
+            namespaces::write_id_maps(
+                pid,
+                linux.and_then(|l| l.uid_mappings().as_deref()).unwrap_or(&[]),
+                linux.and_then(|l| l.gid_mappings().as_deref()).unwrap_or(&[]),
+            )?;
+        }
+        return Ok(pid);
+    }
+    let joins = namespaces::open_joins(&plan.ns)?;
+    let mid = clone_child(nix::sched::CloneFlags::empty(), None, || {
+        close_parent_end(ours);
+        init::intermediate(plan, theirs, &joins)
+    })
+        .map_err(|e| LinuxError::sys("cannot fork the namespace-joining process", e))?;
+    let result = (|| loop {
+        match ours.recv::<ToParent>() {
+            Ok(Some((ToParent::MapsPlease, _))) => {
+                let linux = plan.spec.linux().as_ref();
+                namespaces::write_id_maps(
+                    mid,
+                    linux.and_then(|l| l.uid_mappings().as_deref()).unwrap_or(&[]),
+                    linux.and_then(|l| l.gid_mappings().as_deref()).unwrap_or(&[]),
+                )?;
+                ours.send(&ToChild::MapsDone, None).map_err(|e| LinuxError::sys("sync", e))?;
+            }
+            Ok(Some((ToParent::Pid(p), _))) => return Ok(p),
+            Ok(Some((ToParent::Error(m), _))) => return Err(LinuxError::Init(m)),
+            Ok(_) => return Err(LinuxError::InitDied(exit_status(mid))),
+            Err(e) => return Err(LinuxError::sys("sync", e)),
+        }
+    })();
+    let _ = waitpid(Pid::from_raw(mid), None);
+    result
+}
+
+/// In the child: drops its copy of the parent's end, so that the init sees
+/// EOF when the parent goes away.
+fn close_parent_end(ours: &Channel) {
+    // SAFETY: the child owns its copy of this fd and never uses it.
+    unsafe { libc::close(ours.raw()) };
+}
+
+/// Undoes a half-made container: kills the init, reaps it, removes its
+/// cgroups. Disarmed once `create` succeeds.
+struct InitGuard<'a> {
+    pid: Option<i32>,
+    cgroups: &'a Manager,
+    cgroups_made: bool,
+}
+
+impl InitGuard<'_> {
+    fn disarm(&mut self) {
+        self.pid = None;
+        self.cgroups_made = false;
+    }
+}
+
+impl Drop for InitGuard<'_> {
+    fn drop(&mut self) {
+        if let Some(pid) = self.pid {
+            let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
+            let _ = waitpid(Pid::from_raw(pid), None);
+        }
+        if self.cgroups_made {
+            let _ = self.cgroups.destroy();
+        }
+    }
+}
+
+/// How a child ended, for messages (reaps it if it has).
+fn exit_status(pid: i32) -> String {
+    use nix::sys::wait::{WaitPidFlag, WaitStatus};
+    for _ in 0..100 {
+        match waitpid(Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::Exited(_, c)) => return format!("exit status {c}"),
+            Ok(WaitStatus::Signaled(_, s, _)) => return format!("killed by {s}"),
+            Ok(WaitStatus::StillAlive) => std::thread::sleep(std::time::Duration::from_millis(1)),
+            _ => break,
+        }
+    }
+    "status unknown".into()
+}
+
+/// `run`'s in-process start: tells the init to exec and waits until it has
+/// (the channel closes on exec) or reports why it could not.
+struct Attached {
+    chan: Channel,
+}
+
+impl Launch for Attached {
+    fn launch(self: Box<Self>) -> Result<(), SandboxError> {
+        let sync = |e| LinuxError::sys("cannot start the container process", e);
+        self.chan.send(&ToChild::Start, None).map_err(sync)?;
+        match self.chan.recv::<ToParent>() {
+            Ok(None) => Ok(()),
+            Ok(Some((ToParent::Error(m), _))) => Err(LinuxError::Init(m).into()),
+            Ok(Some((other, _))) => Err(LinuxError::Init(format!("unexpected message {other:?}")).into()),
+            Err(e) => Err(sync(e).into()),
+        }
+    }
+}
+
+fn manager(state: &State) -> Result<Manager, LinuxError> {
+    let s: LinuxState = serde_json::from_value(state.sandbox.clone()).unwrap_or_default();
+    Ok(Manager::from_state(s.cgroup))
+}
+
+/// `kill`: the init, or every process of the container's cgroup.
+pub fn kill(state: &State, signal: Signal, all: bool) -> Result<(), LinuxError> {
+    if all {
+        let cg = manager(state)?;
+        for pid in cg.pids()? {
+            match nix::sys::signal::kill(Pid::from_raw(pid), signal) {
+                Ok(()) | Err(Errno::ESRCH) => {}
+                Err(e) => return Err(LinuxError::sys(format!("cannot signal pid {pid}"), e)),
+            }
+        }
+    }
+    match process::signal(state.pid, state.pid_start_time, signal) {
+        Ok(_) => Ok(()),
+        Err(e) => Err(LinuxError::sys(format!("cannot send {signal} to the container"), e)),
+    }
+}
+
+/// `delete`: removes the container's cgroups.
+pub fn destroy(state: &State) -> Result<(), LinuxError> {
+    Ok(manager(state)?.destroy()?)
+}
