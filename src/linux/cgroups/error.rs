@@ -174,6 +174,7 @@ pub(crate) fn write_hint(file: &str, err: &io::Error) -> String {
         Some(libc::EINVAL) => "the kernel rejected the value (out of range, or not allowed by the parent cgroup)".to_string(),
         Some(libc::EBUSY) => "the kernel refused while the cgroup is in use".to_string(),
         Some(libc::EROFS) => "the cgroup filesystem is mounted read-only".to_string(),
+        Some(libc::EOPNOTSUPP) => "the kernel does not support this setting here".to_string(),
         _ => String::new(),
     };
     if h.is_empty() {

@@ -1,8 +1,8 @@
 //! blkio (v1) / io (v2): weight, leafWeight, weightDevice and the four
 //! throttle lists of `linux.resources.blockIO`.
 //!
-//! v1 writes blkio.weight (or blkio.bfq.weight where only BFQ offers one),
-//! blkio.weight_device, blkio.leaf_weight[_device] and
+//! v1 writes blkio.weight and blkio.weight_device (or their blkio.bfq.*
+//! twins where only BFQ offers them), blkio.leaf_weight[_device] and
 //! blkio.throttle.*_device, one write per device. v2 writes io.bfq.weight
 //! (same 10..1000 scale) when BFQ is active, else io.weight converted as runc
 //! does (1 + (w - 10) * 9999 / 990); throttles go to io.max as
@@ -103,6 +103,13 @@ impl Controller for Blkio {
 
 fn no_weight_knob(field: &str, err: CgroupError) -> CgroupError {
     match err {
+        CgroupError::Apply { path, value, source, .. } if source.raw_os_error() == Some(libc::EOPNOTSUPP) => CgroupError::Apply {
+            field: field.to_string(),
+            path,
+            value,
+            hint: "; the device does not use the BFQ I/O scheduler (see /sys/block/<dev>/queue/scheduler)".into(),
+            source,
+        },
         CgroupError::Apply { path, value, source, .. } if source.raw_os_error() == Some(libc::ENOENT) => CgroupError::Apply {
             field: field.to_string(),
             path,
@@ -131,8 +138,12 @@ fn apply_v1(ctx: &Ctx<'_>, b: &LinuxBlockIo) -> Result<()> {
     }
     let devs = nonempty(b.weight_device());
     let weights: Vec<String> = devs.iter().filter_map(|d| d.weight().map(|w| format!("{}:{} {w}", d.major(), d.minor()))).collect();
-    ctx.write_lines("blockIO.weightDevice", "blkio.weight_device", &weights)
-        .map_err(|e| no_weight_knob("blockIO.weightDevice", e))?;
+    match ctx.write_lines("blockIO.weightDevice", "blkio.weight_device", &weights) {
+        Err(CgroupError::Apply { source, .. }) if source.raw_os_error() == Some(libc::ENOENT) => ctx
+            .write_lines("blockIO.weightDevice", "blkio.bfq.weight_device", &weights)
+            .map_err(|e| no_weight_knob("blockIO.weightDevice", e))?,
+        other => other?,
+    }
     let leaves: Vec<String> = devs.iter().filter_map(|d| d.leaf_weight().map(|w| format!("{}:{} {w}", d.major(), d.minor()))).collect();
     ctx.write_lines("blockIO.weightDevice", "blkio.leaf_weight_device", &leaves)
         .map_err(|e| no_weight_knob("blockIO.weightDevice", e))?;
@@ -222,9 +233,13 @@ mod tests {
 
     #[test]
     fn v1_weight_falls_back_to_bfq_and_explains_its_absence() {
-        let d = Dir::new(false, &[("blkio.bfq.weight", "100"), ("blkio.throttle.read_bps_device", "")]);
-        d.apply::<Blkio>(&res(r#"{"blockIO":{"weight":700}}"#)).unwrap();
+        let d = Dir::new(false, &[("blkio.bfq.weight", "100"), ("blkio.bfq.weight_device", ""), ("blkio.throttle.read_bps_device", "")]);
+        d.apply::<Blkio>(&res(r#"{"blockIO":{"weight":700,"weightDevice":[{"major":8,"minor":0,"weight":300}]}}"#)).unwrap();
         assert_eq!(d.get("blkio.bfq.weight"), "700");
+        assert_eq!(d.get("blkio.bfq.weight_device"), "8:0 300");
+        d.sys.fail_writes(&d.file("blkio.bfq.weight_device"), &[libc::EOPNOTSUPP]);
+        let e = d.apply::<Blkio>(&res(r#"{"blockIO":{"weightDevice":[{"major":8,"minor":0,"weight":300}]}}"#)).unwrap_err();
+        assert!(e.to_string().contains("does not use the BFQ I/O scheduler"), "{e}");
         // This development host: throttling files only.
         let d = Dir::new(false, &[("blkio.throttle.read_bps_device", "")]);
         let e = d.apply::<Blkio>(&res(r#"{"blockIO":{"weight":700}}"#)).unwrap_err().to_string();

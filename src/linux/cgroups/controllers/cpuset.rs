@@ -73,26 +73,27 @@ impl Controller for Cpuset {
     }
 }
 
-/// Copies cpuset.cpus and cpuset.mems from parent to child down `dirs` (new
-/// v1 cpuset cgroups, outermost first), where the child's value is empty. For
-/// the last directory (the container's), values the spec sets are skipped:
-/// `apply` writes them before any task joins.
+/// Copies cpuset.cpus and cpuset.mems from parent to child down `dirs` (v1
+/// cpuset cgroups this manager just created, outermost first, so their own
+/// values are known to be empty). The first parent is read once; each new
+/// directory then passes the same values down. For the last directory (the
+/// container's), values the spec sets are skipped: `apply` writes them before
+/// any task joins.
 pub fn populate_new_dirs(sys: &dyn CgroupSys, dirs: &[PathBuf], res: Option<&LinuxResources>) -> Result<()> {
+    let Some(top) = dirs.first().and_then(|d| d.parent()) else { return Ok(()) };
+    let mut values = Vec::with_capacity(2);
+    for file in ["cpuset.cpus", "cpuset.mems"] {
+        let p = top.join(file);
+        values.push(sys.read(&p).map_err(|e| CgroupError::file("read", p, e))?.trim().to_string());
+    }
     for (i, dir) in dirs.iter().enumerate() {
-        let Some(parent) = dir.parent() else { continue };
         let last = i + 1 == dirs.len();
-        for (file, requested) in [("cpuset.cpus", res.and_then(cpus)), ("cpuset.mems", res.and_then(mems))] {
+        for ((file, requested), v) in [("cpuset.cpus", res.and_then(cpus)), ("cpuset.mems", res.and_then(mems))].into_iter().zip(&values) {
             if last && requested.is_some() {
                 continue;
             }
             let p = dir.join(file);
-            let cur = sys.read(&p).map_err(|e| CgroupError::file("read", p.clone(), e))?;
-            if !cur.trim().is_empty() {
-                continue;
-            }
-            let pp = parent.join(file);
-            let v = sys.read(&pp).map_err(|e| CgroupError::file("read", pp, e))?;
-            sys.write(&p, v.trim()).map_err(|e| CgroupError::file("write", p, e))?;
+            sys.write(&p, v).map_err(|e| CgroupError::file("write", p, e))?;
         }
     }
     Ok(())

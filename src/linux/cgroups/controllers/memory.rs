@@ -200,14 +200,21 @@ fn apply_v1(ctx: &Ctx<'_>, m: &LinuxMemory) -> Result<()> {
         ctx.write("memory.reservation", "memory.soft_limit_in_bytes", &r.to_string())?;
     }
     if let Some(k) = set(m.kernel()) {
-        // Deprecated by the spec; kernels >= 5.16 ignore or refuse it.
+        // Deprecated by the spec; kernels since 5.16 refuse it, or accept the
+        // write and keep no limit (read back to tell).
         match ctx.write("memory.kernel", "memory.kmem.limit_in_bytes", &k.to_string()) {
             Err(CgroupError::Apply { source, .. })
                 if matches!(source.raw_os_error(), Some(libc::ENOENT) | Some(libc::EOPNOTSUPP)) =>
             {
                 log::warn("linux.resources.memory.kernel ignored: this kernel has no kernel memory limit");
             }
-            other => other?,
+            Err(e) => return Err(e),
+            Ok(()) => {
+                let now = ctx.read("memory.kmem.limit_in_bytes")?;
+                if k > 0 && now.trim() != k.to_string() {
+                    log::warn("linux.resources.memory.kernel ignored: this kernel keeps no kernel memory limit");
+                }
+            }
         }
     }
     if let Some(k) = set(m.kernel_tcp()) {
