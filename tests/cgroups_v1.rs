@@ -185,6 +185,22 @@ fn default_spec_lifecycle_and_immediate_destroy() {
     for d in &dirs {
         assert!(!d.exists(), "{} left behind", d.display());
     }
+    // add_task: a running process moved in by the parent (cgroup.procs).
+    let mut m = CgroupManager::new(&cfg).unwrap();
+    m.create().unwrap();
+    m.apply(&res).unwrap();
+    let mut sleeper = std::process::Command::new("sleep").arg("1000").spawn().unwrap();
+    let pid = sleeper.id() as i32;
+    let added = m.add_task(pid);
+    let line = read(format!("/proc/{pid}/cgroup"));
+    let _ = sleeper.kill();
+    let _ = sleeper.wait();
+    added.unwrap();
+    assert!(line.lines().all(|l| l.ends_with(&format!("/amphi-{id}"))), "{line}");
+    m.destroy().unwrap();
+    for d in &dirs {
+        assert!(!d.exists(), "{} left behind", d.display());
+    }
     // Rebuilt from its saved state, destroy is a no-op.
     let state: amphi::linux::cgroups::CgroupState = serde_json::from_str(&serde_json::to_string(m.state()).unwrap()).unwrap();
     CgroupManager::from_state(state).destroy().unwrap();

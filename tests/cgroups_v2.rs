@@ -110,27 +110,33 @@ fn v2_lifecycle_with_default_devices_freeze_and_kill() {
         }
     };
     let id = unique("v2");
-    let res: oci_spec::runtime::LinuxResources = if pure {
+    let offered = read(mount.join("cgroup.controllers"));
+    let has = |c: &str| offered.split_whitespace().any(|x| x == c);
+    let full = pure && ["memory", "pids", "cpu"].iter().all(|c| has(c));
+    let huge = has("hugetlb") && Path::new("/sys/kernel/mm/hugepages/hugepages-2048kB").exists();
+    let res: oci_spec::runtime::LinuxResources = if full {
         serde_json::from_str(
             r#"{"devices":[{"allow":false,"access":"rwm"}],"memory":{"limit":67108864,"reservation":33554432},
                 "pids":{"limit":50},"cpu":{"shares":2048,"quota":50000,"period":100000}}"#,
         )
         .unwrap()
-    } else {
+    } else if huge {
         serde_json::from_str(r#"{"devices":[{"allow":false,"access":"rwm"}],"hugepageLimits":[{"pageSize":"2MB","limit":4194304}]}"#)
             .unwrap()
+    } else {
+        serde_json::from_str(r#"{"devices":[{"allow":false,"access":"rwm"}]}"#).unwrap()
     };
     let mut m = v2_manager(&id, &res, pure, &mount);
     let dir = m.unified_path().unwrap().to_path_buf();
     let join = m.prepare().unwrap();
     assert!(join.clone_into.is_some());
-    if pure {
+    if full {
         assert_eq!(read(dir.join("memory.max")), "67108864");
         assert_eq!(read(dir.join("memory.low")), "33554432");
         assert_eq!(read(dir.join("pids.max")), "50");
         assert_eq!(read(dir.join("cpu.weight")), "174");
         assert_eq!(read(dir.join("cpu.max")), "50000 100000");
-    } else {
+    } else if huge {
         assert_eq!(read(dir.join("hugetlb.2MB.max")), "4194304");
     }
     // The default devices work, others do not.
@@ -151,7 +157,7 @@ fn v2_lifecycle_with_default_devices_freeze_and_kill() {
     assert_eq!(m.freezer_state().unwrap(), FreezerState::Thawed);
     let stats = m.stats().unwrap();
     assert!(stats.cpu.is_some());
-    if pure {
+    if full {
         assert!(stats.memory.unwrap().limit == Some(67108864));
         assert_eq!(stats.pids.unwrap().current, 1);
     }
@@ -161,4 +167,102 @@ fn v2_lifecycle_with_default_devices_freeze_and_kill() {
     m.destroy().unwrap();
     m.destroy().unwrap();
     assert!(!dir.exists(), "{} left behind", dir.display());
+}
+
+#[test]
+#[ignore = "needs root and a pure cgroup2 host"]
+fn pure_v2_rich_resources() {
+    let (mount, pure) = match v2_mount() {
+        Ok(m) => m,
+        Err(r) => {
+            skip(&r);
+            return;
+        }
+    };
+    if !pure {
+        skip("not a pure cgroup2 host (the nested test host is one); the hybrid cgroup2 mount is covered by the other tests");
+        return;
+    }
+    // Ask only for what the host offers (all of it on a normal v2 host).
+    let offered = read(mount.join("cgroup.controllers"));
+    let has = |c: &str| offered.split_whitespace().any(|x| x == c);
+    let missing: Vec<&str> = ["memory", "cpu", "cpuset", "pids", "io"].into_iter().filter(|c| !has(c)).collect();
+    if !missing.is_empty() {
+        skip(&format!("cgroup2 here offers no {}: those checks are left out", missing.join(", ")));
+    }
+    let mut parts = vec![r#""devices":[{"allow":false,"access":"rwm"},{"allow":true,"type":"c","major":1,"minor":11,"access":"r"}]"#.to_string()];
+    if has("memory") {
+        parts.push(r#""memory":{"limit":67108864,"reservation":16777216},"unified":{"memory.high":"50331648"}"#.into());
+    }
+    match (has("cpu"), has("cpuset")) {
+        (true, true) => parts.push(r#""cpu":{"shares":512,"quota":20000,"period":100000,"cpus":"0","mems":"0"}"#.into()),
+        (true, false) => parts.push(r#""cpu":{"shares":512,"quota":20000,"period":100000}"#.into()),
+        (false, true) => parts.push(r#""cpu":{"cpus":"0","mems":"0"}"#.into()),
+        (false, false) => {}
+    }
+    if has("pids") {
+        parts.push(r#""pids":{"limit":40}"#.into());
+    }
+    let dev = block_device().filter(|_| has("io"));
+    if let Some((a, b)) = dev {
+        parts.push(format!(r#""blockIO":{{"throttleReadBpsDevice":[{{"major":{a},"minor":{b},"rate":1048576}}],"throttleWriteIOPSDevice":[{{"major":{a},"minor":{b},"rate":300}}]}}"#));
+    }
+    let res: oci_spec::runtime::LinuxResources = serde_json::from_str(&format!("{{{}}}", parts.join(","))).unwrap();
+    let id = unique("pure");
+    let path = format!("/amphi-t-parent-{id}/{id}");
+    let cfg = CgroupConfig { id: &id, cgroups_path: Some(Path::new(&path)), resources: Some(&res), linux_devices: None };
+    let mut m = CgroupManager::new(&cfg).unwrap();
+    let dir = m.unified_path().unwrap().to_path_buf();
+    let parent = dir.parent().unwrap().to_path_buf();
+    let _join = m.prepare().unwrap();
+    let procs = [open_procs(&dir)];
+    let mut child = spawn_in(&[], &raw(&procs), "exec sleep 1000").unwrap();
+    let pid = child.id() as i32;
+    let checks = || {
+        if has("memory") {
+            assert_eq!(read(dir.join("memory.max")), "67108864");
+            assert_eq!(read(dir.join("memory.low")), "16777216");
+            assert_eq!(read(dir.join("memory.high")), "50331648");
+        }
+        if has("cpu") {
+            assert_eq!(read(dir.join("cpu.weight")), "59");
+            assert_eq!(read(dir.join("cpu.max")), "20000 100000");
+        }
+        if has("cpuset") {
+            assert_eq!(read(dir.join("cpuset.cpus")), "0");
+        }
+        if has("pids") {
+            assert_eq!(read(dir.join("pids.max")), "40");
+        }
+        if let Some((a, b)) = dev {
+            let io = read(dir.join("io.max"));
+            assert!(io.contains(&format!("{a}:{b} rbps=1048576")) && io.contains("wiops=300"), "{io}");
+        }
+        let ctl = read(parent.join("cgroup.subtree_control"));
+        for c in ["cpuset", "cpu", "memory", "pids"].into_iter().filter(|c| has(c)) {
+            assert!(ctl.split_whitespace().any(|x| x == c), "{c} not enabled in the parent: {ctl}");
+        }
+        let out = run_in(&dir, ": < /dev/kmsg && : < /dev/null && echo ok");
+        assert!(out.status.success(), "{out:?}");
+        let out = run_in(&dir, ": > /dev/kmsg");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("Operation not permitted"), "write to kmsg is not allowed: {out:?}");
+        assert_eq!(m.pids().unwrap(), vec![pid]);
+        m.freeze().unwrap();
+        assert_eq!(m.freezer_state().unwrap(), FreezerState::Frozen);
+        m.thaw().unwrap();
+        let st = m.stats().unwrap();
+        assert!(st.cpu.is_some());
+        if has("pids") {
+            assert_eq!(st.pids.unwrap().current, 1);
+        }
+        if has("memory") {
+            assert_eq!(st.memory.unwrap().limit, Some(67108864));
+        }
+    };
+    with_cleanup(checks, || {
+        let _ = m.signal_all(libc::SIGKILL);
+        let _ = child.wait();
+        m.destroy().unwrap();
+    });
+    assert!(!dir.exists() && !parent.exists(), "the container's cgroup and the parent amphi made are gone");
 }

@@ -434,14 +434,19 @@ impl<S: CgroupSys> CgroupManager<S> {
                         created.clear();
                         continue;
                     }
-                    self.state.nodes[i].created = created;
+                    self.state.nodes[i].created.extend(created);
                     return Err(e.into_error());
                 }
             }
             break;
         }
         let fresh = created.last() == Some(&node.path);
-        self.state.nodes[i].created = created.clone();
+        // A repeated create keeps what the first one recorded.
+        for d in &created {
+            if !self.state.nodes[i].created.contains(d) {
+                self.state.nodes[i].created.push(d.clone());
+            }
+        }
         self.fresh[i] = fresh;
         if !node.v2 && node.hosts(&Subsystem::Cpuset) && !created.is_empty() {
             cpuset::populate_new_dirs(&self.sys, &created, self.resources.as_ref())?;

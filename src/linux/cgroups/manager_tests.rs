@@ -155,9 +155,10 @@ fn nested_absolute_paths_create_and_remove_parents() {
 fn create_is_idempotent_and_rolls_back_on_failure() {
     let h = host(FakeHost::hybrid());
     let before = tree_dirs(&h.tree.root);
-    let mut m = manager(&h, "c1", None, None).unwrap();
+    let mut m = manager(&h, "c1", Some("/nested/c1"), None).unwrap();
     m.create().unwrap();
     m.create().unwrap();
+    assert_eq!(m.state().nodes[0].created.len(), 2, "the second create keeps the parents the first made");
     m.destroy().unwrap();
     assert_eq!(tree_dirs(&h.tree.root), before);
     let pids_dir = h.tree.mount("pids").join("amphi-c1");
