@@ -49,12 +49,13 @@ pub struct GlobalArgs {
     #[arg(long = "systemd-cgroup", global = true)]
     pub systemd_cgroup: bool,
 
-    /// Accepted for runc compatibility; amphi decides by itself.
-    #[arg(long, global = true, value_name = "true|false|auto", hide = true)]
+    /// Accepted for runc compatibility (before the subcommand only, so that
+    /// `spec --rootless` keeps its own meaning); amphi decides by itself.
+    #[arg(long = "rootless", id = "global_rootless", value_name = "true|false|auto", hide = true)]
     pub rootless: Option<String>,
 
     /// Accepted for runc compatibility; checkpointing is not supported.
-    #[arg(long, global = true, value_name = "PATH", hide = true)]
+    #[arg(long, value_name = "PATH", hide = true)]
     pub criu: Option<PathBuf>,
 
     /// Isolation for new containers; overrides the `run.amphi.isolation`
@@ -243,6 +244,16 @@ mod tests {
                 assert_eq!(c.id, "c1");
                 assert_eq!(c.opts.bundle, Some(PathBuf::from("/b")));
             }
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn rootless_means_two_things_like_in_runc() {
+        let cli = Cli::try_parse_from(["amphi", "--rootless", "true", "spec", "--rootless"]).unwrap();
+        assert_eq!(cli.global.rootless.as_deref(), Some("true"));
+        match cli.command {
+            Command::Spec(s) => assert!(s.rootless),
             other => panic!("parsed as {other:?}"),
         }
     }

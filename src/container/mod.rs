@@ -315,13 +315,20 @@ impl Runtime {
                 if h.prestart().is_none() && h.create_runtime().is_none() {
                     return Ok(());
                 }
-                let mut s = state_for_hooks.to_oci(Status::Creating);
-                s.pid = pid;
-                let json = serde_json::to_vec(&s).unwrap_or_default();
+                let json = |status| {
+                    let mut s = state_for_hooks.to_oci(status);
+                    s.pid = pid;
+                    serde_json::to_vec(&s).unwrap_or_default()
+                };
                 // prestart is the deprecated twin of createRuntime and runs
-                // first, as runc does.
-                hooks::run_all(HookKind::Prestart, h.prestart().as_deref().unwrap_or(&[]), &json)?;
-                hooks::run_all(HookKind::CreateRuntime, h.create_runtime().as_deref().unwrap_or(&[]), &json)
+                // first, as runc does. It used to run at `start`, and tools
+                // written for it expect the status it had then.
+                hooks::run_all(HookKind::Prestart, h.prestart().as_deref().unwrap_or(&[]), &json(Status::Created))?;
+                hooks::run_all(
+                    HookKind::CreateRuntime,
+                    h.create_runtime().as_deref().unwrap_or(&[]),
+                    &json(Status::Creating),
+                )
             };
             match sandbox.create(&req, &mut run_hooks) {
                 Ok(c) => c,

@@ -239,8 +239,18 @@ impl Root {
     }
 
     /// Creates every missing directory of `p` inside the root and returns an
-    /// O_PATH fd of the last one.
+    /// O_PATH fd of the last one. A dangling symlink on the way (say
+    /// /var/run -> /run, with no /run in the image) gets its target made,
+    /// inside the root, as runc does.
     pub fn mkdir_all(&self, p: &Path, mode: u32) -> Result<OwnedFd, Errno> {
+        self.mkdir_all_depth(p, mode, 0)
+    }
+
+    fn mkdir_all_depth(&self, p: &Path, mode: u32, depth: u32) -> Result<OwnedFd, Errno> {
+        // The kernel's own limit on symlinks followed in one lookup.
+        if depth > 40 {
+            return Err(Errno::ELOOP);
+        }
         let rel = clean_relative(p);
         match self.open_with(&rel, OFlag::O_PATH | OFlag::O_DIRECTORY) {
             Ok(fd) => return Ok(fd),
@@ -257,7 +267,21 @@ impl Root {
             }
             // Re-resolve from the root: if the component is a symlink, it
             // is followed with the root as `/`.
-            cur = self.open_with(&walked, OFlag::O_PATH | OFlag::O_DIRECTORY)?;
+            cur = match self.open_with(&walked, OFlag::O_PATH | OFlag::O_DIRECTORY) {
+                Ok(fd) => fd,
+                Err(Errno::ENOENT) => {
+                    let link = nix::fcntl::readlinkat(cur.as_fd(), comp.as_os_str())?;
+                    let link = Path::new(&link);
+                    let target = if link.is_absolute() {
+                        link.to_path_buf()
+                    } else {
+                        Path::new("/").join(walked.parent().unwrap_or(Path::new(""))).join(link)
+                    };
+                    self.mkdir_all_depth(&target, mode, depth + 1)?;
+                    self.open_with(&walked, OFlag::O_PATH | OFlag::O_DIRECTORY)?
+                }
+                Err(e) => return Err(e),
+            };
         }
         Ok(cur)
     }

@@ -88,6 +88,18 @@ pub(super) fn validate(config: &Path, spec: &Spec) -> Result<(), SpecError> {
         }
     }
 
+    let uts = spec.linux().as_ref().and_then(|l| l.namespaces().as_ref()).is_some_and(|n| {
+        n.iter().any(|n| n.typ() == LinuxNamespaceType::Uts)
+    });
+    // As runc: a uts namespace of the container's (new or joined) is
+    // required, or the host's hostname would change.
+    if spec.hostname().as_deref().is_some_and(|h| !h.is_empty()) && !uts {
+        return Err(field(
+            "hostname",
+            "setting the hostname needs a uts namespace: add {\"type\":\"uts\"} to linux.namespaces".into(),
+        ));
+    }
+
     let Some(linux) = spec.linux() else { return Ok(()) };
     let mut types = HashSet::new();
     for ns in linux.namespaces().iter().flatten() {
@@ -172,12 +184,6 @@ pub(super) fn validate(config: &Path, spec: &Spec) -> Result<(), SpecError> {
                 format!("unknown propagation {p:?}: use shared, slave, private or unbindable (r-prefixed too)"),
             ));
         }
-    }
-    if spec.hostname().as_deref().is_some_and(|h| !h.is_empty()) && !new_ns(LinuxNamespaceType::Uts) {
-        return Err(field(
-            "hostname",
-            "setting the hostname needs a new uts namespace: add {\"type\":\"uts\"}".into(),
-        ));
     }
     Ok(())
 }

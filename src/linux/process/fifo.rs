@@ -17,14 +17,27 @@ use crate::container::process;
 use crate::container::state::State;
 use crate::container::store::{ContainerDir, EXEC_FIFO};
 
-/// Makes the fifo in the container's directory.
+/// Makes the fifo in the container's directory. The init opens it after
+/// switching to the container's user, possibly in a user namespace, so it
+/// is writable by all (0622) but readable, i.e. startable, by root only.
 pub fn make(dir: &ContainerDir) -> Result<(), LinuxError> {
-    nix::unistd::mkfifo(&dir.fifo_path(), Mode::from_bits_truncate(0o600))
-        .map_err(|e| LinuxError::sys(format!("cannot create {}", dir.fifo_path().display()), e))
+    let path = dir.fifo_path();
+    let err = |e| LinuxError::sys(format!("cannot create {}", path.display()), e);
+    nix::unistd::mkfifo(&path, Mode::from_bits_truncate(0o622)).map_err(err)?;
+    // mkfifo's mode went through the umask.
+    nix::sys::stat::fchmodat(
+        nix::fcntl::AT_FDCWD,
+        &path,
+        Mode::from_bits_truncate(0o622),
+        nix::sys::stat::FchmodatFlags::FollowSymlink,
+    )
+    .map_err(err)
 }
 
-/// Init side: blocks until `start`, then returns.
-pub fn wait_for_start(dir_fd: i32) -> Result<(), LinuxError> {
+/// Init side: blocks until `start`, then returns the fifo, which the init
+/// keeps open (close-on-exec) so that `start` sees the write end close
+/// exactly when the workload has been executed.
+pub fn wait_for_start(dir_fd: i32) -> Result<OwnedFd, LinuxError> {
     // SAFETY: the directory fd stays open in this process; borrowing it
     // for one openat call is sound.
     let dir = unsafe { std::os::fd::BorrowedFd::borrow_raw(dir_fd) };
@@ -36,10 +49,13 @@ pub fn wait_for_start(dir_fd: i32) -> Result<(), LinuxError> {
         }
     };
     nix::unistd::write(&fd, b"0").map_err(|e| LinuxError::sys("cannot write the exec fifo", e))?;
-    Ok(())
+    Ok(fd)
 }
 
-/// `start` side: releases the init and removes the fifo.
+/// `start` side: releases the init, waits until it has executed the
+/// workload (its end of the fifo closes on exec), and removes the fifo.
+/// poststart hooks run after this returns, so they see the workload
+/// started, as the spec wants.
 pub fn release(dir: &ContainerDir, state: &State) -> Result<(), LinuxError> {
     let path = dir.fifo_path();
     let fifo = match nix::fcntl::open(&path, OFlag::O_RDONLY | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC, Mode::empty()) {
@@ -78,5 +94,23 @@ pub fn release(dir: &ContainerDir, state: &State) -> Result<(), LinuxError> {
         }
     }
     let _ = std::fs::remove_file(&path);
+    // startContainer hooks run in between; then the exec closes the write
+    // end. An init that dies instead also closes it.
+    loop {
+        let mut pfd = libc::pollfd { fd: fifo.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+        // SAFETY: one valid pollfd for the duration of the call.
+        let n = unsafe { libc::poll(&mut pfd, 1, -1) };
+        if n < 0 && Errno::last() == Errno::EINTR {
+            continue;
+        }
+        if n < 0 || pfd.revents & (libc::POLLHUP | libc::POLLERR) != 0 {
+            break;
+        }
+        // Stray bytes from someone else writing to the fifo: drain them.
+        let mut b = [0u8; 64];
+        if matches!(nix::unistd::read(&fifo, &mut b), Ok(0)) {
+            break;
+        }
+    }
     Ok(())
 }

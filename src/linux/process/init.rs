@@ -282,6 +282,8 @@ fn setup_and_exec(plan: &InitPlan<'_>, chan: &Channel) -> Result<Infallible, Lin
         }
     }
 
+    // Before any seccomp filter: profiles may not allow close_range.
+    close_inherited(plan.first_private_fd)?;
     let nnp = plan.process.no_new_privileges().unwrap_or(false);
     if nnp {
         // SAFETY: prctl with integer arguments.
@@ -312,7 +314,6 @@ fn setup_and_exec(plan: &InitPlan<'_>, chan: &Channel) -> Result<Infallible, Lin
         return Err(LinuxError::sys(format!("cannot enter process.cwd {}", plan.process.cwd().display()), e));
     }
 
-    close_inherited(plan.first_private_fd)?;
     reset_signals();
     // SAFETY: prctl with integer arguments.
     unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, 0, 0, 0, 0) };
@@ -321,13 +322,14 @@ fn setup_and_exec(plan: &InitPlan<'_>, chan: &Channel) -> Result<Infallible, Lin
         .map_err(errno_step("sync with create"))?;
     drop(master);
 
-    match plan.mode {
-        LaunchMode::Deferred => super::fifo::wait_for_start(plan.dir_fd)?,
+    // Held open until exec closes it (see fifo::release).
+    let _fifo = match plan.mode {
+        LaunchMode::Deferred => Some(super::fifo::wait_for_start(plan.dir_fd)?),
         LaunchMode::Attached => match chan.recv::<ToChild>() {
-            Ok(Some((ToChild::Start, _))) => {}
+            Ok(Some((ToChild::Start, _))) => None,
             _ => return Err(LinuxError::InitDied("run went away before starting the process".into())),
         },
-    }
+    };
     if let Some(list) = plan.spec.hooks().as_ref().and_then(|h| h.start_container().clone()) {
         hooks::run_all(HookKind::StartContainer, &list, &state_json(plan, host_pid, Status::Created))?;
     }
@@ -394,8 +396,18 @@ fn resolve_program(plan: &InitPlan<'_>) -> Result<CString, LinuxError> {
 fn close_inherited(first: u32) -> Result<(), LinuxError> {
     // SAFETY: close_range with CLOSE_RANGE_CLOEXEC only changes fd flags.
     let r = unsafe { libc::syscall(libc::SYS_close_range, first, u32::MAX, libc::CLOSE_RANGE_CLOEXEC) };
-    if r < 0 {
-        return Err(LinuxError::sys("cannot mark inherited fds close-on-exec", Errno::last()));
+    if r == 0 {
+        return Ok(());
+    }
+    // Older kernels: walk the open fds instead.
+    let fds: Vec<i32> = std::fs::read_dir("/proc/self/fd")
+        .map_err(|e| LinuxError::io("cannot list open fds", e))?
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .filter(|fd| *fd >= first as i32)
+        .collect();
+    for fd in fds {
+        // SAFETY: F_SETFD on a descriptor number; harmless if it is closed.
+        unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
     }
     Ok(())
 }

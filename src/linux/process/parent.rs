@@ -86,9 +86,17 @@ pub fn create(req: &CreateRequest<'_>, hooks: &mut RuntimeHooks<'_>) -> Result<C
         }
     }
     let caps = match process.capabilities() {
-        Some(c) => Some(CapSets::from_spec(c, &caps::runtime::thread_all_supported())?),
+        // Only what we hold can be granted (a host may withhold some
+        // capabilities from the runtime itself).
+        Some(c) => Some(CapSets::from_spec(c, &held_capabilities())?),
         None => None,
     };
+    if let Some(c) = caps.as_ref().filter(|c| !c.unsupported.is_empty()) {
+        crate::logging::warn(&format!(
+            "capabilities not available to amphi on this host, not granted: {}",
+            c.unsupported.join(" ")
+        ));
+    }
     let devices = devices::all_devices(linux.devices().as_deref().unwrap_or(&[]))?;
     let env_strings = super::super::user::environment(process.env().as_deref().unwrap_or(&[]), || {
         let passwd = std::fs::read_to_string(req.bundle.rootfs.join("etc/passwd")).ok();
@@ -188,6 +196,15 @@ pub fn create(req: &CreateRequest<'_>, hooks: &mut RuntimeHooks<'_>) -> Result<C
         LaunchMode::Deferred => None,
     };
     Ok(Created { pid, pid_start_time: start_time, sandbox_state, console, launcher })
+}
+
+/// Capabilities the kernel knows and our bounding set still contains.
+fn held_capabilities() -> std::collections::HashSet<caps::Capability> {
+    let all = caps::runtime::thread_all_supported();
+    match caps::read(None, caps::CapSet::Bounding) {
+        Ok(b) => all.intersection(&b).copied().collect(),
+        Err(_) => all,
+    }
 }
 
 /// Clones the init, directly (fast path) or through an intermediate that
