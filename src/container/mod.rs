@@ -144,6 +144,9 @@ impl Runtime {
                 return Err(e.into());
             }
         }
+        // Other commands (kill, state, delete) must reach the container
+        // while it runs: release its lock until the teardown.
+        drop(dir);
         self.poststart(&state);
         if detach {
             return Ok(0);
@@ -152,7 +155,12 @@ impl Runtime {
         let code = foreground::supervise(&guard, state.pid, console).map_err(ContainerError::Wait)?;
         drop(guard);
         if !keep {
-            self.teardown(dir, &state, false)?;
+            // Someone may have deleted it meanwhile (delete --force).
+            match self.store.open(&ContainerId::new(id)?, true) {
+                Ok(dir) => self.teardown(dir, &state, false)?,
+                Err(StoreError::NotFound(_)) => {}
+                Err(e) => return Err(e.into()),
+            }
         }
         Ok(code)
     }

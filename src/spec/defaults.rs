@@ -20,10 +20,15 @@ const READONLY: &[&str] = &["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "
 
 const CAPS: &[&str] = &["CAP_AUDIT_WRITE", "CAP_KILL", "CAP_NET_BIND_SERVICE"];
 
+/// The runtime-spec version `amphi spec` writes: what the configuration
+/// uses, and what runc 1.1 and crun 1.8 also accept, so the bundle stays
+/// portable (crun refuses versions newer than it knows).
+pub const WRITTEN_VERSION: &str = "1.1.0";
+
 /// The default (rootful) configuration.
 pub fn default_spec() -> Value {
     json!({
-        "ociVersion": super::OCI_VERSION_MAX,
+        "ociVersion": WRITTEN_VERSION,
         "process": {
             "terminal": true,
             "user": { "uid": 0, "gid": 0 },

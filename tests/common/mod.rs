@@ -147,11 +147,15 @@ impl Amphi {
         self.state(id)["status"].as_str().unwrap().to_string()
     }
 
-    /// Waits (bounded) until the container reports `status`.
+    /// Waits (bounded) until the container exists and reports `status`.
     pub fn wait_status(&self, id: &str, status: &str) {
         for _ in 0..500 {
-            if self.status(id) == status {
-                return;
+            let out = self.run(&["state", id]);
+            if out.status.success() {
+                let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+                if v["status"] == status {
+                    return;
+                }
             }
             std::thread::sleep(std::time::Duration::from_millis(10));
         }

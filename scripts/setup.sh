@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# Sets up a Debian 12 machine (as root) for amphi's demo and test suite.
+# Idempotent: re-running only does what is missing or out of date.
+#
+#   1. Debian packages: build deps, the reference runtimes and clients
+#      (runc, crun, podman, containerd), QEMU for the nested VM test host,
+#      busybox-static for bundles, Go for the OCI validation suite.
+#   2. A static release build of amphi, amphi-agent and
+#      containerd-shim-amphi-v2, installed under /usr/local.
+#   3. The example bundles' root filesystems.
+#   4. The guest kernel for the VM isolation (downloaded, not installed).
+#
+# Options: --no-build (packages only), --quiet.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+build=1
+quiet=0
+for a in "$@"; do
+  case $a in
+    --no-build) build=0 ;;
+    --quiet) quiet=1 ;;
+    *) echo "setup: unknown option $a" >&2; exit 2 ;;
+  esac
+done
+say() { [ "$quiet" = 1 ] || echo "setup: $*"; }
+die() { echo "setup: $*" >&2; exit 1; }
+[ "$(id -u)" = 0 ] || die "run as root (amphi is a container runtime)"
+
+export DEBIAN_FRONTEND=noninteractive
+PACKAGES=(
+  # building amphi
+  build-essential pkg-config libseccomp-dev
+  # bundles, the VM guest image and the nested test host
+  busybox-static cpio lz4 zstd xz-utils kmod e2fsprogs file qemu-system-x86
+  # reference runtimes and real clients
+  runc crun podman conmon containerd uidmap
+  # the OCI validation suite is built from Debian's Go sources
+  golang-go golang-github-opencontainers-runtime-tools-dev
+  # test and benchmark tools
+  bats hyperfine jq time iproute2 procps util-linux
+)
+missing=()
+for p in "${PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  say "installing ${#missing[@]} Debian packages: ${missing[*]}"
+  apt-get update -qq >/dev/null
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if [ "$build" = 1 ]; then
+  command -v cargo >/dev/null || die "cargo is missing: install Rust (1.85 or newer) with rustup first"
+  say "building amphi, amphi-agent and containerd-shim-amphi-v2 (release, static)"
+  # Static binaries: they start faster (no dynamic loader) and run unchanged
+  # inside the guest and the nested test host. libseccomp links statically.
+  (cd "$root" && LIBSECCOMP_LINK_TYPE=static LIBSECCOMP_LIB_PATH=/usr/lib/x86_64-linux-gnu \
+    RUSTFLAGS="-C target-feature=+crt-static" \
+    cargo build --release --locked --target x86_64-unknown-linux-gnu --workspace $([ "$quiet" = 1 ] && echo -q))
+  out=$root/target/x86_64-unknown-linux-gnu/release
+  "$root/scripts/install.sh" "$out"
+fi
+
+say "building the example bundles' root filesystems"
+"$root/bundles/build-rootfs.sh" >/dev/null
+
+if ! "$root/scripts/fetch-guest-kernel" >/dev/null 2>&1; then
+  say "could not fetch the guest kernel (VM tests will say why they skip)"
+fi
+say "done"
