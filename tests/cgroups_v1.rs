@@ -251,7 +251,7 @@ fn errors_leave_nothing_behind() {
     match m.prepare() {
         Err(e) => {
             let e = e.to_string();
-            assert!(e.contains("linux.resources.blockIO.leafWeight") && e.contains("CFQ or BFQ"), "{e}");
+            assert!(e.contains("linux.resources.blockIO.leafWeight") && e.contains("CFQ I/O scheduler"), "{e}");
         }
         Ok(_) => {
             m.destroy().unwrap();

@@ -6,7 +6,6 @@
 //! The same ordered list drives both cgroup versions: v1 writes it into
 //! devices.allow/deny, v2 compiles it into an eBPF program (see `bpf`).
 
-use std::collections::BTreeMap;
 use std::fmt;
 
 use oci_spec::runtime::{LinuxDevice, LinuxDeviceCgroup, LinuxDeviceType};
@@ -316,18 +315,62 @@ pub fn allows(rules: &[DeviceRule], kind: DeviceKind, major: u32, minor: u32, ac
 
 type ExceptionKey = (DeviceKind, Option<u32>, Option<u32>);
 
+/// Exceptions in the order the kernel keeps them (the order they were
+/// added), which is also the order devices.list shows: writing them in the
+/// spec's order makes devices.list read back in the spec's order.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Exceptions(Vec<(ExceptionKey, Access)>);
+
+impl Exceptions {
+    pub fn get(&self, k: &ExceptionKey) -> Option<Access> {
+        self.0.iter().find(|(key, _)| key == k).map(|(_, a)| *a)
+    }
+
+    /// Widens the exception `k` (added at the end when new).
+    fn add(&mut self, k: ExceptionKey, a: Access) {
+        match self.0.iter_mut().find(|(key, _)| *key == k) {
+            Some((_, cur)) => *cur = cur.union(a),
+            None => self.0.push((k, a)),
+        }
+    }
+
+    /// Narrows the exception `k`, dropping it when nothing is left.
+    fn remove_access(&mut self, k: &ExceptionKey, a: Access) {
+        if let Some(i) = self.0.iter().position(|(key, _)| key == k) {
+            let left = self.0[i].1.minus(a);
+            if left.is_empty() {
+                self.0.remove(i);
+            } else {
+                self.0[i].1 = left;
+            }
+        }
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&ExceptionKey, &Access)> {
+        self.0.iter().map(|(k, a)| (k, a))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+}
+
 /// The state of a v1 devices cgroup as the kernel keeps it: a default
 /// behaviour plus exceptions keyed by exact (type, major, minor).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct V1DeviceState {
     pub default_allow: bool,
-    pub exceptions: BTreeMap<ExceptionKey, Access>,
+    pub exceptions: Exceptions,
 }
 
 impl V1DeviceState {
     /// A cgroup that allows nothing.
     pub fn deny_all() -> Self {
-        V1DeviceState { default_allow: false, exceptions: BTreeMap::new() }
+        V1DeviceState { default_allow: false, exceptions: Exceptions::default() }
     }
 
     /// Replays `rules` the way the kernel applies writes to devices.allow and
@@ -352,20 +395,19 @@ impl V1DeviceState {
             if r.major.is_some() || r.minor.is_some() {
                 return Err("the v1 devices controller reads type a as every device; leave major and minor out".into());
             }
-            *self = V1DeviceState { default_allow: r.allow, exceptions: BTreeMap::new() };
+            *self = V1DeviceState { default_allow: r.allow, exceptions: Exceptions::default() };
             return Ok(());
         }
         let key = (r.kind, r.major, r.minor);
         if r.allow != self.default_allow {
             // Adds (or widens) an exception.
-            let e = self.exceptions.entry(key).or_insert(Access::NONE);
-            *e = e.union(r.access);
+            self.exceptions.add(key, r.access);
             return Ok(());
         }
         // Removes access from the exception with exactly these numbers; any
         // broader exception that overlaps stays, which last-match-wins would
         // not do.
-        for (k, a) in &self.exceptions {
+        for (k, a) in self.exceptions.iter() {
             let broader = *k != key
                 && k.0 == r.kind
                 && (k.1.is_none() || k.1 == r.major)
@@ -383,12 +425,7 @@ impl V1DeviceState {
                 ));
             }
         }
-        if let Some(e) = self.exceptions.get_mut(&key) {
-            *e = e.minus(r.access);
-            if e.is_empty() {
-                self.exceptions.remove(&key);
-            }
-        }
+        self.exceptions.remove_access(&key, r.access);
         Ok(())
     }
 
@@ -420,7 +457,7 @@ impl V1DeviceState {
             let access = Access::parse(acc).map_err(|_| bad())?;
             let rule = DeviceRule::new(true, kind, num(maj)?, num(min)?, access);
             if kind == DeviceKind::All {
-                s = V1DeviceState { default_allow: true, exceptions: BTreeMap::new() };
+                s = V1DeviceState { default_allow: true, exceptions: Exceptions::default() };
             } else {
                 s.apply(&rule)?;
             }
@@ -439,7 +476,7 @@ impl V1DeviceState {
             Some(c) if !c.default_allow && c.default_allow == self.default_allow => Some(c),
             _ => None,
         };
-        let empty = BTreeMap::new();
+        let empty = Exceptions::default();
         let old = match base {
             Some(c) => &c.exceptions,
             None => {
@@ -448,14 +485,14 @@ impl V1DeviceState {
             }
         };
         let line = |k: &ExceptionKey, a: Access| DeviceRule::new(true, k.0, k.1, k.2, a).v1_line();
-        for (k, a) in old {
-            let dropped = a.minus(self.exceptions.get(k).copied().unwrap_or_default());
+        for (k, a) in old.iter() {
+            let dropped = a.minus(self.exceptions.get(k).unwrap_or_default());
             if !dropped.is_empty() {
                 out.push((self.default_allow, line(k, dropped)));
             }
         }
-        for (k, a) in &self.exceptions {
-            let gained = a.minus(old.get(k).copied().unwrap_or_default());
+        for (k, a) in self.exceptions.iter() {
+            let gained = a.minus(old.get(k).unwrap_or_default());
             if !gained.is_empty() {
                 out.push((!self.default_allow, line(k, gained)));
             }
@@ -614,6 +651,23 @@ mod tests {
         assert!(V1DeviceState::from_rules(&rules).is_ok());
         let rules = [rule(true, DeviceKind::All, None, None, "r")];
         assert!(V1DeviceState::from_rules(&rules).unwrap_err().to_string().contains("use rwm"));
+    }
+
+    #[test]
+    fn v1_writes_follow_the_spec_order() {
+        // As the validation suite checks: devices.list (the kernel's order of
+        // additions) must list the spec's allows first, in the spec's order.
+        let spec = [
+            spec_rule(false, LinuxDeviceType::A, None, None, "rwm"),
+            spec_rule(true, LinuxDeviceType::C, Some(10), Some(229), "rwm"),
+            spec_rule(true, LinuxDeviceType::B, Some(8), Some(20), "rw"),
+            spec_rule(true, LinuxDeviceType::B, Some(10), Some(200), "r"),
+        ];
+        let rules = effective_device_rules(Some(&spec), None).unwrap();
+        let w = V1DeviceState::from_rules(&rules).unwrap().transition_from(None);
+        let lines: Vec<&str> = w.iter().map(|(_, l)| l.as_str()).collect();
+        assert_eq!(&lines[..4], ["a *:* rwm", "c 10:229 rwm", "b 8:20 rw", "b 10:200 r"]);
+        assert_eq!(lines[4], "c *:* m");
     }
 
     #[test]

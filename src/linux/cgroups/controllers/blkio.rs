@@ -101,6 +101,19 @@ impl Controller for Blkio {
     }
 }
 
+fn no_leaf_weights(err: CgroupError) -> CgroupError {
+    match err {
+        CgroupError::Apply { field, path, value, source, .. } if source.raw_os_error() == Some(libc::ENOENT) => CgroupError::Apply {
+            field,
+            path,
+            value,
+            hint: "; leaf weights existed only with the CFQ I/O scheduler, which Linux 5.0 removed: drop the field".into(),
+            source,
+        },
+        other => other,
+    }
+}
+
 fn no_weight_knob(field: &str, err: CgroupError) -> CgroupError {
     match err {
         CgroupError::Apply { path, value, source, .. } if source.raw_os_error() == Some(libc::EOPNOTSUPP) => CgroupError::Apply {
@@ -133,8 +146,7 @@ fn apply_v1(ctx: &Ctx<'_>, b: &LinuxBlockIo) -> Result<()> {
         }
     }
     if let Some(w) = b.leaf_weight() {
-        ctx.write("blockIO.leafWeight", "blkio.leaf_weight", &w.to_string())
-            .map_err(|e| no_weight_knob("blockIO.leafWeight", e))?;
+        ctx.write("blockIO.leafWeight", "blkio.leaf_weight", &w.to_string()).map_err(no_leaf_weights)?;
     }
     let devs = nonempty(b.weight_device());
     let weights: Vec<String> = devs.iter().filter_map(|d| d.weight().map(|w| format!("{}:{} {w}", d.major(), d.minor()))).collect();
@@ -145,8 +157,7 @@ fn apply_v1(ctx: &Ctx<'_>, b: &LinuxBlockIo) -> Result<()> {
         other => other?,
     }
     let leaves: Vec<String> = devs.iter().filter_map(|d| d.leaf_weight().map(|w| format!("{}:{} {w}", d.major(), d.minor()))).collect();
-    ctx.write_lines("blockIO.weightDevice", "blkio.leaf_weight_device", &leaves)
-        .map_err(|e| no_weight_knob("blockIO.weightDevice", e))?;
+    ctx.write_lines("blockIO.weightDevice", "blkio.leaf_weight_device", &leaves).map_err(no_leaf_weights)?;
     for (field, file, _, list) in throttles(b) {
         let lines: Vec<String> = nonempty(list).iter().map(|d| format!("{}:{} {}", d.major(), d.minor(), d.rate())).collect();
         ctx.write_lines(field, file, &lines)?;
