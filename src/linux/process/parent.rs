@@ -11,7 +11,7 @@ use nix::sys::wait::waitpid;
 use nix::unistd::Pid;
 
 use super::super::capabilities::CapSets;
-use super::super::cgroups::{CgroupState, Manager};
+use super::super::cgroups::{CgroupConfig, CgroupState, Manager};
 use super::super::namespaces::{self, NamespacePlan};
 use super::super::rootfs::RootfsPlan;
 use super::super::{console, devices, seccomp, LinuxError};
@@ -65,7 +65,12 @@ pub fn create(req: &CreateRequest<'_>, hooks: &mut RuntimeHooks<'_>) -> Result<C
         _ => {}
     }
 
-    let cgroups = Manager::new(req.id, req.cgroups_path.as_deref())?;
+    let mut cgroups = Manager::new(&CgroupConfig {
+        id: req.id,
+        cgroups_path: req.cgroups_path.as_deref(),
+        resources: linux.resources().as_ref(),
+        linux_devices: linux.devices().as_deref(),
+    })?;
     let view = cgroups.view();
     let join = match cgroups.prepare() {
         Ok(j) => j,
