@@ -1,6 +1,7 @@
 //! `amphi vm ...`: arguments -> one library call each.
 
 use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use amphi::vm::check::{CheckOptions, ConsoleTarget};
@@ -16,7 +17,17 @@ pub fn run(_global: &GlobalArgs, cmd: VmCommand) -> anyhow::Result<u8> {
     }
 }
 
+/// Set by SIGINT/SIGTERM/SIGHUP during `vm check`.
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    INTERRUPTED.store(true, Ordering::Relaxed);
+}
+
 fn check(a: CheckArgs) -> anyhow::Result<u8> {
+    for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+        vmm_sys_util::signal::register_signal_handler(sig, on_signal)?;
+    }
     let opts = CheckOptions {
         kernel: a.kernel,
         modules: a.modules,
@@ -33,6 +44,7 @@ fn check(a: CheckArgs) -> anyhow::Result<u8> {
         append: a.append,
         kvm_path: amphi::vm::host::DEFAULT_KVM_PATH.into(),
         vmm_binary: std::env::current_exe().unwrap_or_else(|_| "amphi".into()),
+        cancel: Some(&INTERRUPTED),
     };
     let mut progress = |m: &str| eprintln!("amphi: {m}");
     let report = amphi::vm::check(&opts, &mut progress)?;

@@ -4,8 +4,10 @@
 
 use std::io::Write;
 use std::os::fd::{AsFd, AsRawFd};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
@@ -53,6 +55,9 @@ pub struct CheckOptions {
     pub kvm_path: PathBuf,
     /// The `amphi` binary to run the VMM child with (normally this one).
     pub vmm_binary: PathBuf,
+    /// Set (from a signal handler, say) to stop the check early; everything
+    /// is still cleaned up.
+    pub cancel: Option<&'static AtomicBool>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -103,6 +108,8 @@ pub enum CheckError {
         "the guest did not power off within {0:?} of the shutdown request; the VM was stopped"
     )]
     Teardown(Duration),
+    #[error("interrupted; the VM was stopped and its files removed")]
+    Interrupted,
 }
 
 fn tail_suffix(lines: &[String]) -> String {
@@ -122,6 +129,8 @@ impl CheckError {
             CheckError::Timeout { .. } => exit::VM_BOOT_TIMEOUT,
             CheckError::GuestEnded { .. } | CheckError::Teardown(_) => exit::VM_GUEST_FAILED,
             CheckError::Agent(_) => exit::VM_AGENT_PROTOCOL,
+            // As a shell reports a command ended by SIGINT.
+            CheckError::Interrupted => 130,
             _ => exit::GENERAL,
         }
     }
@@ -310,6 +319,37 @@ fn tail(path: Option<&Path>, n: usize) -> Vec<String> {
     lines[lines.len().saturating_sub(n)..].to_vec()
 }
 
+/// How often waits look at the cancel flag.
+const CANCEL_POLL: Duration = Duration::from_millis(100);
+
+/// What ended a wait for the VMM's next event.
+enum WaitEnd {
+    Timeout,
+    Disconnected,
+    Cancelled,
+}
+
+/// Waits for the next event until `deadline`, giving up early if `cancel`
+/// is set.
+fn next_event(
+    rx: &mpsc::Receiver<(Instant, ChildEvent)>,
+    deadline: Instant,
+    cancel: Option<&AtomicBool>,
+) -> Result<(Instant, ChildEvent), WaitEnd> {
+    loop {
+        if cancel.is_some_and(|c| c.load(Ordering::Relaxed)) {
+            return Err(WaitEnd::Cancelled);
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left.min(CANCEL_POLL)) {
+            Ok(e) => return Ok(e),
+            Err(RecvTimeoutError::Timeout) if left > CANCEL_POLL => continue,
+            Err(RecvTimeoutError::Timeout) => return Err(WaitEnd::Timeout),
+            Err(RecvTimeoutError::Disconnected) => return Err(WaitEnd::Disconnected),
+        }
+    }
+}
+
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
@@ -395,6 +435,9 @@ pub fn check(
             Stdio::null()
         })
         .stderr(Stdio::inherit())
+        // Its own process group: a terminal's ^C reaches amphi, which then
+        // stops the VM and cleans up, instead of killing both mid-way.
+        .process_group(0)
         .spawn()
         .map_err(|source| CheckError::Spawn {
             binary: opts.vmm_binary.clone(),
@@ -410,9 +453,9 @@ pub fn check(
     let mut listening = None;
     let mut panic_line = None;
     // Phase 1: until the agent says it listens.
+    let cancel = opts.cancel;
     while listening.is_none() {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match rx.recv_timeout(left) {
+        match next_event(&rx, deadline, cancel) {
             Ok((t, ChildEvent::KernelEntry)) => kernel_entry = Some(t),
             Ok((t, ChildEvent::AgentListening)) => listening = Some(t),
             Ok((_, ChildEvent::GuestPanic { line })) => panic_line = Some(line),
@@ -438,7 +481,8 @@ pub fn check(
                     console: console_tail(),
                 });
             }
-            Err(RecvTimeoutError::Timeout) => {
+            Err(WaitEnd::Cancelled) => return Err(CheckError::Interrupted),
+            Err(WaitEnd::Timeout) => {
                 drop(child);
                 if let Some(line) = panic_line {
                     return Err(CheckError::GuestPanic {
@@ -457,7 +501,7 @@ pub fn check(
                     console: console_tail(),
                 });
             }
-            Err(RecvTimeoutError::Disconnected) => {
+            Err(WaitEnd::Disconnected) => {
                 let status = child.wait_timeout(Duration::from_secs(1));
                 return Err(CheckError::Vmm {
                     message: format!("the VMM process exited ({status:?}) without reporting why"),
@@ -504,7 +548,7 @@ pub fn check(
     let mut peak = 0;
     let teardown_deadline = Instant::now() + TEARDOWN_TIMEOUT;
     while exit_reason.is_none() {
-        match rx.recv_timeout(teardown_deadline.saturating_duration_since(Instant::now())) {
+        match next_event(&rx, teardown_deadline, cancel) {
             Ok((
                 _,
                 ChildEvent::Exit {
@@ -517,8 +561,9 @@ pub fn check(
                 peak = peak_rss_kib;
             }
             Ok(_) => {}
-            Err(RecvTimeoutError::Timeout) => return Err(CheckError::Teardown(TEARDOWN_TIMEOUT)),
-            Err(RecvTimeoutError::Disconnected) => break,
+            Err(WaitEnd::Cancelled) => return Err(CheckError::Interrupted),
+            Err(WaitEnd::Timeout) => return Err(CheckError::Teardown(TEARDOWN_TIMEOUT)),
+            Err(WaitEnd::Disconnected) => break,
         }
     }
     child

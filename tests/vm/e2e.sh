@@ -78,6 +78,15 @@ check "an agent that never answers times out clearly (exit 21)" \
 check "the timeout is honoured" '[ $((t1 - t0)) -le 35 ]'
 check "nothing is left behind after a timeout" no_leftovers
 
+"$A" vm check --kernel "$K" --modules "$M" --cache-dir "$CACHE" --timeout 60 > /tmp/e2e-int.out 2>&1 &
+pid=$!
+sleep 2
+kill -TERM $pid
+wait $pid; rc=$?
+out=$(cat /tmp/e2e-int.out)
+check "an interrupted check stops the VM and says so (exit 130)" '[ $rc = 130 ] && echo "$out" | grep -q "interrupted"'
+check "nothing is left behind after an interruption" 'sleep 1; no_leftovers'
+
 out=$(vmcheck --memory 16 --timeout 20); rc=$?
 check "too little memory is refused with the fix" '[ $rc != 0 ] && echo "$out" | grep -q -- "--memory 64 or more"'
 
