@@ -262,6 +262,21 @@ impl VsockMuxer {
     }
 }
 
+/// Connects without blocking: a host listener that does not accept (full
+/// backlog) must not stall the VMM's event loop on a guest's behalf; the
+/// guest then gets a RST, as for an absent listener.
+fn connect_nonblocking(path: &str) -> nix::Result<UnixStream> {
+    use nix::sys::socket::{connect, socket, AddressFamily, SockFlag, SockType, UnixAddr};
+    let fd = socket(
+        AddressFamily::Unix,
+        SockType::Stream,
+        SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    connect(fd.as_raw_fd(), &UnixAddr::new(path)?)?;
+    Ok(UnixStream::from(fd))
+}
+
 impl AsRawFd for VsockMuxer {
     fn as_raw_fd(&self) -> RawFd {
         self.epoll.as_raw_fd()
@@ -293,8 +308,8 @@ impl VsockBackend for VsockMuxer {
         match pkt.op() {
             OP_REQUEST => {
                 let path = format!("{}_{}", self.host_path.display(), pkt.dst_port());
-                match UnixStream::connect(&path) {
-                    Ok(stream) if stream.set_nonblocking(true).is_ok() => {
+                match connect_nonblocking(&path) {
+                    Ok(stream) => {
                         let conn = VsockConnection::new_peer(stream, self.guest_cid, pkt);
                         self.add_conn(key, conn);
                     }
@@ -500,6 +515,44 @@ mod tests {
     }
 
     #[test]
+    fn a_host_listener_that_never_accepts_does_not_block_the_muxer() {
+        let (mut m, dir) = muxer();
+        let path = dir.path().join("v.sock_60");
+        // A backlog of one, never accepted: after it fills, connects fail
+        // at once (EAGAIN) instead of blocking.
+        let fd = {
+            use nix::sys::socket::*;
+            let fd = socket(
+                AddressFamily::Unix,
+                SockType::Stream,
+                SockFlag::empty(),
+                None,
+            )
+            .unwrap();
+            bind(fd.as_raw_fd(), &UnixAddr::new(&path).unwrap()).unwrap();
+            listen(&fd, Backlog::new(1).unwrap()).unwrap();
+            fd
+        };
+        let start = std::time::Instant::now();
+        let mut resets = 0;
+        for port in 0..8u32 {
+            m.send_pkt(&TestPkt::guest(OP_REQUEST, 40000 + port, 60, 0, &[]).pkt());
+            while m.has_pending_rx() {
+                let out = next(&mut m);
+                if out.pkt_ro().0 == OP_RST {
+                    resets += 1;
+                }
+            }
+        }
+        assert!(resets > 0, "connections past the backlog are reset");
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(2),
+            "never blocked"
+        );
+        drop(fd);
+    }
+
+    #[test]
     fn a_guest_connection_to_an_absent_socket_is_reset() {
         let (mut m, _dir) = muxer();
         m.send_pkt(&TestPkt::guest(OP_REQUEST, 40000, 77, 0, &[]).pkt());
@@ -523,6 +576,63 @@ mod tests {
         t2.pkt().set_src_cid(99);
         m.send_pkt(&t2.pkt());
         assert!(!m.has_pending_rx());
+    }
+
+    /// Whatever a guest sends (it is untrusted), the backend must neither
+    /// panic nor stop working: random packets, many aimed at a live
+    /// host-initiated connection and a live guest-initiated one.
+    #[test]
+    fn random_guest_packets_never_break_the_muxer() {
+        let (mut m, dir) = muxer();
+        let _guest_side = UnixListener::bind(dir.path().join("v.sock_52")).unwrap();
+        let mut host = UnixStream::connect(dir.path().join("v.sock")).unwrap();
+        host.write_all(b"CONNECT 1024\n").unwrap();
+        pump(&mut m);
+        let _ = next(&mut m);
+        let mut x: u64 = 0x1234_5678_9abc_def1;
+        let mut rnd = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for i in 0..5000 {
+            let r = rnd();
+            let op = (r % 9) as u16;
+            let (src, dst) = match (r >> 8) % 4 {
+                0 => (1024, LOCAL_PORT_BASE),
+                1 => (40000, 52),
+                _ => ((rnd() % 2000) as u32, (rnd() % 2000) as u32),
+            };
+            let data: Vec<u8> = (0..(rnd() % 64) as usize).map(|_| rnd() as u8).collect();
+            let mut t = TestPkt::guest(op, src, dst, (rnd() % 4) as u32, &data);
+            {
+                let mut p = t.pkt();
+                p.set_buf_alloc(rnd() as u32).set_fwd_cnt(rnd() as u32);
+                if rnd() % 8 == 0 {
+                    p.set_len(rnd() as u32);
+                }
+                if rnd() % 16 == 0 {
+                    p.set_type(2);
+                }
+            }
+            m.send_pkt(&t.pkt());
+            if i % 7 == 0 {
+                let _ = host.write(b"x");
+                m.notify(EventSet::IN);
+            }
+            let mut out = TestPkt::new(4096);
+            while m.has_pending_rx() {
+                if !m.recv_pkt(&mut out.pkt()) {
+                    break;
+                }
+            }
+        }
+        // Still serving: a new host connection gets its REQUEST through.
+        let mut again = UnixStream::connect(dir.path().join("v.sock")).unwrap();
+        again.write_all(b"CONNECT 7\n").unwrap();
+        pump(&mut m);
+        assert!(m.has_pending_rx());
     }
 
     #[test]
