@@ -162,6 +162,8 @@ pub struct CheckReport {
     pub exit: String,
     pub timings: Timings,
     pub vmm_peak_rss_kib: u64,
+    /// The part of the peak RSS that is guest memory the guest touched.
+    pub guest_rss_kib: u64,
 }
 
 impl CheckReport {
@@ -233,8 +235,10 @@ impl CheckReport {
         )?;
         writeln!(
             w,
-            "VMM peak RSS: {:.1} MiB",
-            self.vmm_peak_rss_kib as f64 / 1024.0
+            "VMM peak RSS: {:.1} MiB ({:.1} MiB guest memory the guest touched, {:.1} MiB the VMM's own)",
+            self.vmm_peak_rss_kib as f64 / 1024.0,
+            self.guest_rss_kib as f64 / 1024.0,
+            self.vmm_peak_rss_kib.saturating_sub(self.guest_rss_kib) as f64 / 1024.0
         )
     }
 }
@@ -546,6 +550,7 @@ pub fn check(
     drop(client);
     let mut exit_reason = None;
     let mut peak = 0;
+    let mut guest_rss = 0;
     let teardown_deadline = Instant::now() + TEARDOWN_TIMEOUT;
     while exit_reason.is_none() {
         match next_event(&rx, teardown_deadline, cancel) {
@@ -554,11 +559,13 @@ pub fn check(
                 ChildEvent::Exit {
                     reason,
                     peak_rss_kib,
+                    guest_rss_kib,
                     ..
                 },
             )) => {
                 exit_reason = Some(reason);
                 peak = peak_rss_kib;
+                guest_rss = guest_rss_kib;
             }
             Ok(_) => {}
             Err(WaitEnd::Cancelled) => return Err(CheckError::Interrupted),
@@ -610,6 +617,7 @@ pub fn check(
             teardown_ms: ms(teardown_end - teardown_start),
         },
         vmm_peak_rss_kib: peak,
+        guest_rss_kib: guest_rss,
     })
 }
 

@@ -32,6 +32,9 @@ pub enum ChildEvent {
         reason: String,
         panic: Option<String>,
         peak_rss_kib: u64,
+        /// Guest memory resident when the VM ended (part of the peak RSS).
+        #[serde(default)]
+        guest_rss_kib: u64,
     },
 }
 
@@ -67,17 +70,6 @@ pub fn peak_rss_kib() -> u64 {
     nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_SELF)
         .map(|u| u.max_rss() as u64)
         .unwrap_or(0)
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(c) = src {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        src = c.source();
-    }
-    s
 }
 
 /// Body of `amphi vm run-vmm`: runs the VM, reports on `event_fd`, returns
@@ -120,12 +112,13 @@ pub fn run_child(config: VmmConfig, event_fd: i32) -> u8 {
                 reason: reason_name(&outcome.reason),
                 panic: outcome.panic.clone(),
                 peak_rss_kib: peak_rss_kib(),
+                guest_rss_kib: outcome.guest_resident_kib,
             });
             exit_code(&outcome.reason, outcome.panic.is_some())
         }
         Err(e) => {
             send(&ChildEvent::Error {
-                message: error_chain(&e),
+                message: crate::logging::chain(&e),
             });
             exit::GENERAL
         }
@@ -227,10 +220,11 @@ mod tests {
             reason: "power_off".into(),
             panic: None,
             peak_rss_kib: 12,
+            guest_rss_kib: 8,
         };
         assert_eq!(
             serde_json::to_value(&e).unwrap(),
-            serde_json::json!({"event":"exit","reason":"power_off","panic":null,"peak_rss_kib":12})
+            serde_json::json!({"event":"exit","reason":"power_off","panic":null,"peak_rss_kib":12,"guest_rss_kib":8})
         );
         assert_eq!(
             serde_json::to_string(&ChildEvent::KernelEntry).unwrap(),

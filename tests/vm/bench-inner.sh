@@ -35,8 +35,9 @@ amphi_once() {
   [ -s /tmp/t1 ] || { cat /tmp/amphi.err /tmp/amphi.rest; echo "bench: amphi never printed the agent's line"; return 1; }
   hs=$(grep -o '"boot_to_handshake_ms": [0-9]*' /tmp/amphi.rest | awk '{print $2}')
   rss=$(grep -o '"vmm_peak_rss_kib": [0-9]*' /tmp/amphi.rest | awk '{print $2}')
+  guest=$(grep -o '"guest_rss_kib": [0-9]*' /tmp/amphi.rest | awk '{print $2}')
   [ -n "$hs" ] || { cat /tmp/amphi.err; echo "bench: amphi vm check failed"; return 1; }
-  echo "$(sub_ms "$t0" "$(cat /tmp/t1)") $hs $rss"
+  echo "$(sub_ms "$t0" "$(cat /tmp/t1)") $hs $rss $((rss - ${guest:-0}))"
 }
 
 # QEMU microvm: from launch to the same line, then its peak RSS, then stop it.
@@ -78,9 +79,11 @@ done
 a_listen=$(cut -d' ' -f1 /tmp/a.txt | median)
 a_hs=$(cut -d' ' -f2 /tmp/a.txt | median)
 a_rss=$(cut -d' ' -f3 /tmp/a.txt | median)
+a_own=$(cut -d' ' -f4 /tmp/a.txt | median)
 q_listen=$(cut -d' ' -f1 /tmp/q.txt | median)
 q_rss=$(cut -d' ' -f2 /tmp/q.txt | median)
 echo "boot benchmark ($rounds rounds, medians, $(uname -r), $(grep -c ^processor /proc/cpuinfo) CPU):"
 echo "  launch -> agent listening:  amphi ${a_listen} ms   qemu microvm ${q_listen} ms   ratio $(awk -v a="$a_listen" -v b="$q_listen" 'BEGIN { printf "%.2f", a / b }')"
 echo "  amphi VMM start -> handshake done: ${a_hs} ms"
 echo "  peak RSS:                   amphi VMM $((a_rss / 1024)) MiB   qemu $((q_rss / 1024)) MiB"
+echo "  amphi VMM's own memory (peak RSS minus guest memory the guest touched): $((a_own / 1024)) MiB"

@@ -82,6 +82,23 @@ fn map_aligned(size: usize) -> Result<*mut u8, MemoryError> {
 }
 
 /// Guest RAM for `mem_size` bytes, laid out by [`layout::ram_regions`].
+/// How much of a guest memory region is resident, in KiB (mincore(2)), so
+/// that the VMM's own memory can be told apart from the guest's in its RSS.
+pub fn resident_kib(region: &GuestRegionMmap) -> u64 {
+    use vm_memory::GuestMemoryRegion;
+    let Ok(host) = region.get_host_address(vm_memory::MemoryRegionAddress(0)) else { return 0 };
+    let len = region.len() as usize;
+    let page = 4096usize;
+    let mut vec = vec![0u8; len.div_ceil(page)];
+    // SAFETY: `host..host+len` is the region's live mapping, page aligned,
+    // and `vec` has one byte per page of it.
+    let r = unsafe { libc::mincore(host.cast(), len, vec.as_mut_ptr()) };
+    if r != 0 {
+        return 0;
+    }
+    vec.iter().filter(|b| *b & 1 != 0).count() as u64 * (page as u64 / 1024)
+}
+
 pub fn create(mem_size: u64) -> Result<GuestMemoryMmap, MemoryError> {
     let mut regions = Vec::new();
     for (start, len) in layout::ram_regions(mem_size) {

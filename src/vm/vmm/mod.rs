@@ -98,6 +98,9 @@ pub struct VmOutcome {
     pub reason: ExitReason,
     /// The panic line, if the kernel panicked (it then resets or halts).
     pub panic: Option<String>,
+    /// Guest memory resident in this process when the VM ended (guest pages
+    /// are never given back while it runs, so this is also their peak).
+    pub guest_resident_kib: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -465,7 +468,8 @@ pub fn run(
         .take()
         .unwrap_or(ExitReason::Stopped);
     let panic = panic_line.lock().unwrap_or_else(|e| e.into_inner()).take();
+    let guest_resident_kib = mem.iter().map(|r| memory::resident_kib(r)).sum();
     drop(em);
     let _ = vm.as_raw_fd();
-    Ok(VmOutcome { reason, panic })
+    Ok(VmOutcome { reason, panic, guest_resident_kib })
 }
