@@ -16,3 +16,17 @@ pub const CONFLICT: u8 = 4;
 pub const BAD_INPUT: u8 = 5;
 /// The host or this build lacks what the request needs.
 pub const UNSUPPORTED: u8 = 6;
+
+// VM isolation (`amphi vm ...` and the VMM process), 20-29.
+/// The host cannot run a stock guest: no /dev/kvm, no permission, PVM.
+pub const VM_HOST_UNSUPPORTED: u8 = 20;
+/// The guest did not reach the agent within the timeout.
+pub const VM_BOOT_TIMEOUT: u8 = 21;
+/// The guest kernel panicked.
+pub const VM_GUEST_PANIC: u8 = 22;
+/// The guest ended (powered off, halted) before it should have.
+pub const VM_GUEST_FAILED: u8 = 23;
+/// The agent answered, but the protocol exchange failed.
+pub const VM_AGENT_PROTOCOL: u8 = 24;
+/// The guest rebooted (the VMM ends the VM rather than restart it).
+pub const VM_GUEST_REBOOT: u8 = 25;

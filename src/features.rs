@@ -13,6 +13,7 @@ pub fn document() -> Value {
     let mut caps: Vec<String> = caps::runtime::thread_all_supported().iter().map(|c| c.to_string()).collect();
     caps.sort();
     let (actions, operators, archs) = seccomp::supported();
+    let cg = crate::linux::cgroups::host_facts().ok();
     let flags = ["SECCOMP_FILTER_FLAG_LOG", "SECCOMP_FILTER_FLAG_SPEC_ALLOW", "SECCOMP_FILTER_FLAG_TSYNC"];
     json!({
         "ociVersionMin": crate::spec::OCI_VERSION_MIN,
@@ -22,7 +23,13 @@ pub fn document() -> Value {
         "linux": {
             "namespaces": ns,
             "capabilities": caps,
-            "cgroup": { "v1": true, "v2": true, "systemd": false, "systemdUser": false, "rdma": false },
+            "cgroup": {
+                "v1": true,
+                "v2": true,
+                "systemd": false,
+                "systemdUser": false,
+                "rdma": cg.as_ref().is_some_and(|f| f.rdma)
+            },
             "seccomp": {
                 "enabled": true,
                 "actions": actions,
@@ -39,6 +46,7 @@ pub fn document() -> Value {
         "annotations": {
             "run.amphi.version": env!("CARGO_PKG_VERSION"),
             "run.amphi.isolations": "container,vm",
+            "run.amphi.cgroup.controllers": cg.map(|f| f.controllers.join(",")).unwrap_or_default(),
             "io.github.seccomp.libseccomp.version": libseccomp_version()
         },
         "potentiallyUnsafeConfigAnnotations": [crate::spec::ISOLATION_ANNOTATION]

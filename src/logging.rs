@@ -92,6 +92,13 @@ pub fn debug(msg: &str) {
     log(Level::Debug, msg);
 }
 
+/// Logs a debug message built only when debug logging is on.
+pub fn debug_with(msg: impl FnOnce() -> String) {
+    if debug_enabled() {
+        log(Level::Debug, &msg());
+    }
+}
+
 pub fn warn(msg: &str) {
     log(Level::Warn, msg);
 }

@@ -331,8 +331,13 @@ fn inherited_fds_do_not_reach_the_workload_but_preserved_ones_do() {
 /// Puts `fd` at 3 without close-on-exec (dup2 onto itself would keep the
 /// flag).
 fn dup_to_3(fd: i32) -> std::io::Result<()> {
-    // SAFETY: fcntl/dup2 on descriptors of this (pre-exec child) process.
-    let r = unsafe { if fd == 3 { libc::fcntl(3, libc::F_SETFD, 0) } else { libc::dup2(fd, 3) } };
+    let r = if fd == 3 {
+        // SAFETY: clears the flags of fd 3 in this (pre-exec child) process.
+        unsafe { libc::fcntl(3, libc::F_SETFD, 0) }
+    } else {
+        // SAFETY: duplicates a descriptor of this (pre-exec child) process.
+        unsafe { libc::dup2(fd, 3) }
+    };
     if r < 0 {
         return Err(std::io::Error::last_os_error());
     }
@@ -545,4 +550,56 @@ fn state_and_exit_codes_match_runc() {
 
 fn which(bin: &str) -> Option<std::path::PathBuf> {
     std::env::var_os("PATH")?.to_str()?.split(':').map(|d| std::path::Path::new(d).join(bin)).find(|p| p.exists())
+}
+
+#[test]
+#[ignore = "needs root and busybox-static: run by scripts/test.sh"]
+fn no_pivot_and_readonly_root() {
+    require_root!();
+    let a = Amphi::new();
+    let mut b = Bundle::new(&["/bin/sh", "-c", "touch /x 2>/dev/null && echo writable || echo readonly; ls /"]);
+    b.edit(|c| c["root"]["readonly"] = true.into());
+    let out = a.run(&["run", "--no-pivot", "--bundle", b.path().to_str().unwrap(), &unique_id("nopivot")]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).starts_with("readonly\n"), "{}", stdout(&out));
+    assert!(stdout(&out).contains("bin"));
+}
+
+#[test]
+#[ignore = "needs root and busybox-static: run by scripts/test.sh"]
+fn time_namespace_offsets() {
+    require_root!();
+    if !std::path::Path::new("/proc/self/ns/time").exists() {
+        eprintln!("SKIPPED: this kernel has no time namespaces");
+        return;
+    }
+    let a = Amphi::new();
+    let mut b = Bundle::new(&["/bin/cat", "/proc/uptime"]);
+    b.edit(|c| {
+        c["linux"]["namespaces"].as_array_mut().unwrap().push(serde_json::json!({"type": "time"}));
+        c["linux"]["timeOffsets"] = serde_json::json!({"boottime": {"secs": 864000, "nanosecs": 0}});
+    });
+    let out = a.run(&["run", "--bundle", b.path().to_str().unwrap(), &unique_id("timens")]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let up: f64 = stdout(&out).split_whitespace().next().unwrap().parse().unwrap();
+    assert!(up >= 864000.0, "uptime {up} lacks the 10-day boottime offset");
+}
+
+#[test]
+#[ignore = "needs root and busybox-static: run by scripts/test.sh"]
+fn debug_logs_go_to_the_log_file_as_json() {
+    require_root!();
+    let a = Amphi::new();
+    let b = Bundle::new(&["/bin/true"]);
+    let log = b.path().join("amphi.log");
+    let mut cmd = a.cmd();
+    cmd.args(["--debug", "--log", log.to_str().unwrap(), "--log-format", "json", "run", "--bundle"])
+        .arg(b.path())
+        .arg(unique_id("debug"));
+    let out = common::output_via_files(&mut cmd);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = std::fs::read_to_string(&log).unwrap();
+    let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert!(lines.iter().any(|l| l["level"] == "debug"), "{text}");
+    assert!(lines.iter().all(|l| l["time"].is_string() && l["msg"].is_string()));
 }

@@ -1,3 +1,54 @@
 //! `amphi-agent`: PID 1 in the guest.
+//!
+//! It mounts the basic filesystems, loads the kernel modules the image
+//! lists (in dependency order), starts reaping orphans, then serves the
+//! agent protocol ([`amphi::agent`]) on vsock port
+//! [`amphi::agent::AGENT_VSOCK_PORT`]. It prints one line saying it
+//! listens, which the VMM watches for. A fatal setup error is printed and
+//! the guest powered off, so the host sees a quick, explained failure
+//! instead of a timeout (PID 1 exiting would panic the kernel).
 
-fn main() {}
+mod init;
+mod server;
+
+use std::time::Instant;
+
+fn main() {
+    let start = Instant::now();
+    if std::env::args().any(|a| a == "--version") {
+        println!("amphi-agent {}", env!("CARGO_PKG_VERSION"));
+        return;
+    }
+    if std::process::id() != 1 {
+        eprintln!("amphi-agent: must run as PID 1 (/init) inside an amphi guest; it mounts filesystems and powers the machine off");
+        std::process::exit(2);
+    }
+    let state = match init::setup() {
+        Ok(s) => s,
+        Err(e) => init::fatal(&format!("setup failed: {e}")),
+    };
+    let listener = match server::listen() {
+        Ok(l) => l,
+        Err(e) => init::fatal(&format!(
+            "cannot listen on vsock port {}: {e}",
+            amphi::agent::AGENT_VSOCK_PORT
+        )),
+    };
+    let init_ms = start.elapsed().as_millis() as u64;
+    init::console(&format!(
+        "{} {} (protocol {}, agent {}, {} ms)",
+        amphi::agent::LISTENING_MARKER,
+        amphi::agent::AGENT_VSOCK_PORT,
+        amphi::agent::PROTOCOL_VERSION,
+        env!("CARGO_PKG_VERSION"),
+        init_ms
+    ));
+    server::serve(
+        listener,
+        server::Context {
+            modules_loaded: state.modules_loaded,
+            init_ms,
+            reaper: state.reaper,
+        },
+    );
+}

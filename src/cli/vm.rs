@@ -1,6 +1,128 @@
 //! `amphi vm ...`: tools for the VM isolation.
 
-use clap::Subcommand;
+use std::path::PathBuf;
+
+use clap::{Args, Subcommand};
 
 #[derive(Debug, Subcommand)]
-pub enum VmCommand {}
+pub enum VmCommand {
+    /// Boot a guest, handshake with amphi-agent over vsock, print what it
+    /// reports and a time breakdown, then power it off.
+    Check(CheckArgs),
+    /// Run the VMM itself (started by amphi; not for direct use).
+    #[command(hide = true)]
+    RunVmm(RunVmmArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// Guest kernel, bzImage or ELF vmlinux [default: newest /boot/vmlinuz-*
+    /// or /var/lib/amphi/kernels/*/boot/vmlinuz-*].
+    #[arg(long, value_name = "PATH")]
+    pub kernel: Option<PathBuf>,
+
+    /// The kernel's module tree [default: /lib/modules/<release>, or the one
+    /// unpacked next to the kernel].
+    #[arg(long, value_name = "DIR")]
+    pub modules: Option<PathBuf>,
+
+    /// Statically linked guest agent [default: amphi-agent next to amphi,
+    /// then in PATH].
+    #[arg(long, value_name = "PATH")]
+    pub agent: Option<PathBuf>,
+
+    /// Guest memory in MiB.
+    #[arg(long, value_name = "MIB", default_value_t = 256)]
+    pub memory: u64,
+
+    /// Number of vCPUs.
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=254))]
+    pub cpus: u8,
+
+    /// Seconds from VMM start to the agent's handshake before giving up.
+    #[arg(long, value_name = "SECS", default_value_t = 30)]
+    pub timeout: u64,
+
+    /// Write the guest console to FILE ('-' for stdout) [default: a
+    /// temporary log, shown on failure].
+    #[arg(long, value_name = "FILE")]
+    pub console: Option<PathBuf>,
+
+    /// Directory of the initramfs cache.
+    #[arg(
+        long = "cache-dir",
+        value_name = "DIR",
+        default_value = "/var/lib/amphi/cache"
+    )]
+    pub cache_dir: PathBuf,
+
+    /// Extra kernel command-line arguments, after amphi's own.
+    #[arg(long, value_name = "ARGS", allow_hyphen_values = true)]
+    pub append: Option<String>,
+
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RunVmmArgs {
+    #[arg(long)]
+    pub kernel: PathBuf,
+    #[arg(long)]
+    pub initrd: PathBuf,
+    #[arg(long, allow_hyphen_values = true)]
+    pub cmdline: String,
+    #[arg(long)]
+    pub memory: u64,
+    #[arg(long)]
+    pub cpus: u8,
+    #[arg(long)]
+    pub serial: Option<PathBuf>,
+    #[arg(long = "vsock-uds")]
+    pub vsock_uds: PathBuf,
+    #[arg(long = "vsock-cid")]
+    pub vsock_cid: u64,
+    #[arg(long = "event-fd")]
+    pub event_fd: i32,
+    #[arg(long, default_value = "/dev/kvm")]
+    pub kvm: PathBuf,
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::cli::{Cli, Command};
+    use clap::Parser;
+
+    use super::VmCommand;
+
+    #[test]
+    fn vm_check_takes_the_documented_flags() {
+        let cli = Cli::try_parse_from([
+            "amphi",
+            "vm",
+            "check",
+            "--kernel",
+            "/k",
+            "--modules",
+            "/m",
+            "--agent",
+            "/a",
+            "--memory",
+            "512",
+            "--cpus",
+            "2",
+            "--timeout",
+            "9",
+        ])
+        .unwrap();
+        match cli.command {
+            Command::Vm(VmCommand::Check(c)) => {
+                assert_eq!((c.memory, c.cpus, c.timeout), (512, 2, 9));
+                assert_eq!(c.kernel.as_deref(), Some(std::path::Path::new("/k")));
+            }
+            other => panic!("parsed as {other:?}"),
+        }
+        assert!(Cli::try_parse_from(["amphi", "vm", "check", "--cpus", "0"]).is_err());
+    }
+}

@@ -50,7 +50,11 @@ pub fn dispatch(cli: Cli) -> ExitCode {
                 amphi::logging::error(&msg);
             }
             eprintln!("amphi: {msg}");
-            let code = e.downcast_ref::<ContainerError>().map_or(amphi::exit::GENERAL, ContainerError::exit_code);
+            let code = e
+                .downcast_ref::<ContainerError>()
+                .map(ContainerError::exit_code)
+                .or_else(|| e.downcast_ref::<amphi::vm::CheckError>().map(amphi::vm::CheckError::exit_code))
+                .unwrap_or(amphi::exit::GENERAL);
             ExitCode::from(code)
         }
     }

@@ -47,8 +47,7 @@ impl SignalGuard {
         let _ = nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&set), Some(&mut old));
         // Orphans of the container (without a pid namespace of its own) are
         // reparented to us rather than to the host's init.
-        // SAFETY: prctl with an integer argument, no pointers.
-        unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+        let _ = nix::sys::prctl::set_child_subreaper(true);
         SignalGuard { set, old }
     }
 }
@@ -220,9 +219,12 @@ mod tests {
     #[test]
     fn reports_exit_status_and_signal_deaths() {
         let guard = SignalGuard::block();
+        // supervise() reaps the child itself; Child::wait must not.
         let child = std::process::Command::new("sh").args(["-c", "exit 7"]).spawn().unwrap();
         assert_eq!(supervise(&guard, child.id() as i32, None).unwrap(), 7);
+        std::mem::forget(child);
         let child = std::process::Command::new("sh").args(["-c", "kill -9 $$"]).spawn().unwrap();
         assert_eq!(supervise(&guard, child.id() as i32, None).unwrap(), 128 + 9);
+        std::mem::forget(child);
     }
 }

@@ -125,6 +125,7 @@ impl Runtime {
         let dir = self.store.open(&id, true)?;
         let state = self.require(&dir, Op::Start)?;
         sandbox_for(state.isolation).start(&dir, &state)?;
+        crate::logging::debug_with(|| format!("start {id}: process {} released", state.pid));
         self.poststart(&state);
         Ok(())
     }
@@ -154,6 +155,7 @@ impl Runtime {
         let guard = guard.expect("blocked for foreground runs");
         let code = foreground::supervise(&guard, state.pid, console).map_err(ContainerError::Wait)?;
         drop(guard);
+        crate::logging::debug_with(|| format!("run {id}: process {} ended, exit code {code}", state.pid));
         if !keep {
             // Someone may have deleted it meanwhile (delete --force).
             match self.store.open(&ContainerId::new(id)?, true) {
@@ -184,6 +186,7 @@ impl Runtime {
         let sig = signal::parse(signal)?;
         let dir = self.store.open(&id, true)?;
         let state = self.require(&dir, Op::Kill)?;
+        crate::logging::debug_with(|| format!("kill {id}: {sig} to pid {}{}", state.pid, if all { " and all others" } else { "" }));
         sandbox_for(state.isolation).kill(&state, sig, all)?;
         Ok(())
     }
@@ -284,6 +287,9 @@ impl Runtime {
         };
         let cgroups_path = self.cgroups_path(&bundle)?;
         let dir = self.store.create(&id)?;
+        crate::logging::debug_with(|| {
+            format!("create {id}: {isolation} isolation, bundle {}, rootfs {}", bundle.dir.display(), bundle.rootfs.display())
+        });
 
         let mut state = State {
             oci_version: bundle.spec.version().clone(),
@@ -293,8 +299,7 @@ impl Runtime {
             bundle: bundle.dir.clone(),
             rootfs: bundle.rootfs.clone(),
             created: state::now_rfc3339(),
-            // SAFETY: geteuid has no preconditions and cannot fail.
-            owner: unsafe { libc::geteuid() },
+            owner: nix::unistd::geteuid().as_raw(),
             annotations: bundle.spec.annotations().clone().unwrap_or_default(),
             isolation,
             hooks: bundle.spec.hooks().clone(),
@@ -348,6 +353,7 @@ impl Runtime {
         };
         state.pid = created.pid;
         state.pid_start_time = created.pid_start_time;
+        crate::logging::debug_with(|| format!("create {id}: created, pid {}", state.pid));
         state.sandbox = created.sandbox_state.clone();
 
         let recorded = dir.write_state(&state).map_err(ContainerError::from).and_then(|()| {
@@ -397,6 +403,7 @@ impl Runtime {
             let _ = sandbox.kill(state, Signal::SIGKILL, true);
             process::wait_gone(state.pid, state.pid_start_time, KILL_WAIT);
         }
+        crate::logging::debug_with(|| format!("delete {}: releasing its resources", state.id));
         let destroyed = sandbox.destroy(state);
         if let Some(list) = state.hooks.as_ref().and_then(|h| h.poststop().clone()) {
             let json = serde_json::to_vec(&state.to_oci(Status::Stopped)).unwrap_or_default();

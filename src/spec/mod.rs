@@ -184,9 +184,7 @@ pub fn write_default(dir: &Path, rootless: bool) -> Result<(), SpecError> {
         });
     }
     let value = if rootless {
-        // SAFETY: geteuid/getegid have no preconditions and cannot fail.
-        let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
-        rootless_spec(uid, gid)
+        rootless_spec(nix::unistd::geteuid().as_raw(), nix::unistd::getegid().as_raw())
     } else {
         default_spec()
     };

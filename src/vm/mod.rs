@@ -1,2 +1,32 @@
 //! VM isolation: amphi's own VMM (KVM, guest memory, vCPUs, devices), guest
 //! boot, guest image assembly and the agent client.
+//!
+//! - [`host`]: can this host run a stock guest kernel at all.
+//! - [`kernel`]: which kernel and modules to boot.
+//! - [`image`]: the initramfs (agent + modules), cached by content hash.
+//! - [`vmm`], [`boot`], [`devices`]: the VMM proper.
+//! - [`process`]: the VMM as a child process, reporting its milestones.
+//! - [`agent_client`]: the host end of the agent protocol over vsock.
+//! - [`check`]: `amphi vm check`, which ties all of the above together.
+
+pub mod agent_client;
+pub mod boot;
+pub mod check;
+pub mod devices;
+pub mod host;
+pub mod image;
+pub mod kernel;
+pub mod process;
+pub mod vmm;
+
+pub use check::{check, CheckError, CheckOptions, CheckReport};
+
+/// Kernel modules the guest needs for the agent's vsock, in any order (they
+/// are resolved to load order from the modules' own dependency lists).
+pub const GUEST_MODULES: &[&str] = &["virtio_mmio", "vmw_vsock_virtio_transport"];
+
+/// The kernel command line for amphi guests. `quiet` matters: every console
+/// byte is a VM exit. `pci=off` skips probing a PCI bus there is none of,
+/// `8250.nr_uarts=1` probing serial ports beyond COM1.
+pub const GUEST_CMDLINE: &str =
+    "console=ttyS0 quiet panic=-1 pci=off 8250.nr_uarts=1 tsc=reliable rdinit=/init";

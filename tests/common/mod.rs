@@ -195,7 +195,9 @@ fn walk(dir: &Path, id: &str, depth: usize, found: &mut Vec<PathBuf>) {
     let Ok(entries) = std::fs::read_dir(dir) else { return };
     for e in entries.filter_map(|e| e.ok()) {
         if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
-            if e.file_name().to_string_lossy() == id {
+            let name = e.file_name().to_string_lossy().into_owned();
+            // The default cgroup is /amphi-<id> (docs/cgroups.md).
+            if name == id || name == format!("amphi-{id}") {
                 found.push(e.path());
             }
             walk(&e.path(), id, depth + 1, found);

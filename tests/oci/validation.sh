@@ -206,11 +206,13 @@ suite_cgroups() {
          if (b[1] == "cgroup" || b[1] == "cgroup2") print a[5] }' /proc/self/mountinfo |
   while read -r m; do
     echo "$m/cgrouptest"
-    echo "$m/testdir/cgrouptest/container"
-    for own in $(cut -d: -f3 /proc/self/cgroup | sort -u); do
-      [ "$own" = / ] || echo "$m$own/testdir/cgrouptest/container"
+    for base in "$m" $(cut -d: -f3 /proc/self/cgroup | sort -u | grep -v '^/$' | sed "s|^|$m|"); do
+      # leaf first, then the parents a runtime makes on the way
+      echo "$base/testdir/cgrouptest/container"
+      echo "$base/testdir/cgrouptest"
+      echo "$base/testdir"
     done
-  done | sort -u
+  done | awk '!seen[$0]++'
 }
 
 # Removes what a test left behind and prints one line per leftover.

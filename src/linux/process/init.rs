@@ -126,14 +126,12 @@ fn state_json(plan: &InitPlan<'_>, pid: i32, status: Status) -> Vec<u8> {
 }
 
 fn setup_and_exec(plan: &InitPlan<'_>, chan: &Channel) -> Result<Infallible, LinuxError> {
-    // SAFETY: prctl with integer arguments only.
-    unsafe {
-        // Die with `create` while setting up; cleared before Ready.
-        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0);
-        // Not dumpable: other processes cannot open our /proc/<pid>/exe
-        // (the amphi binary) or ptrace us until we exec the workload.
-        libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0);
-    }
+    use nix::sys::prctl;
+    // Die with `create` while setting up; cleared before Ready.
+    prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL).map_err(errno_step("prctl(PR_SET_PDEATHSIG)"))?;
+    // Not dumpable: other processes cannot open our /proc/<pid>/exe (the
+    // amphi binary) or ptrace us until we exec the workload.
+    prctl::set_dumpable(false).map_err(errno_step("prctl(PR_SET_DUMPABLE)"))?;
     // Into our cgroups first, so that everything the setup does is
     // accounted and limited there.
     plan.cgroups.join_self()?;
@@ -286,10 +284,7 @@ fn setup_and_exec(plan: &InitPlan<'_>, chan: &Channel) -> Result<Infallible, Lin
     close_inherited(plan.first_private_fd)?;
     let nnp = plan.process.no_new_privileges().unwrap_or(false);
     if nnp {
-        // SAFETY: prctl with integer arguments.
-        if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
-            return Err(LinuxError::sys("cannot set no_new_privs", Errno::last()));
-        }
+        prctl::set_no_new_privs().map_err(errno_step("cannot set no_new_privs"))?;
     }
     // Without no_new_privs a filter can only be loaded while we still hold
     // CAP_SYS_ADMIN, i.e. before the capabilities are dropped.
@@ -298,14 +293,12 @@ fn setup_and_exec(plan: &InitPlan<'_>, chan: &Channel) -> Result<Infallible, Lin
     }
     if let Some(c) = &plan.caps {
         capabilities::drop_bounding(c)?;
-        // SAFETY: prctl with integer arguments.
-        unsafe { libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0) };
+        prctl::set_keepcaps(true).map_err(errno_step("prctl(PR_SET_KEEPCAPS)"))?;
     }
     let setgroups = !plan.ns.in_userns() || setgroups_allowed();
     user::switch(plan.process.user(), setgroups)?;
     if let Some(c) = &plan.caps {
-        // SAFETY: prctl with integer arguments.
-        unsafe { libc::prctl(libc::PR_SET_KEEPCAPS, 0, 0, 0, 0) };
+        prctl::set_keepcaps(false).map_err(errno_step("prctl(PR_SET_KEEPCAPS)"))?;
         capabilities::apply(c)?;
     }
 
@@ -315,8 +308,7 @@ fn setup_and_exec(plan: &InitPlan<'_>, chan: &Channel) -> Result<Infallible, Lin
     }
 
     reset_signals();
-    // SAFETY: prctl with integer arguments.
-    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, 0, 0, 0, 0) };
+    prctl::set_pdeathsig(None).map_err(errno_step("prctl(PR_SET_PDEATHSIG)"))?;
 
     chan.send(&ToParent::Ready { console: master.is_some() }, master.as_ref().map(|m| m.as_raw_fd()))
         .map_err(errno_step("sync with create"))?;

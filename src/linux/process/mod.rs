@@ -60,7 +60,9 @@ pub fn clone_child(flags: CloneFlags, cgroup: Option<RawFd>, f: impl FnOnce() ->
         Some(fd) => {
             let args = CloneArgs {
                 flags: flags.bits() as u64 | CLONE_INTO_CGROUP,
-                exit_signal: libc::SIGCHLD as u64,
+                // clone3 refuses an exit signal with CLONE_PARENT (EINVAL):
+                // the child then signals our parent as we would.
+                exit_signal: if flags.contains(CloneFlags::CLONE_PARENT) { 0 } else { libc::SIGCHLD as u64 },
                 cgroup: fd as u64,
                 ..CloneArgs::default()
             };

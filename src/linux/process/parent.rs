@@ -5,13 +5,12 @@
 use std::ffi::CString;
 use std::os::fd::OwnedFd;
 
-use nix::errno::Errno;
 use nix::sys::signal::Signal;
 use nix::sys::wait::waitpid;
 use nix::unistd::Pid;
 
 use super::super::capabilities::CapSets;
-use super::super::cgroups::{CgroupState, Manager};
+use super::super::cgroups::{CgroupConfig, CgroupState, Manager};
 use super::super::namespaces::{self, NamespacePlan};
 use super::super::rootfs::RootfsPlan;
 use super::super::{console, devices, seccomp, LinuxError};
@@ -65,7 +64,12 @@ pub fn create(req: &CreateRequest<'_>, hooks: &mut RuntimeHooks<'_>) -> Result<C
         _ => {}
     }
 
-    let cgroups = Manager::new(req.id, req.cgroups_path.as_deref())?;
+    let mut cgroups = Manager::new(&CgroupConfig {
+        id: req.id,
+        cgroups_path: req.cgroups_path.as_deref(),
+        resources: linux.resources().as_ref(),
+        linux_devices: linux.devices().as_deref(),
+    })?;
     let view = cgroups.view();
     let join = match cgroups.prepare() {
         Ok(j) => j,
@@ -325,13 +329,9 @@ fn manager(state: &State) -> Result<Manager, LinuxError> {
 /// `kill`: the init, or every process of the container's cgroup.
 pub fn kill(state: &State, signal: Signal, all: bool) -> Result<(), LinuxError> {
     if all {
-        let cg = manager(state)?;
-        for pid in cg.pids()? {
-            match nix::sys::signal::kill(Pid::from_raw(pid), signal) {
-                Ok(()) | Err(Errno::ESRCH) => {}
-                Err(e) => return Err(LinuxError::sys(format!("cannot signal pid {pid}"), e)),
-            }
-        }
+        // Through the cgroup, frozen while it is signalled, so that no
+        // process can fork a new one past the signal.
+        manager(state)?.signal_all(signal as i32)?;
     }
     match process::signal(state.pid, state.pid_start_time, signal) {
         Ok(_) => Ok(()),

@@ -1,0 +1,339 @@
+//! The agent's side of the protocol: one thread per control connection.
+
+use std::fs::File;
+use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use amphi::agent::message::{classify_bad_request, ShutdownResponse};
+use amphi::agent::{
+    read_frame, send, AgentError, ErrorCode, FrameError, HandshakeResponse, HealthResponse,
+    Request, RequestEnvelope, Response, ResponseEnvelope, ShutdownAction, AGENT_VSOCK_PORT,
+    MAX_FRAME_LEN, PROTOCOL_VERSION,
+};
+use nix::sys::socket::{
+    self, accept, bind, socket, AddressFamily, Backlog, SockFlag, SockType, VsockAddr,
+};
+
+pub struct Context {
+    pub modules_loaded: Vec<String>,
+    pub init_ms: u64,
+    pub reaper: Arc<AtomicU64>,
+}
+
+pub fn listen() -> nix::Result<OwnedFd> {
+    let fd = socket(
+        AddressFamily::Vsock,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    bind(
+        std::os::fd::AsRawFd::as_raw_fd(&fd),
+        &VsockAddr::new(libc::VMADDR_CID_ANY, AGENT_VSOCK_PORT),
+    )?;
+    socket::listen(&fd, Backlog::new(16)?)?;
+    Ok(fd)
+}
+
+pub fn serve(listener: OwnedFd, ctx: Context) -> ! {
+    let ctx = Arc::new(ctx);
+    loop {
+        match accept(&listener) {
+            Ok(conn) => {
+                let ctx = ctx.clone();
+                let _ = std::thread::Builder::new()
+                    .name("conn".into())
+                    .spawn(move || {
+                        let mut conn = File::from(conn);
+                        if let Some(action) = handle(&mut conn, &ctx) {
+                            // The reply is only queued in the guest's socket:
+                            // powering off now could lose it. The host closes the
+                            // connection once it has the reply; wait for that
+                            // (bounded), then power off.
+                            wait_for_close(&mut conn);
+                            drop(conn);
+                            crate::init::power_off(match action {
+                                ShutdownAction::PowerOff => {
+                                    nix::sys::reboot::RebootMode::RB_POWER_OFF
+                                }
+                                ShutdownAction::Reboot => nix::sys::reboot::RebootMode::RB_AUTOBOOT,
+                            });
+                        }
+                    });
+            }
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => {
+                crate::init::console(&format!("amphi-agent: accept failed: {e}"));
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+        }
+    }
+}
+
+fn kernel_release() -> String {
+    nix::sys::utsname::uname()
+        .map(|u| u.release().to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+fn health(ctx: &Context) -> Result<HealthResponse, AgentError> {
+    let unavailable = |what: &str, e: std::io::Error| {
+        AgentError::new(ErrorCode::HealthUnavailable, format!("{what}: {e}"))
+    };
+    let uptime =
+        std::fs::read_to_string("/proc/uptime").map_err(|e| unavailable("/proc/uptime", e))?;
+    let uptime_s: f64 = uptime
+        .split_whitespace()
+        .next()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0.0);
+    let meminfo =
+        std::fs::read_to_string("/proc/meminfo").map_err(|e| unavailable("/proc/meminfo", e))?;
+    let field = |name: &str| {
+        meminfo
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    Ok(HealthResponse {
+        uptime_ms: (uptime_s * 1000.0) as u64,
+        mem_total_kib: field("MemTotal:"),
+        mem_available_kib: field("MemAvailable:"),
+        zombies_reaped: ctx.reaper.load(Ordering::Relaxed),
+        online_cpus: std::thread::available_parallelism()
+            .map(|n| n.get() as u32)
+            .unwrap_or(1),
+    })
+}
+
+/// Waits until the peer closes `conn` (EOF), at most two seconds.
+fn wait_for_close(conn: &mut File) {
+    use std::io::Read;
+    use std::os::fd::AsFd;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    let mut buf = [0u8; 256];
+    while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
+        let mut fds = [nix::poll::PollFd::new(
+            conn.as_fd(),
+            nix::poll::PollFlags::POLLIN,
+        )];
+        let ms = nix::poll::PollTimeout::from(left.as_millis().min(2000) as u16);
+        match nix::poll::poll(&mut fds, ms) {
+            Ok(0) => return,
+            Ok(_) => match conn.read(&mut buf) {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            },
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(_) => return,
+        }
+    }
+}
+
+/// Serves one connection until it closes, breaks, or a shutdown was
+/// acknowledged (then returns the action, for the caller to carry out).
+pub fn handle<S: std::io::Read + std::io::Write>(
+    conn: &mut S,
+    ctx: &Context,
+) -> Option<ShutdownAction> {
+    let mut handshaken = false;
+    loop {
+        let payload = match read_frame(conn, MAX_FRAME_LEN) {
+            Ok(Some(p)) => p,
+            Ok(None) => return None,
+            Err(FrameError::TooLarge { len, max }) => {
+                let e = AgentError::new(
+                    ErrorCode::FrameTooLarge,
+                    format!("frame of {len} bytes exceeds {max}"),
+                );
+                let _ = send(conn, &ResponseEnvelope::error(0, e));
+                return None;
+            }
+            Err(_) => return None,
+        };
+        let env: RequestEnvelope = match serde_json::from_slice(&payload) {
+            Ok(r) => r,
+            Err(_) => {
+                let (id, e) = classify_bad_request(&payload);
+                if send(conn, &ResponseEnvelope::error(id, e)).is_err() {
+                    return None;
+                }
+                continue;
+            }
+        };
+        let id = env.id;
+        let mut after = None;
+        let outcome = match env.request {
+            Request::Handshake(_) if handshaken => Err(AgentError::new(
+                ErrorCode::AlreadyHandshaken,
+                "this connection has already shaken hands",
+            )),
+            Request::Handshake(h) if !PROTOCOL_VERSION.compatible_with(h.protocol) => {
+                Err(AgentError::new(
+                    ErrorCode::IncompatibleVersion,
+                    format!(
+                        "host speaks protocol {}, this agent {}",
+                        h.protocol, PROTOCOL_VERSION
+                    ),
+                ))
+            }
+            Request::Handshake(_) => {
+                handshaken = true;
+                Ok(Response::Handshake(HandshakeResponse {
+                    protocol: PROTOCOL_VERSION,
+                    agent_version: env!("CARGO_PKG_VERSION").into(),
+                    kernel_release: kernel_release(),
+                    modules_loaded: ctx.modules_loaded.clone(),
+                    agent_init_ms: ctx.init_ms,
+                }))
+            }
+            _ if !handshaken => Err(AgentError::new(
+                ErrorCode::HandshakeRequired,
+                "send a handshake request first",
+            )),
+            Request::Health => health(ctx).map(Response::Health),
+            Request::Shutdown(s) => {
+                after = Some(s.action);
+                Ok(Response::Shutdown(ShutdownResponse { action: s.action }))
+            }
+        };
+        let reply = match outcome {
+            Ok(r) => ResponseEnvelope::ok(id, r),
+            Err(e) => ResponseEnvelope::error(id, e),
+        };
+        let sent = send(conn, &reply).is_ok();
+        if after.is_some() {
+            return after;
+        }
+        if !sent {
+            return None;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use amphi::agent::{Client, HandshakeRequest, ProtocolError, ProtocolVersion, ShutdownRequest};
+    use std::os::unix::net::UnixStream;
+
+    fn ctx() -> Context {
+        Context {
+            modules_loaded: vec!["vsock".into()],
+            init_ms: 7,
+            reaper: Arc::new(AtomicU64::new(3)),
+        }
+    }
+
+    /// Runs the agent's handler on one end of a socketpair.
+    fn agent() -> (
+        Client<UnixStream>,
+        std::thread::JoinHandle<Option<ShutdownAction>>,
+    ) {
+        let (host, mut guest) = UnixStream::pair().unwrap();
+        let h = std::thread::spawn(move || handle(&mut guest, &ctx()));
+        (Client::new(host), h)
+    }
+
+    fn hello() -> Request {
+        Request::Handshake(HandshakeRequest {
+            protocol: PROTOCOL_VERSION,
+            host_version: "test".into(),
+        })
+    }
+
+    #[test]
+    fn handshake_then_health_then_shutdown() {
+        let (mut c, h) = agent();
+        match c.call(hello()).unwrap() {
+            Response::Handshake(r) => {
+                assert_eq!(r.protocol, PROTOCOL_VERSION);
+                assert_eq!(r.modules_loaded, vec!["vsock"]);
+                assert!(!r.kernel_release.is_empty());
+            }
+            other => panic!("{other:?}"),
+        }
+        match c.call(Request::Health).unwrap() {
+            Response::Health(r) => assert_eq!(r.zombies_reaped, 3),
+            other => panic!("{other:?}"),
+        }
+        c.call(Request::Shutdown(ShutdownRequest {
+            action: ShutdownAction::PowerOff,
+        }))
+        .unwrap();
+        assert_eq!(
+            h.join().unwrap(),
+            Some(ShutdownAction::PowerOff),
+            "the caller powers off, not the handler"
+        );
+    }
+
+    #[test]
+    fn requests_before_the_handshake_are_refused() {
+        let (mut c, _h) = agent();
+        match c.call(Request::Health) {
+            Err(ProtocolError::Agent(e)) => assert_eq!(e.code, ErrorCode::HandshakeRequired),
+            other => panic!("{other:?}"),
+        }
+        match c.call(Request::Shutdown(ShutdownRequest {
+            action: ShutdownAction::PowerOff,
+        })) {
+            Err(ProtocolError::Agent(e)) => assert_eq!(e.code, ErrorCode::HandshakeRequired),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_incompatible_major_version_and_a_second_handshake_are_refused() {
+        let (mut c, _h) = agent();
+        let v2 = Request::Handshake(HandshakeRequest {
+            protocol: ProtocolVersion { major: 2, minor: 0 },
+            host_version: "x".into(),
+        });
+        match c.call(v2) {
+            Err(ProtocolError::Agent(e)) => assert_eq!(e.code, ErrorCode::IncompatibleVersion),
+            other => panic!("{other:?}"),
+        }
+        c.call(hello()).unwrap();
+        match c.call(hello()) {
+            Err(ProtocolError::Agent(e)) => assert_eq!(e.code, ErrorCode::AlreadyHandshaken),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn unknown_methods_and_garbage_get_error_codes_and_the_connection_survives() {
+        let (host, mut guest) = UnixStream::pair().unwrap();
+        let h = std::thread::spawn(move || handle(&mut guest, &ctx()));
+        let mut host = host;
+        amphi::agent::write_frame(&mut host, br#"{"id":5,"method":"exec","params":{}}"#).unwrap();
+        let r: ResponseEnvelope = amphi::agent::receive(&mut host).unwrap().unwrap();
+        assert_eq!(r.id, 5);
+        assert_eq!(r.into_result().unwrap_err().code, ErrorCode::UnknownMethod);
+        amphi::agent::write_frame(&mut host, b"{not json").unwrap();
+        let r: ResponseEnvelope = amphi::agent::receive(&mut host).unwrap().unwrap();
+        assert_eq!(
+            r.into_result().unwrap_err().code,
+            ErrorCode::MalformedRequest
+        );
+        drop(host);
+        assert_eq!(h.join().unwrap(), None);
+    }
+
+    #[test]
+    fn an_oversized_frame_is_answered_then_the_connection_closed() {
+        let (mut host, mut guest) = UnixStream::pair().unwrap();
+        let h = std::thread::spawn(move || handle(&mut guest, &ctx()));
+        let mut header = b"am\x01\x00".to_vec();
+        header.extend_from_slice(&((MAX_FRAME_LEN as u32) + 1).to_be_bytes());
+        std::io::Write::write_all(&mut host, &header).unwrap();
+        let r: ResponseEnvelope = amphi::agent::receive(&mut host).unwrap().unwrap();
+        assert_eq!(r.into_result().unwrap_err().code, ErrorCode::FrameTooLarge);
+        assert_eq!(h.join().unwrap(), None);
+        let closed: Option<ResponseEnvelope> = amphi::agent::receive(&mut host).unwrap();
+        assert!(closed.is_none(), "the agent closed the connection");
+    }
+}

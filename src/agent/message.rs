@@ -1,0 +1,364 @@
+//! The typed messages of the agent protocol and its stable error codes.
+//!
+//! Requests travel as `{"id": N, "method": "...", "params": {...}}`,
+//! responses as `{"id": N, "result": {"method": "...", ...}}` or
+//! `{"id": N, "error": {"code": "...", "message": "..."}}`. Error codes are
+//! snake_case strings that never change meaning once published; new ones
+//! may be added in a minor protocol version.
+
+use serde::{Deserialize, Serialize};
+
+/// vsock port the agent listens on for control connections.
+pub const AGENT_VSOCK_PORT: u32 = 1024;
+
+/// This build's protocol version. Same major: compatible; the minor
+/// version only adds optional fields, methods and error codes.
+pub const PROTOCOL_VERSION: ProtocolVersion = ProtocolVersion { major: 1, minor: 0 };
+
+/// The line the agent prints on the guest console once its vsock listener
+/// is up; the VMM watches the serial output for it to time the boot.
+pub const LISTENING_MARKER: &str = "amphi-agent: listening on vsock port";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProtocolVersion {
+    pub major: u32,
+    pub minor: u32,
+}
+
+impl ProtocolVersion {
+    /// Whether a peer speaking `other` can talk to this side.
+    pub fn compatible_with(self, other: ProtocolVersion) -> bool {
+        self.major == other.major
+    }
+}
+
+impl std::fmt::Display for ProtocolVersion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}", self.major, self.minor)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequestEnvelope {
+    pub id: u64,
+    #[serde(flatten)]
+    pub request: Request,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "method", content = "params", rename_all = "snake_case")]
+pub enum Request {
+    /// Must be the first request of a connection.
+    Handshake(HandshakeRequest),
+    /// Is the agent alive, and what does the guest look like.
+    Health,
+    /// Power the guest off (or reboot it); the agent answers first.
+    Shutdown(ShutdownRequest),
+}
+
+impl Request {
+    pub fn method(&self) -> &'static str {
+        match self {
+            Request::Handshake(_) => "handshake",
+            Request::Health => "health",
+            Request::Shutdown(_) => "shutdown",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HandshakeRequest {
+    /// The host side's protocol version.
+    pub protocol: ProtocolVersion,
+    /// The host side's program version (amphi's crate version).
+    pub host_version: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ShutdownAction {
+    PowerOff,
+    Reboot,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShutdownRequest {
+    pub action: ShutdownAction,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResponseEnvelope {
+    pub id: u64,
+    #[serde(flatten)]
+    pub outcome: Outcome,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    Result(Response),
+    Error(AgentError),
+}
+
+impl ResponseEnvelope {
+    pub fn ok(id: u64, response: Response) -> Self {
+        ResponseEnvelope {
+            id,
+            outcome: Outcome::Result(response),
+        }
+    }
+
+    pub fn error(id: u64, error: AgentError) -> Self {
+        ResponseEnvelope {
+            id,
+            outcome: Outcome::Error(error),
+        }
+    }
+
+    pub fn into_result(self) -> Result<Response, AgentError> {
+        match self.outcome {
+            Outcome::Result(r) => Ok(r),
+            Outcome::Error(e) => Err(e),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "method", rename_all = "snake_case")]
+pub enum Response {
+    Handshake(HandshakeResponse),
+    Health(HealthResponse),
+    Shutdown(ShutdownResponse),
+}
+
+impl Response {
+    pub fn method(&self) -> &'static str {
+        match self {
+            Response::Handshake(_) => "handshake",
+            Response::Health(_) => "health",
+            Response::Shutdown(_) => "shutdown",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HandshakeResponse {
+    /// The agent's protocol version (the host's is in the request).
+    pub protocol: ProtocolVersion,
+    /// The agent's program version.
+    pub agent_version: String,
+    /// `uname -r` of the guest kernel.
+    pub kernel_release: String,
+    /// Kernel modules the agent loaded at boot, in load order.
+    #[serde(default)]
+    pub modules_loaded: Vec<String>,
+    /// Milliseconds from the agent's start to its listener being up.
+    #[serde(default)]
+    pub agent_init_ms: u64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealthResponse {
+    pub uptime_ms: u64,
+    pub mem_total_kib: u64,
+    pub mem_available_kib: u64,
+    /// Children PID 1 has reaped since boot.
+    pub zombies_reaped: u64,
+    pub online_cpus: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShutdownResponse {
+    pub action: ShutdownAction,
+}
+
+/// Stable error codes. Never reuse or rename one; add new ones at the end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The payload is not JSON, or not a request envelope.
+    MalformedRequest,
+    /// The method is not one this agent knows (the host is newer).
+    UnknownMethod,
+    /// The frame was larger than the receiver's maximum.
+    FrameTooLarge,
+    /// A request other than `handshake` came first on the connection.
+    HandshakeRequired,
+    /// The protocol major versions differ.
+    IncompatibleVersion,
+    /// A second handshake on the same connection.
+    AlreadyHandshaken,
+    /// The guest could not carry out the shutdown.
+    ShutdownFailed,
+    /// Reading guest state for `health` failed.
+    HealthUnavailable,
+}
+
+impl ErrorCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::MalformedRequest => "malformed_request",
+            ErrorCode::UnknownMethod => "unknown_method",
+            ErrorCode::FrameTooLarge => "frame_too_large",
+            ErrorCode::HandshakeRequired => "handshake_required",
+            ErrorCode::IncompatibleVersion => "incompatible_version",
+            ErrorCode::AlreadyHandshaken => "already_handshaken",
+            ErrorCode::ShutdownFailed => "shutdown_failed",
+            ErrorCode::HealthUnavailable => "health_unavailable",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("{message} (agent error code {})", code.as_str())]
+pub struct AgentError {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl AgentError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        AgentError {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+/// What the agent does with the raw payload of a frame it could not turn
+/// into a request: the error to answer with, and the id to answer under
+/// (0 when even the id is unreadable).
+pub fn classify_bad_request(payload: &[u8]) -> (u64, AgentError) {
+    let value: serde_json::Value = match serde_json::from_slice(payload) {
+        Ok(v) => v,
+        Err(e) => {
+            return (
+                0,
+                AgentError::new(
+                    ErrorCode::MalformedRequest,
+                    format!("payload is not JSON: {e}"),
+                ),
+            )
+        }
+    };
+    let id = value.get("id").and_then(|v| v.as_u64()).unwrap_or(0);
+    match value.get("method").and_then(|m| m.as_str()) {
+        Some(m) if !["handshake", "health", "shutdown"].contains(&m) => (
+            id,
+            AgentError::new(
+                ErrorCode::UnknownMethod,
+                format!("method {m:?} is not known to this agent"),
+            ),
+        ),
+        _ => (
+            id,
+            AgentError::new(ErrorCode::MalformedRequest, "not a valid request envelope"),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_have_the_documented_wire_form() {
+        let r = RequestEnvelope {
+            id: 3,
+            request: Request::Handshake(HandshakeRequest {
+                protocol: PROTOCOL_VERSION,
+                host_version: "0.1.0".into(),
+            }),
+        };
+        let v: serde_json::Value = serde_json::to_value(&r).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"id":3,"method":"handshake","params":{"protocol":{"major":1,"minor":0},"host_version":"0.1.0"}})
+        );
+        let h: serde_json::Value = serde_json::to_value(RequestEnvelope {
+            id: 4,
+            request: Request::Health,
+        })
+        .unwrap();
+        assert_eq!(h, serde_json::json!({"id":4,"method":"health"}));
+        let s = serde_json::to_value(RequestEnvelope {
+            id: 5,
+            request: Request::Shutdown(ShutdownRequest {
+                action: ShutdownAction::PowerOff,
+            }),
+        })
+        .unwrap();
+        assert_eq!(
+            s,
+            serde_json::json!({"id":5,"method":"shutdown","params":{"action":"power_off"}})
+        );
+    }
+
+    #[test]
+    fn responses_have_the_documented_wire_form() {
+        let ok = ResponseEnvelope::ok(
+            5,
+            Response::Shutdown(ShutdownResponse {
+                action: ShutdownAction::Reboot,
+            }),
+        );
+        assert_eq!(
+            serde_json::to_value(&ok).unwrap(),
+            serde_json::json!({"id":5,"result":{"method":"shutdown","action":"reboot"}})
+        );
+        let err = ResponseEnvelope::error(
+            6,
+            AgentError::new(ErrorCode::IncompatibleVersion, "major 2 vs 1"),
+        );
+        assert_eq!(
+            serde_json::to_value(&err).unwrap(),
+            serde_json::json!({"id":6,"error":{"code":"incompatible_version","message":"major 2 vs 1"}})
+        );
+    }
+
+    #[test]
+    fn every_error_code_serializes_as_its_stable_name() {
+        for code in [
+            ErrorCode::MalformedRequest,
+            ErrorCode::UnknownMethod,
+            ErrorCode::FrameTooLarge,
+            ErrorCode::HandshakeRequired,
+            ErrorCode::IncompatibleVersion,
+            ErrorCode::AlreadyHandshaken,
+            ErrorCode::ShutdownFailed,
+            ErrorCode::HealthUnavailable,
+        ] {
+            assert_eq!(
+                serde_json::to_value(code).unwrap(),
+                serde_json::Value::String(code.as_str().into())
+            );
+        }
+    }
+
+    #[test]
+    fn newer_minor_versions_are_compatible_other_majors_are_not() {
+        let v1_0 = ProtocolVersion { major: 1, minor: 0 };
+        assert!(v1_0.compatible_with(ProtocolVersion { major: 1, minor: 7 }));
+        assert!(!v1_0.compatible_with(ProtocolVersion { major: 2, minor: 0 }));
+    }
+
+    #[test]
+    fn bad_requests_are_classified() {
+        assert_eq!(
+            classify_bad_request(b"not json").1.code,
+            ErrorCode::MalformedRequest
+        );
+        let (id, e) = classify_bad_request(br#"{"id":9,"method":"exec","params":{}}"#);
+        assert_eq!((id, e.code), (9, ErrorCode::UnknownMethod));
+        let (id, e) =
+            classify_bad_request(br#"{"id":2,"method":"handshake","params":{"protocol":3}}"#);
+        assert_eq!((id, e.code), (2, ErrorCode::MalformedRequest));
+    }
+
+    #[test]
+    fn unknown_response_fields_from_a_newer_agent_are_ignored() {
+        let wire = r#"{"id":1,"result":{"method":"health","uptime_ms":1,"mem_total_kib":2,"mem_available_kib":1,"zombies_reaped":0,"online_cpus":1,"future":"x"}}"#;
+        let r: ResponseEnvelope = serde_json::from_str(wire).unwrap();
+        assert!(matches!(r.into_result().unwrap(), Response::Health(_)));
+    }
+}

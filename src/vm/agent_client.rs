@@ -1,0 +1,226 @@
+//! The host side of the agent protocol over the hybrid vsock socket:
+//! connect to the VMM's AF_UNIX socket, ask for the agent's port with
+//! `CONNECT <port>\n`, then speak [`crate::agent`] frames.
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::agent::{
+    self, Client, HandshakeRequest, HandshakeResponse, HealthResponse, ProtocolError, Request,
+    Response, ShutdownAction, ShutdownRequest, PROTOCOL_VERSION,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentClientError {
+    #[error("the agent did not accept a connection on vsock port {port} through {path} before the deadline")]
+    Connect {
+        path: PathBuf,
+        port: u32,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the VMM answered {answer:?} to CONNECT {port} (expected \"OK <port>\")")]
+    BadConnectReply { port: u32, answer: String },
+    #[error("agent protocol error")]
+    Protocol(#[from] ProtocolError),
+    #[error("the agent speaks protocol {agent}, this amphi speaks {host}: upgrade the agent in the guest image")]
+    IncompatibleVersion {
+        host: agent::ProtocolVersion,
+        agent: agent::ProtocolVersion,
+    },
+}
+
+/// Reads the `OK <port>\n` line byte by byte, leaving the stream at the
+/// first frame.
+fn read_ok_line(s: &mut UnixStream) -> std::io::Result<String> {
+    let mut line = Vec::new();
+    let mut b = [0u8; 1];
+    while line.len() < 64 {
+        if s.read(&mut b)? == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        if b[0] == b'\n' {
+            break;
+        }
+        line.push(b[0]);
+    }
+    Ok(String::from_utf8_lossy(&line).into_owned())
+}
+
+/// Opens a stream to guest port `port`, retrying until `deadline` while the
+/// guest is not listening yet (the VMM then closes the stream).
+pub fn connect(uds: &Path, port: u32, deadline: Instant) -> Result<UnixStream, AgentClientError> {
+    loop {
+        let attempt = (|| -> Result<Result<UnixStream, String>, std::io::Error> {
+            let mut s = UnixStream::connect(uds)?;
+            s.set_read_timeout(Some(Duration::from_secs(2)))?;
+            s.write_all(format!("CONNECT {port}\n").as_bytes())?;
+            let line = read_ok_line(&mut s)?;
+            if line.starts_with("OK ") {
+                Ok(Ok(s))
+            } else {
+                Ok(Err(line))
+            }
+        })();
+        match attempt {
+            Ok(Ok(s)) => return Ok(s),
+            Ok(Err(answer)) => return Err(AgentClientError::BadConnectReply { port, answer }),
+            Err(e) if Instant::now() >= deadline => {
+                return Err(AgentClientError::Connect {
+                    path: uds.into(),
+                    port,
+                    source: e,
+                })
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
+}
+
+pub struct AgentClient {
+    client: Client<UnixStream>,
+}
+
+impl AgentClient {
+    pub fn new(stream: UnixStream) -> Self {
+        AgentClient {
+            client: Client::new(stream),
+        }
+    }
+
+    pub fn set_timeout(&self, t: Duration) -> std::io::Result<()> {
+        self.client.get_ref().set_read_timeout(Some(t))?;
+        self.client.get_ref().set_write_timeout(Some(t))
+    }
+
+    pub fn handshake(&mut self) -> Result<HandshakeResponse, AgentClientError> {
+        let req = HandshakeRequest {
+            protocol: PROTOCOL_VERSION,
+            host_version: env!("CARGO_PKG_VERSION").into(),
+        };
+        match self.client.call(Request::Handshake(req))? {
+            Response::Handshake(h) if PROTOCOL_VERSION.compatible_with(h.protocol) => Ok(h),
+            Response::Handshake(h) => Err(AgentClientError::IncompatibleVersion {
+                host: PROTOCOL_VERSION,
+                agent: h.protocol,
+            }),
+            other => Err(ProtocolError::WrongResponse {
+                sent: "handshake",
+                got: other.method(),
+            }
+            .into()),
+        }
+    }
+
+    pub fn health(&mut self) -> Result<HealthResponse, AgentClientError> {
+        match self.client.call(Request::Health)? {
+            Response::Health(h) => Ok(h),
+            other => Err(ProtocolError::WrongResponse {
+                sent: "health",
+                got: other.method(),
+            }
+            .into()),
+        }
+    }
+
+    pub fn shutdown(&mut self, action: ShutdownAction) -> Result<(), AgentClientError> {
+        match self
+            .client
+            .call(Request::Shutdown(ShutdownRequest { action }))?
+        {
+            Response::Shutdown(_) => Ok(()),
+            other => Err(ProtocolError::WrongResponse {
+                sent: "shutdown",
+                got: other.method(),
+            }
+            .into()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::agent::{receive, send, RequestEnvelope, ResponseEnvelope};
+    use std::io::BufRead;
+    use std::os::unix::net::UnixListener;
+
+    /// A VMM-side stand-in: refuses the first CONNECT (guest not listening
+    /// yet), accepts the second and answers one handshake.
+    fn fake_vmm(path: &Path) -> std::thread::JoinHandle<String> {
+        let listener = UnixListener::bind(path).unwrap();
+        std::thread::spawn(move || {
+            drop(listener.accept().unwrap());
+            let (s, _) = listener.accept().unwrap();
+            let mut r = std::io::BufReader::new(s.try_clone().unwrap());
+            let mut line = String::new();
+            r.read_line(&mut line).unwrap();
+            let mut w = s;
+            w.write_all(b"OK 1073741824\n").unwrap();
+            let req: RequestEnvelope = receive(&mut r).unwrap().unwrap();
+            let reply = Response::Handshake(HandshakeResponse {
+                protocol: PROTOCOL_VERSION,
+                agent_version: "9.9.9".into(),
+                kernel_release: "6.1.0-test".into(),
+                modules_loaded: vec![],
+                agent_init_ms: 1,
+            });
+            send(&mut w, &ResponseEnvelope::ok(req.id, reply)).unwrap();
+            line
+        })
+    }
+
+    #[test]
+    fn connect_retries_until_the_guest_listens_then_handshakes() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("v.sock");
+        let vmm = fake_vmm(&path);
+        let s = connect(
+            &path,
+            AGENT_PORT_FOR_TEST,
+            Instant::now() + Duration::from_secs(10),
+        )
+        .unwrap();
+        let mut c = AgentClient::new(s);
+        let h = c.handshake().unwrap();
+        assert_eq!(
+            (h.agent_version.as_str(), h.kernel_release.as_str()),
+            ("9.9.9", "6.1.0-test")
+        );
+        assert_eq!(vmm.join().unwrap(), "CONNECT 1024\n");
+    }
+
+    #[test]
+    fn connect_gives_up_at_the_deadline() {
+        let d = tempfile::tempdir().unwrap();
+        let e = connect(
+            &d.path().join("absent.sock"),
+            1024,
+            Instant::now() + Duration::from_millis(100),
+        )
+        .unwrap_err();
+        assert!(
+            matches!(e, AgentClientError::Connect { port: 1024, .. }),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_bad_connect_reply_is_reported() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("v.sock");
+        let listener = UnixListener::bind(&path).unwrap();
+        let t = std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            s.write_all(b"NO\n").unwrap();
+            std::thread::sleep(Duration::from_millis(100));
+        });
+        let e = connect(&path, 1024, Instant::now() + Duration::from_secs(5)).unwrap_err();
+        assert!(matches!(e, AgentClientError::BadConnectReply { .. }), "{e}");
+        t.join().unwrap();
+    }
+
+    const AGENT_PORT_FOR_TEST: u32 = crate::agent::AGENT_VSOCK_PORT;
+}

@@ -1,0 +1,402 @@
+//! Register file of one virtio-mmio device window.
+
+use std::sync::{Arc, Mutex};
+
+use virtio_queue::{Queue, QueueT};
+use vm_memory::GuestMemoryMmap;
+
+use crate::vm::devices::virtio::{status, VirtioDevice, VirtioInterrupt};
+use crate::vm::devices::BusDevice;
+
+const MAGIC: u32 = 0x7472_6976; // "virt"
+const VERSION: u32 = 2;
+const VENDOR_ID: u32 = 0x414d_5048; // "AMPH"
+
+/// Offset of QueueNotify: the VMM registers an ioeventfd here per queue.
+pub const NOTIFY_REG_OFFSET: u64 = 0x50;
+const CONFIG_SPACE_OFFSET: u64 = 0x100;
+
+pub struct MmioTransport {
+    device: Arc<Mutex<dyn VirtioDevice>>,
+    mem: GuestMemoryMmap,
+    interrupt: Arc<VirtioInterrupt>,
+    queues: Vec<Queue>,
+    queue_select: u32,
+    features_select: u32,
+    acked_features_select: u32,
+    acked_features: u64,
+    status: u32,
+    config_generation: u32,
+    activated: bool,
+}
+
+impl MmioTransport {
+    pub fn new(
+        device: Arc<Mutex<dyn VirtioDevice>>,
+        mem: GuestMemoryMmap,
+        interrupt: Arc<VirtioInterrupt>,
+    ) -> Self {
+        let queues = Self::fresh_queues(&device);
+        MmioTransport {
+            device,
+            mem,
+            interrupt,
+            queues,
+            queue_select: 0,
+            features_select: 0,
+            acked_features_select: 0,
+            acked_features: 0,
+            status: 0,
+            config_generation: 0,
+            activated: false,
+        }
+    }
+
+    fn fresh_queues(device: &Arc<Mutex<dyn VirtioDevice>>) -> Vec<Queue> {
+        let d = device.lock().unwrap_or_else(|e| e.into_inner());
+        // Sizes come from the device's own constants, all powers of two.
+        d.queue_max_sizes()
+            .iter()
+            .map(|&s| Queue::new(s).unwrap_or_default())
+            .collect()
+    }
+
+    fn dev(&self) -> std::sync::MutexGuard<'_, dyn VirtioDevice + 'static> {
+        self.device.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn selected_queue(&mut self) -> Option<&mut Queue> {
+        self.queues.get_mut(self.queue_select as usize)
+    }
+
+    pub fn status(&self) -> u32 {
+        self.status
+    }
+
+    fn reset(&mut self) {
+        if self.activated {
+            self.dev().reset();
+        }
+        self.queues = Self::fresh_queues(&self.device);
+        self.queue_select = 0;
+        self.features_select = 0;
+        self.acked_features_select = 0;
+        self.acked_features = 0;
+        self.status = 0;
+        self.activated = false;
+        self.interrupt.ack(u32::MAX);
+    }
+
+    fn set_status(&mut self, value: u32) {
+        if value == 0 {
+            self.reset();
+            return;
+        }
+        // The driver only ever adds bits (virtio 1.2, 3.1.1).
+        if value & self.status != self.status {
+            return;
+        }
+        let added = value & !self.status;
+        self.status = value;
+        if added & status::FEATURES_OK != 0 {
+            let f = self.acked_features;
+            self.dev().set_acked_features(f);
+        }
+        if added & status::DRIVER_OK != 0 && !self.activated {
+            let ok = self.queues.iter().all(|q| q.is_valid(&self.mem));
+            let queues: Vec<Queue> = std::mem::take(&mut self.queues);
+            self.queues = Self::fresh_queues(&self.device);
+            let result = if ok {
+                self.dev()
+                    .activate(self.mem.clone(), self.interrupt.clone(), queues)
+            } else {
+                Err(crate::vm::devices::virtio::ActivateError::QueueCount { want: 0, got: 0 })
+            };
+            match result {
+                Ok(()) => self.activated = true,
+                Err(_) => self.status |= status::DEVICE_NEEDS_RESET,
+            }
+        }
+    }
+
+    fn read_reg(&mut self, offset: u64) -> u32 {
+        match offset {
+            0x00 => MAGIC,
+            0x04 => VERSION,
+            0x08 => self.dev().device_type(),
+            0x0c => VENDOR_ID,
+            0x10 => {
+                let f = self.dev().avail_features();
+                match self.features_select {
+                    0 => f as u32,
+                    1 => (f >> 32) as u32,
+                    _ => 0,
+                }
+            }
+            0x34 => self.selected_queue().map_or(0, |q| u32::from(q.max_size())),
+            0x44 => self.selected_queue().map_or(0, |q| u32::from(q.ready())),
+            0x60 => self.interrupt.status(),
+            0x70 => self.status,
+            0xfc => self.config_generation,
+            _ => 0,
+        }
+    }
+
+    fn write_reg(&mut self, offset: u64, v: u32) {
+        let writable_queue = self.status & status::DRIVER_OK == 0;
+        match offset {
+            0x14 => self.features_select = v,
+            // Features are fixed once FEATURES_OK is set.
+            0x20 if self.status & status::FEATURES_OK == 0 => {
+                match self.acked_features_select {
+                    0 => self.acked_features = (self.acked_features & !0xffff_ffff) | u64::from(v),
+                    1 => {
+                        self.acked_features =
+                            (self.acked_features & 0xffff_ffff) | (u64::from(v) << 32)
+                    }
+                    _ => {}
+                }
+                let avail = self.dev().avail_features();
+                self.acked_features &= avail;
+            }
+            0x24 => self.acked_features_select = v,
+            0x30 => self.queue_select = v,
+            0x38 if writable_queue => {
+                if let Some(q) = self.selected_queue() {
+                    q.set_size(v as u16);
+                }
+            }
+            0x44 if writable_queue => {
+                if let Some(q) = self.selected_queue() {
+                    q.set_ready(v == 1);
+                }
+            }
+            // Notifications normally end in an ioeventfd; a write that
+            // reaches us (no ioeventfd, or a datamatch miss) is forwarded.
+            0x50 => {
+                let d = self.dev();
+                if let Some(e) = d.queue_events().get(v as usize) {
+                    let _ = e.write(1);
+                }
+            }
+            0x64 => self.interrupt.ack(v),
+            0x70 => self.set_status(v),
+            0x80 if writable_queue => {
+                if let Some(q) = self.selected_queue() {
+                    q.set_desc_table_address(Some(v), None)
+                }
+            }
+            0x84 if writable_queue => {
+                if let Some(q) = self.selected_queue() {
+                    q.set_desc_table_address(None, Some(v))
+                }
+            }
+            0x90 if writable_queue => {
+                if let Some(q) = self.selected_queue() {
+                    q.set_avail_ring_address(Some(v), None)
+                }
+            }
+            0x94 if writable_queue => {
+                if let Some(q) = self.selected_queue() {
+                    q.set_avail_ring_address(None, Some(v))
+                }
+            }
+            0xa0 if writable_queue => {
+                if let Some(q) = self.selected_queue() {
+                    q.set_used_ring_address(Some(v), None)
+                }
+            }
+            0xa4 if writable_queue => {
+                if let Some(q) = self.selected_queue() {
+                    q.set_used_ring_address(None, Some(v))
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+impl BusDevice for MmioTransport {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        if offset >= CONFIG_SPACE_OFFSET {
+            self.dev().read_config(offset - CONFIG_SPACE_OFFSET, data);
+        } else if data.len() == 4 {
+            let v = self.read_reg(offset);
+            data.copy_from_slice(&v.to_le_bytes());
+        } else {
+            data.fill(0);
+        }
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        if offset >= CONFIG_SPACE_OFFSET {
+            self.dev().write_config(offset - CONFIG_SPACE_OFFSET, data);
+        } else if data.len() == 4 {
+            let v = u32::from_le_bytes([data[0], data[1], data[2], data[3]]);
+            self.write_reg(offset, v);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::vm::devices::virtio::{ActivateError, VIRTIO_F_VERSION_1};
+    use crate::vm::devices::IrqTrigger;
+    use vm_memory::GuestAddress;
+    use vmm_sys_util::eventfd::EventFd;
+
+    struct Dummy {
+        sizes: Vec<u16>,
+        evts: Vec<EventFd>,
+        acked: u64,
+        activated_with: Option<usize>,
+        resets: u32,
+    }
+
+    impl VirtioDevice for Dummy {
+        fn device_type(&self) -> u32 {
+            19
+        }
+        fn queue_max_sizes(&self) -> &[u16] {
+            &self.sizes
+        }
+        fn queue_events(&self) -> &[EventFd] {
+            &self.evts
+        }
+        fn avail_features(&self) -> u64 {
+            VIRTIO_F_VERSION_1 | 1
+        }
+        fn set_acked_features(&mut self, f: u64) {
+            self.acked = f;
+        }
+        fn read_config(&self, offset: u64, data: &mut [u8]) {
+            data.fill(offset as u8 + 0x10);
+        }
+        fn write_config(&mut self, _: u64, _: &[u8]) {}
+        fn activate(
+            &mut self,
+            _: GuestMemoryMmap,
+            _: Arc<VirtioInterrupt>,
+            q: Vec<Queue>,
+        ) -> Result<(), ActivateError> {
+            self.activated_with = Some(q.len());
+            Ok(())
+        }
+        fn reset(&mut self) {
+            self.resets += 1;
+        }
+    }
+
+    fn setup() -> (MmioTransport, Arc<Mutex<Dummy>>) {
+        let dev = Arc::new(Mutex::new(Dummy {
+            sizes: vec![16, 16],
+            evts: vec![
+                EventFd::new(libc::EFD_NONBLOCK).unwrap(),
+                EventFd::new(libc::EFD_NONBLOCK).unwrap(),
+            ],
+            acked: 0,
+            activated_with: None,
+            resets: 0,
+        }));
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+        let irq = Arc::new(VirtioInterrupt::new(IrqTrigger::new().unwrap()));
+        (MmioTransport::new(dev.clone(), mem, irq), dev)
+    }
+
+    fn rd(t: &mut MmioTransport, off: u64) -> u32 {
+        let mut b = [0u8; 4];
+        t.read(off, &mut b);
+        u32::from_le_bytes(b)
+    }
+
+    fn wr(t: &mut MmioTransport, off: u64, v: u32) {
+        t.write(off, &v.to_le_bytes());
+    }
+
+    #[test]
+    fn identification_registers() {
+        let (mut t, _) = setup();
+        assert_eq!(rd(&mut t, 0x00), MAGIC);
+        assert_eq!(rd(&mut t, 0x04), 2);
+        assert_eq!(rd(&mut t, 0x08), 19);
+        wr(&mut t, 0x14, 1);
+        assert_eq!(rd(&mut t, 0x10), 1, "VERSION_1 is bit 0 of the high word");
+        let mut cfg = [0u8; 8];
+        t.read(0x100, &mut cfg);
+        assert_eq!(cfg, [0x10; 8]);
+    }
+
+    #[test]
+    fn driver_initialization_activates_the_device_with_its_queues() {
+        let (mut t, dev) = setup();
+        wr(&mut t, 0x70, status::ACKNOWLEDGE);
+        wr(&mut t, 0x70, status::ACKNOWLEDGE | status::DRIVER);
+        wr(&mut t, 0x24, 1);
+        wr(&mut t, 0x20, 1);
+        wr(&mut t, 0x24, 0);
+        wr(&mut t, 0x20, 0xffff_ffff);
+        wr(
+            &mut t,
+            0x70,
+            status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK,
+        );
+        assert_eq!(
+            dev.lock().unwrap().acked,
+            VIRTIO_F_VERSION_1 | 1,
+            "unoffered bits are dropped"
+        );
+        for (q, base) in [(0u32, 0x1000u32), (1, 0x4000)] {
+            wr(&mut t, 0x30, q);
+            assert_eq!(rd(&mut t, 0x34), 16);
+            wr(&mut t, 0x38, 16);
+            wr(&mut t, 0x80, base);
+            wr(&mut t, 0x90, base + 0x100);
+            wr(&mut t, 0xa0, base + 0x200);
+            wr(&mut t, 0x44, 1);
+            assert_eq!(rd(&mut t, 0x44), 1);
+        }
+        wr(
+            &mut t,
+            0x70,
+            status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK | status::DRIVER_OK,
+        );
+        assert_eq!(dev.lock().unwrap().activated_with, Some(2));
+        assert_eq!(rd(&mut t, 0x70) & status::DEVICE_NEEDS_RESET, 0);
+        wr(&mut t, 0x70, 0);
+        assert_eq!(dev.lock().unwrap().resets, 1);
+        assert_eq!(rd(&mut t, 0x70), 0);
+    }
+
+    #[test]
+    fn an_unconfigured_queue_fails_activation() {
+        let (mut t, dev) = setup();
+        wr(
+            &mut t,
+            0x70,
+            status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK | status::DRIVER_OK,
+        );
+        assert!(dev.lock().unwrap().activated_with.is_none());
+        assert_ne!(rd(&mut t, 0x70) & status::DEVICE_NEEDS_RESET, 0);
+    }
+
+    #[test]
+    fn notify_writes_that_reach_the_transport_kick_the_queue_event() {
+        let (mut t, dev) = setup();
+        wr(&mut t, 0x50, 1);
+        assert_eq!(dev.lock().unwrap().evts[1].read().unwrap(), 1);
+        assert!(
+            dev.lock().unwrap().evts[0].read().is_err(),
+            "queue 0 not kicked"
+        );
+    }
+
+    #[test]
+    fn interrupt_status_is_acknowledged_bit_by_bit() {
+        let (mut t, _) = setup();
+        t.interrupt.signal_used_queue().unwrap();
+        assert_eq!(rd(&mut t, 0x60), 1);
+        wr(&mut t, 0x64, 1);
+        assert_eq!(rd(&mut t, 0x60), 0);
+    }
+}

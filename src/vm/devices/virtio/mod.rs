@@ -1,0 +1,102 @@
+//! virtio devices over the virtio-mmio transport (virtio 1.x, split
+//! queues from virtio-queue).
+//!
+//! A device implements [`VirtioDevice`] (feature bits, config space,
+//! activation with its queues) in `<dev>/device.rs` and reacts to queue
+//! notifications and host-side events in `<dev>/event_handler.rs`; the
+//! [`mmio::MmioTransport`] owns the register interface and hands the
+//! configured queues to the device when the driver sets DRIVER_OK.
+
+pub mod mmio;
+pub mod vsock;
+
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use virtio_queue::Queue;
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::vm::devices::IrqTrigger;
+
+/// VIRTIO_F_VERSION_1: the only transport feature amphi offers.
+pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
+
+/// Device status bits (virtio 1.2, 2.1).
+pub mod status {
+    pub const ACKNOWLEDGE: u32 = 1;
+    pub const DRIVER: u32 = 2;
+    pub const DRIVER_OK: u32 = 4;
+    pub const FEATURES_OK: u32 = 8;
+    pub const DEVICE_NEEDS_RESET: u32 = 64;
+    pub const FAILED: u32 = 128;
+}
+
+/// Interrupt status bits of the MMIO transport.
+pub const INT_VRING: u32 = 1;
+pub const INT_CONFIG: u32 = 2;
+
+/// The interrupt of one virtio-mmio device: a status word the driver reads
+/// and acknowledges through the transport, and an irqfd edge.
+#[derive(Debug)]
+pub struct VirtioInterrupt {
+    status: AtomicU32,
+    irq: IrqTrigger,
+}
+
+impl VirtioInterrupt {
+    pub fn new(irq: IrqTrigger) -> Self {
+        VirtioInterrupt {
+            status: AtomicU32::new(0),
+            irq,
+        }
+    }
+
+    pub fn irq_fd(&self) -> &EventFd {
+        &self.irq.0
+    }
+
+    /// Tells the driver that a used ring has new entries.
+    pub fn signal_used_queue(&self) -> std::io::Result<()> {
+        self.status.fetch_or(INT_VRING, Ordering::SeqCst);
+        self.irq.0.write(1)
+    }
+
+    pub fn status(&self) -> u32 {
+        self.status.load(Ordering::SeqCst)
+    }
+
+    pub fn ack(&self, bits: u32) {
+        self.status.fetch_and(!bits, Ordering::SeqCst);
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ActivateError {
+    #[error("the driver configured {got} queues, the device needs {want}")]
+    QueueCount { want: usize, got: usize },
+    #[error("cannot signal the device's event loop")]
+    Notify(#[source] std::io::Error),
+}
+
+/// What a device does; the transport does the rest.
+pub trait VirtioDevice: Send {
+    /// virtio device id (19 = vsock).
+    fn device_type(&self) -> u32;
+    /// Maximum size of each queue; the count is the number of queues.
+    fn queue_max_sizes(&self) -> &[u16];
+    /// Eventfds the transport's queue notifications are delivered on
+    /// (registered as KVM ioeventfds), one per queue.
+    fn queue_events(&self) -> &[EventFd];
+    fn avail_features(&self) -> u64;
+    fn set_acked_features(&mut self, features: u64);
+    fn read_config(&self, offset: u64, data: &mut [u8]);
+    fn write_config(&mut self, offset: u64, data: &[u8]);
+    fn activate(
+        &mut self,
+        mem: GuestMemoryMmap,
+        interrupt: std::sync::Arc<VirtioInterrupt>,
+        queues: Vec<Queue>,
+    ) -> Result<(), ActivateError>;
+    /// Back to the pre-activation state (driver wrote status 0).
+    fn reset(&mut self);
+}

@@ -1,0 +1,414 @@
+//! The vsock device: three queues (rx, tx, event), the guest CID in config
+//! space, packets moved between the queues and the backend.
+
+use std::sync::Arc;
+
+use virtio_queue::{Queue, QueueT};
+use virtio_vsock::packet::{VsockPacket, PKT_HEADER_SIZE};
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::eventfd::EventFd;
+
+use super::backend::VsockBackend;
+use super::packet::MAX_PKT_DATA;
+use crate::vm::devices::virtio::{
+    ActivateError, VirtioDevice, VirtioInterrupt, VIRTIO_F_VERSION_1,
+};
+
+pub const VIRTIO_ID_VSOCK: u32 = 19;
+pub const RXQ: usize = 0;
+pub const TXQ: usize = 1;
+pub const EVQ: usize = 2;
+const QUEUE_SIZES: [u16; 3] = [256, 256, 256];
+
+pub(crate) struct Active {
+    pub mem: GuestMemoryMmap,
+    pub queues: Vec<Queue>,
+    pub interrupt: Arc<VirtioInterrupt>,
+}
+
+pub struct Vsock<B: VsockBackend> {
+    cid: u64,
+    pub(crate) backend: B,
+    acked_features: u64,
+    pub(crate) queue_evts: Vec<EventFd>,
+    /// Written when the transport activates the device, so the event loop
+    /// starts watching the queues.
+    pub(crate) activate_evt: EventFd,
+    pub(crate) active: Option<Active>,
+}
+
+impl<B: VsockBackend> Vsock<B> {
+    pub fn new(cid: u64, backend: B) -> std::io::Result<Self> {
+        let mut queue_evts = Vec::new();
+        for _ in QUEUE_SIZES {
+            queue_evts.push(EventFd::new(libc::EFD_NONBLOCK)?);
+        }
+        Ok(Vsock {
+            cid,
+            backend,
+            acked_features: 0,
+            queue_evts,
+            activate_evt: EventFd::new(libc::EFD_NONBLOCK)?,
+            active: None,
+        })
+    }
+
+    pub fn cid(&self) -> u64 {
+        self.cid
+    }
+
+    pub fn backend(&self) -> &B {
+        &self.backend
+    }
+
+    pub fn is_active(&self) -> bool {
+        self.active.is_some()
+    }
+
+    fn signal(&self) {
+        if let Some(a) = &self.active {
+            // A lost edge only delays the guest until the next one.
+            let _ = a.interrupt.signal_used_queue();
+        }
+    }
+
+    /// Hands guest packets from the TX queue to the backend. Returns whether
+    /// any descriptor was used.
+    pub fn process_tx(&mut self) -> bool {
+        let Some(active) = self.active.as_mut() else {
+            return false;
+        };
+        let mem = &active.mem;
+        let mut used = false;
+        while let Some(mut chain) = active.queues[TXQ].pop_descriptor_chain(mem) {
+            let head = chain.head_index();
+            // A malformed chain is consumed and dropped, as a NIC drops a bad frame.
+            if let Ok(pkt) = VsockPacket::from_tx_virtq_chain(mem, &mut chain, MAX_PKT_DATA) {
+                self.backend.send_pkt(&pkt);
+            }
+            let _ = active.queues[TXQ].add_used(mem, head, 0);
+            used = true;
+        }
+        if used {
+            self.signal();
+        }
+        used
+    }
+
+    /// Fills RX buffers with what the backend has for the guest.
+    pub fn process_rx(&mut self) -> bool {
+        let Some(active) = self.active.as_mut() else {
+            return false;
+        };
+        let mem = &active.mem;
+        let mut used = false;
+        while self.backend.has_pending_rx() {
+            let Some(mut chain) = active.queues[RXQ].pop_descriptor_chain(mem) else {
+                break;
+            };
+            let head = chain.head_index();
+            let len = match VsockPacket::from_rx_virtq_chain(mem, &mut chain, MAX_PKT_DATA) {
+                Ok(mut pkt) => {
+                    if self.backend.recv_pkt(&mut pkt) {
+                        PKT_HEADER_SIZE as u32 + pkt.len()
+                    } else {
+                        // Nothing after all: give the buffer back.
+                        let q = &mut active.queues[RXQ];
+                        q.set_next_avail(q.next_avail().wrapping_sub(1));
+                        break;
+                    }
+                }
+                Err(_) => 0,
+            };
+            let _ = active.queues[RXQ].add_used(mem, head, len);
+            used = true;
+        }
+        if used {
+            self.signal();
+        }
+        used
+    }
+}
+
+impl<B: VsockBackend> VirtioDevice for Vsock<B> {
+    fn device_type(&self) -> u32 {
+        VIRTIO_ID_VSOCK
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &QUEUE_SIZES
+    }
+
+    fn queue_events(&self) -> &[EventFd] {
+        &self.queue_evts
+    }
+
+    fn avail_features(&self) -> u64 {
+        VIRTIO_F_VERSION_1
+    }
+
+    fn set_acked_features(&mut self, features: u64) {
+        self.acked_features = features;
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        // struct virtio_vsock_config { le64 guest_cid; }
+        let cfg = self.cid.to_le_bytes();
+        for (i, b) in data.iter_mut().enumerate() {
+            *b = cfg.get(offset as usize + i).copied().unwrap_or(0);
+        }
+    }
+
+    fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
+
+    fn activate(
+        &mut self,
+        mem: GuestMemoryMmap,
+        interrupt: Arc<VirtioInterrupt>,
+        queues: Vec<Queue>,
+    ) -> Result<(), ActivateError> {
+        if queues.len() != QUEUE_SIZES.len() {
+            return Err(ActivateError::QueueCount {
+                want: QUEUE_SIZES.len(),
+                got: queues.len(),
+            });
+        }
+        self.active = Some(Active {
+            mem,
+            queues,
+            interrupt,
+        });
+        self.activate_evt.write(1).map_err(ActivateError::Notify)
+    }
+
+    fn reset(&mut self) {
+        self.active = None;
+        self.acked_features = 0;
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::vm::devices::virtio::vsock::packet::*;
+    use crate::vm::devices::IrqTrigger;
+    use event_manager::EventSet;
+    use std::collections::VecDeque;
+    use std::os::fd::{AsRawFd, RawFd};
+    use virtio_bindings::bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
+    use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
+    use virtio_queue::mock::MockSplitQueue;
+    use vm_memory::bitmap::BitmapSlice;
+    use vm_memory::{Bytes, GuestAddress};
+
+    /// Records what the guest sent; answers with scripted headers.
+    pub struct FakeBackend {
+        pub sent: Vec<(u16, u32, u32, Vec<u8>)>,
+        pub to_guest: VecDeque<(Header, Vec<u8>)>,
+        evt: EventFd,
+    }
+
+    impl FakeBackend {
+        pub fn new() -> Self {
+            FakeBackend {
+                sent: Vec::new(),
+                to_guest: VecDeque::new(),
+                evt: EventFd::new(libc::EFD_NONBLOCK).unwrap(),
+            }
+        }
+    }
+
+    impl AsRawFd for FakeBackend {
+        fn as_raw_fd(&self) -> RawFd {
+            self.evt.as_raw_fd()
+        }
+    }
+
+    impl VsockBackend for FakeBackend {
+        fn send_pkt<B: BitmapSlice>(&mut self, pkt: &VsockPacket<B>) {
+            let mut data = vec![0u8; pkt.len() as usize];
+            if let Some(d) = pkt.data_slice() {
+                d.read_slice(&mut data, 0).unwrap();
+            }
+            self.sent
+                .push((pkt.op(), pkt.src_port(), pkt.dst_port(), data));
+        }
+        fn recv_pkt<B: BitmapSlice>(&mut self, pkt: &mut VsockPacket<B>) -> bool {
+            let Some((h, data)) = self.to_guest.pop_front() else {
+                return false;
+            };
+            fill_header(pkt, &h);
+            if !data.is_empty() {
+                pkt.data_slice().unwrap().write_slice(&data, 0).unwrap();
+                pkt.set_len(data.len() as u32);
+            }
+            true
+        }
+        fn has_pending_rx(&self) -> bool {
+            !self.to_guest.is_empty()
+        }
+        fn notify(&mut self, _: EventSet) {}
+    }
+
+    fn desc(addr: u64, len: u32, flags: u32, next: u16) -> RawDescriptor {
+        RawDescriptor::from(SplitDescriptor::new(addr, len, flags as u16, next))
+    }
+
+    fn tx_header(op: u16, len: u32) -> Vec<u8> {
+        let mut h = vec![0u8; PKT_HEADER_SIZE];
+        h[0..8].copy_from_slice(&3u64.to_le_bytes());
+        h[8..16].copy_from_slice(&2u64.to_le_bytes());
+        h[16..20].copy_from_slice(&5000u32.to_le_bytes());
+        h[20..24].copy_from_slice(&1024u32.to_le_bytes());
+        h[24..28].copy_from_slice(&len.to_le_bytes());
+        h[28..30].copy_from_slice(&TYPE_STREAM.to_le_bytes());
+        h[30..32].copy_from_slice(&op.to_le_bytes());
+        h
+    }
+
+    #[test]
+    fn config_space_holds_the_guest_cid() {
+        let dev = Vsock::new(42, FakeBackend::new()).unwrap();
+        let mut b = [0u8; 8];
+        dev.read_config(0, &mut b);
+        assert_eq!(u64::from_le_bytes(b), 42);
+        let mut hi = [0u8; 4];
+        dev.read_config(4, &mut hi);
+        assert_eq!(hi, [0; 4]);
+        assert_eq!(dev.avail_features(), VIRTIO_F_VERSION_1);
+    }
+
+    #[test]
+    fn tx_packets_reach_the_backend_and_rx_packets_reach_the_guest() {
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x100_0000)]).unwrap();
+        let rxq = MockSplitQueue::create(&mem, GuestAddress(0x1_0000), 16);
+        let txq = MockSplitQueue::create(&mem, GuestAddress(0x2_0000), 16);
+        let evq = MockSplitQueue::create(&mem, GuestAddress(0x3_0000), 16);
+
+        // The guest sends one RW packet with 5 bytes of data in a second descriptor.
+        mem.write_slice(&tx_header(OP_RW, 5), GuestAddress(0x10_0000))
+            .unwrap();
+        mem.write_slice(b"hello", GuestAddress(0x10_1000)).unwrap();
+        txq.add_desc_chains(
+            &[
+                desc(0x10_0000, 44, VRING_DESC_F_NEXT, 1),
+                desc(0x10_1000, 5, 0, 0),
+            ],
+            0,
+        )
+        .unwrap();
+        // And offers one RX buffer: header + 4 KiB.
+        rxq.add_desc_chains(
+            &[
+                desc(0x20_0000, 44, VRING_DESC_F_WRITE | VRING_DESC_F_NEXT, 1),
+                desc(0x20_1000, 4096, VRING_DESC_F_WRITE, 0),
+            ],
+            0,
+        )
+        .unwrap();
+
+        let mut backend = FakeBackend::new();
+        let h = Header {
+            src_cid: 2,
+            dst_cid: 3,
+            src_port: 1024,
+            dst_port: 5000,
+            op: OP_RW,
+            flags: 0,
+            buf_alloc: 4096,
+            fwd_cnt: 5,
+        };
+        backend.to_guest.push_back((h, b"world!".to_vec()));
+        let mut dev = Vsock::new(3, backend).unwrap();
+        let irq = Arc::new(VirtioInterrupt::new(IrqTrigger::new().unwrap()));
+        let queues = vec![
+            rxq.create_queue().unwrap(),
+            txq.create_queue().unwrap(),
+            evq.create_queue().unwrap(),
+        ];
+        dev.activate(mem.clone(), irq.clone(), queues).unwrap();
+        assert_eq!(dev.activate_evt.read().unwrap(), 1);
+
+        assert!(dev.process_tx());
+        assert_eq!(
+            dev.backend.sent,
+            vec![(OP_RW, 5000, 1024, b"hello".to_vec())]
+        );
+        assert_eq!(txq.used().idx().load(), 1);
+
+        assert!(dev.process_rx());
+        assert_eq!(rxq.used().idx().load(), 1);
+        let used = rxq.used().ring().ref_at(0).unwrap().load();
+        assert_eq!(used.len(), 44 + 6);
+        let mut hdr = [0u8; 44];
+        mem.read_slice(&mut hdr, GuestAddress(0x20_0000)).unwrap();
+        assert_eq!(
+            u64::from_le_bytes(hdr[8..16].try_into().unwrap()),
+            3,
+            "dst_cid"
+        );
+        assert_eq!(u16::from_le_bytes(hdr[30..32].try_into().unwrap()), OP_RW);
+        assert_eq!(
+            u32::from_le_bytes(hdr[24..28].try_into().unwrap()),
+            6,
+            "len"
+        );
+        let mut data = [0u8; 6];
+        mem.read_slice(&mut data, GuestAddress(0x20_1000)).unwrap();
+        assert_eq!(&data, b"world!");
+        assert_eq!(irq.status() & 1, 1, "used-ring interrupt raised");
+    }
+
+    #[test]
+    fn without_rx_buffers_packets_wait_in_the_backend() {
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x100_0000)]).unwrap();
+        let qs: Vec<_> = (0..3)
+            .map(|i| MockSplitQueue::create(&mem, GuestAddress(0x1_0000 * (i + 1)), 16))
+            .collect();
+        let mut backend = FakeBackend::new();
+        let h = Header {
+            src_cid: 2,
+            dst_cid: 3,
+            src_port: 1,
+            dst_port: 2,
+            op: OP_RST,
+            flags: 0,
+            buf_alloc: 0,
+            fwd_cnt: 0,
+        };
+        backend.to_guest.push_back((h, Vec::new()));
+        let mut dev = Vsock::new(3, backend).unwrap();
+        let irq = Arc::new(VirtioInterrupt::new(IrqTrigger::new().unwrap()));
+        dev.activate(
+            mem.clone(),
+            irq,
+            qs.iter().map(|q| q.create_queue().unwrap()).collect(),
+        )
+        .unwrap();
+        assert!(!dev.process_rx());
+        assert!(dev.backend.has_pending_rx());
+    }
+
+    #[test]
+    fn a_malformed_tx_chain_is_consumed_without_reaching_the_backend() {
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x100_0000)]).unwrap();
+        let qs: Vec<_> = (0..3)
+            .map(|i| MockSplitQueue::create(&mem, GuestAddress(0x1_0000 * (i + 1)), 16))
+            .collect();
+        // Header descriptor shorter than a header.
+        qs[1]
+            .add_desc_chains(&[desc(0x10_0000, 10, 0, 0)], 0)
+            .unwrap();
+        let mut dev = Vsock::new(3, FakeBackend::new()).unwrap();
+        let irq = Arc::new(VirtioInterrupt::new(IrqTrigger::new().unwrap()));
+        dev.activate(
+            mem.clone(),
+            irq,
+            qs.iter().map(|q| q.create_queue().unwrap()).collect(),
+        )
+        .unwrap();
+        assert!(dev.process_tx());
+        assert!(dev.backend.sent.is_empty());
+        assert_eq!(qs[1].used().idx().load(), 1);
+    }
+}

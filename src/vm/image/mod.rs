@@ -1,0 +1,9 @@
+//! The guest image: an initramfs holding `amphi-agent` as /init and the
+//! kernel modules it loads, assembled from the agent binary and the
+//! kernel's module tree, cached by content hash.
+
+pub mod cpio;
+pub mod initramfs;
+pub mod modules;
+
+pub use initramfs::{build_or_reuse, BuiltInitramfs, ImageError, InitramfsSpec, MODULE_LIST_PATH};

@@ -1,0 +1,475 @@
+//! amphi's VMM: one KVM VM with guest memory, an in-kernel irqchip and PIT,
+//! the legacy devices (COM1, ACPI power/reset), virtio-mmio devices, one
+//! thread per vCPU and an event loop (event-manager) on the calling thread.
+//! [`run`] boots the guest and returns when it powers off, resets,
+//! crashes, or the caller stops it.
+
+pub mod cpuid;
+pub mod memory;
+pub mod vcpu;
+
+use std::fs::File;
+use std::io::Write;
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use event_manager::{EventManager, EventOps, EventSet, Events, MutEventSubscriber, SubscriberOps};
+use kvm_bindings::{
+    kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY,
+};
+use kvm_ioctls::{IoEventAddress, Kvm};
+use vm_memory::{GuestMemoryBackend, GuestMemoryRegion, MemoryRegionAddress};
+use vmm_sys_util::eventfd::EventFd;
+use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
+
+use crate::vm::boot::{self, acpi, layout, params, regs, BootError, EntryPoint};
+use crate::vm::devices::power::{PowerDevice, PowerEvent, PowerPort};
+use crate::vm::devices::serial::{ConsoleEvent, ConsoleOutput, ConsoleWatcher, SerialDevice};
+use crate::vm::devices::virtio::mmio::{MmioTransport, NOTIFY_REG_OFFSET};
+use crate::vm::devices::virtio::vsock::{Vsock, VsockMuxer};
+use crate::vm::devices::virtio::{VirtioDevice, VirtioInterrupt};
+use crate::vm::devices::{Bus, IrqTrigger};
+
+/// Where the guest console goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SerialOutput {
+    Stdout,
+    File(PathBuf),
+    Discard,
+}
+
+#[derive(Debug, Clone)]
+pub struct VsockConfig {
+    pub guest_cid: u64,
+    /// The host AF_UNIX socket; guest connections to port P go to `<path>_P`.
+    pub uds_path: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub struct VmmConfig {
+    pub kvm_path: PathBuf,
+    pub kernel: PathBuf,
+    pub initrd: Option<PathBuf>,
+    pub cmdline: String,
+    pub mem_mib: u64,
+    pub vcpus: u8,
+    pub serial: SerialOutput,
+    pub vsock: Option<VsockConfig>,
+}
+
+/// Milestones the VMM reports while the guest boots.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VmmEvent {
+    /// The boot vCPU is about to enter the kernel for the first time.
+    KernelEntry,
+    /// The agent printed its listening line on the console.
+    AgentListening,
+    /// The kernel printed a panic.
+    GuestPanic(String),
+}
+
+/// Why the VM ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExitReason {
+    /// ACPI S5 or KVM shutdown event: a clean power-off.
+    PowerOff,
+    /// ACPI reset register, i8042 reset line or KVM reset event.
+    Reset,
+    /// A triple fault (the guest's last resort when nothing else resets it).
+    TripleFault,
+    /// KVM reported a guest crash (pvpanic-style system event).
+    Crash,
+    /// A vCPU halted with interrupts off.
+    Halted,
+    /// KVM could not emulate a guest instruction: typical of a /dev/kvm
+    /// that cannot run this kernel (PVM).
+    EmulationFailure,
+    /// The caller asked the VMM to stop.
+    Stopped,
+    Error(String),
+}
+
+/// The end of a VM's life.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmOutcome {
+    pub reason: ExitReason,
+    /// The panic line, if the kernel panicked (it then resets or halts).
+    pub panic: Option<String>,
+    /// Guest memory resident in this process when the VM ended (guest pages
+    /// are never given back while it runs, so this is also their peak).
+    pub guest_resident_kib: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum VmmError {
+    #[error("cannot open {path}")]
+    OpenKvm {
+        path: PathBuf,
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+    #[error("{0} failed")]
+    Kvm(&'static str, #[source] kvm_ioctls::Error),
+    #[error("cannot allocate {mib} MiB of guest memory")]
+    Memory {
+        mib: u64,
+        #[source]
+        source: memory::MemoryError,
+    },
+    #[error("KVM refused the boot MSRs")]
+    MsrList,
+    #[error("cannot boot the guest")]
+    Boot(#[from] BootError),
+    #[error("cannot create the {0} device")]
+    Device(&'static str, #[source] std::io::Error),
+    #[error("cannot set up the vsock device")]
+    Vsock(#[from] crate::vm::devices::virtio::vsock::unix::MuxerError),
+    #[error("cannot open the serial log {path}")]
+    SerialLog {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("device layout conflict")]
+    Bus(#[from] crate::vm::devices::bus::BusOverlap),
+    #[error("the VMM event loop failed")]
+    EventLoop(#[source] event_manager::Error),
+    #[error("cannot start a vCPU thread")]
+    Thread(#[source] std::io::Error),
+    #[error("{vcpus} vCPUs requested; between 1 and {max} are supported")]
+    VcpuCount { vcpus: u8, max: usize },
+    #[error("{mib} MiB of guest memory is too little; at least {min} MiB are needed")]
+    TooLittleMemory { mib: u64, min: u64 },
+}
+
+/// The first reason wins; the event loop is woken through `evt`.
+struct ExitLatch {
+    reason: Mutex<Option<ExitReason>>,
+    evt: EventFd,
+}
+
+impl ExitLatch {
+    fn set(&self, r: ExitReason) {
+        let mut g = self.reason.lock().unwrap_or_else(|e| e.into_inner());
+        if g.is_none() {
+            *g = Some(r);
+        }
+        let _ = self.evt.write(1);
+    }
+}
+
+/// Wakes the event loop when the VM must end.
+struct ExitSubscriber {
+    latch: Arc<ExitLatch>,
+    done: Arc<AtomicBool>,
+}
+
+impl MutEventSubscriber for ExitSubscriber {
+    fn init(&mut self, ops: &mut EventOps) {
+        let _ = ops.add(Events::new(&self.latch.evt, EventSet::IN));
+    }
+
+    fn process(&mut self, _: Events, _: &mut EventOps) {
+        let _ = self.latch.evt.read();
+        self.done.store(true, Ordering::Release);
+    }
+}
+
+extern "C" fn kick_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
+
+/// How long a guest that printed a panic gets to reset by itself.
+pub const PANIC_GRACE: Duration = Duration::from_secs(2);
+
+/// Smallest guest amphi boots: kernel, initramfs and page tables.
+pub const MIN_MEM_MIB: u64 = 64;
+
+type Subscriber = Arc<Mutex<dyn MutEventSubscriber + Send>>;
+
+/// Boots the VM described by `config` and runs it to its end. `events`
+/// receives the boot milestones (from any thread); setting `stop` ends the
+/// VM from outside.
+pub fn run(
+    config: &VmmConfig,
+    events: Arc<dyn Fn(VmmEvent) + Send + Sync>,
+    stop: Arc<AtomicBool>,
+) -> Result<VmOutcome, VmmError> {
+    if config.mem_mib < MIN_MEM_MIB {
+        return Err(VmmError::TooLittleMemory {
+            mib: config.mem_mib,
+            min: MIN_MEM_MIB,
+        });
+    }
+    let kvm_path =
+        std::ffi::CString::new(config.kvm_path.as_os_str().as_encoded_bytes()).map_err(|_| {
+            VmmError::OpenKvm {
+                path: config.kvm_path.clone(),
+                source: kvm_ioctls::Error::new(libc::EINVAL),
+            }
+        })?;
+    let kvm = Kvm::new_with_path(kvm_path).map_err(|source| VmmError::OpenKvm {
+        path: config.kvm_path.clone(),
+        source,
+    })?;
+    let max_vcpus = kvm.get_max_vcpus().min(254);
+    if config.vcpus == 0 || usize::from(config.vcpus) > max_vcpus {
+        return Err(VmmError::VcpuCount {
+            vcpus: config.vcpus,
+            max: max_vcpus,
+        });
+    }
+    let vm = kvm
+        .create_vm()
+        .map_err(|e| VmmError::Kvm("KVM_CREATE_VM", e))?;
+    vm.set_tss_address(layout::KVM_TSS_ADDR as usize)
+        .map_err(|e| VmmError::Kvm("KVM_SET_TSS_ADDR", e))?;
+    vm.create_irq_chip()
+        .map_err(|e| VmmError::Kvm("KVM_CREATE_IRQCHIP", e))?;
+    let pit = kvm_pit_config {
+        flags: KVM_PIT_SPEAKER_DUMMY,
+        ..Default::default()
+    };
+    vm.create_pit2(pit)
+        .map_err(|e| VmmError::Kvm("KVM_CREATE_PIT2", e))?;
+
+    // Guest memory.
+    let mem_size = config.mem_mib << 20;
+    let mem = memory::create(mem_size).map_err(|source| VmmError::Memory {
+        mib: config.mem_mib,
+        source,
+    })?;
+    for (slot, region) in mem.iter().enumerate() {
+        let host = region
+            .get_host_address(MemoryRegionAddress(0))
+            .map_err(|_| VmmError::Memory {
+                mib: config.mem_mib,
+                source: memory::MemoryError::Region { start: 0 },
+            })?;
+        let r = kvm_userspace_memory_region {
+            slot: slot as u32,
+            guest_phys_addr: region.start_addr().0,
+            memory_size: region.len(),
+            userspace_addr: host as u64,
+            flags: 0,
+        };
+        // SAFETY: the region is a live mapping owned by `mem`, which
+        // outlives the VM (both are dropped at the end of this function,
+        // the VM's vCPUs are joined before).
+        unsafe { vm.set_user_memory_region(r) }
+            .map_err(|e| VmmError::Kvm("KVM_SET_USER_MEMORY_REGION", e))?;
+    }
+
+    let latch = Arc::new(ExitLatch {
+        reason: Mutex::new(None),
+        evt: EventFd::new(libc::EFD_NONBLOCK).map_err(|e| VmmError::Device("exit", e))?,
+    });
+    let panic_line: Arc<Mutex<Option<String>>> = Arc::new(Mutex::new(None));
+    let panic_at: Arc<Mutex<Option<Instant>>> = Arc::new(Mutex::new(None));
+
+    // Legacy devices.
+    let mut pio = Bus::new();
+    let console_events = {
+        let events = events.clone();
+        let (panic_line, panic_at) = (panic_line.clone(), panic_at.clone());
+        Arc::new(move |e: ConsoleEvent| match e {
+            ConsoleEvent::AgentListening => events(VmmEvent::AgentListening),
+            ConsoleEvent::KernelPanic(line) => {
+                *panic_line.lock().unwrap_or_else(|e| e.into_inner()) = Some(line.clone());
+                panic_at
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .get_or_insert_with(Instant::now);
+                events(VmmEvent::GuestPanic(line));
+            }
+        })
+    };
+    let sink: Box<dyn Write + Send> = match &config.serial {
+        SerialOutput::Stdout => Box::new(std::io::stdout()),
+        SerialOutput::File(path) => {
+            Box::new(File::create(path).map_err(|source| VmmError::SerialLog {
+                path: path.clone(),
+                source,
+            })?)
+        }
+        SerialOutput::Discard => Box::new(std::io::sink()),
+    };
+    let serial_irq = IrqTrigger::new().map_err(|e| VmmError::Device("serial", e))?;
+    vm.register_irqfd(&serial_irq.0, layout::SERIAL_IRQ)
+        .map_err(|e| VmmError::Kvm("KVM_IRQFD", e))?;
+    let serial = SerialDevice::new(
+        serial_irq,
+        ConsoleOutput::new(sink, ConsoleWatcher::new(console_events)),
+    );
+    pio.insert(
+        u64::from(layout::SERIAL_PORT),
+        8,
+        Arc::new(Mutex::new(serial)),
+    )?;
+    let power_notify = {
+        let latch = latch.clone();
+        Arc::new(move |e: PowerEvent| {
+            latch.set(match e {
+                PowerEvent::PowerOff => ExitReason::PowerOff,
+                PowerEvent::Reset => ExitReason::Reset,
+            })
+        })
+    };
+    pio.insert(
+        u64::from(layout::ACPI_PM_PORT),
+        1,
+        Arc::new(Mutex::new(PowerDevice::new(
+            PowerPort::Acpi,
+            power_notify.clone(),
+        ))),
+    )?;
+    pio.insert(
+        u64::from(layout::I8042_PORT),
+        1,
+        Arc::new(Mutex::new(PowerDevice::new(PowerPort::I8042, power_notify))),
+    )?;
+
+    // virtio-mmio devices.
+    let mut mmio = Bus::new();
+    let mut mmio_infos = Vec::new();
+    let mut em: EventManager<Subscriber> = EventManager::new().map_err(VmmError::EventLoop)?;
+    if let Some(vs) = &config.vsock {
+        let muxer = VsockMuxer::new(vs.guest_cid, &vs.uds_path)?;
+        let dev = Arc::new(Mutex::new(
+            Vsock::new(vs.guest_cid, muxer).map_err(|e| VmmError::Device("vsock", e))?,
+        ));
+        let base = layout::VIRTIO_MMIO_START;
+        let irq = layout::VIRTIO_IRQ_BASE;
+        let interrupt = Arc::new(VirtioInterrupt::new(
+            IrqTrigger::new().map_err(|e| VmmError::Device("vsock", e))?,
+        ));
+        vm.register_irqfd(interrupt.irq_fd(), irq)
+            .map_err(|e| VmmError::Kvm("KVM_IRQFD", e))?;
+        {
+            let d = dev.lock().unwrap_or_else(|e| e.into_inner());
+            for (i, evt) in d.queue_events().iter().enumerate() {
+                vm.register_ioevent(
+                    evt,
+                    &IoEventAddress::Mmio(base + NOTIFY_REG_OFFSET),
+                    i as u32,
+                )
+                .map_err(|e| VmmError::Kvm("KVM_IOEVENTFD", e))?;
+            }
+        }
+        let as_virtio: Arc<Mutex<dyn VirtioDevice>> = dev.clone();
+        let transport = MmioTransport::new(as_virtio, mem.clone(), interrupt);
+        mmio.insert(
+            base,
+            layout::VIRTIO_MMIO_SIZE,
+            Arc::new(Mutex::new(transport)),
+        )?;
+        mmio_infos.push(acpi::MmioDeviceInfo {
+            addr: base,
+            len: layout::VIRTIO_MMIO_SIZE,
+            irq,
+        });
+        em.add_subscriber(dev);
+    }
+    let done = Arc::new(AtomicBool::new(false));
+    em.add_subscriber(Arc::new(Mutex::new(ExitSubscriber {
+        latch: latch.clone(),
+        done: done.clone(),
+    })));
+
+    // Kernel, initramfs, command line, ACPI, boot structures.
+    let kernel = boot::load_kernel(&mem, &config.kernel)?;
+    let initrd = match &config.initrd {
+        Some(p) => Some(boot::load_initrd(&mem, p, mem_size, &kernel)?),
+        None => None,
+    };
+    boot::write_cmdline(&mem, &config.cmdline)?;
+    let rsdp = acpi::write_tables(&mem, config.vcpus, &mmio_infos)?;
+    let pvh = matches!(kernel.entry, EntryPoint::Pvh { .. });
+    params::write_boot_params(
+        &mem,
+        pvh,
+        kernel.setup_header,
+        mem_size,
+        config.cmdline.len(),
+        initrd,
+        rsdp,
+    )?;
+    regs::write_tables(&mem, kernel.entry)?;
+    boot::write_reset_stub(&mem)?;
+
+    // vCPUs.
+    let base_cpuid = kvm
+        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+        .map_err(|e| VmmError::Kvm("KVM_GET_SUPPORTED_CPUID", e))?;
+    let (pio, mmio) = (Arc::new(pio), Arc::new(mmio));
+    let mut vcpus = Vec::new();
+    for i in 0..config.vcpus {
+        let v = vcpu::Vcpu::new(&vm, i, pio.clone(), mmio.clone())?;
+        v.configure(&kvm, &base_cpuid, config.vcpus, kernel.entry)?;
+        vcpus.push(v);
+    }
+    // The kick signal only has to interrupt KVM_RUN; registering twice is harmless.
+    let _ = register_signal_handler(SIGRTMIN(), kick_handler);
+    let vcpu_stop = Arc::new(AtomicBool::new(false));
+    let mut handles = Vec::new();
+    for v in vcpus {
+        let (latch, vcpu_stop, events) = (latch.clone(), vcpu_stop.clone(), events.clone());
+        let boot_cpu = v.index == 0;
+        let h = std::thread::Builder::new()
+            .name(format!("vcpu{}", v.index))
+            .spawn(move || {
+                let reason = v.run(vcpu_stop, move || {
+                    if boot_cpu {
+                        events(VmmEvent::KernelEntry)
+                    }
+                });
+                if reason != ExitReason::Stopped {
+                    latch.set(reason);
+                }
+            })
+            .map_err(VmmError::Thread)?;
+        handles.push(h);
+    }
+
+    // Event loop until the VM ends or the caller stops it.
+    while !done.load(Ordering::Acquire) {
+        if stop.load(Ordering::Acquire) {
+            latch.set(ExitReason::Stopped);
+        }
+        // A panicked kernel normally resets (panic=-1); one that does not
+        // (panic=0, or a reset that never comes) is ended after a grace
+        // period that lets it print the rest of its report.
+        let since_panic = panic_at
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .map(|t| t.elapsed());
+        if since_panic.is_some_and(|d| d >= PANIC_GRACE) {
+            latch.set(ExitReason::Crash);
+        }
+        if let Err(e) = em.run_with_timeout(50) {
+            latch.set(ExitReason::Error(format!("event loop: {e}")));
+            break;
+        }
+    }
+
+    vcpu_stop.store(true, Ordering::Release);
+    for h in handles {
+        while !h.is_finished() {
+            let _ = h.kill(SIGRTMIN());
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let _ = h.join();
+    }
+    let reason = latch
+        .reason
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .take()
+        .unwrap_or(ExitReason::Stopped);
+    let panic = panic_line.lock().unwrap_or_else(|e| e.into_inner()).take();
+    let guest_resident_kib = mem.iter().map(|r| memory::resident_kib(r)).sum();
+    drop(em);
+    let _ = vm.as_raw_fd();
+    Ok(VmOutcome { reason, panic, guest_resident_kib })
+}
