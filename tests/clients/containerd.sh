@@ -14,6 +14,7 @@
 # holds the shim and the amphi binary it drives; it is put first on
 # containerd's PATH, so a fresh build can be tested before installing it:
 #   SHIM_DIR=target/debug tests/clients/containerd.sh
+# CONTAINERD_LOG=FILE keeps containerd's log (it includes the shims' logs).
 # Prints "N passed, M failed"; exits non-zero on failure. Without root,
 # containerd, ctr or umoci it says SKIPPED and why.
 set -uo pipefail
@@ -59,6 +60,7 @@ ctr_() { timeout 60 ctr --address "$tmp/containerd.sock" --namespace "$ns" "$@";
 our_shims() { pgrep -f -- "containerd-shim-amphi-v2 -namespace $ns " || true; }
 
 cleanup() {
+  [ -n "${CONTAINERD_LOG:-}" ] && cp "$tmp/containerd.log" "$CONTAINERD_LOG" 2>/dev/null
   if [ -n "$containerd_pid" ] && kill -0 "$containerd_pid" 2>/dev/null; then
     for id in $(ctr_ task ls -q 2>/dev/null); do
       ctr_ task kill -s SIGKILL "$id" >/dev/null 2>&1
