@@ -93,8 +93,10 @@ impl Shared {
     /// A reaped child: if it is the init, record and report its exit.
     fn on_exit(&self, pid: i32, status: i32, at: SystemTime) {
         let Some((_, exit)) = self.book.record(pid, status, at) else { return };
-        let Some(c) = self.current().filter(|c| c.init.pid() == pid) else { return };
+        // Under the order lock: a create that registered this pid has then
+        // also recorded the container and sent TaskCreate.
         let _order = lock(&self.order);
+        let Some(c) = self.current().filter(|c| c.init.pid() == pid) else { return };
         self.send_exit(&c, exit);
     }
 
@@ -266,6 +268,9 @@ impl Service {
             }
         };
         drop(console);
+        // An exit reaped from now on waits for this lock, so it is reported
+        // after TaskCreate.
+        let _order = lock(&self.shared.order);
         let init = Arc::new(InitProcess::new(pid));
         let early = self.shared.book.watch(init.clone());
         drop(creating);
@@ -281,7 +286,6 @@ impl Service {
             cgroups: Cgroups::of(pid as u32),
         });
         *lock(&self.shared.container) = Some(c.clone());
-        let _order = lock(&self.shared.order);
         send(
             &*self.shared.events,
             TaskCreate {
