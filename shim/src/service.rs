@@ -166,6 +166,24 @@ impl Service {
         }
     }
 
+    /// The amphi binary and flags for a container in `bundle`.
+    fn amphi_for(&self, opts: &ShimOptions, bundle: &std::path::Path) -> Result<Amphi, ShimError> {
+        let binary = find_amphi(opts.binary.as_deref(), self.cfg.shim_dir.as_deref(), self.cfg.path_var.as_deref())
+            .ok_or_else(|| {
+                let looked = match (&opts.binary, &self.cfg.shim_dir) {
+                    (Some(b), _) => b.display().to_string(),
+                    (None, Some(d)) => format!("in {} or on PATH", d.display()),
+                    (None, None) => "on PATH".to_string(),
+                };
+                ShimError::FailedPrecondition(format!(
+                    "cannot find the amphi binary {looked}: install amphi beside the shim or on PATH \
+                     (scripts/install.sh), or name it with BinaryName in the runtime options"
+                ))
+            })?;
+        let amphi = Amphi::new(binary, opts.state_root(&self.cfg.namespace), Some(bundle.join("log.json")), self.cfg.runner.clone());
+        Ok(amphi.with_systemd_cgroup(opts.systemd_cgroup))
+    }
+
     pub fn do_create(&self, req: CreateTaskRequest) -> Result<CreateTaskResponse, ShimError> {
         let _one = lock(&self.creating);
         if let Some(c) = self.shared.current() {
@@ -187,27 +205,7 @@ impl Service {
             containerd_shim::util::write_options(&req.bundle, &opts.to_runc())
                 .map_err(|e| ShimError::Io { what: format!("cannot store the runtime options in {}", req.bundle), source: std::io::Error::other(e) })?;
         }
-        let binary = find_amphi(opts.binary.as_deref(), self.cfg.shim_dir.as_deref(), self.cfg.path_var.as_deref())
-            .ok_or_else(|| {
-                ShimError::FailedPrecondition(format!(
-                    "cannot find the amphi binary {}: install amphi beside the shim or on PATH (scripts/install.sh), \
-                     or name it with BinaryName in the runtime options",
-                    opts.binary.as_ref().map_or_else(
-                        || match &self.cfg.shim_dir {
-                            Some(d) => format!("in {} or on PATH", d.display()),
-                            None => "on PATH".to_string(),
-                        },
-                        |b| b.display().to_string()
-                    )
-                ))
-            })?;
-        let amphi = Amphi::new(
-            binary,
-            opts.state_root(&self.cfg.namespace),
-            Some(bundle.join("log.json")),
-            self.cfg.runner.clone(),
-        )
-        .with_systemd_cgroup(opts.systemd_cgroup);
+        let amphi = self.amphi_for(&opts, &bundle)?;
         let stdio = StdioPaths {
             stdin: req.stdin.clone(),
             stdout: req.stdout.clone(),
@@ -598,7 +596,7 @@ mod tests {
     }
 
     struct Fixture {
-        _dir: tempfile::TempDir,
+        dir: tempfile::TempDir,
         bundle: PathBuf,
         svc: Service,
         events: Arc<Recorded>,
@@ -626,7 +624,7 @@ mod tests {
             runner: amphi.clone(),
         };
         let svc = Service::new(cfg, events.clone(), exit.clone());
-        Fixture { _dir: dir, bundle, svc, events, amphi, exit }
+        Fixture { dir, bundle, svc, events, amphi, exit }
     }
 
     fn create_req(f: &Fixture, id: &str) -> CreateTaskRequest {
@@ -745,6 +743,16 @@ mod tests {
         req.stdout = "binary:///usr/bin/log-driver".into();
         assert_eq!(f.svc.do_create(req).unwrap_err().code(), Code::UNIMPLEMENTED);
         assert!(f.amphi.calls.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_missing_amphi_binary_is_named() {
+        let f = fixture(999_000_006);
+        std::fs::remove_file(f.dir.path().join("amphi")).unwrap();
+        let e = f.svc.do_create(create_req(&f, "c8")).unwrap_err();
+        assert_eq!(e.code(), Code::FAILED_PRECONDITION);
+        assert!(e.to_string().contains("cannot find the amphi binary in"), "{e}");
+        assert!(e.to_string().contains("BinaryName"), "{e}");
     }
 
     #[test]
