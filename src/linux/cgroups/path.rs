@@ -15,7 +15,7 @@
 //! Systemd-style `slice:prefix:name` paths are for `--systemd-cgroup`, which
 //! the caller handles; [`parse_systemd_path`] only splits them.
 
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
@@ -108,17 +108,7 @@ impl CgroupsPath {
 /// Lexical cleaning: drops `.`, resolves `..` without climbing above the
 /// start, and returns the result without a leading `/`.
 pub fn clean(p: &Path) -> PathBuf {
-    let mut out = PathBuf::new();
-    for c in p.components() {
-        match c {
-            Component::Normal(n) => out.push(n),
-            Component::ParentDir => {
-                out.pop();
-            }
-            Component::RootDir | Component::CurDir | Component::Prefix(_) => {}
-        }
-    }
-    out
+    crate::linux::mounts::clean_relative(p)
 }
 
 /// Finds the runtime's own cgroup for a relative path (reads /proc/self/cgroup once).
