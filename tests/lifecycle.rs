@@ -603,3 +603,29 @@ fn debug_logs_go_to_the_log_file_as_json() {
     assert!(lines.iter().any(|l| l["level"] == "debug"), "{text}");
     assert!(lines.iter().all(|l| l["time"].is_string() && l["msg"].is_string()));
 }
+
+#[test]
+#[ignore = "needs root and busybox-static: run by scripts/test.sh"]
+fn delete_kills_what_outlives_an_init_without_a_pid_namespace() {
+    require_root!();
+    let a = Amphi::new();
+    let mut b = Bundle::new(&["/bin/sh", "-c", "sleep 60 & echo $! > /tmp/orphan"]);
+    b.edit(|c| {
+        c["linux"]["namespaces"].as_array_mut().unwrap().retain(|n| n["type"] != "pid");
+    });
+    let id = unique_id("orphans");
+    a.ok(&["run", "-d", "--bundle", b.path().to_str().unwrap(), &id]);
+    a.wait_status(&id, "stopped");
+    let orphan: i32 = loop {
+        if let Ok(t) = std::fs::read_to_string(b.rootfs().join("tmp/orphan")) {
+            if let Ok(p) = t.trim().parse() {
+                break p;
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    };
+    assert!(std::path::Path::new(&format!("/proc/{orphan}")).exists());
+    a.ok(&["delete", &id]);
+    assert!(!std::path::Path::new(&format!("/proc/{orphan}")).exists() || is_zombie(orphan as i64));
+    assert!(cgroups_of(&id).is_empty(), "cgroups left: {:?}", cgroups_of(&id));
+}

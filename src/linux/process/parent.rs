@@ -339,7 +339,13 @@ pub fn kill(state: &State, signal: Signal, all: bool) -> Result<(), LinuxError> 
     }
 }
 
-/// `delete`: removes the container's cgroups.
+/// `delete`: removes the container's cgroups. Processes still in them
+/// (a container without a pid namespace of its own keeps its children
+/// when the init exits) are killed first, as runc does.
 pub fn destroy(state: &State) -> Result<(), LinuxError> {
-    Ok(manager(state)?.destroy()?)
+    let cg = manager(state)?;
+    if !cg.pids().unwrap_or_default().is_empty() {
+        cg.signal_all(libc::SIGKILL)?;
+    }
+    Ok(cg.destroy()?)
 }
