@@ -149,6 +149,8 @@ pub struct Timings {
 #[derive(Debug, Clone, Serialize)]
 pub struct CheckReport {
     pub kernel: PathBuf,
+    /// What was booted: the cached uncompressed vmlinux (PVH) or `kernel`.
+    pub booted: PathBuf,
     pub kernel_release: String,
     pub initramfs: PathBuf,
     pub initramfs_cached: bool,
@@ -176,6 +178,9 @@ impl CheckReport {
             self.kernel.display(),
             self.kernel_release
         )?;
+        if self.booted != self.kernel {
+            writeln!(w, "  booted as       {} (PVH entry, uncompressed)", self.booted.display())?;
+        }
         writeln!(
             w,
             "  initramfs       {}{}",
@@ -390,6 +395,10 @@ pub fn check(
         modules: crate::vm::GUEST_MODULES,
     };
     let image = image::build_or_reuse(&spec, &opts.cache_dir, progress)?;
+    // A bzImage is booted from its cached, uncompressed vmlinux through the
+    // PVH entry: the guest then skips decompressing itself.
+    let boot_kernel = image::vmlinux::uncompressed(&kernel_path, &opts.cache_dir, progress)?
+        .unwrap_or_else(|| kernel_path.clone());
 
     let tmp = TempDir::new().map_err(CheckError::TempDir)?;
     let uds = tmp.0.join("vsock.sock");
@@ -415,7 +424,7 @@ pub fn check(
     )
     .map_err(|e| CheckError::TempDir(e.into()))?;
     let args = ChildArgs {
-        kernel: kernel_path.clone(),
+        kernel: boot_kernel.clone(),
         initrd: image.path.clone(),
         cmdline: match &opts.append {
             Some(extra) => format!("{} {extra}", crate::vm::GUEST_CMDLINE),
@@ -598,6 +607,7 @@ pub fn check(
 
     Ok(CheckReport {
         kernel: kernel_path,
+        booted: boot_kernel,
         kernel_release: release,
         initramfs: image.path,
         initramfs_cached: image.from_cache,

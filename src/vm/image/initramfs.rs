@@ -33,8 +33,14 @@ pub enum ImageError {
     AgentNotStatic { path: PathBuf },
     #[error(transparent)]
     Module(#[from] ModuleError),
-    #[error("cannot write the initramfs cache {path}")]
+    #[error("cannot write the image cache {path}")]
     Cache {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot read the kernel {path}")]
+    Kernel {
         path: PathBuf,
         #[source]
         source: std::io::Error,
@@ -72,6 +78,85 @@ pub fn has_interpreter(elf: &[u8]) -> bool {
     })
 }
 
+/// The identity of a request, from what names the inputs (not their
+/// content): the stamp file for it records which files were read and how
+/// they looked.
+fn stamp_key(spec: &InitramfsSpec<'_>) -> String {
+    let mut h = Sha256::new();
+    h.update(FORMAT_VERSION);
+    for part in [spec.agent.as_os_str(), spec.modules_dir.as_os_str()] {
+        h.update(part.as_encoded_bytes());
+        h.update([0]);
+    }
+    h.update(spec.kernel_release);
+    for m in spec.modules {
+        h.update([0]);
+        h.update(m);
+    }
+    h.finalize().iter().take(12).map(|b| format!("{b:02x}")).collect()
+}
+
+/// A short key for one input path (names the stamp of a single file).
+pub(super) fn path_key(p: &Path) -> String {
+    Sha256::digest(p.as_os_str().as_encoded_bytes()).iter().take(12).map(|b| format!("{b:02x}")).collect()
+}
+
+/// A file's identity as stat(2) sees it: a change of content changes it.
+fn file_stamp(p: &Path) -> Option<(u64, u64, i64, i64)> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(p).ok()?;
+    Some((m.dev(), m.ino(), m.size() as i64, m.mtime() * 1_000_000_000 + m.mtime_nsec()))
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Stamp {
+    image: String,
+    modules: Vec<String>,
+    files: Vec<(PathBuf, (u64, u64, i64, i64))>,
+}
+
+/// The image a stamp names, if every input file is unchanged since (so
+/// nothing needs to be read, decompressed or hashed again).
+pub(super) fn stamp_hit(stamp: &Path, cache_dir: &Path) -> Option<(PathBuf, Vec<String>)> {
+    let s: Stamp = serde_json::from_slice(&std::fs::read(stamp).ok()?).ok()?;
+    if s.image.contains('/') || s.files.iter().any(|(p, st)| file_stamp(p).as_ref() != Some(st)) {
+        return None;
+    }
+    let image = cache_dir.join(&s.image);
+    image.is_file().then_some((image, s.modules))
+}
+
+/// Records the inputs of an image (best effort: without a stamp, the next
+/// run just hashes the contents again).
+pub(super) fn write_stamp(stamp: &Path, image: &Path, inputs: &[&Path], modules: &[String]) {
+    let files: Option<Vec<_>> = inputs.iter().map(|p| file_stamp(p).map(|st| (p.to_path_buf(), st))).collect();
+    let (Some(files), Some(name)) = (files, image.file_name()) else { return };
+    let s = Stamp { image: name.to_string_lossy().into_owned(), modules: modules.to_vec(), files };
+    if let Ok(bytes) = serde_json::to_vec(&s) {
+        let tmp = stamp.with_extension(format!("{}.tmp", std::process::id()));
+        if std::fs::write(&tmp, bytes).and_then(|_| std::fs::rename(&tmp, stamp)).is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+    }
+}
+
+/// Writes a cache file aside and renames it into place, so a concurrent or
+/// interrupted build never leaves a half-written file under the final name.
+pub(super) fn write_cached(cache_dir: &Path, path: &Path, bytes: &[u8]) -> Result<(), ImageError> {
+    let cache_err = |source| ImageError::Cache { path: path.to_path_buf(), source };
+    std::fs::create_dir_all(cache_dir).map_err(cache_err)?;
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = cache_dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    let result = std::fs::File::create(&tmp)
+        .and_then(|mut f| f.write_all(bytes).and_then(|_| f.sync_all()))
+        .and_then(|_| std::fs::rename(&tmp, path));
+    if let Err(e) = result {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(cache_err(e));
+    }
+    Ok(())
+}
+
 /// Returns the cached image for `spec`, building it first if needed.
 /// `progress` hears what is happening when a build is needed.
 pub fn build_or_reuse(
@@ -80,6 +165,10 @@ pub fn build_or_reuse(
     progress: &mut dyn FnMut(&str),
 ) -> Result<BuiltInitramfs, ImageError> {
     let start = Instant::now();
+    let stamp_path = cache_dir.join(format!("stamp-{}.json", stamp_key(spec)));
+    if let Some((path, modules)) = stamp_hit(&stamp_path, cache_dir) {
+        return Ok(BuiltInitramfs { path, from_cache: true, modules, build_time: start.elapsed() });
+    }
     let agent = std::fs::read(spec.agent).map_err(|source| ImageError::Agent {
         path: spec.agent.into(),
         source,
@@ -105,7 +194,9 @@ pub fn build_or_reuse(
     let digest = h.finalize();
     let hex: String = digest.iter().take(16).map(|b| format!("{b:02x}")).collect();
     let path = cache_dir.join(format!("initramfs-{hex}.cpio"));
+    let inputs: Vec<&Path> = std::iter::once(spec.agent).chain(mods.iter().map(|m| m.path.as_path())).collect();
     if path.is_file() {
+        write_stamp(&stamp_path, &path, &inputs, &names);
         return Ok(BuiltInitramfs {
             path,
             from_cache: true,
@@ -150,21 +241,8 @@ pub fn build_or_reuse(
     w.file(MODULE_LIST_PATH, 0o644, list.as_bytes());
     let bytes = w.finish();
 
-    let cache_err = |source| ImageError::Cache {
-        path: path.clone(),
-        source,
-    };
-    std::fs::create_dir_all(cache_dir).map_err(cache_err)?;
-    // Write aside and rename, so a concurrent or interrupted build never
-    // leaves a half-written image under the final name.
-    let tmp = cache_dir.join(format!(".initramfs-{hex}.{}.tmp", std::process::id()));
-    let result = std::fs::File::create(&tmp)
-        .and_then(|mut f| f.write_all(&bytes).and_then(|_| f.sync_all()))
-        .and_then(|_| std::fs::rename(&tmp, &path));
-    if let Err(e) = result {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(cache_err(e));
-    }
+    write_cached(cache_dir, &path, &bytes)?;
+    write_stamp(&stamp_path, &path, &inputs, &names);
     progress(&format!(
         "initramfs ready ({} KiB) in {} ms",
         bytes.len() / 1024,
@@ -213,11 +291,13 @@ mod tests {
         .unwrap();
         assert!(again.from_cache);
         assert_eq!(first.path, again.path);
-        assert_eq!(
-            std::fs::read_dir(&cache).unwrap().count(),
-            1,
-            "no temp files left"
-        );
+        let names: Vec<String> = std::fs::read_dir(&cache)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(names.iter().all(|n| !n.contains(".tmp")), "no temp files left: {names:?}");
+        assert_eq!(names.iter().filter(|n| n.starts_with("initramfs-")).count(), 1);
+        assert_eq!(names.iter().filter(|n| n.starts_with("stamp-")).count(), 1, "{names:?}");
     }
 
     #[test]

@@ -178,6 +178,8 @@ pub fn depends(path: &Path, elf: &[u8]) -> Result<Vec<String>, ModuleError> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Module {
     pub name: String,
+    /// The file it was read from (compressed or not).
+    pub path: PathBuf,
     pub data: Vec<u8>,
 }
 
@@ -186,7 +188,7 @@ pub struct Module {
 pub fn resolve(dir: &Path, wanted: &[&str]) -> Result<Vec<Module>, ModuleError> {
     let files = index(dir)?;
     let builtin = builtin(dir);
-    let mut loaded: BTreeMap<String, (Vec<u8>, Vec<String>)> = BTreeMap::new();
+    let mut loaded: BTreeMap<String, (PathBuf, Vec<u8>)> = BTreeMap::new();
     let mut order = Vec::new();
     // Depth-first, post-order: dependencies first. `visiting` catches cycles.
     fn visit(
@@ -194,7 +196,7 @@ pub fn resolve(dir: &Path, wanted: &[&str]) -> Result<Vec<Module>, ModuleError> 
         dir: &Path,
         files: &HashMap<String, PathBuf>,
         builtin: &HashSet<String>,
-        loaded: &mut BTreeMap<String, (Vec<u8>, Vec<String>)>,
+        loaded: &mut BTreeMap<String, (PathBuf, Vec<u8>)>,
         visiting: &mut HashSet<String>,
         order: &mut Vec<String>,
     ) -> Result<(), ModuleError> {
@@ -219,7 +221,7 @@ pub fn resolve(dir: &Path, wanted: &[&str]) -> Result<Vec<Module>, ModuleError> 
             visit(d, dir, files, builtin, loaded, visiting, order)?;
         }
         visiting.remove(name);
-        loaded.insert(name.to_string(), (data, deps));
+        loaded.insert(name.to_string(), (path.clone(), data));
         order.push(name.to_string());
         Ok(())
     }
@@ -238,8 +240,8 @@ pub fn resolve(dir: &Path, wanted: &[&str]) -> Result<Vec<Module>, ModuleError> 
     Ok(order
         .into_iter()
         .map(|name| {
-            let data = loaded.remove(&name).map(|(d, _)| d).unwrap_or_default();
-            Module { name, data }
+            let (path, data) = loaded.remove(&name).unwrap_or_default();
+            Module { name, path, data }
         })
         .collect())
 }
