@@ -468,7 +468,7 @@ pub fn run(
         .take()
         .unwrap_or(ExitReason::Stopped);
     let panic = panic_line.lock().unwrap_or_else(|e| e.into_inner()).take();
-    let guest_resident_kib = mem.iter().map(|r| memory::resident_kib(r)).sum();
+    let guest_resident_kib = mem.iter().map(memory::resident_kib).sum();
     drop(em);
     let _ = vm.as_raw_fd();
     Ok(VmOutcome { reason, panic, guest_resident_kib })
