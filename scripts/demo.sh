@@ -19,8 +19,6 @@ echo "(create, start, wait and delete in $(( ($(date +%s%N) - start) / 1000000 )
 
 echo
 echo "== the same container, step by step"
-amphi run --detach --bundle bundles/hello "$id" >/dev/null 2>&1 || true
-amphi delete --force "$id" >/dev/null 2>&1 || true
 jq '.process.args = ["/bin/sleep", "30"]' bundles/hello/config.json > /tmp/amphi-demo-config.json
 mkdir -p /tmp/amphi-demo-bundle
 cp /tmp/amphi-demo-config.json /tmp/amphi-demo-bundle/config.json
@@ -36,4 +34,4 @@ rm -rf /tmp/amphi-demo-bundle /tmp/amphi-demo-config.json
 
 echo
 echo "== vm isolation: amphi's VMM boots Debian's kernel to amphi-agent over vsock"
-tests/vm/demo.sh
+AMPHI=$(command -v amphi) tests/vm/demo.sh
