@@ -629,3 +629,18 @@ fn delete_kills_what_outlives_an_init_without_a_pid_namespace() {
     assert!(!std::path::Path::new(&format!("/proc/{orphan}")).exists() || is_zombie(orphan as i64));
     assert!(cgroups_of(&id).is_empty(), "cgroups left: {:?}", cgroups_of(&id));
 }
+
+#[test]
+#[ignore = "needs root and busybox-static: run by scripts/test.sh"]
+fn a_refused_seccomp_profile_leaves_no_cgroups() {
+    require_root!();
+    let a = Amphi::new();
+    let mut b = Bundle::new(&["/bin/true"]);
+    b.edit(|c| c["linux"]["seccomp"] = serde_json::json!({"defaultAction": "SCMP_ACT_NOTIFY"}));
+    let id = unique_id("badseccomp");
+    let out = a.run(&["create", "--bundle", b.path().to_str().unwrap(), &id]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("SCMP_ACT_NOTIFY"), "{}", stderr(&out));
+    assert!(a.leftovers().is_empty());
+    assert!(cgroups_of(&id).is_empty(), "cgroups left: {:?}", cgroups_of(&id));
+}

@@ -71,13 +71,6 @@ pub fn create(req: &CreateRequest<'_>, hooks: &mut RuntimeHooks<'_>) -> Result<C
         linux_devices: linux.devices().as_deref(),
     })?;
     let view = cgroups.view();
-    let join = match cgroups.prepare() {
-        Ok(j) => j,
-        Err(e) => {
-            let _ = cgroups.destroy();
-            return Err(e.into());
-        }
-    };
     let filter = linux.seccomp().as_ref().map(seccomp::compile).transpose()?;
     if let Some(f) = &filter {
         if !f.skipped.is_empty() && crate::logging::debug_enabled() {
@@ -114,6 +107,17 @@ pub fn create(req: &CreateRequest<'_>, hooks: &mut RuntimeHooks<'_>) -> Result<C
         .hooks()
         .as_ref()
         .is_some_and(|h| h.prestart().as_ref().is_some_and(|l| !l.is_empty()) || h.create_runtime().as_ref().is_some_and(|l| !l.is_empty()));
+
+    // Everything that can be checked is checked: only now make cgroups, and
+    // from here on the guard removes them (and the init) on any failure.
+    let join = match cgroups.prepare() {
+        Ok(j) => j,
+        Err(e) => {
+            let _ = cgroups.destroy();
+            return Err(e.into());
+        }
+    };
+    let mut guard = InitGuard { pid: None, cgroups: &cgroups, cgroups_made: true };
 
     let plan = InitPlan {
         id: req.id,
@@ -159,7 +163,6 @@ pub fn create(req: &CreateRequest<'_>, hooks: &mut RuntimeHooks<'_>) -> Result<C
     }
     let (ours, theirs) = Channel::pair().map_err(|e| LinuxError::sys("cannot create the sync socketpair", e))?;
 
-    let mut guard = InitGuard { pid: None, cgroups: &cgroups, cgroups_made: true };
     let pid = spawn(&plan, &ours, &theirs, &mut guard)?;
     drop(theirs);
     guard.pid = Some(pid);
