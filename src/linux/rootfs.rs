@@ -6,7 +6,6 @@
 //! Every destination is resolved inside the rootfs ([`super::mounts::Root`]);
 //! nothing here follows a symlink out of it.
 
-use std::ffi::OsStr;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
@@ -151,17 +150,7 @@ fn mount_bind(root: &Root, m: &Mount, dest: &Path, opts: &MountOptions, bundle: 
     let target = if meta.is_dir() { root.mkdir_all(dest, 0o755) } else { root.create_file(dest, 0o644) }
         .map_err(|e| mnt_err(m, e))?;
     let rec = opts.flags & MsFlags::MS_REC;
-    nix::mount::mount(Some(&src), fd_path(&target).as_str(), None::<&str>, MsFlags::MS_BIND | rec, None::<&str>)
-        .map_err(|e| mnt_err(m, e))?;
-    drop(target);
-    let mounted = root.open_path(dest).map_err(|e| mnt_err(m, e))?;
-    let extra = opts.remount_flags();
-    if !extra.is_empty() {
-        // In a user namespace, flags locked on the source must be kept.
-        let flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | extra | locked_flags(&mounted);
-        nix::mount::mount(None::<&str>, fd_path(&mounted).as_str(), None::<&str>, flags, None::<&str>)
-            .map_err(|e| mnt_err(m, e))?;
-    }
+    let mounted = bind_then_remount(root, &src, target, dest, rec, opts.remount_flags()).map_err(|e| mnt_err(m, e))?;
     finish_mount(&mounted, m, opts)
 }
 
@@ -297,7 +286,7 @@ fn mount_cgroups(
             nix::mount::mount(Some("cgroup2"), fd_path(&target).as_str(), Some("cgroup2"), flags, None::<&str>)
                 .map_err(|e| mnt_err(m, e))?;
         } else if let Some((_, _, host)) = view.hierarchies.first() {
-            bind_readonly_aware(host, &target, flags).map_err(|e| mnt_err(m, e))?;
+            bind_then_remount(root, host, target, dest, MsFlags::empty(), flags).map_err(|e| mnt_err(m, e))?;
         }
         return Ok(());
     }
@@ -318,7 +307,7 @@ fn mount_cgroups(
             nix::mount::mount(Some("cgroup"), fd_path(&t).as_str(), Some("cgroup"), flags, Some(data.as_str()))
                 .map_err(|e| mnt_err(m, e))?;
         } else {
-            bind_readonly_aware(host, &t, flags).map_err(|e| mnt_err(m, e))?;
+            bind_then_remount(root, host, t, &sub, MsFlags::empty(), flags).map_err(|e| mnt_err(m, e))?;
         }
     }
     for (link, target) in &view.links {
@@ -338,22 +327,28 @@ fn mount_cgroups(
     Ok(())
 }
 
-fn bind_readonly_aware(host: &Path, target: &OwnedFd, flags: MsFlags) -> Result<(), Errno> {
-    nix::mount::mount(Some(host), fd_path(target).as_str(), None::<&str>, MsFlags::MS_BIND, None::<&str>)?;
-    let extra = flags & (MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC);
+/// Binds `src` onto `target` (an O_PATH fd of `dest`), then applies
+/// `extra` flags with a remount, which a bind ignores on its first call.
+/// The remount goes through a fresh fd of `dest` (the old one still names
+/// the covered directory) and keeps the flags a user namespace may not
+/// clear. Returns an fd of the new mount.
+fn bind_then_remount(
+    root: &Root,
+    src: &Path,
+    target: OwnedFd,
+    dest: &Path,
+    rec: MsFlags,
+    extra: MsFlags,
+) -> Result<OwnedFd, Errno> {
+    nix::mount::mount(Some(src), fd_path(&target).as_str(), None::<&str>, MsFlags::MS_BIND | rec, None::<&str>)?;
+    drop(target);
+    let mounted = root.open_path(dest)?;
+    let extra = extra & !(MsFlags::MS_BIND | MsFlags::MS_REC | MsFlags::MS_REMOUNT);
     if !extra.is_empty() {
-        // The fd still names the covered directory; remount through the
-        // path the new mount now occupies.
-        let path = std::fs::read_link(fd_path(target)).map_err(|_| Errno::EINVAL)?;
-        nix::mount::mount(
-            None::<&str>,
-            &path,
-            None::<&str>,
-            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | extra,
-            None::<&str>,
-        )?;
+        let flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | extra | locked_flags(&mounted);
+        nix::mount::mount(None::<&str>, fd_path(&mounted).as_str(), None::<&str>, flags, None::<&str>)?;
     }
-    Ok(())
+    Ok(mounted)
 }
 
 /// Step 3: makes the rootfs `/`.
@@ -470,11 +465,6 @@ pub fn make_cwd(cwd: &Path) -> Result<(), LinuxError> {
     root.mkdir_all(cwd, 0o755)
         .map(|_| ())
         .map_err(|e| LinuxError::sys(format!("cannot create process.cwd {}", cwd.display()), e))
-}
-
-/// Is `name` a plain file name (no separators)?
-pub fn is_plain_name(name: &OsStr) -> bool {
-    !name.is_empty() && !name.to_string_lossy().contains('/')
 }
 
 #[cfg(test)]

@@ -113,10 +113,6 @@ impl Channel {
         let msg = serde_json::from_slice(&buf[..n]).map_err(|_| Errno::EBADMSG)?;
         Ok(Some((msg, fd)))
     }
-
-    pub fn into_fd(self) -> OwnedFd {
-        self.fd
-    }
 }
 
 #[cfg(test)]
