@@ -8,9 +8,9 @@
 
 pub mod agent;
 pub mod container;
-pub mod linux;
 pub mod exit;
 pub mod features;
+pub mod linux;
 pub mod logging;
 pub mod spec;
 pub mod vm;

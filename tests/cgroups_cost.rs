@@ -71,7 +71,11 @@ fn default_spec_cost() {
     println!("cgroups of a default spec, {nodes} hierarchies, median of {} runs:", n - 1);
     println!("  new (detect + resolve)        {}", us(median(t_new)));
     println!("  prepare (mkdir, devices, fds) {}", us(median(t_prep)));
-    println!("  child joining, minus baseline {}   (baseline child {})", us(child.saturating_sub(base)), us(base).trim());
+    println!(
+        "  child joining, minus baseline {}   (baseline child {})",
+        us(child.saturating_sub(base)),
+        us(base).trim()
+    );
     println!("  destroy                       {}", us(median(t_destroy)));
     println!("  new + prepare + destroy       {}", us(median(t_total).saturating_sub(child)));
 }

@@ -67,7 +67,10 @@ fn rich_resources_on_real_v1() {
         format!(r#","blockIO":{{"weight":300,"throttleReadBpsDevice":[{{"major":{a},"minor":{b},"rate":1048576}}],"throttleWriteIOPSDevice":[{{"major":{a},"minor":{b},"rate":300}}]}}"#)
     });
     let huge = if layout.v1_for(&Subsystem::Hugetlb).is_some()
-        || HostLayout::detect().ok().and_then(|l| l.v2).is_some_and(|m| read(m.mount_point.join("cgroup.controllers")).contains("hugetlb"))
+        || HostLayout::detect()
+            .ok()
+            .and_then(|l| l.v2)
+            .is_some_and(|m| read(m.mount_point.join("cgroup.controllers")).contains("hugetlb"))
     {
         r#","hugepageLimits":[{"pageSize":"2MB","limit":8388608}]"#
     } else {
@@ -80,7 +83,8 @@ fn rich_resources_on_real_v1() {
             "pids":{{"limit":50}}{throttle}{huge}}}"#
     ))
     .unwrap();
-    let tun: Vec<LinuxDevice> = serde_json::from_str(r#"[{"path":"/dev/kmsg","type":"c","major":1,"minor":11}]"#).unwrap();
+    let tun: Vec<LinuxDevice> =
+        serde_json::from_str(r#"[{"path":"/dev/kmsg","type":"c","major":1,"minor":11}]"#).unwrap();
     let id = unique("rich");
     let cfg = CgroupConfig { id: &id, cgroups_path: None, resources: Some(&res), linux_devices: Some(&tun) };
     let mut m = CgroupManager::new(&cfg).unwrap();
@@ -133,7 +137,10 @@ fn rich_resources_on_real_v1() {
         // The child is in every hierarchy's container cgroup.
         let proc_cg = read(format!("/proc/{pid}/cgroup"));
         for line in proc_cg.lines() {
-            assert!(line.ends_with(&format!("/{}", m.state().cgroups_path.display().trim_start_matches('/'))), "{line}");
+            assert!(
+                line.ends_with(&format!("/{}", m.state().cgroups_path.display().trim_start_matches('/'))),
+                "{line}"
+            );
         }
         assert_eq!(m.pids().unwrap(), vec![pid]);
 
@@ -202,7 +209,8 @@ fn default_spec_lifecycle_and_immediate_destroy() {
         assert!(!d.exists(), "{} left behind", d.display());
     }
     // Rebuilt from its saved state, destroy is a no-op.
-    let state: amphi::linux::cgroups::CgroupState = serde_json::from_str(&serde_json::to_string(m.state()).unwrap()).unwrap();
+    let state: amphi::linux::cgroups::CgroupState =
+        serde_json::from_str(&serde_json::to_string(m.state()).unwrap()).unwrap();
     CgroupManager::from_state(state).destroy().unwrap();
 }
 

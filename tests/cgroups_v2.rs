@@ -54,15 +54,20 @@ fn ebpf_device_filter_denies_and_allows() {
     let allow = mkcg(&mount, "bpf-allow");
     let checks = || {
         let prog = bpf::device_filter(&[DENY_ALL]).unwrap();
-        HostSys.attach_device_filter(&deny, &prog, false).unwrap_or_else(|f| panic!("{} {}: {}", f.op, f.source, f.log));
+        HostSys
+            .attach_device_filter(&deny, &prog, false)
+            .unwrap_or_else(|f| panic!("{} {}: {}", f.op, f.source, f.log));
         let out = run_in(&deny, ": < /dev/null");
         assert!(!out.status.success(), "deny-all must refuse /dev/null");
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains("Operation not permitted"), "{err}");
 
-        let rules = [DENY_ALL, DeviceRule::new(true, DeviceKind::Char, Some(1), Some(3), Access::READ.union(Access::WRITE))];
+        let rules =
+            [DENY_ALL, DeviceRule::new(true, DeviceKind::Char, Some(1), Some(3), Access::READ.union(Access::WRITE))];
         let prog = bpf::device_filter(&rules).unwrap();
-        HostSys.attach_device_filter(&allow, &prog, false).unwrap_or_else(|f| panic!("{} {}: {}", f.op, f.source, f.log));
+        HostSys
+            .attach_device_filter(&allow, &prog, false)
+            .unwrap_or_else(|f| panic!("{} {}: {}", f.op, f.source, f.log));
         let out = run_in(&allow, ": < /dev/null && echo ok");
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "ok");
@@ -121,8 +126,10 @@ fn v2_lifecycle_with_default_devices_freeze_and_kill() {
         )
         .unwrap()
     } else if huge {
-        serde_json::from_str(r#"{"devices":[{"allow":false,"access":"rwm"}],"hugepageLimits":[{"pageSize":"2MB","limit":4194304}]}"#)
-            .unwrap()
+        serde_json::from_str(
+            r#"{"devices":[{"allow":false,"access":"rwm"}],"hugepageLimits":[{"pageSize":"2MB","limit":4194304}]}"#,
+        )
+        .unwrap()
     } else {
         serde_json::from_str(r#"{"devices":[{"allow":false,"access":"rwm"}]}"#).unwrap()
     };
@@ -190,12 +197,17 @@ fn pure_v2_rich_resources() {
     if !missing.is_empty() {
         skip(&format!("cgroup2 here offers no {}: those checks are left out", missing.join(", ")));
     }
-    let mut parts = vec![r#""devices":[{"allow":false,"access":"rwm"},{"allow":true,"type":"c","major":1,"minor":11,"access":"r"}]"#.to_string()];
+    let mut parts = vec![
+        r#""devices":[{"allow":false,"access":"rwm"},{"allow":true,"type":"c","major":1,"minor":11,"access":"r"}]"#
+            .to_string(),
+    ];
     if has("memory") {
         parts.push(r#""memory":{"limit":67108864,"reservation":16777216},"unified":{"memory.high":"50331648"}"#.into());
     }
     match (has("cpu"), has("cpuset")) {
-        (true, true) => parts.push(r#""cpu":{"shares":512,"quota":20000,"period":100000,"cpus":"0","mems":"0"}"#.into()),
+        (true, true) => {
+            parts.push(r#""cpu":{"shares":512,"quota":20000,"period":100000,"cpus":"0","mems":"0"}"#.into())
+        }
         (true, false) => parts.push(r#""cpu":{"shares":512,"quota":20000,"period":100000}"#.into()),
         (false, true) => parts.push(r#""cpu":{"cpus":"0","mems":"0"}"#.into()),
         (false, false) => {}
@@ -210,7 +222,8 @@ fn pure_v2_rich_resources() {
     let res: oci_spec::runtime::LinuxResources = serde_json::from_str(&format!("{{{}}}", parts.join(","))).unwrap();
     let id = unique("pure");
     let path = format!("/amphi-t-parent-{id}/{id}");
-    let cfg = CgroupConfig { id: &id, cgroups_path: Some(Path::new(&path)), resources: Some(&res), linux_devices: None };
+    let cfg =
+        CgroupConfig { id: &id, cgroups_path: Some(Path::new(&path)), resources: Some(&res), linux_devices: None };
     let mut m = CgroupManager::new(&cfg).unwrap();
     let dir = m.unified_path().unwrap().to_path_buf();
     let parent = dir.parent().unwrap().to_path_buf();
@@ -245,7 +258,10 @@ fn pure_v2_rich_resources() {
         let out = run_in(&dir, ": < /dev/kmsg && : < /dev/null && echo ok");
         assert!(out.status.success(), "{out:?}");
         let out = run_in(&dir, ": > /dev/kmsg");
-        assert!(String::from_utf8_lossy(&out.stderr).contains("Operation not permitted"), "write to kmsg is not allowed: {out:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("Operation not permitted"),
+            "write to kmsg is not allowed: {out:?}"
+        );
         assert_eq!(m.pids().unwrap(), vec![pid]);
         m.freeze().unwrap();
         assert_eq!(m.freezer_state().unwrap(), FreezerState::Frozen);

@@ -59,7 +59,10 @@ fn invalid_values_name_the_field() {
     let b = write_bundle(GOOD, false);
     refused(b.path(), "c1", 5, &["root filesystem", "does not exist"]);
     let b = write_bundle(
-        &GOOD.replace("\"user\":{\"uid\":0,\"gid\":0}", "\"user\":{\"uid\":0,\"gid\":0},\"capabilities\":{\"bounding\":[\"CAP_NOPE\"]}"),
+        &GOOD.replace(
+            "\"user\":{\"uid\":0,\"gid\":0}",
+            "\"user\":{\"uid\":0,\"gid\":0},\"capabilities\":{\"bounding\":[\"CAP_NOPE\"]}",
+        ),
         true,
     );
     refused(b.path(), "c1", 5, &["CAP_NOPE", "line"]);
@@ -70,7 +73,8 @@ fn invalid_values_name_the_field() {
 #[test]
 fn unknown_container_and_signal() {
     let a = Amphi::new();
-    for args in [vec!["state", "ghost"], vec!["start", "ghost"], vec!["delete", "ghost"], vec!["kill", "ghost", "KILL"]] {
+    for args in [vec!["state", "ghost"], vec!["start", "ghost"], vec!["delete", "ghost"], vec!["kill", "ghost", "KILL"]]
+    {
         let out = a.run(&args);
         assert_eq!(out.status.code(), Some(3), "{args:?}: {}", stderr(&out));
         assert!(stderr(&out).contains("container \"ghost\" does not exist"), "{}", stderr(&out));
@@ -145,7 +149,8 @@ fn systemd_cgroup_without_systemd_is_explained() {
     }
     let a = Amphi::new();
     let b = write_bundle(GOOD, true);
-    let out = a.cmd().args(["--systemd-cgroup", "create", "--bundle", b.path().to_str().unwrap(), "c1"]).output().unwrap();
+    let out =
+        a.cmd().args(["--systemd-cgroup", "create", "--bundle", b.path().to_str().unwrap(), "c1"]).output().unwrap();
     assert_eq!(out.status.code(), Some(6), "{}", stderr(&out));
     assert!(stderr(&out).contains("systemd is not running"), "{}", stderr(&out));
     assert!(a.leftovers().is_empty());

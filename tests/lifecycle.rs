@@ -195,9 +195,9 @@ fn hooks_run_in_order_with_state_on_stdin() {
     // createContainer runs in the container's namespaces but before
     // pivot_root (as in runc), so it still sees the rootfs at its host path;
     // startContainer runs after it.
-    let create_container =
-        serde_json::json!({"path": "/bin/sh", "args": ["sh", "-c", format!("echo createContainer >> {}", log.display())]});
-    let start_container = serde_json::json!({"path": "/bin/sh", "args": ["sh", "-c", "echo startContainer >> /hooklog"]});
+    let create_container = serde_json::json!({"path": "/bin/sh", "args": ["sh", "-c", format!("echo createContainer >> {}", log.display())]});
+    let start_container =
+        serde_json::json!({"path": "/bin/sh", "args": ["sh", "-c", "echo startContainer >> /hooklog"]});
     b.edit(|c| {
         c["hooks"] = serde_json::json!({
             "prestart": [hook("prestart")],
@@ -212,8 +212,7 @@ fn hooks_run_in_order_with_state_on_stdin() {
     a.ok(&["create", "--bundle", b.path().to_str().unwrap(), &id]);
     let after_create = std::fs::read_to_string(&log).unwrap();
     assert_eq!(
-        after_create,
-        "prestart \"status\":\"created\"\ncreateRuntime \"status\":\"creating\"\ncreateContainer\n",
+        after_create, "prestart \"status\":\"created\"\ncreateRuntime \"status\":\"creating\"\ncreateContainer\n",
         "poststart must not run during create"
     );
     let out = a.run(&["start", &id]);
@@ -262,7 +261,9 @@ fn setup_errors_in_the_init_reach_create() {
     assert!(a.leftovers().is_empty() && cgroups_of(&id).is_empty());
     // An rlimit above the hard limit, without CAP_SYS_RESOURCE.
     let mut b = Bundle::new(&["/bin/true"]);
-    b.edit(|c| c["process"]["rlimits"] = serde_json::json!([{"type": "RLIMIT_NOFILE", "hard": 1u64 << 40, "soft": 1024}]));
+    b.edit(|c| {
+        c["process"]["rlimits"] = serde_json::json!([{"type": "RLIMIT_NOFILE", "hard": 1u64 << 40, "soft": 1024}])
+    });
     let out = a.run(&["create", "--bundle", b.path().to_str().unwrap(), &unique_id("rlimit")]);
     if !out.status.success() {
         assert!(stderr(&out).contains("RLIMIT_NOFILE"), "{}", stderr(&out));
@@ -307,9 +308,7 @@ fn inherited_fds_do_not_reach_the_workload_but_preserved_ones_do() {
     let raw = dir.as_raw_fd();
     // SAFETY: dup2 in the child before exec onto fd 3, without CLOEXEC.
     unsafe {
-        std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
-            dup_to_3(raw)
-        });
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || dup_to_3(raw));
     }
     let out = common::output_via_files(&mut cmd);
     assert!(out.status.success(), "{}", stderr(&out));
@@ -320,9 +319,7 @@ fn inherited_fds_do_not_reach_the_workload_but_preserved_ones_do() {
     cmd.args(["run", "--preserve-fds", "1", "--bundle", b.path().to_str().unwrap(), &unique_id("fds")]);
     // SAFETY: as above.
     unsafe {
-        std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
-            dup_to_3(raw)
-        });
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || dup_to_3(raw));
     }
     let out = common::output_via_files(&mut cmd);
     assert_eq!(stdout(&out).trim(), "0 1 2 3 4", "preserved fd 3 kept: {}", stdout(&out));
@@ -377,8 +374,13 @@ fn console_socket_receives_the_pty_master() {
         let mut buf = [0u8; 64];
         let mut cmsg = nix::cmsg_space!([std::os::fd::RawFd; 1]);
         let mut iov = [std::io::IoSliceMut::new(&mut buf)];
-        let m = nix::sys::socket::recvmsg::<()>(s.as_raw_fd(), &mut iov, Some(&mut cmsg), nix::sys::socket::MsgFlags::empty())
-            .unwrap();
+        let m = nix::sys::socket::recvmsg::<()>(
+            s.as_raw_fd(),
+            &mut iov,
+            Some(&mut cmsg),
+            nix::sys::socket::MsgFlags::empty(),
+        )
+        .unwrap();
         let mut fd = None;
         for c in m.cmsgs().unwrap() {
             if let nix::sys::socket::ControlMessageOwned::ScmRights(f) = c {
@@ -432,11 +434,8 @@ fn user_namespace_with_mappings() {
 fn joining_a_network_namespace_by_path() {
     require_root!();
     let a = Amphi::new();
-    let mut holder = std::process::Command::new("unshare")
-        .args(["--net", "sleep", "30"])
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut holder =
+        std::process::Command::new("unshare").args(["--net", "sleep", "30"]).stdout(Stdio::null()).spawn().unwrap();
     std::thread::sleep(std::time::Duration::from_millis(200));
     let ns = format!("/proc/{}/ns/net", holder.id());
     let want = std::fs::read_link(&ns).unwrap();
@@ -492,7 +491,9 @@ fn concurrent_commands_on_one_id_and_on_many() {
         .iter()
         .map(|id| {
             let (a, b, id) = (a.clone(), b.clone(), id.clone());
-            std::thread::spawn(move || a.run(&["run", "-d", "--bundle", b.path().to_str().unwrap(), &id]).status.success())
+            std::thread::spawn(move || {
+                a.run(&["run", "-d", "--bundle", b.path().to_str().unwrap(), &id]).status.success()
+            })
         })
         .collect();
     assert!(handles.into_iter().all(|h| h.join().unwrap()));

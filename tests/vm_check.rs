@@ -10,36 +10,23 @@ fn amphi() -> Command {
 #[test]
 fn vm_check_refuses_on_a_pvm_host_with_the_explanation() {
     if !std::path::Path::new("/sys/module/kvm_pvm").exists() {
-        println!("SKIPPED vm_check_refuses_on_a_pvm_host_with_the_explanation: this host is not PVM (no kvm_pvm module)");
+        println!(
+            "SKIPPED vm_check_refuses_on_a_pvm_host_with_the_explanation: this host is not PVM (no kvm_pvm module)"
+        );
         return;
     }
     let start = std::time::Instant::now();
-    let out = amphi()
-        .args(["vm", "check", "--timeout", "5"])
-        .output()
-        .unwrap();
+    let out = amphi().args(["vm", "check", "--timeout", "5"]).output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(20), "stderr: {err}");
-    assert!(
-        err.contains("is PVM") && err.contains("stock distro kernel cannot boot here"),
-        "{err}"
-    );
-    assert!(
-        err.contains("nested test host") && err.contains("VT-x or AMD-V"),
-        "says what would work: {err}"
-    );
-    assert!(
-        start.elapsed().as_secs() < 5,
-        "refuses at once, never hangs"
-    );
+    assert!(err.contains("is PVM") && err.contains("stock distro kernel cannot boot here"), "{err}");
+    assert!(err.contains("nested test host") && err.contains("VT-x or AMD-V"), "says what would work: {err}");
+    assert!(start.elapsed().as_secs() < 5, "refuses at once, never hangs");
 }
 
 #[test]
 fn vm_check_rejects_a_zero_cpu_count() {
-    let out = amphi()
-        .args(["vm", "check", "--cpus", "0"])
-        .output()
-        .unwrap();
+    let out = amphi().args(["vm", "check", "--cpus", "0"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
 }
 
@@ -47,8 +34,5 @@ fn vm_check_rejects_a_zero_cpu_count() {
 fn run_vmm_is_hidden_from_help() {
     let out = amphi().args(["vm", "--help"]).output().unwrap();
     let help = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        help.contains("check") && !help.contains("run-vmm"),
-        "{help}"
-    );
+    assert!(help.contains("check") && !help.contains("run-vmm"), "{help}");
 }

@@ -38,55 +38,29 @@ pub fn power_off(mode: nix::sys::reboot::RebootMode) -> ! {
     }
 }
 
-fn mount_fs(
-    src: &str,
-    target: &str,
-    fstype: &str,
-    flags: MsFlags,
-    data: Option<&str>,
-) -> Result<(), String> {
+fn mount_fs(src: &str, target: &str, fstype: &str, flags: MsFlags, data: Option<&str>) -> Result<(), String> {
     std::fs::create_dir_all(target).map_err(|e| format!("mkdir {target}: {e}"))?;
-    mount(Some(src), target, Some(fstype), flags, data)
-        .map_err(|e| format!("mount {fstype} on {target}: {e}"))
+    mount(Some(src), target, Some(fstype), flags, data).map_err(|e| format!("mount {fstype} on {target}: {e}"))
 }
 
 fn mounts() -> Result<(), String> {
     let nosuid = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
     mount_fs("proc", "/proc", "proc", nosuid, None)?;
     mount_fs("sysfs", "/sys", "sysfs", nosuid, None)?;
-    mount_fs(
-        "devtmpfs",
-        "/dev",
-        "devtmpfs",
-        MsFlags::MS_NOSUID,
-        Some("mode=0755"),
-    )?;
-    mount_fs(
-        "tmpfs",
-        "/run",
-        "tmpfs",
-        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-        Some("mode=0755"),
-    )?;
-    mount_fs(
-        "tmpfs",
-        "/tmp",
-        "tmpfs",
-        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-        Some("mode=1777"),
-    )?;
+    mount_fs("devtmpfs", "/dev", "devtmpfs", MsFlags::MS_NOSUID, Some("mode=0755"))?;
+    mount_fs("tmpfs", "/run", "tmpfs", MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some("mode=0755"))?;
+    mount_fs("tmpfs", "/tmp", "tmpfs", MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some("mode=1777"))?;
     Ok(())
 }
 
 /// Loads the modules listed in the image, in order. A module the kernel
 /// already has (EEXIST) counts as loaded.
 fn load_modules() -> Result<Vec<String>, String> {
-    let list =
-        match std::fs::read_to_string(Path::new("/").join(amphi::vm::image::MODULE_LIST_PATH)) {
-            Ok(l) => l,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(format!("read module list: {e}")),
-        };
+    let list = match std::fs::read_to_string(Path::new("/").join(amphi::vm::image::MODULE_LIST_PATH)) {
+        Ok(l) => l,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(format!("read module list: {e}")),
+    };
     let mut loaded = Vec::new();
     for path in list.lines().map(str::trim).filter(|l| !l.is_empty()) {
         let f = std::fs::File::open(path).map_err(|e| format!("open {path}: {e}"))?;
@@ -94,10 +68,7 @@ fn load_modules() -> Result<Vec<String>, String> {
             Ok(()) | Err(nix::errno::Errno::EEXIST) => {}
             Err(e) => return Err(format!("load module {path}: {e}")),
         }
-        let name = Path::new(path)
-            .file_stem()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_default();
+        let name = Path::new(path).file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
         loaded.push(name);
     }
     Ok(loaded)
@@ -109,8 +80,7 @@ fn start_reaper(count: Arc<AtomicU64>) -> Result<(), String> {
     let mut set = SigSet::empty();
     set.add(Signal::SIGCHLD);
     // Blocked in every thread (spawned after this), taken by sigwait below.
-    set.thread_block()
-        .map_err(|e| format!("block SIGCHLD: {e}"))?;
+    set.thread_block().map_err(|e| format!("block SIGCHLD: {e}"))?;
     std::thread::Builder::new()
         .name("reaper".into())
         .spawn(move || loop {
@@ -135,8 +105,5 @@ pub fn setup() -> Result<State, String> {
     let reaper = Arc::new(AtomicU64::new(0));
     start_reaper(reaper.clone())?;
     let modules_loaded = load_modules()?;
-    Ok(State {
-        modules_loaded,
-        reaper,
-    })
+    Ok(State { modules_loaded, reaper })
 }

@@ -29,10 +29,7 @@ fn main() {
     };
     let listener = match server::listen() {
         Ok(l) => l,
-        Err(e) => init::fatal(&format!(
-            "cannot listen on vsock port {}: {e}",
-            amphi::agent::AGENT_VSOCK_PORT
-        )),
+        Err(e) => init::fatal(&format!("cannot listen on vsock port {}: {e}", amphi::agent::AGENT_VSOCK_PORT)),
     };
     let init_ms = start.elapsed().as_millis() as u64;
     init::console(&format!(
@@ -43,12 +40,5 @@ fn main() {
         env!("CARGO_PKG_VERSION"),
         init_ms
     ));
-    server::serve(
-        listener,
-        server::Context {
-            modules_loaded: state.modules_loaded,
-            init_ms,
-            reaper: state.reaper,
-        },
-    );
+    server::serve(listener, server::Context { modules_loaded: state.modules_loaded, init_ms, reaper: state.reaper });
 }

@@ -7,13 +7,10 @@ use std::sync::Arc;
 
 use amphi::agent::message::{classify_bad_request, ShutdownResponse};
 use amphi::agent::{
-    read_frame, send, AgentError, ErrorCode, FrameError, HandshakeResponse, HealthResponse,
-    Request, RequestEnvelope, Response, ResponseEnvelope, ShutdownAction, AGENT_VSOCK_PORT,
-    MAX_FRAME_LEN, PROTOCOL_VERSION,
+    read_frame, send, AgentError, ErrorCode, FrameError, HandshakeResponse, HealthResponse, Request, RequestEnvelope,
+    Response, ResponseEnvelope, ShutdownAction, AGENT_VSOCK_PORT, MAX_FRAME_LEN, PROTOCOL_VERSION,
 };
-use nix::sys::socket::{
-    self, accept, bind, socket, AddressFamily, Backlog, SockFlag, SockType, VsockAddr,
-};
+use nix::sys::socket::{self, accept, bind, socket, AddressFamily, Backlog, SockFlag, SockType, VsockAddr};
 
 pub struct Context {
     pub modules_loaded: Vec<String>,
@@ -22,16 +19,8 @@ pub struct Context {
 }
 
 pub fn listen() -> nix::Result<OwnedFd> {
-    let fd = socket(
-        AddressFamily::Vsock,
-        SockType::Stream,
-        SockFlag::SOCK_CLOEXEC,
-        None,
-    )?;
-    bind(
-        std::os::fd::AsRawFd::as_raw_fd(&fd),
-        &VsockAddr::new(libc::VMADDR_CID_ANY, AGENT_VSOCK_PORT),
-    )?;
+    let fd = socket(AddressFamily::Vsock, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)?;
+    bind(std::os::fd::AsRawFd::as_raw_fd(&fd), &VsockAddr::new(libc::VMADDR_CID_ANY, AGENT_VSOCK_PORT))?;
     socket::listen(&fd, Backlog::new(16)?)?;
     Ok(fd)
 }
@@ -42,25 +31,21 @@ pub fn serve(listener: OwnedFd, ctx: Context) -> ! {
         match accept(&listener) {
             Ok(conn) => {
                 let ctx = ctx.clone();
-                let _ = std::thread::Builder::new()
-                    .name("conn".into())
-                    .spawn(move || {
-                        let mut conn = File::from(conn);
-                        if let Some(action) = handle(&mut conn, &ctx) {
-                            // The reply is only queued in the guest's socket:
-                            // powering off now could lose it. The host closes the
-                            // connection once it has the reply; wait for that
-                            // (bounded), then power off.
-                            wait_for_close(&mut conn);
-                            drop(conn);
-                            crate::init::power_off(match action {
-                                ShutdownAction::PowerOff => {
-                                    nix::sys::reboot::RebootMode::RB_POWER_OFF
-                                }
-                                ShutdownAction::Reboot => nix::sys::reboot::RebootMode::RB_AUTOBOOT,
-                            });
-                        }
-                    });
+                let _ = std::thread::Builder::new().name("conn".into()).spawn(move || {
+                    let mut conn = File::from(conn);
+                    if let Some(action) = handle(&mut conn, &ctx) {
+                        // The reply is only queued in the guest's socket:
+                        // powering off now could lose it. The host closes the
+                        // connection once it has the reply; wait for that
+                        // (bounded), then power off.
+                        wait_for_close(&mut conn);
+                        drop(conn);
+                        crate::init::power_off(match action {
+                            ShutdownAction::PowerOff => nix::sys::reboot::RebootMode::RB_POWER_OFF,
+                            ShutdownAction::Reboot => nix::sys::reboot::RebootMode::RB_AUTOBOOT,
+                        });
+                    }
+                });
             }
             Err(nix::errno::Errno::EINTR) => {}
             Err(e) => {
@@ -72,24 +57,15 @@ pub fn serve(listener: OwnedFd, ctx: Context) -> ! {
 }
 
 fn kernel_release() -> String {
-    nix::sys::utsname::uname()
-        .map(|u| u.release().to_string_lossy().into_owned())
-        .unwrap_or_default()
+    nix::sys::utsname::uname().map(|u| u.release().to_string_lossy().into_owned()).unwrap_or_default()
 }
 
 fn health(ctx: &Context) -> Result<HealthResponse, AgentError> {
-    let unavailable = |what: &str, e: std::io::Error| {
-        AgentError::new(ErrorCode::HealthUnavailable, format!("{what}: {e}"))
-    };
-    let uptime =
-        std::fs::read_to_string("/proc/uptime").map_err(|e| unavailable("/proc/uptime", e))?;
-    let uptime_s: f64 = uptime
-        .split_whitespace()
-        .next()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0.0);
-    let meminfo =
-        std::fs::read_to_string("/proc/meminfo").map_err(|e| unavailable("/proc/meminfo", e))?;
+    let unavailable =
+        |what: &str, e: std::io::Error| AgentError::new(ErrorCode::HealthUnavailable, format!("{what}: {e}"));
+    let uptime = std::fs::read_to_string("/proc/uptime").map_err(|e| unavailable("/proc/uptime", e))?;
+    let uptime_s: f64 = uptime.split_whitespace().next().and_then(|s| s.parse().ok()).unwrap_or(0.0);
+    let meminfo = std::fs::read_to_string("/proc/meminfo").map_err(|e| unavailable("/proc/meminfo", e))?;
     let field = |name: &str| {
         meminfo
             .lines()
@@ -103,9 +79,7 @@ fn health(ctx: &Context) -> Result<HealthResponse, AgentError> {
         mem_total_kib: field("MemTotal:"),
         mem_available_kib: field("MemAvailable:"),
         zombies_reaped: ctx.reaper.load(Ordering::Relaxed),
-        online_cpus: std::thread::available_parallelism()
-            .map(|n| n.get() as u32)
-            .unwrap_or(1),
+        online_cpus: std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1),
     })
 }
 
@@ -116,10 +90,7 @@ fn wait_for_close(conn: &mut File) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
     let mut buf = [0u8; 256];
     while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
-        let mut fds = [nix::poll::PollFd::new(
-            conn.as_fd(),
-            nix::poll::PollFlags::POLLIN,
-        )];
+        let mut fds = [nix::poll::PollFd::new(conn.as_fd(), nix::poll::PollFlags::POLLIN)];
         let ms = nix::poll::PollTimeout::from(left.as_millis().min(2000) as u16);
         match nix::poll::poll(&mut fds, ms) {
             Ok(0) => return,
@@ -135,20 +106,14 @@ fn wait_for_close(conn: &mut File) {
 
 /// Serves one connection until it closes, breaks, or a shutdown was
 /// acknowledged (then returns the action, for the caller to carry out).
-pub fn handle<S: std::io::Read + std::io::Write>(
-    conn: &mut S,
-    ctx: &Context,
-) -> Option<ShutdownAction> {
+pub fn handle<S: std::io::Read + std::io::Write>(conn: &mut S, ctx: &Context) -> Option<ShutdownAction> {
     let mut handshaken = false;
     loop {
         let payload = match read_frame(conn, MAX_FRAME_LEN) {
             Ok(Some(p)) => p,
             Ok(None) => return None,
             Err(FrameError::TooLarge { len, max }) => {
-                let e = AgentError::new(
-                    ErrorCode::FrameTooLarge,
-                    format!("frame of {len} bytes exceeds {max}"),
-                );
+                let e = AgentError::new(ErrorCode::FrameTooLarge, format!("frame of {len} bytes exceeds {max}"));
                 let _ = send(conn, &ResponseEnvelope::error(0, e));
                 return None;
             }
@@ -167,19 +132,13 @@ pub fn handle<S: std::io::Read + std::io::Write>(
         let id = env.id;
         let mut after = None;
         let outcome = match env.request {
-            Request::Handshake(_) if handshaken => Err(AgentError::new(
-                ErrorCode::AlreadyHandshaken,
-                "this connection has already shaken hands",
-            )),
-            Request::Handshake(h) if !PROTOCOL_VERSION.compatible_with(h.protocol) => {
-                Err(AgentError::new(
-                    ErrorCode::IncompatibleVersion,
-                    format!(
-                        "host speaks protocol {}, this agent {}",
-                        h.protocol, PROTOCOL_VERSION
-                    ),
-                ))
+            Request::Handshake(_) if handshaken => {
+                Err(AgentError::new(ErrorCode::AlreadyHandshaken, "this connection has already shaken hands"))
             }
+            Request::Handshake(h) if !PROTOCOL_VERSION.compatible_with(h.protocol) => Err(AgentError::new(
+                ErrorCode::IncompatibleVersion,
+                format!("host speaks protocol {}, this agent {}", h.protocol, PROTOCOL_VERSION),
+            )),
             Request::Handshake(_) => {
                 handshaken = true;
                 Ok(Response::Handshake(HandshakeResponse {
@@ -190,10 +149,7 @@ pub fn handle<S: std::io::Read + std::io::Write>(
                     agent_init_ms: ctx.init_ms,
                 }))
             }
-            _ if !handshaken => Err(AgentError::new(
-                ErrorCode::HandshakeRequired,
-                "send a handshake request first",
-            )),
+            _ if !handshaken => Err(AgentError::new(ErrorCode::HandshakeRequired, "send a handshake request first")),
             Request::Health => health(ctx).map(Response::Health),
             Request::Shutdown(s) => {
                 after = Some(s.action);
@@ -221,28 +177,18 @@ mod tests {
     use std::os::unix::net::UnixStream;
 
     fn ctx() -> Context {
-        Context {
-            modules_loaded: vec!["vsock".into()],
-            init_ms: 7,
-            reaper: Arc::new(AtomicU64::new(3)),
-        }
+        Context { modules_loaded: vec!["vsock".into()], init_ms: 7, reaper: Arc::new(AtomicU64::new(3)) }
     }
 
     /// Runs the agent's handler on one end of a socketpair.
-    fn agent() -> (
-        Client<UnixStream>,
-        std::thread::JoinHandle<Option<ShutdownAction>>,
-    ) {
+    fn agent() -> (Client<UnixStream>, std::thread::JoinHandle<Option<ShutdownAction>>) {
         let (host, mut guest) = UnixStream::pair().unwrap();
         let h = std::thread::spawn(move || handle(&mut guest, &ctx()));
         (Client::new(host), h)
     }
 
     fn hello() -> Request {
-        Request::Handshake(HandshakeRequest {
-            protocol: PROTOCOL_VERSION,
-            host_version: "test".into(),
-        })
+        Request::Handshake(HandshakeRequest { protocol: PROTOCOL_VERSION, host_version: "test".into() })
     }
 
     #[test]
@@ -260,15 +206,8 @@ mod tests {
             Response::Health(r) => assert_eq!(r.zombies_reaped, 3),
             other => panic!("{other:?}"),
         }
-        c.call(Request::Shutdown(ShutdownRequest {
-            action: ShutdownAction::PowerOff,
-        }))
-        .unwrap();
-        assert_eq!(
-            h.join().unwrap(),
-            Some(ShutdownAction::PowerOff),
-            "the caller powers off, not the handler"
-        );
+        c.call(Request::Shutdown(ShutdownRequest { action: ShutdownAction::PowerOff })).unwrap();
+        assert_eq!(h.join().unwrap(), Some(ShutdownAction::PowerOff), "the caller powers off, not the handler");
     }
 
     #[test]
@@ -278,9 +217,7 @@ mod tests {
             Err(ProtocolError::Agent(e)) => assert_eq!(e.code, ErrorCode::HandshakeRequired),
             other => panic!("{other:?}"),
         }
-        match c.call(Request::Shutdown(ShutdownRequest {
-            action: ShutdownAction::PowerOff,
-        })) {
+        match c.call(Request::Shutdown(ShutdownRequest { action: ShutdownAction::PowerOff })) {
             Err(ProtocolError::Agent(e)) => assert_eq!(e.code, ErrorCode::HandshakeRequired),
             other => panic!("{other:?}"),
         }
@@ -315,10 +252,7 @@ mod tests {
         assert_eq!(r.into_result().unwrap_err().code, ErrorCode::UnknownMethod);
         amphi::agent::write_frame(&mut host, b"{not json").unwrap();
         let r: ResponseEnvelope = amphi::agent::receive(&mut host).unwrap().unwrap();
-        assert_eq!(
-            r.into_result().unwrap_err().code,
-            ErrorCode::MalformedRequest
-        );
+        assert_eq!(r.into_result().unwrap_err().code, ErrorCode::MalformedRequest);
         drop(host);
         assert_eq!(h.join().unwrap(), None);
     }

@@ -201,8 +201,9 @@ fn start(flags: &Flags) -> Result<(), BootError> {
         }
         std::fs::remove_file(path).map_err(io_err(format!("cannot remove the stale socket {path}")))?;
     }
-    let ttrpc = std::env::var(TTRPC_ADDRESS)
-        .map_err(|_| BootError::Args(format!("{TTRPC_ADDRESS} is not set: containerd sets it when it starts the shim")))?;
+    let ttrpc = std::env::var(TTRPC_ADDRESS).map_err(|_| {
+        BootError::Args(format!("{TTRPC_ADDRESS} is not set: containerd sets it when it starts the shim"))
+    })?;
     let opts = stdin_options();
     let exe = std::env::current_exe().map_err(io_err("cannot find the shim's own binary"))?;
 
@@ -292,11 +293,13 @@ fn serve(flags: &Flags) -> Result<(), BootError> {
     // run by hand, there is none and the shim logs nowhere.
     let _ = containerd_shim::logger::init(flags.debug, "info", &flags.namespace, &flags.id);
 
-    let ttrpc = std::env::var(TTRPC_ADDRESS)
-        .map_err(|_| BootError::Args(format!("{TTRPC_ADDRESS} is not set: containerd sets it when it starts the shim")))?;
+    let ttrpc = std::env::var(TTRPC_ADDRESS).map_err(|_| {
+        BootError::Args(format!("{TTRPC_ADDRESS} is not set: containerd sets it when it starts the shim"))
+    })?;
     let remote = RemotePublisher::new(&ttrpc)
         .map_err(|source| BootError::Shim { what: format!("cannot reach containerd's events at {ttrpc}"), source })?;
-    let events = Arc::new(Publisher::spawn(remote, flags.namespace.clone()).map_err(io_err("cannot start the events thread"))?);
+    let events =
+        Arc::new(Publisher::spawn(remote, flags.namespace.clone()).map_err(io_err("cannot start the events thread"))?);
 
     let exe = std::env::current_exe().ok();
     let cfg = Config {
@@ -310,10 +313,8 @@ fn serve(flags: &Flags) -> Result<(), BootError> {
 
     let listener = listen(&flags.socket)?;
     let ttrpc_err = |source| BootError::Ttrpc { socket: flags.socket.clone(), source };
-    let mut server = Server::new()
-        .add_listener(listener.into_raw_fd())
-        .map_err(ttrpc_err)?
-        .register_service(task_methods(service));
+    let mut server =
+        Server::new().add_listener(listener.into_raw_fd()).map_err(ttrpc_err)?.register_service(task_methods(service));
     server.start().map_err(ttrpc_err)?;
     ready()?;
     containerd_shim::info!("serving {} for container {} on {}", RUNTIME_NAME, flags.id, flags.socket);
@@ -348,8 +349,9 @@ fn delete(flags: &Flags) -> Result<(), BootError> {
     let shim_dir = exe.as_deref().and_then(Path::parent);
     match find_amphi(opts.binary.as_deref(), shim_dir, std::env::var_os("PATH").as_deref()) {
         Some(binary) => {
-            let amphi = Amphi::new(binary, opts.state_root(&flags.namespace), Some(bundle.join("log.json")), Arc::new(Reaped))
-                .with_systemd_cgroup(opts.systemd_cgroup);
+            let amphi =
+                Amphi::new(binary, opts.state_root(&flags.namespace), Some(bundle.join("log.json")), Arc::new(Reaped))
+                    .with_systemd_cgroup(opts.systemd_cgroup);
             match amphi.delete(&flags.id, true) {
                 Ok(()) => {}
                 Err(e) if e.is_not_found() => {}
@@ -389,9 +391,20 @@ mod tests {
 
     #[test]
     fn actions_follow_containerds_calls() {
-        let start = flags(&["-namespace", "default", "-address", "/run/containerd/containerd.sock", "-publish-binary", "/usr/bin/containerd", "-id", "c1", "start"]);
+        let start = flags(&[
+            "-namespace",
+            "default",
+            "-address",
+            "/run/containerd/containerd.sock",
+            "-publish-binary",
+            "/usr/bin/containerd",
+            "-id",
+            "c1",
+            "start",
+        ]);
         assert_eq!(action(&start).unwrap(), Action::Start);
-        let serve = flags(&["-namespace", "default", "-id", "c1", "-address", "/a", "-socket", "unix:///run/containerd/s/x"]);
+        let serve =
+            flags(&["-namespace", "default", "-id", "c1", "-address", "/a", "-socket", "unix:///run/containerd/s/x"]);
         assert_eq!(action(&serve).unwrap(), Action::Serve);
         let delete = flags(&["-namespace", "default", "-id", "c1", "-bundle", "/b", "delete"]);
         assert_eq!(action(&delete).unwrap(), Action::Delete);
@@ -422,7 +435,8 @@ mod tests {
     #[test]
     fn the_task_service_answers_to_v2_and_v3_names() {
         let cfg = Config { namespace: "n".into(), shim_dir: None, path_var: None, runner: Arc::new(Reaped) };
-        let svc = Arc::new(Service::new(cfg, Arc::new(crate::events::Recorded::default()), Arc::new(ExitSignal::default())));
+        let svc =
+            Arc::new(Service::new(cfg, Arc::new(crate::events::Recorded::default()), Arc::new(ExitSignal::default())));
         let m = task_methods(svc);
         for method in ["Create", "Start", "Delete", "Kill", "Wait", "State", "Exec", "Shutdown"] {
             assert!(m.contains_key(&format!("/containerd.task.v2.Task/{method}")), "{method} v2");

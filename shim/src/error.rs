@@ -7,9 +7,9 @@
 
 use containerd_shim::protos::ttrpc::{self, Code};
 
-use crate::runtime::AmphiError;
 use crate::options::OptionsError;
 use crate::rootfs::RootfsError;
+use crate::runtime::AmphiError;
 use crate::stats::StatsError;
 use crate::stdio::StdioError;
 

@@ -39,7 +39,8 @@ pub struct Publisher {
 impl Publisher {
     pub fn spawn(remote: RemotePublisher, namespace: String) -> std::io::Result<Publisher> {
         let (tx, rx) = channel::<Queued>();
-        let thread = std::thread::Builder::new().name("events".into()).spawn(move || forward(remote, &namespace, rx))?;
+        let thread =
+            std::thread::Builder::new().name("events".into()).spawn(move || forward(remote, &namespace, rx))?;
         Ok(Publisher { tx: Mutex::new(Some(tx)), thread: Mutex::new(Some(thread)) })
     }
 

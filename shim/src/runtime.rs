@@ -125,10 +125,8 @@ impl Amphi {
     /// carrying amphi's own message.
     fn run(&self, command: &'static str, mut cmd: Command) -> Result<Finished, AmphiError> {
         let log_start = self.log.as_deref().and_then(|l| std::fs::metadata(l).ok()).map_or(0, |m| m.len());
-        let done = self
-            .runner
-            .run(&mut cmd)
-            .map_err(|source| AmphiError::Spawn { binary: self.binary.clone(), source })?;
+        let done =
+            self.runner.run(&mut cmd).map_err(|source| AmphiError::Spawn { binary: self.binary.clone(), source })?;
         if done.status == 0 {
             return Ok(done);
         }

@@ -15,8 +15,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use containerd_shim::api::{
     CloseIORequest, ConnectRequest, ConnectResponse, CreateTaskRequest, CreateTaskResponse, DeleteRequest,
     DeleteResponse, Empty, ExecProcessRequest, KillRequest, PidsRequest, PidsResponse, ResizePtyRequest,
-    ShutdownRequest, StartRequest, StartResponse, StateRequest, StateResponse, StatsRequest, StatsResponse,
-    Status, WaitRequest, WaitResponse,
+    ShutdownRequest, StartRequest, StartResponse, StateRequest, StateResponse, StatsRequest, StatsResponse, Status,
+    WaitRequest, WaitResponse,
 };
 use containerd_shim::protos::events::task::{TaskCreate, TaskDelete, TaskExit, TaskIO, TaskStart};
 use containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp;
@@ -24,13 +24,13 @@ use containerd_shim::protos::shim::shim::{CheckpointTaskRequest, PauseRequest, R
 use containerd_shim::protos::types::task::ProcessInfo;
 use containerd_shim::{ExitSignal, Task, TtrpcContext, TtrpcResult};
 
-use crate::runtime::{Amphi, CreateFlags, CreateStdio};
 use crate::error::ShimError;
 use crate::events::{send, Publish};
 use crate::options::{find_amphi, ShimOptions};
 use crate::process::{Exit, ExitBook, InitProcess, Phase};
 use crate::reaper::Runner;
 use crate::rootfs;
+use crate::runtime::{Amphi, CreateFlags, CreateStdio};
 use crate::stats::Cgroups;
 use crate::stdio::{ConsoleSocket, Io, StdioPaths};
 
@@ -126,12 +126,8 @@ pub struct Service {
 
 impl Service {
     pub fn new(cfg: Config, events: Arc<dyn Publish>, exit: Arc<ExitSignal>) -> Service {
-        let shared = Arc::new(Shared {
-            events,
-            book: ExitBook::default(),
-            container: Mutex::new(None),
-            order: Mutex::new(()),
-        });
+        let shared =
+            Arc::new(Shared { events, book: ExitBook::default(), container: Mutex::new(None), order: Mutex::new(()) });
         Service { cfg, shared, creating: Mutex::new(()), exit }
     }
 
@@ -180,7 +176,12 @@ impl Service {
                      (scripts/install.sh), or name it with BinaryName in the runtime options"
                 ))
             })?;
-        let amphi = Amphi::new(binary, opts.state_root(&self.cfg.namespace), Some(bundle.join("log.json")), self.cfg.runner.clone());
+        let amphi = Amphi::new(
+            binary,
+            opts.state_root(&self.cfg.namespace),
+            Some(bundle.join("log.json")),
+            self.cfg.runner.clone(),
+        );
         Ok(amphi.with_systemd_cgroup(opts.systemd_cgroup))
     }
 
@@ -202,8 +203,10 @@ impl Service {
         let opts = ShimOptions::from_any(req.options.as_ref())?;
         if opts != ShimOptions::default() {
             // The `delete` action gets no options: keep them with the bundle.
-            containerd_shim::util::write_options(&req.bundle, &opts.to_runc())
-                .map_err(|e| ShimError::Io { what: format!("cannot store the runtime options in {}", req.bundle), source: std::io::Error::other(e) })?;
+            containerd_shim::util::write_options(&req.bundle, &opts.to_runc()).map_err(|e| ShimError::Io {
+                what: format!("cannot store the runtime options in {}", req.bundle),
+                source: std::io::Error::other(e),
+            })?;
         }
         let amphi = self.amphi_for(&opts, &bundle)?;
         let stdio = StdioPaths {
@@ -246,8 +249,10 @@ impl Service {
         }
         // From here the container exists: undo means deleting it too.
         let finish = || -> Result<(i32, Option<Io>), ShimError> {
-            let text = std::fs::read_to_string(&pid_file)
-                .map_err(|source| ShimError::Io { what: format!("cannot read amphi's pid file {}", pid_file.display()), source })?;
+            let text = std::fs::read_to_string(&pid_file).map_err(|source| ShimError::Io {
+                what: format!("cannot read amphi's pid file {}", pid_file.display()),
+                source,
+            })?;
             let pid: i32 = text.trim().parse().map_err(|_| ShimError::Io {
                 what: format!("amphi's pid file {} holds {:?}, not a pid", pid_file.display(), text.trim()),
                 source: std::io::Error::from(std::io::ErrorKind::InvalidData),
@@ -327,7 +332,10 @@ impl Service {
         let _order = lock(&self.shared.order);
         c.amphi.start(&c.id)?;
         c.init.set_running();
-        send(&*self.shared.events, TaskStart { container_id: c.id.clone(), pid: c.init.pid() as u32, ..Default::default() });
+        send(
+            &*self.shared.events,
+            TaskStart { container_id: c.id.clone(), pid: c.init.pid() as u32, ..Default::default() },
+        );
         Ok(StartResponse { pid: c.init.pid() as u32, ..Default::default() })
     }
 
@@ -425,7 +433,12 @@ impl Service {
                 ..Default::default()
             },
         );
-        Ok(DeleteResponse { pid, exit_status: exit.status, exited_at: Some(timestamp(exit.at)).into(), ..Default::default() })
+        Ok(DeleteResponse {
+            pid,
+            exit_status: exit.status,
+            exited_at: Some(timestamp(exit.at)).into(),
+            ..Default::default()
+        })
     }
 
     pub fn do_wait(&self, req: WaitRequest) -> Result<WaitResponse, ShimError> {
@@ -578,10 +591,10 @@ mod tests {
                 .cloned()
                 .unwrap_or_default();
             let after_sub: Vec<&String> = args.iter().skip_while(|a| **a != sub).skip(1).collect();
-            self.calls.lock().unwrap().push(format!(
-                "{sub} {}",
-                after_sub.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(" ")
-            ));
+            self.calls
+                .lock()
+                .unwrap()
+                .push(format!("{sub} {}", after_sub.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(" ")));
             if let Some((s, status, msg)) = *self.fail.lock().unwrap() {
                 if s == sub {
                     return Ok(Finished { status, stdout: Vec::new(), stderr: msg.as_bytes().to_vec() });
@@ -669,7 +682,13 @@ mod tests {
         assert_eq!((w.exit_status, w.exited_at.seconds), (3, 100));
         let state = f.svc.do_state(id_req(|r: &mut StateRequest| r.id = "c1".into())).unwrap();
         assert_eq!((state.status.enum_value(), state.exit_status), (Ok(Status::STOPPED), 3));
-        let e = f.svc.do_kill(id_req(|r: &mut KillRequest| { r.id = "c1".into(); r.signal = 9; })).unwrap_err();
+        let e = f
+            .svc
+            .do_kill(id_req(|r: &mut KillRequest| {
+                r.id = "c1".into();
+                r.signal = 9;
+            }))
+            .unwrap_err();
         assert_eq!(e.code(), Code::NOT_FOUND);
         assert!(e.to_string().contains("process already finished"), "{e}");
 

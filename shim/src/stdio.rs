@@ -41,7 +41,9 @@ pub enum StdioError {
         #[source]
         source: io::Error,
     },
-    #[error("the {stream} target {uri:?} uses a scheme this shim does not support: use a fifo or file path, or file://")]
+    #[error(
+        "the {stream} target {uri:?} uses a scheme this shim does not support: use a fifo or file path, or file://"
+    )]
     Scheme { stream: &'static str, uri: String },
     #[error("cannot create a pipe for the container's {0}")]
     Pipe(&'static str, #[source] nix::Error),
@@ -133,11 +135,11 @@ fn open_output(stream: &'static str, t: &Target) -> Result<Output, StdioError> {
 /// CloseIO, whichever comes first, as with containerd's runc shim.
 fn open_input(path: &str) -> Result<File, StdioError> {
     let p = Path::new(path);
-    OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK)
-        .open(p)
-        .map_err(|source| StdioError::Open { stream: "stdin", path: p.to_path_buf(), source })
+    OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(p).map_err(|source| StdioError::Open {
+        stream: "stdin",
+        path: p.to_path_buf(),
+        source,
+    })
 }
 
 fn pipe(stream: &'static str) -> Result<(File, File), StdioError> {
@@ -274,7 +276,10 @@ impl Io {
     /// fifos; a terminal has no separate stderr.
     pub fn console(master: File, paths: &StdioPaths) -> Result<Io, StdioError> {
         let dup = |m: &File, stream| {
-            m.try_clone().map_err(|source| StdioError::Console { what: format!("cannot duplicate the pty for {stream}"), source })
+            m.try_clone().map_err(|source| StdioError::Console {
+                what: format!("cannot duplicate the pty for {stream}"),
+                source,
+            })
         };
         let mut io = Io::default();
         if let Some(t) = target("stdout", &paths.stdout)? {
@@ -353,10 +358,8 @@ impl ConsoleSocket {
             let w = w.to_string();
             move |source| StdioError::Console { what: w, source }
         };
-        let dir = tempfile::Builder::new()
-            .prefix("amphi-console-")
-            .tempdir()
-            .map_err(what("cannot create its directory"))?;
+        let dir =
+            tempfile::Builder::new().prefix("amphi-console-").tempdir().map_err(what("cannot create its directory"))?;
         let listener = UnixListener::bind(dir.path().join("console.sock")).map_err(what("cannot listen"))?;
         Ok(ConsoleSocket { dir, listener })
     }
@@ -442,11 +445,8 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let (o, e) = (fifo(d.path(), "out"), fifo(d.path(), "err"));
         let (ro, re) = (reader(&o), reader(&e));
-        let paths = StdioPaths {
-            stdout: o.display().to_string(),
-            stderr: e.display().to_string(),
-            ..Default::default()
-        };
+        let paths =
+            StdioPaths { stdout: o.display().to_string(), stderr: e.display().to_string(), ..Default::default() };
         let (stdio, io) = Io::pipes(&paths).unwrap();
         assert!(run_container(stdio, "echo out; echo err >&2").success());
         // EOF arrives without any Delete: the copies close the fifos.
@@ -460,7 +460,8 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let (i, o) = (fifo(d.path(), "in"), fifo(d.path(), "out"));
         let ro = reader(&o);
-        let paths = StdioPaths { stdin: i.display().to_string(), stdout: o.display().to_string(), ..Default::default() };
+        let paths =
+            StdioPaths { stdin: i.display().to_string(), stdout: o.display().to_string(), ..Default::default() };
         let (stdio, io) = Io::pipes(&paths).unwrap();
         let container = std::thread::spawn(move || run_container(stdio, "cat"));
         // No client yet: stdin stays open.
@@ -479,7 +480,8 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let (i, o) = (fifo(d.path(), "in"), fifo(d.path(), "out"));
         let ro = reader(&o);
-        let paths = StdioPaths { stdin: i.display().to_string(), stdout: o.display().to_string(), ..Default::default() };
+        let paths =
+            StdioPaths { stdin: i.display().to_string(), stdout: o.display().to_string(), ..Default::default() };
         let (stdio, mut io) = Io::pipes(&paths).unwrap();
         // The client stays attached; CloseIO is what ends the stream.
         let mut client = OpenOptions::new().write(true).open(&i).unwrap();

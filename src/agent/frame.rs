@@ -44,10 +44,7 @@ pub enum FrameError {
 /// Builds the header of a frame carrying `len` payload bytes.
 pub fn encode_header(len: usize) -> Result<[u8; FRAME_HEADER_LEN], FrameError> {
     if len > MAX_FRAME_LEN {
-        return Err(FrameError::TooLarge {
-            len,
-            max: MAX_FRAME_LEN,
-        });
+        return Err(FrameError::TooLarge { len, max: MAX_FRAME_LEN });
     }
     let mut h = [0u8; FRAME_HEADER_LEN];
     h[0..2].copy_from_slice(&FRAME_MAGIC);
@@ -60,9 +57,7 @@ pub fn encode_header(len: usize) -> Result<[u8; FRAME_HEADER_LEN], FrameError> {
 /// Checks a header and returns the payload length it announces.
 pub fn decode_header(h: &[u8; FRAME_HEADER_LEN], max: usize) -> Result<usize, FrameError> {
     if h[0..2] != FRAME_MAGIC {
-        return Err(FrameError::BadMagic {
-            found: [h[0], h[1]],
-        });
+        return Err(FrameError::BadMagic { found: [h[0], h[1]] });
     }
     if h[2] != FRAME_VERSION {
         return Err(FrameError::UnsupportedVersion { found: h[2] });
@@ -108,12 +103,7 @@ pub fn read_frame<R: Read>(r: &mut R, max: usize) -> Result<Option<Vec<u8>>, Fra
     let mut header = [0u8; FRAME_HEADER_LEN];
     match read_full(r, &mut header)? {
         0 => return Ok(None),
-        n if n < FRAME_HEADER_LEN => {
-            return Err(FrameError::Truncated {
-                expected: FRAME_HEADER_LEN,
-                got: n,
-            })
-        }
+        n if n < FRAME_HEADER_LEN => return Err(FrameError::Truncated { expected: FRAME_HEADER_LEN, got: n }),
         _ => {}
     }
     let len = decode_header(&header, max)?;
@@ -137,14 +127,8 @@ mod tests {
         assert_eq!(&buf[..4], b"am\x01\x00");
         assert_eq!(&buf[4..8], &7u32.to_be_bytes());
         let mut r = Cursor::new(buf);
-        assert_eq!(
-            read_frame(&mut r, MAX_FRAME_LEN).unwrap().unwrap(),
-            b"{\"x\":1}"
-        );
-        assert!(
-            read_frame(&mut r, MAX_FRAME_LEN).unwrap().is_none(),
-            "clean EOF after the frame"
-        );
+        assert_eq!(read_frame(&mut r, MAX_FRAME_LEN).unwrap().unwrap(), b"{\"x\":1}");
+        assert!(read_frame(&mut r, MAX_FRAME_LEN).unwrap().is_none(), "clean EOF after the frame");
     }
 
     #[test]
@@ -165,30 +149,21 @@ mod tests {
         // A header claiming 4 GiB is refused without allocating it.
         let mut huge = b"am\x01\x00".to_vec();
         huge.extend_from_slice(&u32::MAX.to_be_bytes());
-        assert!(matches!(
-            read_frame(&mut Cursor::new(huge), MAX_FRAME_LEN),
-            Err(FrameError::TooLarge { .. })
-        ));
+        assert!(matches!(read_frame(&mut Cursor::new(huge), MAX_FRAME_LEN), Err(FrameError::TooLarge { .. })));
     }
 
     #[test]
     fn the_writer_refuses_to_send_an_oversized_frame() {
         let payload = vec![0u8; MAX_FRAME_LEN + 1];
         let mut out = Vec::new();
-        assert!(matches!(
-            write_frame(&mut out, &payload),
-            Err(FrameError::TooLarge { .. })
-        ));
+        assert!(matches!(write_frame(&mut out, &payload), Err(FrameError::TooLarge { .. })));
         assert!(out.is_empty(), "nothing is written for a refused frame");
     }
 
     #[test]
     fn a_truncated_header_is_reported() {
         match read_frame(&mut Cursor::new(b"am\x01".to_vec()), MAX_FRAME_LEN) {
-            Err(FrameError::Truncated {
-                expected: 8,
-                got: 3,
-            }) => {}
+            Err(FrameError::Truncated { expected: 8, got: 3 }) => {}
             other => panic!("unexpected {other:?}"),
         }
     }
@@ -198,10 +173,7 @@ mod tests {
         let mut buf = encode_header(10).unwrap().to_vec();
         buf.extend_from_slice(b"12345");
         match read_frame(&mut Cursor::new(buf), MAX_FRAME_LEN) {
-            Err(FrameError::Truncated {
-                expected: 10,
-                got: 5,
-            }) => {}
+            Err(FrameError::Truncated { expected: 10, got: 5 }) => {}
             other => panic!("unexpected {other:?}"),
         }
     }
@@ -209,13 +181,8 @@ mod tests {
     #[test]
     fn garbage_is_not_mistaken_for_a_frame() {
         assert!(matches!(
-            read_frame(
-                &mut Cursor::new(b"HTTP/1.1 200 OK\r\n".to_vec()),
-                MAX_FRAME_LEN
-            ),
-            Err(FrameError::BadMagic {
-                found: [b'H', b'T']
-            })
+            read_frame(&mut Cursor::new(b"HTTP/1.1 200 OK\r\n".to_vec()), MAX_FRAME_LEN),
+            Err(FrameError::BadMagic { found: [b'H', b'T'] })
         ));
     }
 
@@ -223,16 +190,10 @@ mod tests {
     fn unknown_versions_and_flags_are_refused() {
         let mut h = encode_header(0).unwrap();
         h[2] = 2;
-        assert!(matches!(
-            decode_header(&h, 16),
-            Err(FrameError::UnsupportedVersion { found: 2 })
-        ));
+        assert!(matches!(decode_header(&h, 16), Err(FrameError::UnsupportedVersion { found: 2 })));
         let mut h = encode_header(0).unwrap();
         h[3] = 0x80;
-        assert!(matches!(
-            decode_header(&h, 16),
-            Err(FrameError::UnsupportedFlags { found: 0x80 })
-        ));
+        assert!(matches!(decode_header(&h, 16), Err(FrameError::UnsupportedFlags { found: 0x80 })));
     }
 
     #[test]

@@ -102,17 +102,11 @@ pub enum Outcome {
 
 impl ResponseEnvelope {
     pub fn ok(id: u64, response: Response) -> Self {
-        ResponseEnvelope {
-            id,
-            outcome: Outcome::Result(response),
-        }
+        ResponseEnvelope { id, outcome: Outcome::Result(response) }
     }
 
     pub fn error(id: u64, error: AgentError) -> Self {
-        ResponseEnvelope {
-            id,
-            outcome: Outcome::Error(error),
-        }
+        ResponseEnvelope { id, outcome: Outcome::Error(error) }
     }
 
     pub fn into_result(self) -> Result<Response, AgentError> {
@@ -218,10 +212,7 @@ pub struct AgentError {
 
 impl AgentError {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        AgentError {
-            code,
-            message: message.into(),
-        }
+        AgentError { code, message: message.into() }
     }
 }
 
@@ -231,29 +222,14 @@ impl AgentError {
 pub fn classify_bad_request(payload: &[u8]) -> (u64, AgentError) {
     let value: serde_json::Value = match serde_json::from_slice(payload) {
         Ok(v) => v,
-        Err(e) => {
-            return (
-                0,
-                AgentError::new(
-                    ErrorCode::MalformedRequest,
-                    format!("payload is not JSON: {e}"),
-                ),
-            )
-        }
+        Err(e) => return (0, AgentError::new(ErrorCode::MalformedRequest, format!("payload is not JSON: {e}"))),
     };
     let id = value.get("id").and_then(|v| v.as_u64()).unwrap_or(0);
     match value.get("method").and_then(|m| m.as_str()) {
-        Some(m) if !["handshake", "health", "shutdown"].contains(&m) => (
-            id,
-            AgentError::new(
-                ErrorCode::UnknownMethod,
-                format!("method {m:?} is not known to this agent"),
-            ),
-        ),
-        _ => (
-            id,
-            AgentError::new(ErrorCode::MalformedRequest, "not a valid request envelope"),
-        ),
+        Some(m) if !["handshake", "health", "shutdown"].contains(&m) => {
+            (id, AgentError::new(ErrorCode::UnknownMethod, format!("method {m:?} is not known to this agent")))
+        }
+        _ => (id, AgentError::new(ErrorCode::MalformedRequest, "not a valid request envelope")),
     }
 }
 
@@ -265,51 +241,31 @@ mod tests {
     fn requests_have_the_documented_wire_form() {
         let r = RequestEnvelope {
             id: 3,
-            request: Request::Handshake(HandshakeRequest {
-                protocol: PROTOCOL_VERSION,
-                host_version: "0.1.0".into(),
-            }),
+            request: Request::Handshake(HandshakeRequest { protocol: PROTOCOL_VERSION, host_version: "0.1.0".into() }),
         };
         let v: serde_json::Value = serde_json::to_value(&r).unwrap();
         assert_eq!(
             v,
             serde_json::json!({"id":3,"method":"handshake","params":{"protocol":{"major":1,"minor":0},"host_version":"0.1.0"}})
         );
-        let h: serde_json::Value = serde_json::to_value(RequestEnvelope {
-            id: 4,
-            request: Request::Health,
-        })
-        .unwrap();
+        let h: serde_json::Value = serde_json::to_value(RequestEnvelope { id: 4, request: Request::Health }).unwrap();
         assert_eq!(h, serde_json::json!({"id":4,"method":"health"}));
         let s = serde_json::to_value(RequestEnvelope {
             id: 5,
-            request: Request::Shutdown(ShutdownRequest {
-                action: ShutdownAction::PowerOff,
-            }),
+            request: Request::Shutdown(ShutdownRequest { action: ShutdownAction::PowerOff }),
         })
         .unwrap();
-        assert_eq!(
-            s,
-            serde_json::json!({"id":5,"method":"shutdown","params":{"action":"power_off"}})
-        );
+        assert_eq!(s, serde_json::json!({"id":5,"method":"shutdown","params":{"action":"power_off"}}));
     }
 
     #[test]
     fn responses_have_the_documented_wire_form() {
-        let ok = ResponseEnvelope::ok(
-            5,
-            Response::Shutdown(ShutdownResponse {
-                action: ShutdownAction::Reboot,
-            }),
-        );
+        let ok = ResponseEnvelope::ok(5, Response::Shutdown(ShutdownResponse { action: ShutdownAction::Reboot }));
         assert_eq!(
             serde_json::to_value(&ok).unwrap(),
             serde_json::json!({"id":5,"result":{"method":"shutdown","action":"reboot"}})
         );
-        let err = ResponseEnvelope::error(
-            6,
-            AgentError::new(ErrorCode::IncompatibleVersion, "major 2 vs 1"),
-        );
+        let err = ResponseEnvelope::error(6, AgentError::new(ErrorCode::IncompatibleVersion, "major 2 vs 1"));
         assert_eq!(
             serde_json::to_value(&err).unwrap(),
             serde_json::json!({"id":6,"error":{"code":"incompatible_version","message":"major 2 vs 1"}})
@@ -328,10 +284,7 @@ mod tests {
             ErrorCode::ShutdownFailed,
             ErrorCode::HealthUnavailable,
         ] {
-            assert_eq!(
-                serde_json::to_value(code).unwrap(),
-                serde_json::Value::String(code.as_str().into())
-            );
+            assert_eq!(serde_json::to_value(code).unwrap(), serde_json::Value::String(code.as_str().into()));
         }
     }
 
@@ -344,14 +297,10 @@ mod tests {
 
     #[test]
     fn bad_requests_are_classified() {
-        assert_eq!(
-            classify_bad_request(b"not json").1.code,
-            ErrorCode::MalformedRequest
-        );
+        assert_eq!(classify_bad_request(b"not json").1.code, ErrorCode::MalformedRequest);
         let (id, e) = classify_bad_request(br#"{"id":9,"method":"exec","params":{}}"#);
         assert_eq!((id, e.code), (9, ErrorCode::UnknownMethod));
-        let (id, e) =
-            classify_bad_request(br#"{"id":2,"method":"handshake","params":{"protocol":3}}"#);
+        let (id, e) = classify_bad_request(br#"{"id":2,"method":"handshake","params":{"protocol":3}}"#);
         assert_eq!((id, e.code), (2, ErrorCode::MalformedRequest));
     }
 

@@ -11,14 +11,11 @@
 pub mod frame;
 pub mod message;
 
-pub use frame::{
-    read_frame, write_frame, FrameError, FRAME_HEADER_LEN, FRAME_MAGIC, FRAME_VERSION,
-    MAX_FRAME_LEN,
-};
+pub use frame::{read_frame, write_frame, FrameError, FRAME_HEADER_LEN, FRAME_MAGIC, FRAME_VERSION, MAX_FRAME_LEN};
 pub use message::{
-    AgentError, ErrorCode, HandshakeRequest, HandshakeResponse, HealthResponse, ProtocolVersion,
-    Request, RequestEnvelope, Response, ResponseEnvelope, ShutdownAction, ShutdownRequest,
-    AGENT_VSOCK_PORT, LISTENING_MARKER, PROTOCOL_VERSION,
+    AgentError, ErrorCode, HandshakeRequest, HandshakeResponse, HealthResponse, ProtocolVersion, Request,
+    RequestEnvelope, Response, ResponseEnvelope, ShutdownAction, ShutdownRequest, AGENT_VSOCK_PORT, LISTENING_MARKER,
+    PROTOCOL_VERSION,
 };
 
 use std::io::{Read, Write};
@@ -33,10 +30,7 @@ pub enum ProtocolError {
     #[error("the agent answered request {got} while request {expected} was outstanding")]
     IdMismatch { expected: u64, got: u64 },
     #[error("the agent answered a {got} request with a {sent} response")]
-    WrongResponse {
-        sent: &'static str,
-        got: &'static str,
-    },
+    WrongResponse { sent: &'static str, got: &'static str },
     #[error("the agent refused the request: {0}")]
     Agent(AgentError),
 }
@@ -50,14 +44,10 @@ pub fn send<W: Write, T: serde::Serialize>(w: &mut W, value: &T) -> Result<(), P
 
 /// Reads one frame and decodes its JSON payload. `Ok(None)` means the peer
 /// closed the connection cleanly between frames.
-pub fn receive<R: Read, T: serde::de::DeserializeOwned>(
-    r: &mut R,
-) -> Result<Option<T>, ProtocolError> {
+pub fn receive<R: Read, T: serde::de::DeserializeOwned>(r: &mut R) -> Result<Option<T>, ProtocolError> {
     match read_frame(r, MAX_FRAME_LEN)? {
         None => Ok(None),
-        Some(payload) => serde_json::from_slice(&payload)
-            .map(Some)
-            .map_err(ProtocolError::Payload),
+        Some(payload) => serde_json::from_slice(&payload).map(Some).map_err(ProtocolError::Payload),
     }
 }
 
@@ -82,23 +72,14 @@ impl<S: Read + Write> Client<S> {
         self.next_id += 1;
         let sent = request.method();
         send(&mut self.stream, &RequestEnvelope { id, request })?;
-        let reply: ResponseEnvelope =
-            receive(&mut self.stream)?.ok_or(ProtocolError::Frame(FrameError::Truncated {
-                expected: FRAME_HEADER_LEN,
-                got: 0,
-            }))?;
+        let reply: ResponseEnvelope = receive(&mut self.stream)?
+            .ok_or(ProtocolError::Frame(FrameError::Truncated { expected: FRAME_HEADER_LEN, got: 0 }))?;
         if reply.id != id {
-            return Err(ProtocolError::IdMismatch {
-                expected: id,
-                got: reply.id,
-            });
+            return Err(ProtocolError::IdMismatch { expected: id, got: reply.id });
         }
         let response = reply.into_result().map_err(ProtocolError::Agent)?;
         if response.method() != sent {
-            return Err(ProtocolError::WrongResponse {
-                sent,
-                got: response.method(),
-            });
+            return Err(ProtocolError::WrongResponse { sent, got: response.method() });
         }
         Ok(response)
     }
@@ -133,10 +114,7 @@ mod tests {
         for r in responses {
             send(&mut input, r).unwrap();
         }
-        Duplex {
-            input: Cursor::new(input),
-            output: Vec::new(),
-        }
+        Duplex { input: Cursor::new(input), output: Vec::new() }
     }
 
     #[test]
@@ -145,9 +123,7 @@ mod tests {
         let mut client = Client::new(scripted(&[reply]));
         let got = client.call(Request::Health).unwrap();
         assert!(matches!(got, Response::Health(_)));
-        let sent: RequestEnvelope = receive(&mut Cursor::new(client.stream.output.clone()))
-            .unwrap()
-            .unwrap();
+        let sent: RequestEnvelope = receive(&mut Cursor::new(client.stream.output.clone())).unwrap().unwrap();
         assert_eq!(sent.id, 1);
         assert!(matches!(sent.request, Request::Health));
     }
@@ -156,21 +132,12 @@ mod tests {
     fn client_rejects_a_response_to_another_request() {
         let reply = ResponseEnvelope::ok(7, Response::Health(HealthResponse::default()));
         let mut client = Client::new(scripted(&[reply]));
-        assert!(matches!(
-            client.call(Request::Health),
-            Err(ProtocolError::IdMismatch {
-                expected: 1,
-                got: 7
-            })
-        ));
+        assert!(matches!(client.call(Request::Health), Err(ProtocolError::IdMismatch { expected: 1, got: 7 })));
     }
 
     #[test]
     fn client_surfaces_agent_errors_with_their_code() {
-        let reply = ResponseEnvelope::error(
-            1,
-            AgentError::new(ErrorCode::HandshakeRequired, "handshake first"),
-        );
+        let reply = ResponseEnvelope::error(1, AgentError::new(ErrorCode::HandshakeRequired, "handshake first"));
         let mut client = Client::new(scripted(&[reply]));
         match client.call(Request::Health) {
             Err(ProtocolError::Agent(e)) => assert_eq!(e.code, ErrorCode::HandshakeRequired),
@@ -181,10 +148,7 @@ mod tests {
     #[test]
     fn client_reports_a_closed_connection_as_truncation() {
         let mut client = Client::new(scripted(&[]));
-        assert!(matches!(
-            client.call(Request::Health),
-            Err(ProtocolError::Frame(FrameError::Truncated { .. }))
-        ));
+        assert!(matches!(client.call(Request::Health), Err(ProtocolError::Frame(FrameError::Truncated { .. }))));
     }
 
     /// A small deterministic generator (xorshift64*), so the fuzz test
@@ -208,27 +172,15 @@ mod tests {
     #[test]
     fn mutated_frames_never_panic_the_receiver() {
         let seeds: Vec<Vec<u8>> = [
-            Request::Handshake(HandshakeRequest {
-                protocol: PROTOCOL_VERSION,
-                host_version: "0.1.0".into(),
-            }),
+            Request::Handshake(HandshakeRequest { protocol: PROTOCOL_VERSION, host_version: "0.1.0".into() }),
             Request::Health,
-            Request::Shutdown(ShutdownRequest {
-                action: ShutdownAction::PowerOff,
-            }),
+            Request::Shutdown(ShutdownRequest { action: ShutdownAction::PowerOff }),
         ]
         .into_iter()
         .enumerate()
         .map(|(i, request)| {
             let mut v = Vec::new();
-            send(
-                &mut v,
-                &RequestEnvelope {
-                    id: i as u64,
-                    request,
-                },
-            )
-            .unwrap();
+            send(&mut v, &RequestEnvelope { id: i as u64, request }).unwrap();
             v
         })
         .collect();

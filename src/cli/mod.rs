@@ -233,8 +233,19 @@ mod tests {
     #[test]
     fn global_flags_go_before_the_subcommand_as_runc_takes_them() {
         let cli = Cli::try_parse_from([
-            "amphi", "--root", "/tmp/r", "--log", "/tmp/l", "--log-format", "json", "create",
-            "--bundle", "/b", "--pid-file", "/p", "c1",
+            "amphi",
+            "--root",
+            "/tmp/r",
+            "--log",
+            "/tmp/l",
+            "--log-format",
+            "json",
+            "create",
+            "--bundle",
+            "/b",
+            "--pid-file",
+            "/p",
+            "c1",
         ])
         .unwrap();
         assert_eq!(cli.global.root, PathBuf::from("/tmp/r"));

@@ -49,11 +49,7 @@ pub struct CheckArgs {
     pub console: Option<PathBuf>,
 
     /// Directory of the initramfs cache.
-    #[arg(
-        long = "cache-dir",
-        value_name = "DIR",
-        default_value = "/var/lib/amphi/cache"
-    )]
+    #[arg(long = "cache-dir", value_name = "DIR", default_value = "/var/lib/amphi/cache")]
     pub cache_dir: PathBuf,
 
     /// Extra kernel command-line arguments, after amphi's own.

@@ -27,7 +27,10 @@ pub fn dispatch(cli: Cli) -> ExitCode {
         LogFormat::Json => amphi::logging::Format::Json,
     };
     if let Err(e) = amphi::logging::init(global.log.as_deref(), format, global.debug) {
-        eprintln!("amphi: cannot open the log file {}: {e}", global.log.as_deref().unwrap_or_else(|| std::path::Path::new("")).display());
+        eprintln!(
+            "amphi: cannot open the log file {}: {e}",
+            global.log.as_deref().unwrap_or_else(|| std::path::Path::new("")).display()
+        );
         return ExitCode::from(amphi::exit::GENERAL);
     }
     let result = match cli.command {

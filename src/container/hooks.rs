@@ -65,11 +65,7 @@ pub fn run_all(kind: HookKind, hooks: &[Hook], state_json: &[u8]) -> Result<(), 
 /// Runs every hook even when some fail, and returns the failures (for
 /// poststart and poststop, whose failures the spec says to log only).
 pub fn run_all_collect(kind: HookKind, hooks: &[Hook], state_json: &[u8]) -> Vec<HookError> {
-    hooks
-        .iter()
-        .enumerate()
-        .filter_map(|(index, hook)| run_one(kind, index, hook, state_json).err())
-        .collect()
+    hooks.iter().enumerate().filter_map(|(index, hook)| run_one(kind, index, hook, state_json).err()).collect()
 }
 
 fn run_one(kind: HookKind, index: usize, hook: &Hook, state_json: &[u8]) -> Result<(), HookError> {
@@ -98,24 +94,20 @@ fn run_one(kind: HookKind, index: usize, hook: &Hook, state_json: &[u8]) -> Resu
                 .map_err(std::io::Error::from)
         });
     }
-    let mut child = cmd
-        .spawn()
-        .map_err(|source| HookError::Spawn { kind, index, path: path.clone(), source })?;
+    let mut child = cmd.spawn().map_err(|source| HookError::Spawn { kind, index, path: path.clone(), source })?;
     if let Some(mut stdin) = child.stdin.take() {
         // A hook that ignores its stdin closes the pipe early: EPIPE is fine.
         let _ = stdin.write_all(state_json);
     }
     let status = match hook.timeout() {
-        Some(secs) if secs > 0 => {
-            match wait_timeout(&mut child, Duration::from_secs(secs as u64)) {
-                Some(s) => s,
-                None => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    return Err(HookError::Timeout { kind, index, path, secs });
-                }
+        Some(secs) if secs > 0 => match wait_timeout(&mut child, Duration::from_secs(secs as u64)) {
+            Some(s) => s,
+            None => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(HookError::Timeout { kind, index, path, secs });
             }
-        }
+        },
         _ => child.wait().map_err(|source| HookError::Spawn { kind, index, path: path.clone(), source })?,
     };
     if status.success() {

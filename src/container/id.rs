@@ -35,9 +35,7 @@ impl ContainerId {
         }
         // The same character set runc accepts: safe as a file name and in a
         // cgroup path, no separators, no traversal.
-        let ok = id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'+' | b'-' | b'.'));
+        let ok = id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'+' | b'-' | b'.'));
         if !ok || id == "." || id == ".." {
             return Err(IdError::Invalid(id.to_string()));
         }

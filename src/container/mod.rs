@@ -73,9 +73,7 @@ impl ContainerError {
             ContainerError::WrongState { .. } => exit::CONFLICT,
             ContainerError::Id(_) | ContainerError::Spec(_) | ContainerError::Signal(_) => exit::BAD_INPUT,
             ContainerError::SystemdPath(_) => exit::BAD_INPUT,
-            ContainerError::NoSystemd | ContainerError::Sandbox(SandboxError::Unsupported(_)) => {
-                exit::UNSUPPORTED
-            }
+            ContainerError::NoSystemd | ContainerError::Sandbox(SandboxError::Unsupported(_)) => exit::UNSUPPORTED,
             _ => exit::GENERAL,
         }
     }
@@ -186,7 +184,9 @@ impl Runtime {
         let sig = signal::parse(signal)?;
         let dir = self.store.open(&id, true)?;
         let state = self.require(&dir, Op::Kill)?;
-        crate::logging::debug_with(|| format!("kill {id}: {sig} to pid {}{}", state.pid, if all { " and all others" } else { "" }));
+        crate::logging::debug_with(|| {
+            format!("kill {id}: {sig} to pid {}{}", state.pid, if all { " and all others" } else { "" })
+        });
         sandbox_for(state.isolation).kill(&state, sig, all)?;
         Ok(())
     }
@@ -276,9 +276,7 @@ impl Runtime {
         let id = ContainerId::new(id)?;
         let bundle_dir = match &opts.bundle {
             Some(b) => b.clone(),
-            None => std::env::current_dir().map_err(|e| {
-                SpecError::Read { path: PathBuf::from("."), source: e }
-            })?,
+            None => std::env::current_dir().map_err(|e| SpecError::Read { path: PathBuf::from("."), source: e })?,
         };
         let bundle = Bundle::load(&bundle_dir)?;
         let isolation = match self.isolation {
@@ -288,7 +286,11 @@ impl Runtime {
         let cgroups_path = self.cgroups_path(&bundle)?;
         let dir = self.store.create(&id)?;
         crate::logging::debug_with(|| {
-            format!("create {id}: {isolation} isolation, bundle {}, rootfs {}", bundle.dir.display(), bundle.rootfs.display())
+            format!(
+                "create {id}: {isolation} isolation, bundle {}, rootfs {}",
+                bundle.dir.display(),
+                bundle.rootfs.display()
+            )
         });
 
         let mut state = State {
@@ -356,11 +358,9 @@ impl Runtime {
         crate::logging::debug_with(|| format!("create {id}: created, pid {}", state.pid));
         state.sandbox = created.sandbox_state.clone();
 
-        let recorded = dir.write_state(&state).map_err(ContainerError::from).and_then(|()| {
-            match &opts.pid_file {
-                Some(p) => write_pid_file(p, state.pid),
-                None => Ok(()),
-            }
+        let recorded = dir.write_state(&state).map_err(ContainerError::from).and_then(|()| match &opts.pid_file {
+            Some(p) => write_pid_file(p, state.pid),
+            None => Ok(()),
         });
         if let Err(e) = recorded {
             let _ = sandbox.kill(&state, Signal::SIGKILL, true);
@@ -450,10 +450,8 @@ fn creating_state(dir: &ContainerDir) -> OciState {
 }
 
 fn write_pid_file(path: &Path, pid: i32) -> Result<(), ContainerError> {
-    let path = crate::spec::absolute(path).map_err(|source| ContainerError::PidFile {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let path =
+        crate::spec::absolute(path).map_err(|source| ContainerError::PidFile { path: path.to_path_buf(), source })?;
     store::write_atomic(&path, pid.to_string().as_bytes(), 0o644)
         .map_err(|source| ContainerError::PidFile { path, source })
 }
@@ -482,11 +480,8 @@ pub fn systemd_to_cgroupfs(spec: &str) -> Result<PathBuf, ContainerError> {
             path.push(format!("{prefix}.slice"));
         }
     }
-    let unit = if parts[1].is_empty() {
-        format!("{}.scope", parts[2])
-    } else {
-        format!("{}-{}.scope", parts[1], parts[2])
-    };
+    let unit =
+        if parts[1].is_empty() { format!("{}.scope", parts[2]) } else { format!("{}-{}.scope", parts[1], parts[2]) };
     path.push(unit);
     Ok(path)
 }

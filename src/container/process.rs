@@ -68,9 +68,8 @@ pub fn pidfd(pid: i32, start_time: u64) -> Result<Option<OwnedFd>, Errno> {
 /// Sends `sig` through a pidfd.
 pub fn pidfd_signal(fd: &OwnedFd, sig: Signal) -> Result<(), Errno> {
     // SAFETY: a valid pidfd, a valid signal number, no siginfo, no flags.
-    let r = unsafe {
-        libc::syscall(libc::SYS_pidfd_send_signal, fd.as_raw_fd(), sig as i32, std::ptr::null::<()>(), 0)
-    };
+    let r =
+        unsafe { libc::syscall(libc::SYS_pidfd_send_signal, fd.as_raw_fd(), sig as i32, std::ptr::null::<()>(), 0) };
     if r < 0 {
         Err(Errno::last())
     } else {

@@ -89,11 +89,7 @@ impl Store {
                 return Err(StoreError::Exists(id.to_string()));
             }
             Err(e) if e.kind() == ErrorKind::NotFound => {
-                fs::DirBuilder::new()
-                    .recursive(true)
-                    .mode(0o711)
-                    .create(&self.root)
-                    .map_err(io(&self.root))?;
+                fs::DirBuilder::new().recursive(true).mode(0o711).create(&self.root).map_err(io(&self.root))?;
                 match fs::DirBuilder::new().mode(0o711).create(&path) {
                     Ok(()) => {}
                     Err(e) if e.kind() == ErrorKind::AlreadyExists => {
@@ -105,8 +101,7 @@ impl Store {
             Err(e) => return Err(io(&path)(e)),
         }
         let file = open_dir(&path).map_err(io(&path))?;
-        let lock = Flock::lock(file, FlockArg::LockExclusive)
-            .map_err(|(_, e)| io(&path)(std::io::Error::from(e)))?;
+        let lock = Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, e)| io(&path)(std::io::Error::from(e)))?;
         Ok(ContainerDir { id: id.to_string(), path, dir: DirHandle::Locked(lock) })
     }
 
@@ -119,8 +114,8 @@ impl Store {
             Err(e) => return Err(io(&path)(e)),
         };
         let dir = if lock {
-            let locked = Flock::lock(file, FlockArg::LockExclusive)
-                .map_err(|(_, e)| io(&path)(std::io::Error::from(e)))?;
+            let locked =
+                Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, e)| io(&path)(std::io::Error::from(e)))?;
             // Whoever held the lock before us may have deleted the container.
             let meta = locked.metadata().map_err(io(&path))?;
             if std::os::unix::fs::MetadataExt::nlink(&meta) == 0 {
@@ -152,10 +147,7 @@ impl Store {
 }
 
 fn open_dir(path: &Path) -> std::io::Result<File> {
-    fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_DIRECTORY | libc::O_CLOEXEC)
-        .open(path)
+    fs::OpenOptions::new().read(true).custom_flags(libc::O_DIRECTORY | libc::O_CLOEXEC).open(path)
 }
 
 impl ContainerDir {
@@ -181,17 +173,13 @@ impl ContainerDir {
             Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(io(&path)(e)),
         };
-        serde_json::from_slice(&text)
-            .map(Some)
-            .map_err(|source| StoreError::Corrupt { path, source })
+        serde_json::from_slice(&text).map(Some).map_err(|source| StoreError::Corrupt { path, source })
     }
 
     /// Replaces state.json atomically (write a temporary file, rename).
     pub fn write_state(&self, state: &State) -> Result<(), StoreError> {
-        let bytes = serde_json::to_vec(state).map_err(|source| StoreError::Corrupt {
-            path: self.state_path(),
-            source,
-        })?;
+        let bytes =
+            serde_json::to_vec(state).map_err(|source| StoreError::Corrupt { path: self.state_path(), source })?;
         write_atomic(&self.state_path(), &bytes, 0o600).map_err(io(&self.state_path()))
     }
 

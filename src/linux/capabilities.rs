@@ -34,10 +34,7 @@ fn convert(
     let mut out = HashSet::new();
     for c in list.iter().flatten() {
         // oci-spec and caps spell capabilities the same way ("CAP_X").
-        let name = serde_json::to_value(c)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_string))
-            .unwrap_or_default();
+        let name = serde_json::to_value(c).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
         match Capability::from_str(&name) {
             Ok(cap) if supported.contains(&cap) => {
                 out.insert(cap);

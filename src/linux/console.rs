@@ -8,7 +8,9 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::Path;
 
 use nix::errno::Errno;
-use nix::sys::socket::{connect, sendmsg, socket, AddressFamily, ControlMessage, MsgFlags, SockFlag, SockType, UnixAddr};
+use nix::sys::socket::{
+    connect, sendmsg, socket, AddressFamily, ControlMessage, MsgFlags, SockFlag, SockType, UnixAddr,
+};
 
 use super::LinuxError;
 
@@ -80,8 +82,7 @@ pub fn send_to_socket(path: &Path, master: RawFd) -> Result<(), LinuxError> {
     let name = b"/dev/ptmx";
     let iov = [IoSlice::new(name)];
     let fds = [master];
-    sendmsg::<()>(sock.as_raw_fd(), &iov, &[ControlMessage::ScmRights(&fds)], MsgFlags::empty(), None)
-        .map_err(what)?;
+    sendmsg::<()>(sock.as_raw_fd(), &iov, &[ControlMessage::ScmRights(&fds)], MsgFlags::empty(), None).map_err(what)?;
     Ok(())
 }
 
@@ -112,8 +113,8 @@ mod tests {
             let mut buf = [0u8; 64];
             let mut cmsg = nix::cmsg_space!([RawFd; 1]);
             let mut iov = [std::io::IoSliceMut::new(&mut buf)];
-            let m = nix::sys::socket::recvmsg::<()>(s.as_raw_fd(), &mut iov, Some(&mut cmsg), MsgFlags::empty())
-                .unwrap();
+            let m =
+                nix::sys::socket::recvmsg::<()>(s.as_raw_fd(), &mut iov, Some(&mut cmsg), MsgFlags::empty()).unwrap();
             let n = m.cmsgs().unwrap().count();
             (m.bytes, n)
         });

@@ -23,10 +23,8 @@ use super::LinuxError;
 
 const GUARD_ENV: &str = "_AMPHI_SEALED_EXE";
 
-const SEALS: SealFlag = SealFlag::F_SEAL_SEAL
-    .union(SealFlag::F_SEAL_SHRINK)
-    .union(SealFlag::F_SEAL_GROW)
-    .union(SealFlag::F_SEAL_WRITE);
+const SEALS: SealFlag =
+    SealFlag::F_SEAL_SEAL.union(SealFlag::F_SEAL_SHRINK).union(SealFlag::F_SEAL_GROW).union(SealFlag::F_SEAL_WRITE);
 
 /// How the running binary is protected.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,9 +57,7 @@ pub fn ensure_protected() -> Result<(), LinuxError> {
     }
     if std::env::var_os(GUARD_ENV).is_some() {
         // We are the copy and still unprotected: never loop.
-        return Err(LinuxError::Config(
-            "re-executed from a sealed memfd but /proc/self/exe is still writable".into(),
-        ));
+        return Err(LinuxError::Config("re-executed from a sealed memfd but /proc/self/exe is still writable".into()));
     }
     let copy = sealed_copy()?;
     std::env::set_var(GUARD_ENV, "1");

@@ -134,9 +134,8 @@ pub fn write_id_maps(
     };
     for (file, text) in [("uid_map", fmt(uid)), ("gid_map", fmt(gid))] {
         let path = format!("/proc/{pid}/{file}");
-        std::fs::write(&path, text.as_bytes()).map_err(|e| {
-            LinuxError::io(format!("cannot write {path}: check linux.uidMappings/gidMappings"), e)
-        })?;
+        std::fs::write(&path, text.as_bytes())
+            .map_err(|e| LinuxError::io(format!("cannot write {path}: check linux.uidMappings/gidMappings"), e))?;
     }
     Ok(())
 }

@@ -144,9 +144,8 @@ fn mount_bind(root: &Root, m: &Mount, dest: &Path, opts: &MountOptions, bundle: 
         LinuxError::Config(format!("bind mount on {} has no source: set mounts[].source", dest.display()))
     })?;
     let src: PathBuf = if src.is_absolute() { src.to_path_buf() } else { bundle.join(src) };
-    let meta = std::fs::metadata(&src).map_err(|e| {
-        LinuxError::io(format!("bind mount source {} for {}", src.display(), dest.display()), e)
-    })?;
+    let meta = std::fs::metadata(&src)
+        .map_err(|e| LinuxError::io(format!("bind mount source {} for {}", src.display(), dest.display()), e))?;
     let target = if meta.is_dir() { root.mkdir_all(dest, 0o755) } else { root.create_file(dest, 0o644) }
         .map_err(|e| mnt_err(m, e))?;
     let rec = opts.flags & MsFlags::MS_REC;
@@ -157,8 +156,7 @@ fn mount_bind(root: &Root, m: &Mount, dest: &Path, opts: &MountOptions, bundle: 
 /// Recursive attributes and propagation, on an fd of the new mount.
 fn finish_mount(mounted: &OwnedFd, m: &Mount, opts: &MountOptions) -> Result<(), LinuxError> {
     if opts.recursive_attrs != 0 || opts.recursive_clear != 0 {
-        mounts::set_recursive_attrs(mounted, opts.recursive_attrs, opts.recursive_clear)
-            .map_err(|e| mnt_err(m, e))?;
+        mounts::set_recursive_attrs(mounted, opts.recursive_attrs, opts.recursive_clear).map_err(|e| mnt_err(m, e))?;
     }
     for p in &opts.propagation {
         nix::mount::mount(None::<&str>, fd_path(mounted).as_str(), None::<&str>, *p, None::<&str>)
@@ -200,8 +198,14 @@ fn mount_fs(
             )
             .map_err(|e| mnt_err(m, e))?;
             let mounted = root.open_path(dest).map_err(|e| mnt_err(m, e))?;
-            let _ = mounts::set_recursive_attrs(&mounted, mounts::MOUNT_ATTR_RDONLY | mounts::MOUNT_ATTR_NOSUID
-                | mounts::MOUNT_ATTR_NODEV | mounts::MOUNT_ATTR_NOEXEC, 0);
+            let _ = mounts::set_recursive_attrs(
+                &mounted,
+                mounts::MOUNT_ATTR_RDONLY
+                    | mounts::MOUNT_ATTR_NOSUID
+                    | mounts::MOUNT_ATTR_NODEV
+                    | mounts::MOUNT_ATTR_NOEXEC,
+                0,
+            );
             return Ok(());
         }
         Err(e) => return Err(mnt_err(m, e)),
@@ -217,7 +221,8 @@ fn mount_fs(
 /// `tmpcopyup`: copies a directory tree from one fd to another (files,
 /// directories, symlinks; modes and owners kept).
 fn copy_tree(from: &OwnedFd, to: &OwnedFd) -> Result<(), Errno> {
-    let src_dir = nix::fcntl::openat(from.as_fd(), ".", OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())?;
+    let src_dir =
+        nix::fcntl::openat(from.as_fd(), ".", OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())?;
     let mut dir = nix::dir::Dir::from_fd(src_dir)?;
     let entries: Vec<(std::ffi::CString, Option<nix::dir::Type>)> = dir
         .iter()
@@ -234,13 +239,33 @@ fn copy_tree(from: &OwnedFd, to: &OwnedFd) -> Result<(), Errno> {
         match st.st_mode & libc::S_IFMT {
             libc::S_IFDIR => {
                 nix::sys::stat::mkdirat(to.as_fd(), name.as_c_str(), mode)?;
-                let s = nix::fcntl::openat(from.as_fd(), name.as_c_str(), OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC, Mode::empty())?;
-                let d = nix::fcntl::openat(to.as_fd(), name.as_c_str(), OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC, Mode::empty())?;
+                let s = nix::fcntl::openat(
+                    from.as_fd(),
+                    name.as_c_str(),
+                    OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+                    Mode::empty(),
+                )?;
+                let d = nix::fcntl::openat(
+                    to.as_fd(),
+                    name.as_c_str(),
+                    OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+                    Mode::empty(),
+                )?;
                 copy_tree(&s, &d)?;
             }
             libc::S_IFREG => {
-                let s = nix::fcntl::openat(from.as_fd(), name.as_c_str(), OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC, Mode::empty())?;
-                let d = nix::fcntl::openat(to.as_fd(), name.as_c_str(), OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_CLOEXEC, mode)?;
+                let s = nix::fcntl::openat(
+                    from.as_fd(),
+                    name.as_c_str(),
+                    OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+                    Mode::empty(),
+                )?;
+                let d = nix::fcntl::openat(
+                    to.as_fd(),
+                    name.as_c_str(),
+                    OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_CLOEXEC,
+                    mode,
+                )?;
                 let mut left = st.st_size as usize;
                 while left > 0 {
                     // SAFETY: two valid fds, null offset (use file offsets).
@@ -368,7 +393,8 @@ pub fn pivot(rootfs: &Path, no_pivot: bool) -> Result<(), LinuxError> {
     nix::unistd::fchdir(&new).map_err(|e| err("fchdir rootfs", e))?;
     // pivot_root(".", ".") stacks the old root under the new one; it is
     // then unmounted from where it sits, without a directory for it.
-    nix::unistd::pivot_root(".", ".").map_err(|e| err("pivot_root (if the rootfs is on a ramdisk, use --no-pivot)", e))?;
+    nix::unistd::pivot_root(".", ".")
+        .map_err(|e| err("pivot_root (if the rootfs is on a ramdisk, use --no-pivot)", e))?;
     nix::unistd::fchdir(&old).map_err(|e| err("fchdir old root", e))?;
     nix::mount::mount(None::<&str>, ".", None::<&str>, MsFlags::MS_SLAVE | MsFlags::MS_REC, None::<&str>)
         .map_err(|e| err("cannot make the old root a slave", e))?;
@@ -428,10 +454,17 @@ pub fn readonly_paths(paths: &[String]) -> Result<(), LinuxError> {
             Err(e) => return Err(err(e)),
         };
         let target = fd_path(&fd);
-        nix::mount::mount(Some(target.as_str()), target.as_str(), None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>)
-            .map_err(err)?;
+        nix::mount::mount(
+            Some(target.as_str()),
+            target.as_str(),
+            None::<&str>,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            None::<&str>,
+        )
+        .map_err(err)?;
         let mounted = root.open_path(Path::new(p)).map_err(err)?;
-        let flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_REC | locked_flags(&mounted);
+        let flags =
+            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_REC | locked_flags(&mounted);
         nix::mount::mount(None::<&str>, fd_path(&mounted).as_str(), None::<&str>, flags, None::<&str>).map_err(err)?;
     }
     Ok(())

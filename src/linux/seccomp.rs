@@ -27,11 +27,9 @@ fn action(a: LinuxSeccompAction, errno: Option<u32>) -> Result<ScmpAction, Linux
         ScmpActLog => ScmpAction::Log,
         ScmpActAllow => ScmpAction::Allow,
         ScmpActNotify => {
-            return Err(cfg(
-                "linux.seccomp: SCMP_ACT_NOTIFY (seccomp user notification) is not supported by this \
+            return Err(cfg("linux.seccomp: SCMP_ACT_NOTIFY (seccomp user notification) is not supported by this \
                  build; use SCMP_ACT_ERRNO or SCMP_ACT_TRACE"
-                    .into(),
-            ))
+                .into()))
         }
     })
 }
@@ -61,7 +59,9 @@ fn arch(a: Arch) -> Result<ScmpArch, LinuxError> {
         ScmpArchRiscv64 => ScmpArch::Riscv64,
         ScmpArchLoongarch64 => ScmpArch::Loongarch64,
         ScmpArchM68k => ScmpArch::M68k,
-        other => return Err(cfg(format!("linux.seccomp.architectures: {other:?} is not supported by libseccomp here"))),
+        other => {
+            return Err(cfg(format!("linux.seccomp.architectures: {other:?} is not supported by libseccomp here")))
+        }
     })
 }
 
@@ -128,13 +128,9 @@ pub fn compile(profile: &LinuxSeccomp) -> Result<Filter, LinuxError> {
                 continue;
             };
             let add = |ctx: &mut ScmpFilterContext, conds: &[ScmpArgCompare]| {
-                if conds.is_empty() {
-                    ctx.add_rule(act, sys)
-                } else {
-                    ctx.add_rule_conditional(act, sys, conds)
-                }
-                .map_err(lib(format!("cannot add the rule for {name}")))
-                .map(|_| ())
+                if conds.is_empty() { ctx.add_rule(act, sys) } else { ctx.add_rule_conditional(act, sys, conds) }
+                    .map_err(lib(format!("cannot add the rule for {name}")))
+                    .map(|_| ())
             };
             if shared_index {
                 for a in args {
@@ -161,7 +157,12 @@ impl Filter {
         // SAFETY: the program points into `self.bpf`, which outlives the
         // call; the kernel copies it.
         let r = unsafe {
-            libc::syscall(libc::SYS_seccomp, libc::SECCOMP_SET_MODE_FILTER, self.flags, &prog as *const libc::sock_fprog)
+            libc::syscall(
+                libc::SYS_seccomp,
+                libc::SECCOMP_SET_MODE_FILTER,
+                self.flags,
+                &prog as *const libc::sock_fprog,
+            )
         };
         if r < 0 {
             Err(nix::errno::Errno::last())
@@ -195,11 +196,22 @@ fn export(ctx: &ScmpFilterContext) -> Result<Vec<u8>, LinuxError> {
 pub fn supported() -> (Vec<&'static str>, Vec<&'static str>, Vec<&'static str>) {
     (
         vec![
-            "SCMP_ACT_ALLOW", "SCMP_ACT_ERRNO", "SCMP_ACT_KILL", "SCMP_ACT_KILL_PROCESS",
-            "SCMP_ACT_KILL_THREAD", "SCMP_ACT_LOG", "SCMP_ACT_TRACE", "SCMP_ACT_TRAP",
+            "SCMP_ACT_ALLOW",
+            "SCMP_ACT_ERRNO",
+            "SCMP_ACT_KILL",
+            "SCMP_ACT_KILL_PROCESS",
+            "SCMP_ACT_KILL_THREAD",
+            "SCMP_ACT_LOG",
+            "SCMP_ACT_TRACE",
+            "SCMP_ACT_TRAP",
         ],
         vec![
-            "SCMP_CMP_EQ", "SCMP_CMP_GE", "SCMP_CMP_GT", "SCMP_CMP_LE", "SCMP_CMP_LT", "SCMP_CMP_MASKED_EQ",
+            "SCMP_CMP_EQ",
+            "SCMP_CMP_GE",
+            "SCMP_CMP_GT",
+            "SCMP_CMP_LE",
+            "SCMP_CMP_LT",
+            "SCMP_CMP_MASKED_EQ",
             "SCMP_CMP_NE",
         ],
         vec!["SCMP_ARCH_X86", "SCMP_ARCH_X86_64", "SCMP_ARCH_X32", "SCMP_ARCH_AARCH64", "SCMP_ARCH_ARM"],

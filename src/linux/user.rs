@@ -13,8 +13,7 @@ pub fn switch(user: &User, setgroups_allowed: bool) -> Result<(), LinuxError> {
     let gid = Gid::from_raw(user.gid());
     if setgroups_allowed {
         let groups: Vec<Gid> = user.additional_gids().iter().flatten().map(|g| Gid::from_raw(*g)).collect();
-        nix::unistd::setgroups(&groups)
-            .map_err(|e| LinuxError::sys("cannot set process.user.additionalGids", e))?;
+        nix::unistd::setgroups(&groups).map_err(|e| LinuxError::sys("cannot set process.user.additionalGids", e))?;
     }
     nix::unistd::setresgid(gid, gid, gid)
         .map_err(|e| LinuxError::sys(format!("cannot switch to gid {gid}: is it mapped in the user namespace?"), e))?;

@@ -107,11 +107,7 @@ impl Bundle {
             field: "root".into(),
             problem: "missing: set root.path to the bundle's root filesystem".into(),
         })?;
-        let rootfs = if root.path().is_absolute() {
-            root.path().clone()
-        } else {
-            dir.join(root.path())
-        };
+        let rootfs = if root.path().is_absolute() { root.path().clone() } else { dir.join(root.path()) };
         match std::fs::metadata(&rootfs) {
             Ok(m) if m.is_dir() => {}
             Ok(_) => return Err(SpecError::RootfsNotDir(rootfs)),
@@ -131,9 +127,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Spec, SpecError> {
     serde_json::from_str::<Spec>(text).map_err(|e| {
         let (line, column, msg) = (e.line(), e.column(), strip_position(&e.to_string()));
         match e.classify() {
-            serde_json::error::Category::Data => {
-                SpecError::Invalid { path: path.to_path_buf(), line, column, msg }
-            }
+            serde_json::error::Category::Data => SpecError::Invalid { path: path.to_path_buf(), line, column, msg },
             _ => SpecError::Malformed { path: path.to_path_buf(), line, column, msg },
         }
     })
@@ -268,9 +262,7 @@ mod tests {
 
     #[test]
     fn isolation_annotation_is_parsed_and_checked() {
-        let with = |v: &str| {
-            MINIMAL.replacen('{', &format!(r#"{{"annotations":{{"run.amphi.isolation":"{v}"}},"#), 1)
-        };
+        let with = |v: &str| MINIMAL.replacen('{', &format!(r#"{{"annotations":{{"run.amphi.isolation":"{v}"}},"#), 1);
         let d = write_bundle(&with("vm"));
         assert_eq!(Bundle::load(d.path()).unwrap().requested_isolation().unwrap(), Some(Isolation::Vm));
         let d = write_bundle(&with("jail"));

@@ -27,10 +27,7 @@ pub(super) fn validate(config: &Path, spec: &Spec) -> Result<(), SpecError> {
         _ => return Err(field("process.args", "empty: give the program to run as args[0]".into())),
     }
     if !process.cwd().is_absolute() {
-        return Err(field(
-            "process.cwd",
-            format!("{:?} is not absolute: use a path starting with /", process.cwd()),
-        ));
+        return Err(field("process.cwd", format!("{:?} is not absolute: use a path starting with /", process.cwd())));
     }
     if let Some(env) = process.env() {
         if let Some(bad) = env.iter().find(|e| !e.contains('=')) {
@@ -73,10 +70,7 @@ pub(super) fn validate(config: &Path, spec: &Spec) -> Result<(), SpecError> {
         for (name, list) in lists {
             for (i, h) in list.iter().flatten().enumerate() {
                 if !h.path().is_absolute() {
-                    return Err(field(
-                        &format!("hooks.{name}[{i}].path"),
-                        format!("{:?} is not absolute", h.path()),
-                    ));
+                    return Err(field(&format!("hooks.{name}[{i}].path"), format!("{:?} is not absolute", h.path())));
                 }
                 if matches!(h.timeout(), Some(t) if t <= 0) {
                     return Err(field(
@@ -88,9 +82,11 @@ pub(super) fn validate(config: &Path, spec: &Spec) -> Result<(), SpecError> {
         }
     }
 
-    let uts = spec.linux().as_ref().and_then(|l| l.namespaces().as_ref()).is_some_and(|n| {
-        n.iter().any(|n| n.typ() == LinuxNamespaceType::Uts)
-    });
+    let uts = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.namespaces().as_ref())
+        .is_some_and(|n| n.iter().any(|n| n.typ() == LinuxNamespaceType::Uts));
     // As runc: a uts namespace of the container's (new or joined) is
     // required, or the host's hostname would change.
     if spec.hostname().as_deref().is_some_and(|h| !h.is_empty()) && !uts {
@@ -112,13 +108,12 @@ pub(super) fn validate(config: &Path, spec: &Spec) -> Result<(), SpecError> {
             }
         }
     }
-    let new_ns = |t: LinuxNamespaceType| {
-        linux.namespaces().iter().flatten().any(|n| n.typ() == t && n.path().is_none())
-    };
+    let new_ns =
+        |t: LinuxNamespaceType| linux.namespaces().iter().flatten().any(|n| n.typ() == t && n.path().is_none());
     let has_ns = |t: LinuxNamespaceType| types.contains(&t);
 
-    let maps = linux.uid_mappings().as_ref().map_or(0, |m| m.len())
-        + linux.gid_mappings().as_ref().map_or(0, |m| m.len());
+    let maps =
+        linux.uid_mappings().as_ref().map_or(0, |m| m.len()) + linux.gid_mappings().as_ref().map_or(0, |m| m.len());
     if new_ns(LinuxNamespaceType::User) {
         if linux.uid_mappings().as_ref().is_none_or(|m| m.is_empty())
             || linux.gid_mappings().as_ref().is_none_or(|m| m.is_empty())
@@ -189,10 +184,7 @@ pub(super) fn validate(config: &Path, spec: &Spec) -> Result<(), SpecError> {
 }
 
 fn check_version(config: &Path, version: &str) -> Result<(), SpecError> {
-    let unsupported = || SpecError::UnsupportedVersion {
-        path: config.to_path_buf(),
-        version: version.to_string(),
-    };
+    let unsupported = || SpecError::UnsupportedVersion { path: config.to_path_buf(), version: version.to_string() };
     if version.is_empty() {
         return Err(SpecError::Field {
             path: config.to_path_buf(),
@@ -218,7 +210,16 @@ fn check_sysctl(
     has_ns: &dyn Fn(LinuxNamespaceType) -> bool,
     new_ns: &dyn Fn(LinuxNamespaceType) -> bool,
 ) -> Result<(), String> {
-    let ipc = ["kernel.msgmax", "kernel.msgmnb", "kernel.msgmni", "kernel.sem", "kernel.shmall", "kernel.shmmax", "kernel.shmmni", "kernel.shm_rmid_forced"];
+    let ipc = [
+        "kernel.msgmax",
+        "kernel.msgmnb",
+        "kernel.msgmni",
+        "kernel.sem",
+        "kernel.shmall",
+        "kernel.shmmax",
+        "kernel.shmmni",
+        "kernel.shm_rmid_forced",
+    ];
     if ipc.contains(&key) || key.starts_with("fs.mqueue.") {
         return if has_ns(LinuxNamespaceType::Ipc) {
             Ok(())
@@ -234,11 +235,7 @@ fn check_sysctl(
         };
     }
     if key == "kernel.hostname" || key == "kernel.domainname" {
-        return if new_ns(LinuxNamespaceType::Uts) {
-            Ok(())
-        } else {
-            Err("needs a new uts namespace".into())
-        };
+        return if new_ns(LinuxNamespaceType::Uts) { Ok(()) } else { Err("needs a new uts namespace".into()) };
     }
     Err("is not namespaced: it would change the host; remove it from linux.sysctl".into())
 }

@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::agent::{
-    self, Client, HandshakeRequest, HandshakeResponse, HealthResponse, ProtocolError, Request,
-    Response, ShutdownAction, ShutdownRequest, PROTOCOL_VERSION,
+    self, Client, HandshakeRequest, HandshakeResponse, HealthResponse, ProtocolError, Request, Response,
+    ShutdownAction, ShutdownRequest, PROTOCOL_VERSION,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -26,10 +26,7 @@ pub enum AgentClientError {
     #[error("agent protocol error")]
     Protocol(#[from] ProtocolError),
     #[error("the agent speaks protocol {agent}, this amphi speaks {host}: upgrade the agent in the guest image")]
-    IncompatibleVersion {
-        host: agent::ProtocolVersion,
-        agent: agent::ProtocolVersion,
-    },
+    IncompatibleVersion { host: agent::ProtocolVersion, agent: agent::ProtocolVersion },
 }
 
 /// Reads the `OK <port>\n` line byte by byte, leaving the stream at the
@@ -68,11 +65,7 @@ pub fn connect(uds: &Path, port: u32, deadline: Instant) -> Result<UnixStream, A
             Ok(Ok(s)) => return Ok(s),
             Ok(Err(answer)) => return Err(AgentClientError::BadConnectReply { port, answer }),
             Err(e) if Instant::now() >= deadline => {
-                return Err(AgentClientError::Connect {
-                    path: uds.into(),
-                    port,
-                    source: e,
-                })
+                return Err(AgentClientError::Connect { path: uds.into(), port, source: e })
             }
             Err(_) => std::thread::sleep(Duration::from_millis(20)),
         }
@@ -85,9 +78,7 @@ pub struct AgentClient {
 
 impl AgentClient {
     pub fn new(stream: UnixStream) -> Self {
-        AgentClient {
-            client: Client::new(stream),
-        }
+        AgentClient { client: Client::new(stream) }
     }
 
     pub fn set_timeout(&self, t: Duration) -> std::io::Result<()> {
@@ -96,46 +87,27 @@ impl AgentClient {
     }
 
     pub fn handshake(&mut self) -> Result<HandshakeResponse, AgentClientError> {
-        let req = HandshakeRequest {
-            protocol: PROTOCOL_VERSION,
-            host_version: env!("CARGO_PKG_VERSION").into(),
-        };
+        let req = HandshakeRequest { protocol: PROTOCOL_VERSION, host_version: env!("CARGO_PKG_VERSION").into() };
         match self.client.call(Request::Handshake(req))? {
             Response::Handshake(h) if PROTOCOL_VERSION.compatible_with(h.protocol) => Ok(h),
-            Response::Handshake(h) => Err(AgentClientError::IncompatibleVersion {
-                host: PROTOCOL_VERSION,
-                agent: h.protocol,
-            }),
-            other => Err(ProtocolError::WrongResponse {
-                sent: "handshake",
-                got: other.method(),
+            Response::Handshake(h) => {
+                Err(AgentClientError::IncompatibleVersion { host: PROTOCOL_VERSION, agent: h.protocol })
             }
-            .into()),
+            other => Err(ProtocolError::WrongResponse { sent: "handshake", got: other.method() }.into()),
         }
     }
 
     pub fn health(&mut self) -> Result<HealthResponse, AgentClientError> {
         match self.client.call(Request::Health)? {
             Response::Health(h) => Ok(h),
-            other => Err(ProtocolError::WrongResponse {
-                sent: "health",
-                got: other.method(),
-            }
-            .into()),
+            other => Err(ProtocolError::WrongResponse { sent: "health", got: other.method() }.into()),
         }
     }
 
     pub fn shutdown(&mut self, action: ShutdownAction) -> Result<(), AgentClientError> {
-        match self
-            .client
-            .call(Request::Shutdown(ShutdownRequest { action }))?
-        {
+        match self.client.call(Request::Shutdown(ShutdownRequest { action }))? {
             Response::Shutdown(_) => Ok(()),
-            other => Err(ProtocolError::WrongResponse {
-                sent: "shutdown",
-                got: other.method(),
-            }
-            .into()),
+            other => Err(ProtocolError::WrongResponse { sent: "shutdown", got: other.method() }.into()),
         }
     }
 }
@@ -177,34 +149,18 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let path = d.path().join("v.sock");
         let vmm = fake_vmm(&path);
-        let s = connect(
-            &path,
-            AGENT_PORT_FOR_TEST,
-            Instant::now() + Duration::from_secs(10),
-        )
-        .unwrap();
+        let s = connect(&path, AGENT_PORT_FOR_TEST, Instant::now() + Duration::from_secs(10)).unwrap();
         let mut c = AgentClient::new(s);
         let h = c.handshake().unwrap();
-        assert_eq!(
-            (h.agent_version.as_str(), h.kernel_release.as_str()),
-            ("9.9.9", "6.1.0-test")
-        );
+        assert_eq!((h.agent_version.as_str(), h.kernel_release.as_str()), ("9.9.9", "6.1.0-test"));
         assert_eq!(vmm.join().unwrap(), "CONNECT 1024\n");
     }
 
     #[test]
     fn connect_gives_up_at_the_deadline() {
         let d = tempfile::tempdir().unwrap();
-        let e = connect(
-            &d.path().join("absent.sock"),
-            1024,
-            Instant::now() + Duration::from_millis(100),
-        )
-        .unwrap_err();
-        assert!(
-            matches!(e, AgentClientError::Connect { port: 1024, .. }),
-            "{e}"
-        );
+        let e = connect(&d.path().join("absent.sock"), 1024, Instant::now() + Duration::from_millis(100)).unwrap_err();
+        assert!(matches!(e, AgentClientError::Connect { port: 1024, .. }), "{e}");
     }
 
     #[test]

@@ -13,9 +13,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::agent::{
-    HandshakeResponse, HealthResponse, ShutdownAction, AGENT_VSOCK_PORT, PROTOCOL_VERSION,
-};
+use crate::agent::{HandshakeResponse, HealthResponse, ShutdownAction, AGENT_VSOCK_PORT, PROTOCOL_VERSION};
 use crate::exit;
 use crate::vm::agent_client::{self, AgentClient, AgentClientError};
 use crate::vm::host::{self, HostError, SystemHost};
@@ -83,30 +81,18 @@ pub enum CheckError {
         source: std::io::Error,
     },
     #[error("the VMM failed: {message}{}", tail_suffix(.console))]
-    Vmm {
-        message: String,
-        console: Vec<String>,
-    },
+    Vmm { message: String, console: Vec<String> },
     #[error("the guest kernel panicked: {line}{}", tail_suffix(.console))]
     GuestPanic { line: String, console: Vec<String> },
     #[error("KVM could not emulate a guest instruction at boot: this /dev/kvm cannot run a stock kernel (as on a PVM host). What would work: {}", host::WHAT_WORKS)]
     Emulation,
     #[error("the guest ended ({reason}) before the agent answered{}", tail_suffix(.console))]
-    GuestEnded {
-        reason: String,
-        console: Vec<String>,
-    },
+    GuestEnded { reason: String, console: Vec<String> },
     #[error("the agent did not answer within {timeout:?} ({phase}); the VM was stopped{}", tail_suffix(.console))]
-    Timeout {
-        timeout: Duration,
-        phase: &'static str,
-        console: Vec<String>,
-    },
+    Timeout { timeout: Duration, phase: &'static str, console: Vec<String> },
     #[error("talking to the agent failed")]
     Agent(#[source] AgentClientError),
-    #[error(
-        "the guest did not power off within {0:?} of the shutdown request; the VM was stopped"
-    )]
+    #[error("the guest did not power off within {0:?} of the shutdown request; the VM was stopped")]
     Teardown(Duration),
     #[error("interrupted; the VM was stopped and its files removed")]
     Interrupted,
@@ -172,12 +158,7 @@ impl CheckReport {
     pub fn render(&self, w: &mut dyn Write) -> std::io::Result<()> {
         let t = &self.timings;
         writeln!(w, "amphi vm check: ok")?;
-        writeln!(
-            w,
-            "  kernel          {} ({})",
-            self.kernel.display(),
-            self.kernel_release
-        )?;
+        writeln!(w, "  kernel          {} ({})", self.kernel.display(), self.kernel_release)?;
         if self.booted != self.kernel {
             writeln!(w, "  booted as       {} (PVH entry, uncompressed)", self.booted.display())?;
         }
@@ -185,19 +166,11 @@ impl CheckReport {
             w,
             "  initramfs       {}{}",
             self.initramfs.display(),
-            if self.initramfs_cached {
-                " (cached)"
-            } else {
-                " (built)"
-            }
+            if self.initramfs_cached { " (cached)" } else { " (built)" }
         )?;
         writeln!(w, "agent report")?;
         writeln!(w, "  agent version   {}", self.agent_version)?;
-        writeln!(
-            w,
-            "  protocol        agent {}, host {}",
-            self.agent_protocol, self.host_protocol
-        )?;
+        writeln!(w, "  protocol        agent {}, host {}", self.agent_protocol, self.host_protocol)?;
         writeln!(w, "  guest kernel    {}", self.guest_kernel_release)?;
         writeln!(w, "  modules loaded  {}", self.modules_loaded.join(" "))?;
         writeln!(w, "  agent init      {} ms", self.agent_init_ms)?;
@@ -213,31 +186,11 @@ impl CheckReport {
         )?;
         writeln!(w, "  shutdown        {}", self.exit)?;
         writeln!(w, "time breakdown")?;
-        writeln!(
-            w,
-            "  VMM start -> kernel entry        {:9.1} ms",
-            t.vmm_start_to_kernel_entry_ms
-        )?;
-        writeln!(
-            w,
-            "  kernel entry -> agent listening  {:9.1} ms",
-            t.kernel_entry_to_agent_listening_ms
-        )?;
-        writeln!(
-            w,
-            "  agent listening -> handshake     {:9.1} ms",
-            t.agent_listening_to_handshake_ms
-        )?;
-        writeln!(
-            w,
-            "  VMM start -> handshake done      {:9.1} ms",
-            t.boot_to_handshake_ms
-        )?;
-        writeln!(
-            w,
-            "  teardown (shutdown -> VMM gone)  {:9.1} ms",
-            t.teardown_ms
-        )?;
+        writeln!(w, "  VMM start -> kernel entry        {:9.1} ms", t.vmm_start_to_kernel_entry_ms)?;
+        writeln!(w, "  kernel entry -> agent listening  {:9.1} ms", t.kernel_entry_to_agent_listening_ms)?;
+        writeln!(w, "  agent listening -> handshake     {:9.1} ms", t.agent_listening_to_handshake_ms)?;
+        writeln!(w, "  VMM start -> handshake done      {:9.1} ms", t.boot_to_handshake_ms)?;
+        writeln!(w, "  teardown (shutdown -> VMM gone)  {:9.1} ms", t.teardown_ms)?;
         writeln!(
             w,
             "VMM peak RSS: {:.1} MiB ({:.1} MiB guest memory the guest touched, {:.1} MiB the VMM's own)",
@@ -254,9 +207,7 @@ struct TempDir(PathBuf);
 impl TempDir {
     fn new() -> std::io::Result<Self> {
         let template = std::env::temp_dir().join("amphi-vm-XXXXXX");
-        nix::unistd::mkdtemp(&template)
-            .map(TempDir)
-            .map_err(std::io::Error::from)
+        nix::unistd::mkdtemp(&template).map(TempDir).map_err(std::io::Error::from)
     }
 }
 
@@ -307,11 +258,7 @@ pub fn find_agent(given: Option<&Path>, exe: &Path) -> Result<PathBuf, CheckErro
         }
     }
     std::env::var_os("PATH")
-        .and_then(|path| {
-            std::env::split_paths(&path)
-                .map(|d| d.join("amphi-agent"))
-                .find(|p| p.is_file())
-        })
+        .and_then(|path| std::env::split_paths(&path).map(|d| d.join("amphi-agent")).find(|p| p.is_file()))
         .ok_or(CheckError::NoAgent { exe: exe.into() })
 }
 
@@ -320,11 +267,8 @@ fn tail(path: Option<&Path>, n: usize) -> Vec<String> {
         return Vec::new();
     };
     let text = String::from_utf8_lossy(&text);
-    let lines: Vec<String> = text
-        .lines()
-        .map(|l| l.trim_end_matches('\r').to_string())
-        .filter(|l| !l.trim().is_empty())
-        .collect();
+    let lines: Vec<String> =
+        text.lines().map(|l| l.trim_end_matches('\r').to_string()).filter(|l| !l.trim().is_empty()).collect();
     lines[lines.len().saturating_sub(n)..].to_vec()
 }
 
@@ -364,15 +308,10 @@ fn ms(d: Duration) -> f64 {
 }
 
 /// Runs the whole check. `progress` hears about slow steps.
-pub fn check(
-    opts: &CheckOptions,
-    progress: &mut dyn FnMut(&str),
-) -> Result<CheckReport, CheckError> {
+pub fn check(opts: &CheckOptions, progress: &mut dyn FnMut(&str)) -> Result<CheckReport, CheckError> {
     host::check(&SystemHost, &opts.kvm_path)?;
     if opts.memory_mib < MIN_MEM_MIB {
-        return Err(CheckError::Memory {
-            memory: opts.memory_mib,
-        });
+        return Err(CheckError::Memory { memory: opts.memory_mib });
     }
     if opts.cpus == 0 || opts.cpus == 255 {
         return Err(CheckError::Cpus(u32::from(opts.cpus)));
@@ -397,16 +336,13 @@ pub fn check(
     let image = image::build_or_reuse(&spec, &opts.cache_dir, progress)?;
     // A bzImage is booted from its cached, uncompressed vmlinux through the
     // PVH entry: the guest then skips decompressing itself.
-    let boot_kernel = image::vmlinux::uncompressed(&kernel_path, &opts.cache_dir, progress)?
-        .unwrap_or_else(|| kernel_path.clone());
+    let boot_kernel =
+        image::vmlinux::uncompressed(&kernel_path, &opts.cache_dir, progress)?.unwrap_or_else(|| kernel_path.clone());
 
     let tmp = TempDir::new().map_err(CheckError::TempDir)?;
     let uds = tmp.0.join("vsock.sock");
     let (console_file, serial_arg) = match &opts.console {
-        ConsoleTarget::Temporary => (
-            Some(tmp.0.join("console.log")),
-            Some(tmp.0.join("console.log")),
-        ),
+        ConsoleTarget::Temporary => (Some(tmp.0.join("console.log")), Some(tmp.0.join("console.log"))),
         ConsoleTarget::Stdout => (None, Some(PathBuf::from("-"))),
         ConsoleTarget::File(p) => (Some(p.clone()), Some(p.clone())),
     };
@@ -416,13 +352,10 @@ pub fn check(
     // another thread spawning at that moment would inherit it too, which is
     // why nothing here waits for the pipe's EOF (part 2, with concurrent
     // spawns, should move the fd with a pre-exec dup2 instead).
-    let (read_end, write_end) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+    let (read_end, write_end) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| CheckError::TempDir(e.into()))?;
+    nix::fcntl::fcntl(write_end.as_fd(), nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()))
         .map_err(|e| CheckError::TempDir(e.into()))?;
-    nix::fcntl::fcntl(
-        write_end.as_fd(),
-        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
-    )
-    .map_err(|e| CheckError::TempDir(e.into()))?;
     let args = ChildArgs {
         kernel: boot_kernel.clone(),
         initrd: image.path.clone(),
@@ -442,20 +375,13 @@ pub fn check(
     let spawned = Command::new(&opts.vmm_binary)
         .args(args.to_argv())
         .stdin(Stdio::null())
-        .stdout(if opts.console == ConsoleTarget::Stdout {
-            Stdio::inherit()
-        } else {
-            Stdio::null()
-        })
+        .stdout(if opts.console == ConsoleTarget::Stdout { Stdio::inherit() } else { Stdio::null() })
         .stderr(Stdio::inherit())
         // Its own process group: a terminal's ^C reaches amphi, which then
         // stops the VM and cleans up, instead of killing both mid-way.
         .process_group(0)
         .spawn()
-        .map_err(|source| CheckError::Spawn {
-            binary: opts.vmm_binary.clone(),
-            source,
-        });
+        .map_err(|source| CheckError::Spawn { binary: opts.vmm_binary.clone(), source });
     drop(write_end);
     let mut child = VmmChild(Some(spawned?));
     let (tx, rx) = mpsc::channel();
@@ -473,46 +399,30 @@ pub fn check(
             Ok((t, ChildEvent::AgentListening)) => listening = Some(t),
             Ok((_, ChildEvent::GuestPanic { line })) => panic_line = Some(line),
             Ok((_, ChildEvent::Error { message })) => {
-                return Err(CheckError::Vmm {
-                    message,
-                    console: console_tail(),
-                });
+                return Err(CheckError::Vmm { message, console: console_tail() });
             }
             Ok((_, ChildEvent::Exit { reason, panic, .. })) => {
                 drop(child);
                 if let Some(line) = panic.or(panic_line) {
-                    return Err(CheckError::GuestPanic {
-                        line,
-                        console: console_tail(),
-                    });
+                    return Err(CheckError::GuestPanic { line, console: console_tail() });
                 }
                 if reason == "emulation_failure" {
                     return Err(CheckError::Emulation);
                 }
-                return Err(CheckError::GuestEnded {
-                    reason,
-                    console: console_tail(),
-                });
+                return Err(CheckError::GuestEnded { reason, console: console_tail() });
             }
             Err(WaitEnd::Cancelled) => return Err(CheckError::Interrupted),
             Err(WaitEnd::Timeout) => {
                 drop(child);
                 if let Some(line) = panic_line {
-                    return Err(CheckError::GuestPanic {
-                        line,
-                        console: console_tail(),
-                    });
+                    return Err(CheckError::GuestPanic { line, console: console_tail() });
                 }
                 let phase = if kernel_entry.is_some() {
                     "the kernel booted but the agent never said it listens"
                 } else {
                     "the kernel was never entered"
                 };
-                return Err(CheckError::Timeout {
-                    timeout: opts.timeout,
-                    phase,
-                    console: console_tail(),
-                });
+                return Err(CheckError::Timeout { timeout: opts.timeout, phase, console: console_tail() });
             }
             Err(WaitEnd::Disconnected) => {
                 let status = child.wait_timeout(Duration::from_secs(1));
@@ -527,35 +437,23 @@ pub fn check(
     let listening = listening.unwrap_or(kernel_entry);
 
     // Phase 2: the handshake over vsock.
-    let timeout_err = |phase| CheckError::Timeout {
-        timeout: opts.timeout,
-        phase,
-        console: console_tail(),
-    };
+    let timeout_err = |phase| CheckError::Timeout { timeout: opts.timeout, phase, console: console_tail() };
     let stream = agent_client::connect(&uds, AGENT_VSOCK_PORT, deadline).map_err(|e| match e {
-        AgentClientError::Connect { .. } => {
-            timeout_err("the agent listens but did not accept a vsock connection")
-        }
+        AgentClientError::Connect { .. } => timeout_err("the agent listens but did not accept a vsock connection"),
         e => CheckError::Agent(e),
     })?;
     let mut client = AgentClient::new(stream);
-    let left = deadline
-        .saturating_duration_since(Instant::now())
-        .max(Duration::from_millis(100));
-    client.set_timeout(left).map_err(|e| {
-        CheckError::Agent(AgentClientError::Protocol(
-            crate::agent::ProtocolError::Frame(e.into()),
-        ))
-    })?;
+    let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(100));
+    client
+        .set_timeout(left)
+        .map_err(|e| CheckError::Agent(AgentClientError::Protocol(crate::agent::ProtocolError::Frame(e.into()))))?;
     let hello: HandshakeResponse = client.handshake().map_err(CheckError::Agent)?;
     let handshake_done = Instant::now();
     let health = client.health().map_err(CheckError::Agent)?;
 
     // Phase 3: power off, and wait for the VMM to be gone.
     let teardown_start = Instant::now();
-    client
-        .shutdown(ShutdownAction::PowerOff)
-        .map_err(CheckError::Agent)?;
+    client.shutdown(ShutdownAction::PowerOff).map_err(CheckError::Agent)?;
     drop(client);
     let mut exit_reason = None;
     let mut peak = 0;
@@ -563,15 +461,7 @@ pub fn check(
     let teardown_deadline = Instant::now() + TEARDOWN_TIMEOUT;
     while exit_reason.is_none() {
         match next_event(&rx, teardown_deadline, cancel) {
-            Ok((
-                _,
-                ChildEvent::Exit {
-                    reason,
-                    peak_rss_kib,
-                    guest_rss_kib,
-                    ..
-                },
-            )) => {
+            Ok((_, ChildEvent::Exit { reason, peak_rss_kib, guest_rss_kib, .. })) => {
                 exit_reason = Some(reason);
                 peak = peak_rss_kib;
                 guest_rss = guest_rss_kib;
@@ -582,9 +472,7 @@ pub fn check(
             Err(WaitEnd::Disconnected) => break,
         }
     }
-    child
-        .wait_timeout(TEARDOWN_TIMEOUT)
-        .ok_or(CheckError::Teardown(TEARDOWN_TIMEOUT))?;
+    child.wait_timeout(TEARDOWN_TIMEOUT).ok_or(CheckError::Teardown(TEARDOWN_TIMEOUT))?;
     let teardown_end = Instant::now();
     // The reader ends by itself at EOF; joining could wait on a process that
     // inherited the pipe's write end in the spawn window (see above).
@@ -598,10 +486,7 @@ pub fn check(
             })
         }
         None => {
-            return Err(CheckError::Vmm {
-                message: "the VMM exited without reporting".into(),
-                console: console_tail(),
-            })
+            return Err(CheckError::Vmm { message: "the VMM exited without reporting".into(), console: console_tail() })
         }
     };
 
@@ -640,29 +525,16 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let exe = d.path().join("amphi");
         std::fs::write(d.path().join("amphi-agent"), b"x").unwrap();
-        assert_eq!(
-            find_agent(None, &exe).unwrap(),
-            d.path().join("amphi-agent")
-        );
-        assert_eq!(
-            find_agent(Some(Path::new("/x/a")), &exe).unwrap(),
-            PathBuf::from("/x/a")
-        );
+        assert_eq!(find_agent(None, &exe).unwrap(), d.path().join("amphi-agent"));
+        assert_eq!(find_agent(Some(Path::new("/x/a")), &exe).unwrap(), PathBuf::from("/x/a"));
     }
 
     #[test]
     fn failures_map_to_stable_exit_codes() {
         assert_eq!(CheckError::Emulation.exit_code(), exit::VM_HOST_UNSUPPORTED);
-        let t = CheckError::Timeout {
-            timeout: Duration::from_secs(1),
-            phase: "p",
-            console: vec![],
-        };
+        let t = CheckError::Timeout { timeout: Duration::from_secs(1), phase: "p", console: vec![] };
         assert_eq!(t.exit_code(), exit::VM_BOOT_TIMEOUT);
-        let p = CheckError::GuestPanic {
-            line: "Kernel panic".into(),
-            console: vec!["a".into()],
-        };
+        let p = CheckError::GuestPanic { line: "Kernel panic".into(), console: vec!["a".into()] };
         assert_eq!(p.exit_code(), exit::VM_GUEST_PANIC);
         assert!(p.to_string().contains("last guest console lines:\n  a"));
     }

@@ -30,21 +30,13 @@ impl HostProbe for SystemHost {
     }
 
     fn open_rw(&self, path: &Path) -> std::io::Result<()> {
-        std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(path)
-            .map(drop)
+        std::fs::OpenOptions::new().read(true).write(true).open(path).map(drop)
     }
 
     fn cpu_flags(&self) -> String {
         std::fs::read_to_string("/proc/cpuinfo")
             .ok()
-            .and_then(|s| {
-                s.lines()
-                    .find(|l| l.starts_with("flags"))
-                    .map(str::to_string)
-            })
+            .and_then(|s| s.lines().find(|l| l.starts_with("flags")).map(str::to_string))
             .unwrap_or_default()
     }
 }
@@ -78,23 +70,15 @@ pub fn check(probe: &dyn HostProbe, kvm: &Path) -> Result<(), HostError> {
         } else {
             format!("this machine has no hardware virtualization (no vmx/svm CPU flag). What would work: {WHAT_WORKS}")
         };
-        return Err(HostError::NoKvm {
-            path: kvm.into(),
-            hint,
-        });
+        return Err(HostError::NoKvm { path: kvm.into(), hint });
     }
     if probe.module_loaded("kvm_pvm") {
         return Err(HostError::Pvm { path: kvm.into() });
     }
     match probe.open_rw(kvm) {
         Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
-            Err(HostError::NoPermission { path: kvm.into() })
-        }
-        Err(source) => Err(HostError::Open {
-            path: kvm.into(),
-            source,
-        }),
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => Err(HostError::NoPermission { path: kvm.into() }),
+        Err(source) => Err(HostError::Open { path: kvm.into(), source }),
     }
 }
 
@@ -128,12 +112,7 @@ mod tests {
     }
 
     fn host() -> Fake {
-        Fake {
-            exists: true,
-            modules: vec!["kvm", "kvm_amd"],
-            open: None,
-            flags: "flags : fpu svm",
-        }
+        Fake { exists: true, modules: vec!["kvm", "kvm_amd"], open: None, flags: "flags : fpu svm" }
     }
 
     #[test]
@@ -143,52 +122,25 @@ mod tests {
 
     #[test]
     fn a_pvm_host_is_refused_with_what_would_work() {
-        let h = Fake {
-            modules: vec!["kvm", "kvm_pvm"],
-            ..host()
-        };
+        let h = Fake { modules: vec!["kvm", "kvm_pvm"], ..host() };
         let e = check(&h, Path::new("/dev/kvm")).unwrap_err();
         assert!(matches!(e, HostError::Pvm { .. }));
         let msg = e.to_string();
-        assert!(
-            msg.contains("PVM") && msg.contains("stock") && msg.contains("nested test host"),
-            "{msg}"
-        );
+        assert!(msg.contains("PVM") && msg.contains("stock") && msg.contains("nested test host"), "{msg}");
     }
 
     #[test]
     fn a_missing_device_says_whether_the_cpu_could_do_it() {
-        let e = check(
-            &Fake {
-                exists: false,
-                ..host()
-            },
-            Path::new("/dev/kvm"),
-        )
-        .unwrap_err();
+        let e = check(&Fake { exists: false, ..host() }, Path::new("/dev/kvm")).unwrap_err();
         assert!(e.to_string().contains("modprobe"), "{e}");
-        let e = check(
-            &Fake {
-                exists: false,
-                flags: "flags : fpu sse",
-                ..host()
-            },
-            Path::new("/dev/kvm"),
-        )
-        .unwrap_err();
+        let e = check(&Fake { exists: false, flags: "flags : fpu sse", ..host() }, Path::new("/dev/kvm")).unwrap_err();
         assert!(e.to_string().contains("no hardware virtualization"), "{e}");
     }
 
     #[test]
     fn permission_problems_name_the_fix() {
-        let e = check(
-            &Fake {
-                open: Some(std::io::ErrorKind::PermissionDenied),
-                ..host()
-            },
-            Path::new("/dev/kvm"),
-        )
-        .unwrap_err();
+        let e = check(&Fake { open: Some(std::io::ErrorKind::PermissionDenied), ..host() }, Path::new("/dev/kvm"))
+            .unwrap_err();
         assert!(matches!(e, HostError::NoPermission { .. }));
         assert!(e.to_string().contains("run as root"));
     }

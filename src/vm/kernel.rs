@@ -27,10 +27,7 @@ pub enum KernelError {
     #[error("cannot tell the release of kernel {path} (no version string in it and none in its file name): pass --modules DIR")]
     NoRelease { path: PathBuf },
     #[error("no modules for kernel {release}: neither {} exists; pass --modules DIR (the kernel's lib/modules/<release>)", .tried.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(" nor "))]
-    NoModules {
-        release: String,
-        tried: Vec<PathBuf>,
-    },
+    NoModules { release: String, tried: Vec<PathBuf> },
 }
 
 /// Compares kernel releases like `sort -V` does for the common cases.
@@ -42,22 +39,14 @@ pub fn compare_releases(a: &str, b: &str) -> Ordering {
         for c in s.chars() {
             let d = c.is_ascii_digit();
             if digit.is_some() && digit != Some(d) {
-                out.push(if digit == Some(true) {
-                    Ok(cur.parse().unwrap_or(0))
-                } else {
-                    Err(cur.clone())
-                });
+                out.push(if digit == Some(true) { Ok(cur.parse().unwrap_or(0)) } else { Err(cur.clone()) });
                 cur.clear();
             }
             digit = Some(d);
             cur.push(c);
         }
         if !cur.is_empty() {
-            out.push(if digit == Some(true) {
-                Ok(cur.parse().unwrap_or(0))
-            } else {
-                Err(cur)
-            });
+            out.push(if digit == Some(true) { Ok(cur.parse().unwrap_or(0)) } else { Err(cur) });
         }
         out
     }
@@ -102,25 +91,17 @@ pub fn find_default(boot_dir: &Path, kernel_dir: &Path) -> Result<PathBuf, Kerne
         .into_iter()
         .max_by(|a, b| compare_releases(&a.0, &b.0))
         .map(|(_, p)| p)
-        .ok_or_else(|| KernelError::NoDefault {
-            searched: vec![boot_dir.into(), kernel_dir.join("*/boot")],
-        })
+        .ok_or_else(|| KernelError::NoDefault { searched: vec![boot_dir.into(), kernel_dir.join("*/boot")] })
 }
 
 /// The release (`uname -r`) of a bzImage or ELF kernel.
 pub fn release_of(path: &Path) -> Result<String, KernelError> {
-    let read_err = |source| KernelError::Read {
-        path: path.into(),
-        source,
-    };
+    let read_err = |source| KernelError::Read { path: path.into(), source };
     let mut file = File::open(path).map_err(read_err)?;
     // A bzImage's version string sits in its first pages; only an ELF
     // kernel needs a full scan for its banner.
     let mut data = Vec::new();
-    (&mut file)
-        .take(64 * 1024)
-        .read_to_end(&mut data)
-        .map_err(read_err)?;
+    (&mut file).take(64 * 1024).read_to_end(&mut data).map_err(read_err)?;
     let is_bzimage = data.len() > 0x206 && &data[0x202..0x206] == b"HdrS";
     if !is_bzimage {
         file.read_to_end(&mut data).map_err(read_err)?;
@@ -128,9 +109,7 @@ pub fn release_of(path: &Path) -> Result<String, KernelError> {
     release_from_image(&data)
         .or_else(|| {
             let name = path.file_name()?.to_str()?;
-            name.strip_prefix("vmlinuz-")
-                .or_else(|| name.strip_prefix("vmlinux-"))
-                .map(str::to_string)
+            name.strip_prefix("vmlinuz-").or_else(|| name.strip_prefix("vmlinux-")).map(str::to_string)
         })
         .ok_or_else(|| KernelError::NoRelease { path: path.into() })
 }
@@ -139,14 +118,8 @@ pub fn release_of(path: &Path) -> Result<String, KernelError> {
 /// 0x200). ELF: the `Linux version ` banner.
 pub fn release_from_image(data: &[u8]) -> Option<String> {
     let first_word = |s: &[u8]| {
-        let end = s
-            .iter()
-            .position(|&c| c == b' ' || c == 0)
-            .unwrap_or(s.len());
-        std::str::from_utf8(&s[..end])
-            .ok()
-            .filter(|w| !w.is_empty())
-            .map(str::to_string)
+        let end = s.iter().position(|&c| c == b' ' || c == 0).unwrap_or(s.len());
+        std::str::from_utf8(&s[..end]).ok().filter(|w| !w.is_empty()).map(str::to_string)
     };
     if data.len() > 0x210 && &data[0x202..0x206] == b"HdrS" {
         let off = u16::from_le_bytes([data[0x20e], data[0x20f]]) as usize + 0x200;
@@ -161,23 +134,12 @@ pub fn release_from_image(data: &[u8]) -> Option<String> {
 
 /// `/lib/modules/<release>`, or the copy next to a kernel unpacked in
 /// amphi's kernel dir (`<root>/boot/vmlinuz-<r>` -> `<root>/lib/modules/<r>`).
-pub fn default_modules_dir(
-    kernel: &Path,
-    release: &str,
-    system_modules: &Path,
-) -> Result<PathBuf, KernelError> {
+pub fn default_modules_dir(kernel: &Path, release: &str, system_modules: &Path) -> Result<PathBuf, KernelError> {
     let mut tried = vec![system_modules.join(release)];
     if let Some(root) = kernel.parent().and_then(Path::parent) {
         tried.push(root.join("lib/modules").join(release));
     }
-    tried
-        .iter()
-        .find(|p| p.is_dir())
-        .cloned()
-        .ok_or_else(|| KernelError::NoModules {
-            release: release.into(),
-            tried,
-        })
+    tried.iter().find(|p| p.is_dir()).cloned().ok_or_else(|| KernelError::NoModules { release: release.into(), tried })
 }
 
 #[cfg(test)]
@@ -186,10 +148,7 @@ mod tests {
 
     #[test]
     fn releases_sort_like_sort_v() {
-        assert_eq!(
-            compare_releases("6.1.0-56-cloud-amd64", "6.1.0-9-cloud-amd64"),
-            Ordering::Greater
-        );
+        assert_eq!(compare_releases("6.1.0-56-cloud-amd64", "6.1.0-9-cloud-amd64"), Ordering::Greater);
         assert_eq!(compare_releases("6.10.0-1", "6.9.0-1"), Ordering::Greater);
         assert_eq!(compare_releases("6.1.0", "6.1.0"), Ordering::Equal);
     }
@@ -212,10 +171,7 @@ mod tests {
     fn no_kernel_anywhere_names_the_fix() {
         let d = tempfile::tempdir().unwrap();
         let e = find_default(&d.path().join("boot"), &d.path().join("k")).unwrap_err();
-        assert!(
-            e.to_string().contains("--kernel") && e.to_string().contains("fetch-guest-kernel"),
-            "{e}"
-        );
+        assert!(e.to_string().contains("--kernel") && e.to_string().contains("fetch-guest-kernel"), "{e}");
     }
 
     #[test]
@@ -224,10 +180,7 @@ mod tests {
         img[0x202..0x206].copy_from_slice(b"HdrS");
         img[0x20e..0x210].copy_from_slice(&0x300u16.to_le_bytes());
         img[0x500..0x500 + 30].copy_from_slice(b"6.1.0-56-cloud-amd64 (debian-k");
-        assert_eq!(
-            release_from_image(&img).as_deref(),
-            Some("6.1.0-56-cloud-amd64")
-        );
+        assert_eq!(release_from_image(&img).as_deref(), Some("6.1.0-56-cloud-amd64"));
     }
 
     #[test]

@@ -28,5 +28,4 @@ pub const GUEST_MODULES: &[&str] = &["virtio_mmio", "vmw_vsock_virtio_transport"
 /// The kernel command line for amphi guests. `quiet` matters: every console
 /// byte is a VM exit. `pci=off` skips probing a PCI bus there is none of,
 /// `8250.nr_uarts=1` probing serial ports beyond COM1.
-pub const GUEST_CMDLINE: &str =
-    "console=ttyS0 quiet panic=-1 pci=off 8250.nr_uarts=1 tsc=reliable rdinit=/init";
+pub const GUEST_CMDLINE: &str = "console=ttyS0 quiet panic=-1 pci=off 8250.nr_uarts=1 tsc=reliable rdinit=/init";

@@ -67,9 +67,7 @@ pub fn exit_code(reason: &ExitReason, panicked: bool) -> u8 {
 
 /// Peak resident set of this process, in KiB.
 pub fn peak_rss_kib() -> u64 {
-    nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_SELF)
-        .map(|u| u.max_rss() as u64)
-        .unwrap_or(0)
+    nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_SELF).map(|u| u.max_rss() as u64).unwrap_or(0)
 }
 
 /// Body of `amphi vm run-vmm`: runs the VM, reports on `event_fd`, returns
@@ -77,13 +75,11 @@ pub fn peak_rss_kib() -> u64 {
 pub fn run_child(config: VmmConfig, event_fd: i32) -> u8 {
     // If the parent dies, so does the VM: nothing is left behind.
     let _ = nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL);
-    let pipe: Box<dyn Write + Send> = match std::fs::OpenOptions::new()
-        .write(true)
-        .open(format!("/proc/self/fd/{event_fd}"))
-    {
-        Ok(f) => Box::new(f),
-        Err(_) => Box::new(std::io::sink()),
-    };
+    let pipe: Box<dyn Write + Send> =
+        match std::fs::OpenOptions::new().write(true).open(format!("/proc/self/fd/{event_fd}")) {
+            Ok(f) => Box::new(f),
+            Err(_) => Box::new(std::io::sink()),
+        };
     let pipe = Arc::new(Mutex::new(pipe));
     let send = {
         let pipe = pipe.clone();
@@ -117,9 +113,7 @@ pub fn run_child(config: VmmConfig, event_fd: i32) -> u8 {
             exit_code(&outcome.reason, outcome.panic.is_some())
         }
         Err(e) => {
-            send(&ChildEvent::Error {
-                message: crate::logging::chain(&e),
-            });
+            send(&ChildEvent::Error { message: crate::logging::chain(&e) });
             exit::GENERAL
         }
     }
@@ -202,10 +196,7 @@ impl ChildArgs {
                 Some(p) => vmm::SerialOutput::File(p),
                 None => vmm::SerialOutput::Discard,
             },
-            vsock: Some(vmm::VsockConfig {
-                guest_cid: self.vsock_cid,
-                uds_path: self.vsock_uds,
-            }),
+            vsock: Some(vmm::VsockConfig { guest_cid: self.vsock_cid, uds_path: self.vsock_uds }),
         }
     }
 }
@@ -216,20 +207,12 @@ mod tests {
 
     #[test]
     fn events_have_a_stable_wire_form() {
-        let e = ChildEvent::Exit {
-            reason: "power_off".into(),
-            panic: None,
-            peak_rss_kib: 12,
-            guest_rss_kib: 8,
-        };
+        let e = ChildEvent::Exit { reason: "power_off".into(), panic: None, peak_rss_kib: 12, guest_rss_kib: 8 };
         assert_eq!(
             serde_json::to_value(&e).unwrap(),
             serde_json::json!({"event":"exit","reason":"power_off","panic":null,"peak_rss_kib":12,"guest_rss_kib":8})
         );
-        assert_eq!(
-            serde_json::to_string(&ChildEvent::KernelEntry).unwrap(),
-            r#"{"event":"kernel_entry"}"#
-        );
+        assert_eq!(serde_json::to_string(&ChildEvent::KernelEntry).unwrap(), r#"{"event":"kernel_entry"}"#);
     }
 
     #[test]
@@ -237,10 +220,7 @@ mod tests {
         assert_eq!(exit_code(&ExitReason::PowerOff, false), 0);
         assert_eq!(exit_code(&ExitReason::Reset, true), exit::VM_GUEST_PANIC);
         assert_eq!(exit_code(&ExitReason::Reset, false), exit::VM_GUEST_REBOOT);
-        assert_eq!(
-            exit_code(&ExitReason::EmulationFailure, false),
-            exit::VM_HOST_UNSUPPORTED
-        );
+        assert_eq!(exit_code(&ExitReason::EmulationFailure, false), exit::VM_HOST_UNSUPPORTED);
     }
 
     #[test]
@@ -252,8 +232,7 @@ mod tests {
             spawn_reader(f, tx)
         };
         let mut w = w;
-        w.write_all(b"garbage\n{\"event\":\"agent_listening\"}\n")
-            .unwrap();
+        w.write_all(b"garbage\n{\"event\":\"agent_listening\"}\n").unwrap();
         drop(w);
         h.join().unwrap();
         let got: Vec<ChildEvent> = rx.iter().map(|(_, e)| e).collect();
@@ -276,9 +255,7 @@ mod tests {
         };
         let argv = a.to_argv();
         assert_eq!(&argv[..2], ["vm", "run-vmm"]);
-        assert!(argv
-            .windows(2)
-            .any(|w| w[0] == "--cmdline" && w[1] == "console=ttyS0 quiet"));
+        assert!(argv.windows(2).any(|w| w[0] == "--cmdline" && w[1] == "console=ttyS0 quiet"));
         let c = a.into_config();
         assert_eq!(c.serial, vmm::SerialOutput::Stdout);
     }

@@ -192,14 +192,14 @@ const fn allow_char(major: Option<u32>, minor: Option<u32>, access: Access) -> D
 pub const DEFAULT_ALLOWED: [DeviceRule; 11] = [
     allow_char(None, None, Access::MKNOD),
     DeviceRule::new(true, DeviceKind::Block, None, None, Access::MKNOD),
-    allow_char(Some(1), Some(3), Access::ALL),   // /dev/null
-    allow_char(Some(1), Some(8), Access::ALL),   // /dev/random
-    allow_char(Some(1), Some(7), Access::ALL),   // /dev/full
-    allow_char(Some(5), Some(0), Access::ALL),   // /dev/tty
-    allow_char(Some(1), Some(5), Access::ALL),   // /dev/zero
-    allow_char(Some(1), Some(9), Access::ALL),   // /dev/urandom
-    allow_char(Some(136), None, Access::ALL),    // /dev/pts/*
-    allow_char(Some(5), Some(2), Access::ALL),   // /dev/ptmx
+    allow_char(Some(1), Some(3), Access::ALL),    // /dev/null
+    allow_char(Some(1), Some(8), Access::ALL),    // /dev/random
+    allow_char(Some(1), Some(7), Access::ALL),    // /dev/full
+    allow_char(Some(5), Some(0), Access::ALL),    // /dev/tty
+    allow_char(Some(1), Some(5), Access::ALL),    // /dev/zero
+    allow_char(Some(1), Some(9), Access::ALL),    // /dev/urandom
+    allow_char(Some(136), None, Access::ALL),     // /dev/pts/*
+    allow_char(Some(5), Some(2), Access::ALL),    // /dev/ptmx
     allow_char(Some(10), Some(200), Access::ALL), // /dev/net/tun
 ];
 
@@ -305,11 +305,7 @@ pub fn effective_device_rules(
 /// for every input.
 pub fn allows(rules: &[DeviceRule], kind: DeviceKind, major: u32, minor: u32, access: Access) -> bool {
     Access::EACH.iter().filter(|bit| access.contains(**bit)).all(|bit| {
-        rules
-            .iter()
-            .rev()
-            .find(|r| r.access.contains(*bit) && r.matches(kind, major, minor))
-            .is_some_and(|r| r.allow)
+        rules.iter().rev().find(|r| r.access.contains(*bit) && r.matches(kind, major, minor)).is_some_and(|r| r.allow)
     })
 }
 
@@ -408,10 +404,8 @@ impl V1DeviceState {
         // broader exception that overlaps stays, which last-match-wins would
         // not do.
         for (k, a) in self.exceptions.iter() {
-            let broader = *k != key
-                && k.0 == r.kind
-                && (k.1.is_none() || k.1 == r.major)
-                && (k.2.is_none() || k.2 == r.minor);
+            let broader =
+                *k != key && k.0 == r.kind && (k.1.is_none() || k.1 == r.major) && (k.2.is_none() || k.2 == r.minor);
             if broader && a.intersects(r.access) {
                 let num = |n: Option<u32>| n.map_or_else(|| "*".to_string(), |n| n.to_string());
                 return Err(format!(
@@ -516,7 +510,13 @@ mod tests {
     use super::*;
     use oci_spec::runtime::{LinuxDeviceBuilder, LinuxDeviceCgroupBuilder};
 
-    fn spec_rule(allow: bool, t: LinuxDeviceType, major: Option<i64>, minor: Option<i64>, access: &str) -> LinuxDeviceCgroup {
+    fn spec_rule(
+        allow: bool,
+        t: LinuxDeviceType,
+        major: Option<i64>,
+        minor: Option<i64>,
+        access: &str,
+    ) -> LinuxDeviceCgroup {
         let mut b = LinuxDeviceCgroupBuilder::default().allow(allow).typ(t).access(access);
         if let Some(m) = major {
             b = b.major(m);
@@ -554,13 +554,8 @@ mod tests {
             spec_rule(true, LinuxDeviceType::C, Some(4), Some(1), "rw"),
             spec_rule(false, LinuxDeviceType::C, Some(1), Some(3), "rwm"),
         ];
-        let dev = LinuxDeviceBuilder::default()
-            .path("/dev/sda")
-            .typ(LinuxDeviceType::B)
-            .major(8)
-            .minor(0)
-            .build()
-            .unwrap();
+        let dev =
+            LinuxDeviceBuilder::default().path("/dev/sda").typ(LinuxDeviceType::B).major(8).minor(0).build().unwrap();
         let fifo = LinuxDeviceBuilder::default().path("/dev/f").typ(LinuxDeviceType::P).build().unwrap();
         let rules = effective_device_rules(Some(&spec), Some(&[dev, fifo])).unwrap();
         assert_eq!(rules.len(), 1 + 2 + DEFAULT_ALLOWED.len() + 1);
@@ -616,7 +611,10 @@ mod tests {
 
     #[test]
     fn v1_model_agrees_with_last_match_wins_on_defaults() {
-        let spec = [spec_rule(false, LinuxDeviceType::A, None, None, "rwm"), spec_rule(true, LinuxDeviceType::B, Some(8), Some(0), "r")];
+        let spec = [
+            spec_rule(false, LinuxDeviceType::A, None, None, "rwm"),
+            spec_rule(true, LinuxDeviceType::B, Some(8), Some(0), "r"),
+        ];
         let rules = effective_device_rules(Some(&spec), None).unwrap();
         let s = V1DeviceState::from_rules(&rules).unwrap();
         assert!(!s.default_allow);
@@ -681,7 +679,12 @@ mod tests {
     #[test]
     fn v1_transitions_are_minimal_for_a_known_deny_list() {
         let c = DeviceKind::Char;
-        let target = V1DeviceState::from_rules(&[DENY_ALL, rule(true, c, Some(1), Some(3), "rw"), rule(true, c, Some(1), Some(5), "rwm")]).unwrap();
+        let target = V1DeviceState::from_rules(&[
+            DENY_ALL,
+            rule(true, c, Some(1), Some(3), "rw"),
+            rule(true, c, Some(1), Some(5), "rwm"),
+        ])
+        .unwrap();
         // Fresh cgroup: reset, then every exception.
         assert_eq!(
             target.transition_from(None),

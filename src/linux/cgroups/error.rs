@@ -12,7 +12,9 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum CgroupError {
     /// No cgroup filesystem could be found.
-    #[error("no cgroup filesystem is mounted ({detail}); mount cgroup v2 at /sys/fs/cgroup or the v1 hierarchies under it")]
+    #[error(
+        "no cgroup filesystem is mounted ({detail}); mount cgroup v2 at /sys/fs/cgroup or the v1 hierarchies under it"
+    )]
     NoCgroupfs { detail: String },
 
     /// A file describing the host (mountinfo, /proc/self/cgroup) could not be read.
@@ -37,12 +39,10 @@ pub enum CgroupError {
     NoOwnCgroup { path: String, hierarchy: String, reason: String },
 
     /// A requested resource has no controller on this host.
-    #[error("linux.resources.{field} needs the {controller} controller, which is not available on this host ({reason})")]
-    MissingController {
-        field: String,
-        controller: String,
-        reason: String,
-    },
+    #[error(
+        "linux.resources.{field} needs the {controller} controller, which is not available on this host ({reason})"
+    )]
+    MissingController { field: String, controller: String, reason: String },
 
     /// A requested resource cannot be expressed with this cgroup version or kernel.
     #[error("linux.resources.{field} is not supported: {reason}")]
@@ -50,11 +50,7 @@ pub enum CgroupError {
 
     /// A requested value is out of range or malformed.
     #[error("linux.resources.{field}: invalid value {value}: {reason}")]
-    InvalidValue {
-        field: String,
-        value: String,
-        reason: String,
-    },
+    InvalidValue { field: String, value: String, reason: String },
 
     /// Writing a requested value into the cgroup failed.
     #[error("cannot set linux.resources.{field}: writing {value:?} to {path} failed{hint}")]
@@ -106,20 +102,14 @@ pub enum CgroupError {
     },
 
     /// Freezing did not complete in time.
-    #[error("cgroup {path} did not freeze within {millis} ms (state {state:?}); it was thawed again, retry the operation")]
-    FreezeTimeout {
-        path: PathBuf,
-        millis: u64,
-        state: String,
-    },
+    #[error(
+        "cgroup {path} did not freeze within {millis} ms (state {state:?}); it was thawed again, retry the operation"
+    )]
+    FreezeTimeout { path: PathBuf, millis: u64, state: String },
 
     /// The device rules cannot be expressed with the v1 devices controller.
     #[error("device rule {index} ({rule}) cannot be applied on cgroup v1: {reason}")]
-    DeviceRuleV1 {
-        index: usize,
-        rule: String,
-        reason: String,
-    },
+    DeviceRuleV1 { index: usize, rule: String, reason: String },
 
     /// A device rule of the spec is malformed.
     #[error("invalid device rule {what}: {reason}")]
@@ -167,11 +157,15 @@ impl CgroupError {
 /// usual kernel refusals read as a cause rather than a bare errno.
 pub(crate) fn write_hint(file: &str, err: &io::Error) -> String {
     let h = match err.raw_os_error() {
-        Some(libc::ENOENT) => format!("this kernel has no {file} in that cgroup (the feature is not built in or not enabled)"),
+        Some(libc::ENOENT) => {
+            format!("this kernel has no {file} in that cgroup (the feature is not built in or not enabled)")
+        }
         Some(libc::EACCES) | Some(libc::EPERM) => {
             "permission denied: amphi must run as root with write access to the cgroup filesystem".to_string()
         }
-        Some(libc::EINVAL) => "the kernel rejected the value (out of range, or not allowed by the parent cgroup)".to_string(),
+        Some(libc::EINVAL) => {
+            "the kernel rejected the value (out of range, or not allowed by the parent cgroup)".to_string()
+        }
         Some(libc::EBUSY) => "the kernel refused while the cgroup is in use".to_string(),
         Some(libc::EROFS) => "the cgroup filesystem is mounted read-only".to_string(),
         Some(libc::EOPNOTSUPP) => "the kernel does not support this setting here".to_string(),

@@ -211,7 +211,8 @@ impl HostLayout {
 
     /// Reads and parses a mountinfo file.
     pub fn from_mountinfo_file(path: &Path) -> Result<HostLayout> {
-        let text = std::fs::read_to_string(path).map_err(|source| CgroupError::ReadHost { path: path.into(), source })?;
+        let text =
+            std::fs::read_to_string(path).map_err(|source| CgroupError::ReadHost { path: path.into(), source })?;
         Self::from_mountinfo(&text)
     }
 
@@ -271,7 +272,9 @@ impl HostLayout {
             (false, false) => LayoutKind::V1,
             (true, true) => LayoutKind::V2,
             (true, false) => {
-                return Err(CgroupError::NoCgroupfs { detail: "no cgroup or cgroup2 line in /proc/self/mountinfo".into() })
+                return Err(CgroupError::NoCgroupfs {
+                    detail: "no cgroup or cgroup2 line in /proc/self/mountinfo".into(),
+                })
             }
         };
         Ok(HostLayout { kind, v1, v2 })
@@ -417,7 +420,10 @@ mod tests {
         assert_eq!(l.kind, LayoutKind::Hybrid);
         assert_eq!(l.v1.len(), 9);
         assert_eq!(l.v1_for(&Subsystem::Memory).unwrap().mount_point, Path::new("/sys/fs/cgroup/memory"));
-        assert_eq!(l.v1_for(&Subsystem::Named("systemd".into())).unwrap().subsystems, vec![Subsystem::Named("systemd".into())]);
+        assert_eq!(
+            l.v1_for(&Subsystem::Named("systemd".into())).unwrap().subsystems,
+            vec![Subsystem::Named("systemd".into())]
+        );
         assert!(l.v1_for(&Subsystem::NetCls).is_none());
         assert_eq!(l.v2.unwrap().mount_point, Path::new("/sys/fs/cgroup/unified"));
     }
@@ -442,7 +448,8 @@ mod tests {
 
     #[test]
     fn pure_v2_and_nothing() {
-        let l = HostLayout::from_mountinfo("29 23 0:26 / /sys/fs/cgroup rw,nosuid - cgroup2 cgroup2 rw,nsdelegate\n").unwrap();
+        let l = HostLayout::from_mountinfo("29 23 0:26 / /sys/fs/cgroup rw,nosuid - cgroup2 cgroup2 rw,nsdelegate\n")
+            .unwrap();
         assert_eq!(l.kind, LayoutKind::V2);
         assert_eq!(l.v2.unwrap().root, Some(PathBuf::from("/")));
         let e = HostLayout::from_mountinfo("22 1 0:21 / /proc rw - proc proc rw\n").unwrap_err();

@@ -21,8 +21,9 @@ use oci_spec::runtime::{LinuxDevice, LinuxResources};
 use serde::{Deserialize, Serialize};
 
 use super::controllers::{
-    blkio::Blkio, cpu, cpu::Cpu, cpuset, cpuset::Cpuset, devices::Devices, freezer, hugetlb::Hugetlb, memory, memory::Memory,
-    net_cls::NetCls, net_prio::NetPrio, pids, pids::Pids, rdma::Rdma, unified, unified::Unified, Controller, Ctx,
+    blkio::Blkio, cpu, cpu::Cpu, cpuset, cpuset::Cpuset, devices::Devices, freezer, hugetlb::Hugetlb, memory,
+    memory::Memory, net_cls::NetCls, net_prio::NetPrio, pids, pids::Pids, rdma::Rdma, unified, unified::Unified,
+    Controller, Ctx,
 };
 use super::device_rules::{effective_device_rules, rule_from_linux_device, DeviceRule, V1DeviceState};
 use super::error::{write_hint, CgroupError, Result};
@@ -252,10 +253,9 @@ impl<S: CgroupSys> CgroupManager<S> {
                 };
                 if !avail.contains(&c.subsystem) {
                     let (name, reason) = match layout.kind {
-                        LayoutKind::V2 => (
-                            c.subsystem.name(true),
-                            format!("the cgroup2 mount offers only: {}", names(avail)),
-                        ),
+                        LayoutKind::V2 => {
+                            (c.subsystem.name(true), format!("the cgroup2 mount offers only: {}", names(avail)))
+                        }
                         LayoutKind::V1 => (c.subsystem.name(false), "it is not mounted".into()),
                         LayoutKind::Hybrid => (
                             c.subsystem.name(false),
@@ -305,7 +305,8 @@ impl<S: CgroupSys> CgroupManager<S> {
         } else {
             Devices::validate(res, true)?;
         }
-        let extra_device_rules: Vec<DeviceRule> = cfg.linux_devices.unwrap_or_default().iter().filter_map(rule_from_linux_device).collect();
+        let extra_device_rules: Vec<DeviceRule> =
+            cfg.linux_devices.unwrap_or_default().iter().filter_map(rule_from_linux_device).collect();
 
         // The nodes.
         let mut nodes = Vec::new();
@@ -349,7 +350,11 @@ impl<S: CgroupSys> CgroupManager<S> {
         if layout.kind != LayoutKind::V2 {
             for s in [Subsystem::NetCls, Subsystem::NetPrio] {
                 if layout.v1_for(&s).is_none() {
-                    log::debug(&format!("{} is not mounted: the container gets no {} cgroup", s.v1_name(), s.v1_name()));
+                    log::debug(&format!(
+                        "{} is not mounted: the container gets no {} cgroup",
+                        s.v1_name(),
+                        s.v1_name()
+                    ));
                 }
             }
         }
@@ -455,7 +460,12 @@ impl<S: CgroupSys> CgroupManager<S> {
     }
 
     /// mkdir -p below `mount` (never at or above it); records what it made.
-    fn mkdir_p(&self, mount: &Path, path: &Path, created: &mut Vec<PathBuf>) -> std::result::Result<(), (PathBuf, std::io::Error)> {
+    fn mkdir_p(
+        &self,
+        mount: &Path,
+        path: &Path,
+        created: &mut Vec<PathBuf>,
+    ) -> std::result::Result<(), (PathBuf, std::io::Error)> {
         match self.sys.mkdir(path) {
             Ok(()) => {
                 created.push(path.to_path_buf());
@@ -463,7 +473,10 @@ impl<S: CgroupSys> CgroupManager<S> {
             }
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
-                let parent = path.parent().filter(|p| p.starts_with(mount) && *p != mount).ok_or_else(|| (path.to_path_buf(), e))?;
+                let parent = path
+                    .parent()
+                    .filter(|p| p.starts_with(mount) && *p != mount)
+                    .ok_or_else(|| (path.to_path_buf(), e))?;
                 self.mkdir_p(mount, parent, created)?;
                 match self.sys.mkdir(path) {
                     Ok(()) => {
@@ -490,7 +503,13 @@ impl<S: CgroupSys> CgroupManager<S> {
             .map(|c| c.subsystem)
             .chain(unified::controllers(&res))
             .collect();
-        let mut dirs: Vec<PathBuf> = node.path.ancestors().skip(1).take_while(|p| p.starts_with(&node.mount_point)).map(Path::to_path_buf).collect();
+        let mut dirs: Vec<PathBuf> = node
+            .path
+            .ancestors()
+            .skip(1)
+            .take_while(|p| p.starts_with(&node.mount_point))
+            .map(Path::to_path_buf)
+            .collect();
         dirs.reverse();
         let mut enabled = node.subsystems.clone();
         for dir in dirs {
@@ -528,7 +547,12 @@ impl<S: CgroupSys> CgroupManager<S> {
                             source: e,
                         }));
                     }
-                    Err(e) => log::debug(&format!("{} not enabled in {}: {e}; no {} statistics", s.v2_name(), dir.display(), s.v2_name())),
+                    Err(e) => log::debug(&format!(
+                        "{} not enabled in {}: {e}; no {} statistics",
+                        s.v2_name(),
+                        dir.display(),
+                        s.v2_name()
+                    )),
                 }
             }
             enabled = kept;
@@ -685,7 +709,10 @@ impl<S: CgroupSys> CgroupManager<S> {
     /// The node that tracks every process: v1 freezer, else the v2 cgroup.
     fn tracking(&self) -> Option<&CgroupNode> {
         let n = &self.state.nodes;
-        n.iter().find(|n| !n.v2 && n.hosts(&Subsystem::Freezer)).or_else(|| n.iter().find(|n| n.v2)).or_else(|| n.first())
+        n.iter()
+            .find(|n| !n.v2 && n.hosts(&Subsystem::Freezer))
+            .or_else(|| n.iter().find(|n| n.v2))
+            .or_else(|| n.first())
     }
 
     fn freezer_node(&self) -> Result<&CgroupNode> {
@@ -695,7 +722,9 @@ impl<S: CgroupSys> CgroupManager<S> {
             .find(|n| !n.v2 && n.hosts(&Subsystem::Freezer))
             .or_else(|| self.state.nodes.iter().find(|n| n.v2 && self.state.layout == LayoutKind::V2))
             .or_else(|| self.state.nodes.iter().find(|n| n.v2))
-            .ok_or_else(|| CgroupError::unsupported("(pause and kill --all)", "the freezer controller is not mounted on this host"))
+            .ok_or_else(|| {
+                CgroupError::unsupported("(pause and kill --all)", "the freezer controller is not mounted on this host")
+            })
     }
 
     /// Every process in the container's cgroup and its sub-cgroups, sorted.
@@ -778,7 +807,8 @@ impl<S: CgroupSys> CgroupManager<S> {
             Some(n) => Some(cpu::stats(Some(&n.path), None, true)),
             None => {
                 let (c, a) = (find(Subsystem::Cpu), find(Subsystem::Cpuacct));
-                (c.is_some() || a.is_some()).then(|| cpu::stats(c.map(|n| n.path.as_path()), a.map(|n| n.path.as_path()), false))
+                (c.is_some() || a.is_some())
+                    .then(|| cpu::stats(c.map(|n| n.path.as_path()), a.map(|n| n.path.as_path()), false))
             }
         };
         if let Some(n) = find(Subsystem::Pids) {
@@ -802,9 +832,20 @@ impl<S: CgroupSys> CgroupManager<S> {
                 match self.sys.rmdir(d) {
                     Ok(()) => {}
                     // Shared with another container, or gone already.
-                    Err(e) if matches!(e.raw_os_error(), Some(libc::EBUSY) | Some(libc::ENOTEMPTY) | Some(libc::ENOENT)) => break,
+                    Err(e)
+                        if matches!(
+                            e.raw_os_error(),
+                            Some(libc::EBUSY) | Some(libc::ENOTEMPTY) | Some(libc::ENOENT)
+                        ) =>
+                    {
+                        break
+                    }
                     Err(e) => {
-                        first_err.get_or_insert(CgroupError::Remove { path: d.clone(), hint: String::new(), source: e });
+                        first_err.get_or_insert(CgroupError::Remove {
+                            path: d.clone(),
+                            hint: String::new(),
+                            source: e,
+                        });
                         break;
                     }
                 }
@@ -822,7 +863,11 @@ impl<S: CgroupSys> CgroupManager<S> {
                 Err(e) => e,
             };
             if err.raw_os_error() != Some(libc::EBUSY) {
-                return Err(CgroupError::Remove { path: dir.to_path_buf(), hint: write_hint("the directory", &err), source: err });
+                return Err(CgroupError::Remove {
+                    path: dir.to_path_buf(),
+                    hint: write_hint("the directory", &err),
+                    source: err,
+                });
             }
             // Sub-cgroups (made inside the container) go first.
             let subs = self.sys.subdirs(dir).unwrap_or_default();
@@ -859,7 +904,11 @@ impl<S: CgroupSys> CgroupManager<S> {
                 } else {
                     n.mount_point.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default()
                 };
-                let options = if n.v2 { String::new() } else { n.subsystems.iter().map(|s| s.v1_name()).collect::<Vec<_>>().join(",") };
+                let options = if n.v2 {
+                    String::new()
+                } else {
+                    n.subsystems.iter().map(|s| s.v1_name()).collect::<Vec<_>>().join(",")
+                };
                 let symlinks = if dir_name.contains(',') {
                     n.subsystems
                         .iter()
@@ -870,7 +919,14 @@ impl<S: CgroupSys> CgroupManager<S> {
                 } else {
                     Vec::new()
                 };
-                CgroupMount { v2: n.v2, dir_name, mount_point: n.mount_point.clone(), options, symlinks, host_path: n.path.clone() }
+                CgroupMount {
+                    v2: n.v2,
+                    dir_name,
+                    mount_point: n.mount_point.clone(),
+                    options,
+                    symlinks,
+                    host_path: n.path.clone(),
+                }
             })
             .collect()
     }

@@ -32,7 +32,12 @@ fn default_res() -> LinuxResources {
     res(r#"{"devices":[{"allow":false,"access":"rwm"}]}"#)
 }
 
-fn manager<'a>(h: &'a Host, id: &str, path: Option<&str>, r: Option<&LinuxResources>) -> Result<CgroupManager<&'a FakeSys>> {
+fn manager<'a>(
+    h: &'a Host,
+    id: &str,
+    path: Option<&str>,
+    r: Option<&LinuxResources>,
+) -> Result<CgroupManager<&'a FakeSys>> {
     let cfg = CgroupConfig { id, cgroups_path: path.map(Path::new), resources: r, linux_devices: None };
     CgroupManager::with_layout(&h.tree.sys, &h.tree.layout, Some(&h.tree.own), &cfg)
 }
@@ -268,14 +273,20 @@ fn pure_v2_enables_controllers_and_attaches_the_filter() {
         "cpu":{"shares":1024,"cpus":"1"},"unified":{"memory.high":"900000"}}"#);
     let dev = LinuxDeviceBuilder::default().path("/dev/sda").typ(LinuxDeviceType::B).major(8).minor(0).build().unwrap();
     let devs = [dev];
-    let cfg = CgroupConfig { id: "c1", cgroups_path: Some(Path::new("/pods/c1")), resources: Some(&r), linux_devices: Some(&devs) };
+    let cfg = CgroupConfig {
+        id: "c1",
+        cgroups_path: Some(Path::new("/pods/c1")),
+        resources: Some(&r),
+        linux_devices: Some(&devs),
+    };
     let mut m = CgroupManager::with_layout(&h.tree.sys, &h.tree.layout, None, &cfg).unwrap();
     assert_eq!(m.state().nodes.len(), 1);
     m.create_apply_add(77).unwrap();
     let leaf = h.tree.root.join("pods/c1");
     assert_eq!(m.unified_path(), Some(leaf.as_path()));
     // Ancestors from the mount point down, each enabling the same set.
-    let enables: Vec<_> = h.tree.sys.writes().into_iter().filter(|(p, _)| p.ends_with("cgroup.subtree_control")).collect();
+    let enables: Vec<_> =
+        h.tree.sys.writes().into_iter().filter(|(p, _)| p.ends_with("cgroup.subtree_control")).collect();
     assert_eq!(
         enables,
         vec![
@@ -316,7 +327,10 @@ fn v2_statistics_controllers_are_optional_requested_ones_are_not() {
     h.tree.sys.fail_writes(&root_ctl, &[libc::EBUSY, 0, 0, 0, libc::EBUSY]);
     let mut m = manager(&h, "c2", None, Some(&r)).unwrap();
     let e = m.create().unwrap_err().to_string();
-    assert!(e.contains("(the pids controller)") && e.contains("holds processes") && e.contains("absolute cgroupsPath"), "{e}");
+    assert!(
+        e.contains("(the pids controller)") && e.contains("holds processes") && e.contains("absolute cgroupsPath"),
+        "{e}"
+    );
     assert!(!h.tree.root.join("amphi-c2").exists());
 }
 
@@ -455,7 +469,13 @@ fn update_touches_only_what_is_set() {
     let mut m = CgroupManager::from_state_with(&h.tree.sys, m.state().clone());
     m.update(&res(r#"{"memory":{"limit":4000,"swap":8000}}"#)).unwrap();
     let w = h.tree.sys.writes();
-    assert_eq!(w, vec![(mem.join("memory.memsw.limit_in_bytes"), "8000".into()), (mem.join("memory.limit_in_bytes"), "4000".into())]);
+    assert_eq!(
+        w,
+        vec![
+            (mem.join("memory.memsw.limit_in_bytes"), "8000".into()),
+            (mem.join("memory.limit_in_bytes"), "4000".into())
+        ]
+    );
     // Same device rules again: nothing to write.
     h.tree.sys.clear_writes();
     m.update(&default_res()).unwrap();
@@ -521,7 +541,10 @@ fn prepare_opens_join_handles_and_view_matches() {
     let h2 = host(FakeHost::v1());
     let m2 = manager(&h2, "c1", None, None).unwrap();
     let v = m2.view();
-    assert!(v.links.contains(&("cpu".into(), "cpu,cpuacct".into())) && v.links.contains(&("cpuacct".into(), "cpu,cpuacct".into())));
+    assert!(
+        v.links.contains(&("cpu".into(), "cpu,cpuacct".into()))
+            && v.links.contains(&("cpuacct".into(), "cpu,cpuacct".into()))
+    );
     let h3 = host(FakeHost::v2());
     let mut m3 = manager(&h3, "c1", None, None).unwrap();
     let j3 = m3.prepare().unwrap();

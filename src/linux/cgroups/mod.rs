@@ -36,7 +36,9 @@ pub use controllers::pids::PidsStats;
 pub use device_rules::{effective_device_rules, Access, DeviceKind, DeviceRule};
 pub use error::CgroupError;
 pub use layout::{HostFacts, HostLayout, LayoutKind, Subsystem};
-pub use manager::{CgroupConfig, CgroupManager, CgroupMount, CgroupNode, CgroupState, CgroupStats, FreezerState, Join, Manager};
+pub use manager::{
+    CgroupConfig, CgroupManager, CgroupMount, CgroupNode, CgroupState, CgroupStats, FreezerState, Join, Manager,
+};
 pub use path::{parse_systemd_path, CgroupsPath, SystemdPath};
 
 /// What `amphi features` reports about cgroups on this host.

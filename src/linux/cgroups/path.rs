@@ -57,7 +57,8 @@ impl CgroupsPath {
             return Err(CgroupError::InvalidPath {
                 path: s.into_owned(),
                 reason: if absolute {
-                    "it names the root cgroup, which cannot hold a container; use a path below it such as /amphi-<id>".into()
+                    "it names the root cgroup, which cannot hold a container; use a path below it such as /amphi-<id>"
+                        .into()
                 } else {
                     "it names the runtime's own cgroup; add a directory name".into()
                 },
@@ -69,7 +70,13 @@ impl CgroupsPath {
     /// The path inside a hierarchy whose root is at `mount_point`; `mount_root`
     /// is the cgroup shown there (mountinfo's root field) and `own` the
     /// runtime's cgroup in that hierarchy (needed for a relative path only).
-    pub fn host_path(&self, mount_point: &Path, mount_root: &Path, own: Option<&Path>, hierarchy: &str) -> Result<PathBuf> {
+    pub fn host_path(
+        &self,
+        mount_point: &Path,
+        mount_root: &Path,
+        own: Option<&Path>,
+        hierarchy: &str,
+    ) -> Result<PathBuf> {
         match self {
             CgroupsPath::Absolute(p) => Ok(mount_point.join(p)),
             CgroupsPath::Relative(p) => {
@@ -79,9 +86,9 @@ impl CgroupsPath {
                     reason: reason.to_string(),
                 };
                 let own = own.ok_or_else(|| err("/proc/self/cgroup has no line for it"))?;
-                let below = own
-                    .strip_prefix(mount_root)
-                    .map_err(|_| err(&format!("our cgroup {} is outside the mounted part {}", own.display(), mount_root.display())))?;
+                let below = own.strip_prefix(mount_root).map_err(|_| {
+                    err(&format!("our cgroup {} is outside the mounted part {}", own.display(), mount_root.display()))
+                })?;
                 Ok(mount_point.join(below).join(p))
             }
         }
@@ -137,7 +144,8 @@ pub fn parse_systemd_path(s: &str) -> Result<SystemdPath> {
             reason: "with --systemd-cgroup it must be \"slice:prefix:name\", e.g. \"system.slice:amphi:<id>\"".into(),
         });
     };
-    if name.is_empty() || name.contains('/') || slice.contains('/') || (!slice.is_empty() && !slice.ends_with(".slice")) {
+    if name.is_empty() || name.contains('/') || slice.contains('/') || (!slice.is_empty() && !slice.ends_with(".slice"))
+    {
         return Err(CgroupError::InvalidPath {
             path: s.to_string(),
             reason: "the slice must end in .slice and no part may contain '/'; the name must not be empty".into(),
@@ -170,7 +178,10 @@ mod tests {
         assert_eq!(from(Some("/cgrouptest")).unwrap(), CgroupsPath::Absolute("cgrouptest".into()));
         assert_eq!(from(Some("/a/./b/../c")).unwrap(), CgroupsPath::Absolute("a/c".into()));
         assert_eq!(from(Some("/../../etc")).unwrap(), CgroupsPath::Absolute("etc".into()));
-        assert_eq!(from(Some("testdir/cgrouptest/container")).unwrap(), CgroupsPath::Relative("testdir/cgrouptest/container".into()));
+        assert_eq!(
+            from(Some("testdir/cgrouptest/container")).unwrap(),
+            CgroupsPath::Relative("testdir/cgrouptest/container".into())
+        );
         assert_eq!(from(Some("../../x")).unwrap(), CgroupsPath::Relative("x".into()));
         let e = from(Some("/")).unwrap_err().to_string();
         assert!(e.contains("root cgroup"), "{e}");

@@ -240,7 +240,11 @@ impl CgroupSys for FakeSys {
             });
         }
         if !dir.is_dir() {
-            return Err(BpfFailure { op: "open the cgroup for", source: io::Error::from_raw_os_error(libc::ENOENT), log: String::new() });
+            return Err(BpfFailure {
+                op: "open the cgroup for",
+                source: io::Error::from_raw_os_error(libc::ENOENT),
+                log: String::new(),
+            });
         }
         let progs = st.programs.entry(dir.to_path_buf()).or_default();
         if replace {
@@ -259,7 +263,8 @@ const MAX: &str = "9223372036854771712";
 
 /// Files of a new v1 cgroup, per controller (kernel defaults).
 fn v1_files(s: &Subsystem) -> Vec<(String, String)> {
-    let mut f = files(&[("cgroup.procs", ""), ("tasks", ""), ("notify_on_release", "0"), ("cgroup.clone_children", "0")]);
+    let mut f =
+        files(&[("cgroup.procs", ""), ("tasks", ""), ("notify_on_release", "0"), ("cgroup.clone_children", "0")]);
     f.extend(files(match s {
         Subsystem::Cpu => &[
             ("cpu.shares", "1024"),
@@ -333,11 +338,16 @@ fn v2_files(controllers: &[Subsystem]) -> Vec<(String, String)> {
         ("cgroup.freeze", "0"),
         ("cgroup.kill", ""),
         ("cgroup.type", "domain"),
-        ("cpu.stat", "usage_usec 1500\nuser_usec 1000\nsystem_usec 500\nnr_periods 3\nnr_throttled 1\nthrottled_usec 7\n"),
+        (
+            "cpu.stat",
+            "usage_usec 1500\nuser_usec 1000\nsystem_usec 500\nnr_periods 3\nnr_throttled 1\nthrottled_usec 7\n",
+        ),
     ]);
     for c in controllers {
         f.extend(files(match c {
-            Subsystem::Cpu => &[("cpu.weight", "100"), ("cpu.max", "max 100000"), ("cpu.max.burst", "0"), ("cpu.idle", "0")][..],
+            Subsystem::Cpu => {
+                &[("cpu.weight", "100"), ("cpu.max", "max 100000"), ("cpu.max.burst", "0"), ("cpu.idle", "0")][..]
+            }
             Subsystem::Cpuset => &[("cpuset.cpus", ""), ("cpuset.mems", ""), ("cpuset.cpus.effective", "0-1")][..],
             Subsystem::Memory => &[
                 ("memory.max", "max"),
@@ -352,7 +362,12 @@ fn v2_files(controllers: &[Subsystem]) -> Vec<(String, String)> {
             ][..],
             Subsystem::Blkio => &[("io.weight", "default 100\n"), ("io.max", ""), ("io.stat", "")][..],
             Subsystem::Pids => &[("pids.max", "max"), ("pids.current", "1")][..],
-            Subsystem::Hugetlb => &[("hugetlb.2MB.max", "max"), ("hugetlb.1GB.max", "max"), ("hugetlb.2MB.rsvd.max", "max"), ("hugetlb.1GB.rsvd.max", "max")][..],
+            Subsystem::Hugetlb => &[
+                ("hugetlb.2MB.max", "max"),
+                ("hugetlb.1GB.max", "max"),
+                ("hugetlb.2MB.rsvd.max", "max"),
+                ("hugetlb.1GB.rsvd.max", "max"),
+            ][..],
             Subsystem::Rdma => &[("rdma.max", ""), ("rdma.current", "")][..],
             Subsystem::Misc => &[("misc.max", ""), ("misc.current", "")][..],
             _ => &[][..],
@@ -417,7 +432,11 @@ impl FakeHost {
 
     /// A pure cgroup2 host.
     pub fn v2() -> FakeHost {
-        FakeHost { v1: vec![], v2: Some(("", vec!["cpuset", "cpu", "io", "memory", "hugetlb", "pids", "rdma", "misc"])), own: "/" }
+        FakeHost {
+            v1: vec![],
+            v2: Some(("", vec!["cpuset", "cpu", "io", "memory", "hugetlb", "pids", "rdma", "misc"])),
+            own: "/",
+        }
     }
 }
 
@@ -439,7 +458,8 @@ impl FakeTree {
             let subsystems: Vec<Subsystem> = names.iter().map(|n| Subsystem::parse(n)).collect();
             let dir = names.iter().map(|n| n.strip_prefix("name=").unwrap_or(n)).collect::<Vec<_>>().join(",");
             let mount = root.join(dir);
-            let template: Vec<(String, String)> = subsystems.iter().flat_map(v1_files).collect::<HashMap<_, _>>().into_iter().collect();
+            let template: Vec<(String, String)> =
+                subsystems.iter().flat_map(v1_files).collect::<HashMap<_, _>>().into_iter().collect();
             std::fs::create_dir_all(&mount).unwrap();
             for (f, c) in &template {
                 std::fs::write(mount.join(f), c).unwrap();

@@ -19,9 +19,9 @@ use nix::unistd::{Gid, Uid};
 use oci_spec::runtime::{LinuxNamespaceType, Process, Spec};
 
 use super::super::capabilities::{self, CapSets};
+use super::super::cgroups::Join;
 use super::super::namespaces::{self, NamespacePlan};
 use super::super::rootfs::{self, RootfsPlan};
-use super::super::cgroups::Join;
 use super::super::{console, rlimits, seccomp, user, LinuxError};
 use super::sync::{Channel, ToChild, ToParent};
 use crate::container::hooks::{self, HookKind};
@@ -142,17 +142,16 @@ fn setup_and_exec(plan: &InitPlan<'_>, chan: &Channel) -> Result<Infallible, Lin
 
     if plan.ns.in_userns() {
         // Become root of the user namespace (uid/gid 0 must be mapped).
-        nix::unistd::setresgid(Gid::from_raw(0), Gid::from_raw(0), Gid::from_raw(0))
-            .map_err(errno_step("cannot become gid 0 in the user namespace: map container gid 0 in linux.gidMappings"))?;
-        nix::unistd::setresuid(Uid::from_raw(0), Uid::from_raw(0), Uid::from_raw(0))
-            .map_err(errno_step("cannot become uid 0 in the user namespace: map container uid 0 in linux.uidMappings"))?;
+        nix::unistd::setresgid(Gid::from_raw(0), Gid::from_raw(0), Gid::from_raw(0)).map_err(errno_step(
+            "cannot become gid 0 in the user namespace: map container gid 0 in linux.gidMappings",
+        ))?;
+        nix::unistd::setresuid(Uid::from_raw(0), Uid::from_raw(0), Uid::from_raw(0)).map_err(errno_step(
+            "cannot become uid 0 in the user namespace: map container uid 0 in linux.uidMappings",
+        ))?;
     }
     if let Some(adj) = plan.process.oom_score_adj() {
         std::fs::write("/proc/self/oom_score_adj", adj.to_string()).map_err(|e| {
-            LinuxError::io(
-                format!("cannot set process.oomScoreAdj to {adj} (lowering it needs CAP_SYS_RESOURCE)"),
-                e,
-            )
+            LinuxError::io(format!("cannot set process.oomScoreAdj to {adj} (lowering it needs CAP_SYS_RESOURCE)"), e)
         })?;
     }
     if plan.ns.new_cgroup {

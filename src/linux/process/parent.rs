@@ -29,16 +29,15 @@ pub struct LinuxState {
 
 fn cstrings<'a>(items: impl Iterator<Item = &'a String>, what: &str) -> Result<Vec<CString>, LinuxError> {
     items
-        .map(|s| CString::new(s.as_bytes()).map_err(|_| LinuxError::Config(format!("{what} contains a NUL byte: {s:?}"))))
+        .map(|s| {
+            CString::new(s.as_bytes()).map_err(|_| LinuxError::Config(format!("{what} contains a NUL byte: {s:?}")))
+        })
         .collect()
 }
 
 pub fn create(req: &CreateRequest<'_>, hooks: &mut RuntimeHooks<'_>) -> Result<Created, LinuxError> {
     let spec = &req.bundle.spec;
-    let process = spec
-        .process()
-        .as_ref()
-        .ok_or_else(|| LinuxError::Config("config.json has no process".into()))?;
+    let process = spec.process().as_ref().ok_or_else(|| LinuxError::Config("config.json has no process".into()))?;
     let linux = spec.linux().clone().unwrap_or_default();
     let ns = NamespacePlan::from_spec(linux.namespaces().as_deref().unwrap_or(&[]));
     if ns.new_time && !namespaces::time_supported() {
@@ -103,10 +102,10 @@ pub fn create(req: &CreateRequest<'_>, hooks: &mut RuntimeHooks<'_>) -> Result<C
         .map(|(clock, o)| format!("{clock} {} {}\n", o.secs().unwrap_or(0), o.nanosecs().unwrap_or(0)))
         .collect::<String>();
     let listen_fds: u32 = std::env::var("LISTEN_FDS").ok().and_then(|v| v.parse().ok()).unwrap_or(0);
-    let runtime_hooks = spec
-        .hooks()
-        .as_ref()
-        .is_some_and(|h| h.prestart().as_ref().is_some_and(|l| !l.is_empty()) || h.create_runtime().as_ref().is_some_and(|l| !l.is_empty()));
+    let runtime_hooks = spec.hooks().as_ref().is_some_and(|h| {
+        h.prestart().as_ref().is_some_and(|l| !l.is_empty())
+            || h.create_runtime().as_ref().is_some_and(|l| !l.is_empty())
+    });
 
     // Everything that can be checked is checked: only now make cgroups, and
     // from here on the guard removes them (and the init) on any failure.
@@ -218,7 +217,7 @@ fn spawn(plan: &InitPlan<'_>, ours: &Channel, theirs: &Channel, guard: &mut Init
             close_parent_end(ours);
             init::run(plan, theirs)
         })
-            .map_err(|e| LinuxError::sys("cannot clone the container init (are these namespaces supported?)", e))?;
+        .map_err(|e| LinuxError::sys("cannot clone the container init (are these namespaces supported?)", e))?;
         guard.pid = Some(pid);
         if plan.ns.new_user() {
             let linux = plan.spec.linux().as_ref();
@@ -235,7 +234,7 @@ fn spawn(plan: &InitPlan<'_>, ours: &Channel, theirs: &Channel, guard: &mut Init
         close_parent_end(ours);
         init::intermediate(plan, theirs, &joins)
     })
-        .map_err(|e| LinuxError::sys("cannot fork the namespace-joining process", e))?;
+    .map_err(|e| LinuxError::sys("cannot fork the namespace-joining process", e))?;
     let result = (|| loop {
         match ours.recv::<ToParent>() {
             Ok(Some((ToParent::MapsPlease, _))) => {

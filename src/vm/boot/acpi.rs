@@ -10,9 +10,7 @@
 use acpi_tables::aml;
 use acpi_tables::fadt::{FADTBuilder, Flags};
 use acpi_tables::gas::{AccessSize, AddressSpace, GAS};
-use acpi_tables::madt::{
-    EnabledStatus, IoApic, LocalInterruptController, ProcessorLocalApic, MADT,
-};
+use acpi_tables::madt::{EnabledStatus, IoApic, LocalInterruptController, ProcessorLocalApic, MADT};
 use acpi_tables::rsdp::Rsdp;
 use acpi_tables::sdt::Sdt;
 use acpi_tables::xsdt::XSDT;
@@ -97,10 +95,7 @@ fn align8(x: u64) -> u64 {
 }
 
 /// All tables with their guest addresses, RSDP first at [`layout::ACPI_START`].
-pub fn build_tables(
-    vcpus: u8,
-    devices: &[MmioDeviceInfo],
-) -> Result<Vec<(u64, Vec<u8>)>, BootError> {
+pub fn build_tables(vcpus: u8, devices: &[MmioDeviceInfo]) -> Result<Vec<(u64, Vec<u8>)>, BootError> {
     let rsdp_addr = layout::ACPI_START;
     let xsdt_addr = align8(rsdp_addr + Rsdp::len() as u64);
     // XSDT: header + 2 entries.
@@ -125,18 +120,12 @@ pub fn build_tables(
     fadt.reset_value = RESET_VALUE;
     fadt.sleep_control_reg = port;
     fadt.sleep_status_reg = port;
-    fadt.iapc_boot_arch =
-        (IAPC_VGA_NOT_PRESENT | IAPC_MSI_NOT_SUPPORTED | IAPC_CMOS_RTC_NOT_PRESENT).into();
+    fadt.iapc_boot_arch = (IAPC_VGA_NOT_PRESENT | IAPC_MSI_NOT_SUPPORTED | IAPC_CMOS_RTC_NOT_PRESENT).into();
     fadt.hypervisor_vendor_identity = u64::from_le_bytes(*b"AMPHIVMM").into();
     let fadt_len = acpi_tables::fadt::FADT::len() as u64;
     let madt_addr = align8(fadt_addr + fadt_len);
 
-    let mut madt = MADT::new(
-        OEM_ID,
-        OEM_TABLE_ID,
-        OEM_REVISION,
-        LocalInterruptController::Address(layout::LAPIC_ADDR),
-    );
+    let mut madt = MADT::new(OEM_ID, OEM_TABLE_ID, OEM_REVISION, LocalInterruptController::Address(layout::LAPIC_ADDR));
     for cpu in 0..vcpus {
         madt.add_structure(ProcessorLocalApic::new(cpu, cpu, EnabledStatus::Enabled));
     }
@@ -154,9 +143,7 @@ pub fn build_tables(
 
     let end = dsdt_addr + dsdt_bytes.len() as u64;
     if end > layout::ACPI_END {
-        return Err(BootError::AcpiTooLarge(
-            layout::ACPI_END - layout::ACPI_START,
-        ));
+        return Err(BootError::AcpiTooLarge(layout::ACPI_END - layout::ACPI_START));
     }
     Ok(vec![
         (rsdp_addr, rsdp_bytes),
@@ -168,11 +155,7 @@ pub fn build_tables(
 }
 
 /// Writes the tables into guest memory and returns the RSDP address.
-pub fn write_tables(
-    mem: &GuestMemoryMmap,
-    vcpus: u8,
-    devices: &[MmioDeviceInfo],
-) -> Result<u64, BootError> {
+pub fn write_tables(mem: &GuestMemoryMmap, vcpus: u8, devices: &[MmioDeviceInfo]) -> Result<u64, BootError> {
     let tables = build_tables(vcpus, devices)?;
     for (addr, bytes) in &tables {
         mem.write_slice(bytes, GuestAddress(*addr))?;
@@ -202,16 +185,8 @@ mod tests {
 
     fn tables() -> Vec<(u64, Vec<u8>)> {
         let devs = [
-            MmioDeviceInfo {
-                addr: 0xd000_0000,
-                len: 0x1000,
-                irq: 5,
-            },
-            MmioDeviceInfo {
-                addr: 0xd000_1000,
-                len: 0x1000,
-                irq: 6,
-            },
+            MmioDeviceInfo { addr: 0xd000_0000, len: 0x1000, irq: 5 },
+            MmioDeviceInfo { addr: 0xd000_1000, len: 0x1000, irq: 6 },
         ];
         build_tables(2, &devs).unwrap()
     }
@@ -224,12 +199,7 @@ mod tests {
         assert_eq!(sum(&rsdp[..20]), 0, "RSDP v1 checksum");
         assert_eq!(sum(rsdp), 0, "RSDP extended checksum");
         for (_, table) in &t[1..] {
-            assert_eq!(
-                sum(table),
-                0,
-                "{} checksum",
-                String::from_utf8_lossy(&table[..4])
-            );
+            assert_eq!(sum(table), 0, "{} checksum", String::from_utf8_lossy(&table[..4]));
             assert_eq!(u32_at(table, 4) as usize, table.len());
         }
         let sigs: Vec<&[u8]> = t[1..].iter().map(|(_, b)| &b[..4]).collect();
@@ -308,16 +278,8 @@ mod tests {
 
     #[test]
     fn too_many_devices_do_not_overflow_the_acpi_area() {
-        let devs: Vec<MmioDeviceInfo> = (0..3000)
-            .map(|i| MmioDeviceInfo {
-                addr: 0xd000_0000 + i * 0x1000,
-                len: 0x1000,
-                irq: 5,
-            })
-            .collect();
-        assert!(matches!(
-            build_tables(1, &devs),
-            Err(BootError::AcpiTooLarge(_))
-        ));
+        let devs: Vec<MmioDeviceInfo> =
+            (0..3000).map(|i| MmioDeviceInfo { addr: 0xd000_0000 + i * 0x1000, len: 0x1000, irq: 5 }).collect();
+        assert!(matches!(build_tables(1, &devs), Err(BootError::AcpiTooLarge(_))));
     }
 }

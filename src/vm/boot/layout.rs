@@ -61,10 +61,7 @@ pub fn ram_regions(mem_size: u64) -> Vec<(u64, u64)> {
     if mem_size <= MMIO_GAP_START {
         vec![(0, mem_size)]
     } else {
-        vec![
-            (0, MMIO_GAP_START),
-            (MMIO_GAP_END, mem_size - MMIO_GAP_START),
-        ]
+        vec![(0, MMIO_GAP_START), (MMIO_GAP_END, mem_size - MMIO_GAP_START)]
     }
 }
 
@@ -105,10 +102,7 @@ mod tests {
         ];
         for (i, a) in spans.iter().enumerate() {
             for b in &spans[i + 1..] {
-                assert!(
-                    a.0 + a.1 <= b.0 || b.0 + b.1 <= a.0,
-                    "{a:x?} overlaps {b:x?}"
-                );
+                assert!(a.0 + a.1 <= b.0 || b.0 + b.1 <= a.0, "{a:x?} overlaps {b:x?}");
             }
         }
         const { assert!(BOOT_STACK_POINTER < PML4_ADDR && BOOT_STACK_POINTER > ZERO_PAGE_ADDR + 0x1000) };

@@ -25,9 +25,7 @@ pub enum BootError {
         #[source]
         source: std::io::Error,
     },
-    #[error(
-        "{path} is neither an ELF vmlinux nor a bzImage kernel; pass a Linux kernel with --kernel"
-    )]
+    #[error("{path} is neither an ELF vmlinux nor a bzImage kernel; pass a Linux kernel with --kernel")]
     UnknownKernelFormat { path: PathBuf },
     #[error("cannot load kernel {path} into guest memory")]
     LoadKernel {
@@ -44,11 +42,7 @@ pub enum BootError {
         source: std::io::Error,
     },
     #[error("initramfs of {size} bytes does not fit below {limit:#x} next to a kernel ending at {kernel_end:#x}; give the VM more memory")]
-    InitrdTooLarge {
-        size: u64,
-        limit: u64,
-        kernel_end: u64,
-    },
+    InitrdTooLarge { size: u64, limit: u64, kernel_end: u64 },
     #[error("kernel command line is {len} bytes, more than the {max} the boot protocol allows")]
     CmdlineTooLong { len: usize, max: usize },
     #[error("cannot write boot structures into guest memory")]
@@ -96,36 +90,15 @@ pub struct LoadedKernel {
 
 /// Loads the kernel at `path` into guest memory.
 pub fn load_kernel(mem: &GuestMemoryMmap, path: &Path) -> Result<LoadedKernel, BootError> {
-    let mut file = File::open(path).map_err(|source| BootError::OpenKernel {
-        path: path.into(),
-        source,
-    })?;
+    let mut file = File::open(path).map_err(|source| BootError::OpenKernel { path: path.into(), source })?;
     let mut head = vec![0u8; 0x400];
-    let n = file
-        .read(&mut head)
-        .map_err(|source| BootError::OpenKernel {
-            path: path.into(),
-            source,
-        })?;
+    let n = file.read(&mut head).map_err(|source| BootError::OpenKernel { path: path.into(), source })?;
     head.truncate(n);
-    file.seek(SeekFrom::Start(0))
-        .map_err(|source| BootError::OpenKernel {
-            path: path.into(),
-            source,
-        })?;
-    let load_err = |source| BootError::LoadKernel {
-        path: path.into(),
-        source,
-    };
+    file.seek(SeekFrom::Start(0)).map_err(|source| BootError::OpenKernel { path: path.into(), source })?;
+    let load_err = |source| BootError::LoadKernel { path: path.into(), source };
     match detect_format(&head) {
         Some(KernelFormat::Elf) => {
-            let r = Elf::load(
-                mem,
-                None,
-                &mut file,
-                Some(GuestAddress(layout::HIMEM_START)),
-            )
-            .map_err(load_err)?;
+            let r = Elf::load(mem, None, &mut file, Some(GuestAddress(layout::HIMEM_START))).map_err(load_err)?;
             match r.pvh_boot_cap {
                 PvhBootCapability::PvhEntryPresent(entry) => Ok(LoadedKernel {
                     entry: EntryPoint::Pvh { entry: entry.0 },
@@ -136,18 +109,10 @@ pub fn load_kernel(mem: &GuestMemoryMmap, path: &Path) -> Result<LoadedKernel, B
             }
         }
         Some(KernelFormat::BzImage) => {
-            let r = BzImage::load(
-                mem,
-                None,
-                &mut file,
-                Some(GuestAddress(layout::HIMEM_START)),
-            )
-            .map_err(load_err)?;
+            let r = BzImage::load(mem, None, &mut file, Some(GuestAddress(layout::HIMEM_START))).map_err(load_err)?;
             Ok(LoadedKernel {
                 // The 64-bit entry sits 0x200 bytes into the protected-mode code.
-                entry: EntryPoint::Linux64 {
-                    entry: r.kernel_load.0 + 0x200,
-                },
+                entry: EntryPoint::Linux64 { entry: r.kernel_load.0 + 0x200 },
                 kernel_end: r.kernel_end,
                 setup_header: r.setup_header,
             })
@@ -175,17 +140,10 @@ pub fn place_initrd(
     if let Some(max) = addr_max {
         limit = limit.min(max + 1);
     }
-    let addr = limit
-        .checked_sub(size)
-        .map(|a| a & !0xfff)
-        .filter(|a| *a >= kernel_end);
+    let addr = limit.checked_sub(size).map(|a| a & !0xfff).filter(|a| *a >= kernel_end);
     match addr {
         Some(addr) => Ok(InitrdPlacement { addr, size }),
-        None => Err(BootError::InitrdTooLarge {
-            size,
-            limit,
-            kernel_end,
-        }),
+        None => Err(BootError::InitrdTooLarge { size, limit, kernel_end }),
     }
 }
 
@@ -196,21 +154,9 @@ pub fn load_initrd(
     mem_size: u64,
     kernel: &LoadedKernel,
 ) -> Result<InitrdPlacement, BootError> {
-    let mut file = File::open(path).map_err(|source| BootError::ReadInitrd {
-        path: path.into(),
-        source,
-    })?;
-    let size = file
-        .metadata()
-        .map_err(|source| BootError::ReadInitrd {
-            path: path.into(),
-            source,
-        })?
-        .len();
-    let addr_max = kernel
-        .setup_header
-        .map(|h| u64::from(h.initrd_addr_max))
-        .filter(|m| *m != 0);
+    let mut file = File::open(path).map_err(|source| BootError::ReadInitrd { path: path.into(), source })?;
+    let size = file.metadata().map_err(|source| BootError::ReadInitrd { path: path.into(), source })?.len();
+    let addr_max = kernel.setup_header.map(|h| u64::from(h.initrd_addr_max)).filter(|m| *m != 0);
     let placement = place_initrd(mem_size, kernel.kernel_end, size, addr_max)?;
     mem.read_exact_volatile_from(GuestAddress(placement.addr), &mut file, size as usize)?;
     Ok(placement)
@@ -225,17 +171,7 @@ pub const RESET_VECTOR: u64 = 0xffff0;
 /// reboot through the BIOS (the x86 fallback, and what a 6.1 kernel does
 /// after a panic here) jump to this vector; without it they would run
 /// zeroed memory forever instead of ending the VM.
-pub const RESET_STUB: [u8; 9] = [
-    0xb0,
-    acpi::RESET_VALUE,
-    0xba,
-    0x00,
-    0x06,
-    0xee,
-    0xf4,
-    0xeb,
-    0xfd,
-];
+pub const RESET_STUB: [u8; 9] = [0xb0, acpi::RESET_VALUE, 0xba, 0x00, 0x06, 0xee, 0xf4, 0xeb, 0xfd];
 
 pub fn write_reset_stub(mem: &GuestMemoryMmap) -> Result<(), BootError> {
     mem.write_slice(&RESET_STUB, GuestAddress(RESET_VECTOR))?;
@@ -245,10 +181,7 @@ pub fn write_reset_stub(mem: &GuestMemoryMmap) -> Result<(), BootError> {
 /// Writes the NUL-terminated command line.
 pub fn write_cmdline(mem: &GuestMemoryMmap, cmdline: &str) -> Result<(), BootError> {
     if cmdline.len() + 1 > layout::CMDLINE_MAX_LEN {
-        return Err(BootError::CmdlineTooLong {
-            len: cmdline.len(),
-            max: layout::CMDLINE_MAX_LEN - 1,
-        });
+        return Err(BootError::CmdlineTooLong { len: cmdline.len(), max: layout::CMDLINE_MAX_LEN - 1 });
     }
     let mut bytes = cmdline.as_bytes().to_vec();
     bytes.push(0);
@@ -262,10 +195,7 @@ mod tests {
 
     #[test]
     fn the_reset_stub_writes_the_reset_value_to_the_acpi_port() {
-        assert_eq!(
-            u16::from_le_bytes([RESET_STUB[3], RESET_STUB[4]]),
-            layout::ACPI_PM_PORT
-        );
+        assert_eq!(u16::from_le_bytes([RESET_STUB[3], RESET_STUB[4]]), layout::ACPI_PM_PORT);
         assert_eq!(RESET_STUB[1], acpi::RESET_VALUE);
         const {
             assert!(
@@ -282,10 +212,7 @@ mod tests {
 
     #[test]
     fn kernel_formats_are_recognized_by_magic() {
-        assert_eq!(
-            detect_format(b"\x7fELF\x02\x01\x01"),
-            Some(KernelFormat::Elf)
-        );
+        assert_eq!(detect_format(b"\x7fELF\x02\x01\x01"), Some(KernelFormat::Elf));
         let mut bz = vec![0u8; 0x300];
         bz[0x202..0x206].copy_from_slice(b"HdrS");
         assert_eq!(detect_format(&bz), Some(KernelFormat::BzImage));
@@ -311,24 +238,17 @@ mod tests {
 
     #[test]
     fn an_initrd_that_would_overlap_the_kernel_is_refused() {
-        assert!(matches!(
-            place_initrd(64 << 20, 60 << 20, 8 << 20, None),
-            Err(BootError::InitrdTooLarge { .. })
-        ));
+        assert!(matches!(place_initrd(64 << 20, 60 << 20, 8 << 20, None), Err(BootError::InitrdTooLarge { .. })));
     }
 
     #[test]
     fn an_overlong_command_line_is_refused() {
         let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
         let long = "x".repeat(layout::CMDLINE_MAX_LEN);
-        assert!(matches!(
-            write_cmdline(&mem, &long),
-            Err(BootError::CmdlineTooLong { .. })
-        ));
+        assert!(matches!(write_cmdline(&mem, &long), Err(BootError::CmdlineTooLong { .. })));
         write_cmdline(&mem, "console=ttyS0").unwrap();
         let mut buf = [0u8; 14];
-        mem.read_slice(&mut buf, GuestAddress(layout::CMDLINE_ADDR))
-            .unwrap();
+        mem.read_slice(&mut buf, GuestAddress(layout::CMDLINE_ADDR)).unwrap();
         assert_eq!(&buf, b"console=ttyS0\0");
     }
 }

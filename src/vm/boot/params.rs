@@ -6,9 +6,7 @@ use linux_loader::bootparam::{boot_e820_entry, boot_params, setup_header};
 use linux_loader::configurator::linux::LinuxBootConfigurator;
 use linux_loader::configurator::pvh::PvhBootConfigurator;
 use linux_loader::configurator::{BootConfigurator, BootParams};
-use linux_loader::loader::elf::start_info::{
-    hvm_memmap_table_entry, hvm_modlist_entry, hvm_start_info,
-};
+use linux_loader::loader::elf::start_info::{hvm_memmap_table_entry, hvm_modlist_entry, hvm_start_info};
 use vm_memory::{GuestAddress, GuestMemoryMmap};
 
 use super::layout;
@@ -29,25 +27,13 @@ pub struct E820Entry {
 /// (split around the MMIO hole).
 pub fn e820_map(mem_size: u64) -> Vec<E820Entry> {
     let mut map = vec![
-        E820Entry {
-            addr: 0,
-            size: layout::EBDA_START,
-            kind: E820_RAM,
-        },
-        E820Entry {
-            addr: layout::ACPI_START,
-            size: layout::ACPI_END - layout::ACPI_START,
-            kind: E820_RESERVED,
-        },
+        E820Entry { addr: 0, size: layout::EBDA_START, kind: E820_RAM },
+        E820Entry { addr: layout::ACPI_START, size: layout::ACPI_END - layout::ACPI_START, kind: E820_RESERVED },
     ];
     for (start, len) in layout::ram_regions(mem_size) {
         let (s, e) = (start.max(layout::HIMEM_START), start + len);
         if e > s {
-            map.push(E820Entry {
-                addr: s,
-                size: e - s,
-                kind: E820_RAM,
-            });
+            map.push(E820Entry { addr: s, size: e - s, kind: E820_RAM });
         }
     }
     map
@@ -87,11 +73,7 @@ pub fn zero_page(
     params.acpi_rsdp_addr = rsdp;
     let map = e820_map(mem_size);
     for (i, e) in map.iter().enumerate() {
-        params.e820_table[i] = boot_e820_entry {
-            addr: e.addr,
-            size: e.size,
-            r#type: e.kind,
-        };
+        params.e820_table[i] = boot_e820_entry { addr: e.addr, size: e.size, r#type: e.kind };
     }
     params.e820_entries = map.len() as u8;
     params
@@ -115,12 +97,7 @@ pub fn write_boot_params(
     }
     let memmap: Vec<hvm_memmap_table_entry> = e820_map(mem_size)
         .iter()
-        .map(|e| hvm_memmap_table_entry {
-            addr: e.addr,
-            size: e.size,
-            type_: e.kind,
-            reserved: 0,
-        })
+        .map(|e| hvm_memmap_table_entry { addr: e.addr, size: e.size, type_: e.kind, reserved: 0 })
         .collect();
     let mut info = hvm_start_info {
         magic: XEN_HVM_START_MAGIC_VALUE,
@@ -136,11 +113,7 @@ pub fn write_boot_params(
         info.nr_modules = 1;
         info.modlist_paddr = layout::PVH_MODLIST_ADDR;
         bp = BootParams::new::<hvm_start_info>(&info, GuestAddress(layout::PVH_INFO_ADDR));
-        let module = hvm_modlist_entry {
-            paddr: i.addr,
-            size: i.size,
-            ..Default::default()
-        };
+        let module = hvm_modlist_entry { paddr: i.addr, size: i.size, ..Default::default() };
         bp.set_modules::<hvm_modlist_entry>(&[module], GuestAddress(layout::PVH_MODLIST_ADDR));
     }
     bp.set_sections::<hvm_memmap_table_entry>(&memmap, GuestAddress(layout::PVH_MEMMAP_ADDR));
@@ -159,21 +132,9 @@ mod tests {
         assert_eq!(
             map,
             vec![
-                E820Entry {
-                    addr: 0,
-                    size: 0x9fc00,
-                    kind: E820_RAM
-                },
-                E820Entry {
-                    addr: 0xe0000,
-                    size: 0x20000,
-                    kind: E820_RESERVED
-                },
-                E820Entry {
-                    addr: 0x10_0000,
-                    size: (256 << 20) - 0x10_0000,
-                    kind: E820_RAM
-                },
+                E820Entry { addr: 0, size: 0x9fc00, kind: E820_RAM },
+                E820Entry { addr: 0xe0000, size: 0x20000, kind: E820_RESERVED },
+                E820Entry { addr: 0x10_0000, size: (256 << 20) - 0x10_0000, kind: E820_RAM },
             ]
         );
     }
@@ -182,24 +143,14 @@ mod tests {
     fn the_e820_map_of_a_large_guest_resumes_at_4g() {
         let map = e820_map(5 << 30);
         let last = map.last().unwrap();
-        assert_eq!(
-            (last.addr, last.size, last.kind),
-            (4 << 30, 2 << 30, E820_RAM)
-        );
-        let ram: u64 = map
-            .iter()
-            .filter(|e| e.kind == E820_RAM)
-            .map(|e| e.size)
-            .sum();
+        assert_eq!((last.addr, last.size, last.kind), (4 << 30, 2 << 30, E820_RAM));
+        let ram: u64 = map.iter().filter(|e| e.kind == E820_RAM).map(|e| e.size).sum();
         assert_eq!(ram, (5 << 30) - (layout::HIMEM_START - layout::EBDA_START));
     }
 
     #[test]
     fn the_zero_page_carries_cmdline_initrd_rsdp_and_e820() {
-        let initrd = InitrdPlacement {
-            addr: 0x0f00_0000,
-            size: 0x1234,
-        };
+        let initrd = InitrdPlacement { addr: 0x0f00_0000, size: 0x1234 };
         let p = zero_page(None, 256 << 20, 20, Some(initrd), 0xe0000);
         let (flag, hdr, loader) = (p.hdr.boot_flag, p.hdr.header, p.hdr.type_of_loader);
         assert_eq!((flag, hdr, loader), (0xaa55, 0x5372_6448, 0xff));
@@ -218,29 +169,16 @@ mod tests {
     #[test]
     fn pvh_start_info_is_written_with_its_memmap_and_module() {
         let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
-        let initrd = InitrdPlacement {
-            addr: 0x80000,
-            size: 0x100,
-        };
+        let initrd = InitrdPlacement { addr: 0x80000, size: 0x100 };
         write_boot_params(&mem, true, None, 256 << 20, 10, Some(initrd), 0xe0000).unwrap();
         let info: hvm_start_info = mem.read_obj(GuestAddress(layout::PVH_INFO_ADDR)).unwrap();
         assert_eq!(info.magic, XEN_HVM_START_MAGIC_VALUE);
-        assert_eq!(
-            (info.nr_modules, info.modlist_paddr),
-            (1, layout::PVH_MODLIST_ADDR)
-        );
-        assert_eq!(
-            (info.rsdp_paddr, info.cmdline_paddr),
-            (0xe0000, layout::CMDLINE_ADDR)
-        );
+        assert_eq!((info.nr_modules, info.modlist_paddr), (1, layout::PVH_MODLIST_ADDR));
+        assert_eq!((info.rsdp_paddr, info.cmdline_paddr), (0xe0000, layout::CMDLINE_ADDR));
         assert_eq!(info.memmap_entries, 3);
-        let m: hvm_modlist_entry = mem
-            .read_obj(GuestAddress(layout::PVH_MODLIST_ADDR))
-            .unwrap();
+        let m: hvm_modlist_entry = mem.read_obj(GuestAddress(layout::PVH_MODLIST_ADDR)).unwrap();
         assert_eq!((m.paddr, m.size), (0x80000, 0x100));
-        let e: hvm_memmap_table_entry = mem
-            .read_obj(GuestAddress(layout::PVH_MEMMAP_ADDR + 2 * 24))
-            .unwrap();
+        let e: hvm_memmap_table_entry = mem.read_obj(GuestAddress(layout::PVH_MEMMAP_ADDR + 2 * 24)).unwrap();
         assert_eq!((e.addr, e.type_), (0x10_0000, E820_RAM));
     }
 }

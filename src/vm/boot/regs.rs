@@ -34,11 +34,7 @@ pub fn segment_from_gdt(entry: u64, index: u8) -> kvm_segment {
     let base = ((entry >> 16) & 0xff_ffff) | ((entry >> 32) & 0xff00_0000);
     let limit_raw = ((entry & 0xffff) | ((entry >> 32) & 0xf_0000)) as u32;
     let g = ((entry >> 55) & 1) as u8;
-    let limit = if g == 1 {
-        (limit_raw << 12) | 0xfff
-    } else {
-        limit_raw
-    };
+    let limit = if g == 1 { (limit_raw << 12) | 0xfff } else { limit_raw };
     kvm_segment {
         base,
         limit,
@@ -60,19 +56,13 @@ pub fn segment_from_gdt(entry: u64, index: u8) -> kvm_segment {
 pub fn gdt(entry: EntryPoint) -> [u64; 4] {
     match entry {
         // 32-bit flat code (D=1) and data, 4 GiB limit.
-        EntryPoint::Pvh { .. } => [
-            0,
-            gdt_entry(0xc09b, 0, 0xfffff),
-            gdt_entry(0xc093, 0, 0xfffff),
-            gdt_entry(0x008b, 0, 0x67),
-        ],
+        EntryPoint::Pvh { .. } => {
+            [0, gdt_entry(0xc09b, 0, 0xfffff), gdt_entry(0xc093, 0, 0xfffff), gdt_entry(0x008b, 0, 0x67)]
+        }
         // 64-bit code (L=1), flat data.
-        EntryPoint::Linux64 { .. } => [
-            0,
-            gdt_entry(0xa09b, 0, 0xfffff),
-            gdt_entry(0xc093, 0, 0xfffff),
-            gdt_entry(0x808b, 0, 0xfffff),
-        ],
+        EntryPoint::Linux64 { .. } => {
+            [0, gdt_entry(0xa09b, 0, 0xfffff), gdt_entry(0xc093, 0, 0xfffff), gdt_entry(0x808b, 0, 0xfffff)]
+        }
     }
 }
 
@@ -112,10 +102,7 @@ pub fn sregs(entry: EntryPoint, mut base: kvm_sregs) -> kvm_sregs {
 
 /// General registers at entry.
 pub fn regs(entry: EntryPoint) -> kvm_regs {
-    let mut r = kvm_regs {
-        rflags: 0x2,
-        ..Default::default()
-    };
+    let mut r = kvm_regs { rflags: 0x2, ..Default::default() };
     match entry {
         EntryPoint::Pvh { entry } => {
             r.rip = entry;
@@ -133,11 +120,7 @@ pub fn regs(entry: EntryPoint) -> kvm_regs {
 
 /// x87 control word and MXCSR as after FNINIT / reset.
 pub fn fpu() -> kvm_fpu {
-    kvm_fpu {
-        fcw: 0x37f,
-        mxcsr: 0x1f80,
-        ..Default::default()
-    }
+    kvm_fpu { fcw: 0x37f, mxcsr: 0x1f80, ..Default::default() }
 }
 
 /// Writes the GDT, the null IDT and (for the 64-bit entry) the identity
@@ -171,16 +154,7 @@ mod tests {
     #[test]
     fn segments_decode_back_from_the_gdt() {
         let code64 = segment_from_gdt(gdt_entry(0xa09b, 0, 0xfffff), 1);
-        assert_eq!(
-            (
-                code64.selector,
-                code64.l,
-                code64.db,
-                code64.type_,
-                code64.present
-            ),
-            (8, 1, 0, 0xb, 1)
-        );
+        assert_eq!((code64.selector, code64.l, code64.db, code64.type_, code64.present), (8, 1, 0, 0xb, 1));
         assert_eq!(code64.limit, 0xffff_ffff);
         let code32 = segment_from_gdt(gdt_entry(0xc09b, 0, 0xfffff), 1);
         assert_eq!((code32.l, code32.db, code32.g), (0, 1, 1));
@@ -197,10 +171,7 @@ mod tests {
         assert_eq!(s.efer, 0);
         assert_eq!(s.cs.l, 0);
         let r = regs(e);
-        assert_eq!(
-            (r.rip, r.rbx, r.rflags),
-            (0x100_0000, layout::PVH_INFO_ADDR, 2)
-        );
+        assert_eq!((r.rip, r.rbx, r.rflags), (0x100_0000, layout::PVH_INFO_ADDR, 2));
     }
 
     #[test]
@@ -208,32 +179,16 @@ mod tests {
         let e = EntryPoint::Linux64 { entry: 0x10_0200 };
         let s = sregs(e, kvm_sregs::default());
         assert_eq!(s.efer, EFER_LME | EFER_LMA);
-        assert_eq!(
-            (s.cr3, s.cr4 & X86_CR4_PAE),
-            (layout::PML4_ADDR, X86_CR4_PAE)
-        );
+        assert_eq!((s.cr3, s.cr4 & X86_CR4_PAE), (layout::PML4_ADDR, X86_CR4_PAE));
         assert_eq!(s.cs.l, 1);
         let r = regs(e);
-        assert_eq!(
-            (r.rip, r.rsi, r.rsp),
-            (
-                0x10_0200,
-                layout::ZERO_PAGE_ADDR,
-                layout::BOOT_STACK_POINTER
-            )
-        );
+        assert_eq!((r.rip, r.rsi, r.rsp), (0x10_0200, layout::ZERO_PAGE_ADDR, layout::BOOT_STACK_POINTER));
 
         let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
         write_tables(&mem, e).unwrap();
         let pml4: u64 = mem.read_obj(GuestAddress(layout::PML4_ADDR)).unwrap();
         assert_eq!(pml4, layout::PDPTE_ADDR | 3);
-        let pde511: u64 = mem
-            .read_obj(GuestAddress(layout::PDE_ADDR + 511 * 8))
-            .unwrap();
-        assert_eq!(
-            pde511,
-            (511 << 21) | 0x83,
-            "the last 2 MiB page ends at 1 GiB"
-        );
+        let pde511: u64 = mem.read_obj(GuestAddress(layout::PDE_ADDR + 511 * 8)).unwrap();
+        assert_eq!(pde511, (511 << 21) | 0x83, "the last 2 MiB page ends at 1 GiB");
     }
 }

@@ -49,9 +49,7 @@ impl Bus {
     pub fn read(&self, addr: u64, data: &mut [u8]) -> bool {
         match self.find(addr) {
             Some((offset, dev)) => {
-                dev.lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .read(offset, data);
+                dev.lock().unwrap_or_else(|e| e.into_inner()).read(offset, data);
                 true
             }
             None => false,
@@ -61,9 +59,7 @@ impl Bus {
     pub fn write(&self, addr: u64, data: &[u8]) -> bool {
         match self.find(addr) {
             Some((offset, dev)) => {
-                dev.lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .write(offset, data);
+                dev.lock().unwrap_or_else(|e| e.into_inner()).write(offset, data);
                 true
             }
             None => false,
@@ -103,15 +99,9 @@ mod tests {
     #[test]
     fn overlapping_ranges_are_refused() {
         let mut bus = Bus::new();
-        bus.insert(0x1000, 0x1000, Arc::new(Mutex::new(Recorder::default())))
-            .unwrap();
-        assert!(bus
-            .insert(0x1800, 0x1000, Arc::new(Mutex::new(Recorder::default())))
-            .is_err());
-        assert!(bus
-            .insert(0x800, 0x1000, Arc::new(Mutex::new(Recorder::default())))
-            .is_err());
-        bus.insert(0x2000, 0x1000, Arc::new(Mutex::new(Recorder::default())))
-            .unwrap();
+        bus.insert(0x1000, 0x1000, Arc::new(Mutex::new(Recorder::default()))).unwrap();
+        assert!(bus.insert(0x1800, 0x1000, Arc::new(Mutex::new(Recorder::default()))).is_err());
+        assert!(bus.insert(0x800, 0x1000, Arc::new(Mutex::new(Recorder::default()))).is_err());
+        bus.insert(0x2000, 0x1000, Arc::new(Mutex::new(Recorder::default()))).unwrap();
     }
 }

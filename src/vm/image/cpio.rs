@@ -18,10 +18,7 @@ impl Default for CpioWriter {
 
 impl CpioWriter {
     pub fn new() -> Self {
-        CpioWriter {
-            out: Vec::new(),
-            ino: 1,
-        }
+        CpioWriter { out: Vec::new(), ino: 1 }
     }
 
     fn pad4(&mut self) {
@@ -32,21 +29,8 @@ impl CpioWriter {
 
     fn entry(&mut self, name: &str, mode: u32, rdev: (u32, u32), data: &[u8]) {
         let nlink = if mode & S_IFDIR != 0 { 2 } else { 1 };
-        let fields = [
-            self.ino,
-            mode,
-            0,
-            0,
-            nlink,
-            0,
-            data.len() as u32,
-            0,
-            0,
-            rdev.0,
-            rdev.1,
-            name.len() as u32 + 1,
-            0,
-        ];
+        let fields =
+            [self.ino, mode, 0, 0, nlink, 0, data.len() as u32, 0, 0, rdev.0, rdev.1, name.len() as u32 + 1, 0];
         self.ino += 1;
         self.out.extend_from_slice(b"070701");
         for f in fields {
@@ -91,10 +75,8 @@ mod tests {
         let base = b.as_ptr() as usize;
         loop {
             assert_eq!(&b[..6], b"070701");
-            let field = |i: usize| {
-                u32::from_str_radix(std::str::from_utf8(&b[6 + i * 8..14 + i * 8]).unwrap(), 16)
-                    .unwrap()
-            };
+            let field =
+                |i: usize| u32::from_str_radix(std::str::from_utf8(&b[6 + i * 8..14 + i * 8]).unwrap(), 16).unwrap();
             let (mode, size, namesize) = (field(1), field(6) as usize, field(11) as usize);
             let name = String::from_utf8(b[110..110 + namesize - 1].to_vec()).unwrap();
             let mut off = 110 + namesize;
@@ -123,10 +105,7 @@ mod tests {
         assert_eq!(e.len(), 4);
         assert_eq!((e[0].0.as_str(), e[0].1), ("dev", S_IFDIR | 0o755));
         assert_eq!((e[1].0.as_str(), e[1].1), ("dev/console", S_IFCHR | 0o600));
-        assert_eq!(
-            (e[2].0.as_str(), e[2].1, e[2].2.as_slice()),
-            ("init", S_IFREG | 0o755, &b"\x7fELF123"[..])
-        );
+        assert_eq!((e[2].0.as_str(), e[2].1, e[2].2.as_slice()), ("init", S_IFREG | 0o755, &b"\x7fELF123"[..]));
         assert_eq!(e[3].2.len(), 0);
     }
 

@@ -72,9 +72,7 @@ pub fn has_interpreter(elf: &[u8]) -> bool {
     let phnum = u16::from_le_bytes([elf[0x38], elf[0x39]]) as usize;
     (0..phnum).any(|i| {
         let off = phoff + i * phentsize;
-        elf.get(off..off + 4)
-            .map(|t| u32::from_le_bytes(t.try_into().unwrap_or([0; 4])) == 3)
-            .unwrap_or(false)
+        elf.get(off..off + 4).map(|t| u32::from_le_bytes(t.try_into().unwrap_or([0; 4])) == 3).unwrap_or(false)
     })
 }
 
@@ -169,14 +167,9 @@ pub fn build_or_reuse(
     if let Some((path, modules)) = stamp_hit(&stamp_path, cache_dir) {
         return Ok(BuiltInitramfs { path, from_cache: true, modules, build_time: start.elapsed() });
     }
-    let agent = std::fs::read(spec.agent).map_err(|source| ImageError::Agent {
-        path: spec.agent.into(),
-        source,
-    })?;
+    let agent = std::fs::read(spec.agent).map_err(|source| ImageError::Agent { path: spec.agent.into(), source })?;
     if has_interpreter(&agent) {
-        return Err(ImageError::AgentNotStatic {
-            path: spec.agent.into(),
-        });
+        return Err(ImageError::AgentNotStatic { path: spec.agent.into() });
     }
     let mods = modules::resolve(spec.modules_dir, spec.modules)?;
     let names: Vec<String> = mods.iter().map(|m| m.name.clone()).collect();
@@ -197,12 +190,7 @@ pub fn build_or_reuse(
     let inputs: Vec<&Path> = std::iter::once(spec.agent).chain(mods.iter().map(|m| m.path.as_path())).collect();
     if path.is_file() {
         write_stamp(&stamp_path, &path, &inputs, &names);
-        return Ok(BuiltInitramfs {
-            path,
-            from_cache: true,
-            modules: names,
-            build_time: start.elapsed(),
-        });
+        return Ok(BuiltInitramfs { path, from_cache: true, modules: names, build_time: start.elapsed() });
     }
 
     progress(&format!(
@@ -212,17 +200,7 @@ pub fn build_or_reuse(
         cache_dir.display()
     ));
     let mut w = CpioWriter::new();
-    for d in [
-        "dev",
-        "proc",
-        "sys",
-        "run",
-        "tmp",
-        "etc",
-        "etc/amphi",
-        "lib",
-        "lib/modules",
-    ] {
+    for d in ["dev", "proc", "sys", "run", "tmp", "etc", "etc/amphi", "lib", "lib/modules"] {
         w.dir(d);
     }
     w.char_dev("dev/console", 0o600, 5, 1);
@@ -243,17 +221,8 @@ pub fn build_or_reuse(
 
     write_cached(cache_dir, &path, &bytes)?;
     write_stamp(&stamp_path, &path, &inputs, &names);
-    progress(&format!(
-        "initramfs ready ({} KiB) in {} ms",
-        bytes.len() / 1024,
-        start.elapsed().as_millis()
-    ));
-    Ok(BuiltInitramfs {
-        path,
-        from_cache: false,
-        modules: names,
-        build_time: start.elapsed(),
-    })
+    progress(&format!("initramfs ready ({} KiB) in {} ms", bytes.len() / 1024, start.elapsed().as_millis()));
+    Ok(BuiltInitramfs { path, from_cache: false, modules: names, build_time: start.elapsed() })
 }
 
 #[cfg(test)]
@@ -275,26 +244,16 @@ mod tests {
     fn the_image_is_built_once_and_then_reused() {
         let (d, agent, mods) = setup();
         let cache = d.path().join("cache");
-        let spec = InitramfsSpec {
-            agent: &agent,
-            modules_dir: &mods,
-            kernel_release: "6.1.0",
-            modules: &["vsock"],
-        };
+        let spec = InitramfsSpec { agent: &agent, modules_dir: &mods, kernel_release: "6.1.0", modules: &["vsock"] };
         let mut said = Vec::new();
         let first = build_or_reuse(&spec, &cache, &mut |m| said.push(m.to_string())).unwrap();
         assert!(!first.from_cache);
         assert!(said[0].contains("assembling"), "a build says what it does");
-        let again = build_or_reuse(&spec, &cache, &mut |_| {
-            panic!("no progress for a cache hit")
-        })
-        .unwrap();
+        let again = build_or_reuse(&spec, &cache, &mut |_| panic!("no progress for a cache hit")).unwrap();
         assert!(again.from_cache);
         assert_eq!(first.path, again.path);
-        let names: Vec<String> = std::fs::read_dir(&cache)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
+        let names: Vec<String> =
+            std::fs::read_dir(&cache).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
         assert!(names.iter().all(|n| !n.contains(".tmp")), "no temp files left: {names:?}");
         assert_eq!(names.iter().filter(|n| n.starts_with("initramfs-")).count(), 1);
         assert_eq!(names.iter().filter(|n| n.starts_with("stamp-")).count(), 1, "{names:?}");
@@ -304,12 +263,7 @@ mod tests {
     fn a_changed_input_gives_a_new_image() {
         let (d, agent, mods) = setup();
         let cache = d.path().join("cache");
-        let spec = InitramfsSpec {
-            agent: &agent,
-            modules_dir: &mods,
-            kernel_release: "6.1.0",
-            modules: &["vsock"],
-        };
+        let spec = InitramfsSpec { agent: &agent, modules_dir: &mods, kernel_release: "6.1.0", modules: &["vsock"] };
         let a = build_or_reuse(&spec, &cache, &mut |_| {}).unwrap();
         std::fs::write(&agent, b"\x7fELF a newer agent").unwrap();
         let b = build_or_reuse(&spec, &cache, &mut |_| {}).unwrap();
@@ -320,12 +274,7 @@ mod tests {
     #[test]
     fn the_image_holds_init_console_modules_and_their_order() {
         let (d, agent, mods) = setup();
-        let spec = InitramfsSpec {
-            agent: &agent,
-            modules_dir: &mods,
-            kernel_release: "6.1.0",
-            modules: &["vsock"],
-        };
+        let spec = InitramfsSpec { agent: &agent, modules_dir: &mods, kernel_release: "6.1.0", modules: &["vsock"] };
         let img = build_or_reuse(&spec, &d.path().join("c"), &mut |_| {}).unwrap();
         let bytes = std::fs::read(&img.path).unwrap();
         let find = |n: &[u8]| bytes.windows(n.len()).any(|w| w == n);
@@ -346,12 +295,7 @@ mod tests {
         elf[0x38..0x3a].copy_from_slice(&1u16.to_le_bytes());
         elf[64..68].copy_from_slice(&3u32.to_le_bytes());
         std::fs::write(&agent, &elf).unwrap();
-        let spec = InitramfsSpec {
-            agent: &agent,
-            modules_dir: &mods,
-            kernel_release: "6.1.0",
-            modules: &["vsock"],
-        };
+        let spec = InitramfsSpec { agent: &agent, modules_dir: &mods, kernel_release: "6.1.0", modules: &["vsock"] };
         let e = build_or_reuse(&spec, &d.path().join("c"), &mut |_| {}).unwrap_err();
         assert!(matches!(e, ImageError::AgentNotStatic { .. }));
     }

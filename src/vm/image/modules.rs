@@ -41,10 +41,8 @@ pub fn normalize(name: &str) -> String {
 
 /// Module name of a file name: `kvm-amd.ko.xz` -> `kvm_amd`.
 pub fn module_name(file: &str) -> Option<String> {
-    let stem = file
-        .strip_suffix(".ko")
-        .or_else(|| file.strip_suffix(".ko.xz"))
-        .or_else(|| file.strip_suffix(".ko.zst"));
+    let stem =
+        file.strip_suffix(".ko").or_else(|| file.strip_suffix(".ko.xz")).or_else(|| file.strip_suffix(".ko.zst"));
     let stem = stem.or_else(|| file.strip_suffix(".ko.gz"))?;
     Some(normalize(stem))
 }
@@ -54,10 +52,7 @@ pub fn index(dir: &Path) -> Result<HashMap<String, PathBuf>, ModuleError> {
     let mut out = HashMap::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
-        let rd = std::fs::read_dir(&d).map_err(|source| ModuleError::Walk {
-            dir: d.clone(),
-            source,
-        })?;
+        let rd = std::fs::read_dir(&d).map_err(|source| ModuleError::Walk { dir: d.clone(), source })?;
         for e in rd.flatten() {
             let p = e.path();
             let ft = match e.file_type() {
@@ -77,35 +72,23 @@ pub fn index(dir: &Path) -> Result<HashMap<String, PathBuf>, ModuleError> {
 /// Names listed in `modules.builtin` (built into the kernel: nothing to load).
 pub fn builtin(dir: &Path) -> HashSet<String> {
     std::fs::read_to_string(dir.join("modules.builtin"))
-        .map(|s| {
-            s.lines()
-                .filter_map(|l| l.rsplit('/').next().and_then(module_name))
-                .collect()
-        })
+        .map(|s| s.lines().filter_map(|l| l.rsplit('/').next().and_then(module_name)).collect())
         .unwrap_or_default()
 }
 
 /// The module's bytes, decompressed.
 pub fn read_module(path: &Path) -> Result<Vec<u8>, ModuleError> {
-    let raw = std::fs::read(path).map_err(|source| ModuleError::Read {
-        path: path.into(),
-        source,
-    })?;
+    let raw = std::fs::read(path).map_err(|source| ModuleError::Read { path: path.into(), source })?;
     let name = path.to_string_lossy();
-    let err = |reason: String| ModuleError::Decompress {
-        path: path.into(),
-        reason,
-    };
+    let err = |reason: String| ModuleError::Decompress { path: path.into(), reason };
     if name.ends_with(".ko") {
         Ok(raw)
     } else if name.ends_with(".ko.xz") {
         let mut out = Vec::new();
-        lzma_rs::xz_decompress(&mut std::io::BufReader::new(&raw[..]), &mut out)
-            .map_err(|e| err(e.to_string()))?;
+        lzma_rs::xz_decompress(&mut std::io::BufReader::new(&raw[..]), &mut out).map_err(|e| err(e.to_string()))?;
         Ok(out)
     } else if name.ends_with(".ko.zst") {
-        let mut d =
-            ruzstd::decoding::StreamingDecoder::new(&raw[..]).map_err(|e| err(e.to_string()))?;
+        let mut d = ruzstd::decoding::StreamingDecoder::new(&raw[..]).map_err(|e| err(e.to_string()))?;
         let mut out = Vec::new();
         d.read_to_end(&mut out).map_err(|e| err(e.to_string()))?;
         Ok(out)
@@ -116,22 +99,10 @@ pub fn read_module(path: &Path) -> Result<Vec<u8>, ModuleError> {
 
 /// The `depends=` list from the module's `.modinfo` section.
 pub fn depends(path: &Path, elf: &[u8]) -> Result<Vec<String>, ModuleError> {
-    let bad = |reason| ModuleError::BadElf {
-        path: path.into(),
-        reason,
-    };
-    let u16_at = |o: usize| {
-        elf.get(o..o + 2)
-            .map(|b| u16::from_le_bytes([b[0], b[1]]) as usize)
-    };
-    let u32_at = |o: usize| {
-        elf.get(o..o + 4)
-            .map(|b| u32::from_le_bytes(b.try_into().unwrap_or([0; 4])) as usize)
-    };
-    let u64_at = |o: usize| {
-        elf.get(o..o + 8)
-            .map(|b| u64::from_le_bytes(b.try_into().unwrap_or([0; 8])) as usize)
-    };
+    let bad = |reason| ModuleError::BadElf { path: path.into(), reason };
+    let u16_at = |o: usize| elf.get(o..o + 2).map(|b| u16::from_le_bytes([b[0], b[1]]) as usize);
+    let u32_at = |o: usize| elf.get(o..o + 4).map(|b| u32::from_le_bytes(b.try_into().unwrap_or([0; 4])) as usize);
+    let u64_at = |o: usize| elf.get(o..o + 8).map(|b| u64::from_le_bytes(b.try_into().unwrap_or([0; 8])) as usize);
     if elf.len() < 64 || &elf[..4] != b"\x7fELF" || elf[4] != 2 {
         return Err(bad("not a 64-bit ELF file"));
     }
@@ -144,29 +115,18 @@ pub fn depends(path: &Path, elf: &[u8]) -> Result<Vec<String>, ModuleError> {
         Some((u32_at(h)?, u64_at(h + 0x18)?, u64_at(h + 0x20)?))
     };
     let (_, stroff, strsize) = section(shstrndx).ok_or(bad("no section name table"))?;
-    let names = elf
-        .get(stroff..stroff.saturating_add(strsize))
-        .ok_or(bad("section names out of range"))?;
+    let names = elf.get(stroff..stroff.saturating_add(strsize)).ok_or(bad("section names out of range"))?;
     for i in 0..shnum {
         let (name_off, off, size) = section(i).ok_or(bad("section header out of range"))?;
-        let name = names
-            .get(name_off..)
-            .and_then(|n| n.split(|&c| c == 0).next())
-            .unwrap_or(&[]);
+        let name = names.get(name_off..).and_then(|n| n.split(|&c| c == 0).next()).unwrap_or(&[]);
         if name != b".modinfo" {
             continue;
         }
-        let info = elf
-            .get(off..off.saturating_add(size))
-            .ok_or(bad(".modinfo out of range"))?;
+        let info = elf.get(off..off.saturating_add(size)).ok_or(bad(".modinfo out of range"))?;
         for entry in info.split(|&c| c == 0) {
             if let Some(v) = entry.strip_prefix(b"depends=") {
                 let v = String::from_utf8_lossy(v);
-                return Ok(v
-                    .split(',')
-                    .filter(|s| !s.is_empty())
-                    .map(normalize)
-                    .collect());
+                return Ok(v.split(',').filter(|s| !s.is_empty()).map(normalize).collect());
             }
         }
         return Ok(Vec::new());
@@ -207,10 +167,7 @@ pub fn resolve(dir: &Path, wanted: &[&str]) -> Result<Vec<Module>, ModuleError> 
             if builtin.contains(name) {
                 return Ok(());
             }
-            return Err(ModuleError::Missing {
-                name: name.into(),
-                dir: dir.into(),
-            });
+            return Err(ModuleError::Missing { name: name.into(), dir: dir.into() });
         };
         if !visiting.insert(name.to_string()) {
             return Err(ModuleError::Cycle(name.into()));
@@ -227,15 +184,7 @@ pub fn resolve(dir: &Path, wanted: &[&str]) -> Result<Vec<Module>, ModuleError> 
     }
     let mut visiting = HashSet::new();
     for w in wanted {
-        visit(
-            &normalize(w),
-            dir,
-            &files,
-            &builtin,
-            &mut loaded,
-            &mut visiting,
-            &mut order,
-        )?;
+        visit(&normalize(w), dir, &files, &builtin, &mut loaded, &mut visiting, &mut order)?;
     }
     Ok(order
         .into_iter()
@@ -273,11 +222,7 @@ pub(crate) mod tests {
             h[0x20..0x28].copy_from_slice(&(size as u64).to_le_bytes());
             h
         };
-        let headers = [
-            sh(0, 0, 0),
-            sh(1, info_off, info.len()),
-            sh(10, str_off, shstr.len()),
-        ];
+        let headers = [sh(0, 0, 0), sh(1, info_off, info.len()), sh(10, str_off, shstr.len())];
         for h in headers {
             elf.extend_from_slice(&h);
         }
@@ -299,10 +244,7 @@ pub(crate) mod tests {
                 lzma_rs::xz_compress(&mut &elf[..], &mut out).unwrap();
                 std::fs::write(p, out).unwrap();
             } else if file.ends_with(".zst") {
-                let out = ruzstd::encoding::compress_to_vec(
-                    &elf[..],
-                    ruzstd::encoding::CompressionLevel::Fastest,
-                );
+                let out = ruzstd::encoding::compress_to_vec(&elf[..], ruzstd::encoding::CompressionLevel::Fastest);
                 std::fs::write(p, out).unwrap();
             } else {
                 std::fs::write(p, elf).unwrap();
@@ -314,10 +256,7 @@ pub(crate) mod tests {
     #[test]
     fn modinfo_depends_are_read() {
         let elf = fake_module("license=GPL;depends=virtio,virtio_ring;vermagic=6.1");
-        assert_eq!(
-            depends(Path::new("m.ko"), &elf).unwrap(),
-            vec!["virtio", "virtio_ring"]
-        );
+        assert_eq!(depends(Path::new("m.ko"), &elf).unwrap(), vec!["virtio", "virtio_ring"]);
         let none = fake_module("license=GPL;depends=");
         assert!(depends(Path::new("m.ko"), &none).unwrap().is_empty());
         assert!(depends(Path::new("m.ko"), b"not elf at all, definitely not").is_err());
@@ -331,10 +270,7 @@ pub(crate) mod tests {
             ("virtio_mmio.ko", "virtio,virtio_ring"),
             ("vsock.ko.zst", ""),
             ("vmw_vsock_virtio_transport_common.ko.xz", "vsock"),
-            (
-                "vmw_vsock_virtio_transport.ko",
-                "vmw_vsock_virtio_transport_common,virtio,virtio_ring,vsock",
-            ),
+            ("vmw_vsock_virtio_transport.ko", "vmw_vsock_virtio_transport_common,virtio,virtio_ring,vsock"),
         ]);
         let mods = resolve(d.path(), &["virtio_mmio", "vmw_vsock_virtio_transport"]).unwrap();
         let names: Vec<&str> = mods.iter().map(|m| m.name.as_str()).collect();
@@ -351,42 +287,24 @@ pub(crate) mod tests {
         );
         let pos = |n: &str| names.iter().position(|x| *x == n).unwrap();
         assert!(pos("vsock") < pos("vmw_vsock_virtio_transport_common"));
-        assert_eq!(
-            &mods[3].data[..4],
-            b"\x7fELF",
-            "the .zst module was decompressed"
-        );
-        assert_eq!(
-            &mods[4].data[..4],
-            b"\x7fELF",
-            "the .xz module was decompressed"
-        );
+        assert_eq!(&mods[3].data[..4], b"\x7fELF", "the .zst module was decompressed");
+        assert_eq!(&mods[4].data[..4], b"\x7fELF", "the .xz module was decompressed");
     }
 
     #[test]
     fn builtin_modules_are_skipped_and_missing_ones_named() {
         let d = tree(&[("virtio_mmio.ko", "virtio")]);
-        std::fs::write(
-            d.path().join("modules.builtin"),
-            "kernel/drivers/virtio/virtio.ko\n",
-        )
-        .unwrap();
+        std::fs::write(d.path().join("modules.builtin"), "kernel/drivers/virtio/virtio.ko\n").unwrap();
         let mods = resolve(d.path(), &["virtio_mmio"]).unwrap();
         assert_eq!(mods.len(), 1);
         let e = resolve(d.path(), &["vsock"]).unwrap_err();
-        assert!(
-            e.to_string().contains("vsock") && e.to_string().contains("--modules"),
-            "{e}"
-        );
+        assert!(e.to_string().contains("vsock") && e.to_string().contains("--modules"), "{e}");
     }
 
     #[test]
     fn dependency_cycles_are_reported() {
         let d = tree(&[("a.ko", "b"), ("b.ko", "a")]);
-        assert!(matches!(
-            resolve(d.path(), &["a"]),
-            Err(ModuleError::Cycle(_))
-        ));
+        assert!(matches!(resolve(d.path(), &["a"]), Err(ModuleError::Cycle(_))));
     }
 
     #[test]

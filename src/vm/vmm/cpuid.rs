@@ -16,9 +16,7 @@ const EDX_HTT: u32 = 1 << 28;
 
 /// Bits of the x2APIC id needed to number `n` cores.
 fn core_bits(n: u8) -> u32 {
-    (u32::from(n.max(1)) - 1)
-        .checked_ilog2()
-        .map_or(0, |b| b + 1)
+    (u32::from(n.max(1)) - 1).checked_ilog2().map_or(0, |b| b + 1)
 }
 
 /// Rewrites `entries` for vCPU `index` of `count`. `tsc_deadline`: KVM
@@ -81,23 +79,11 @@ mod tests {
     use super::*;
 
     fn leaf(function: u32, index: u32) -> kvm_cpuid_entry2 {
-        kvm_cpuid_entry2 {
-            function,
-            index,
-            ..Default::default()
-        }
+        kvm_cpuid_entry2 { function, index, ..Default::default() }
     }
 
     fn sample() -> Vec<kvm_cpuid_entry2> {
-        vec![
-            leaf(0x1, 0),
-            leaf(0x4, 0),
-            leaf(0xb, 0),
-            leaf(0xb, 1),
-            leaf(0xb, 2),
-            leaf(0x8000_0008, 0),
-            leaf(0x7, 0),
-        ]
+        vec![leaf(0x1, 0), leaf(0x4, 0), leaf(0xb, 0), leaf(0xb, 1), leaf(0xb, 2), leaf(0x8000_0008, 0), leaf(0x7, 0)]
     }
 
     #[test]
@@ -130,11 +116,7 @@ mod tests {
         adjust(&mut e, 1, 3, false);
         assert_eq!((e[2].eax, e[2].ebx, e[2].ecx), (0, 1, 0x100));
         assert_eq!((e[3].eax, e[3].ebx, e[3].ecx), (2, 3, 0x201));
-        assert_eq!(
-            (e[4].eax, e[4].ebx, e[4].ecx),
-            (0, 0, 2),
-            "no level past the cores"
-        );
+        assert_eq!((e[4].eax, e[4].ebx, e[4].ecx), (0, 0, 2), "no level past the cores");
         assert_eq!(e[1].eax >> 26, 2);
         assert_eq!(e[5].ecx & 0xff, 2);
         assert_eq!(e[6], leaf(0x7, 0), "other leaves are untouched");
@@ -142,9 +124,6 @@ mod tests {
 
     #[test]
     fn core_bits_round_up_to_a_power_of_two() {
-        assert_eq!(
-            [1u8, 2, 3, 4, 5, 8, 9].map(core_bits),
-            [0, 1, 2, 2, 3, 3, 4]
-        );
+        assert_eq!([1u8, 2, 3, 4, 5, 8, 9].map(core_bits), [0, 1, 2, 2, 3, 3, 4]);
     }
 }

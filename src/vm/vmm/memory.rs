@@ -45,9 +45,7 @@ fn map_aligned(size: usize) -> Result<*mut u8, MemoryError> {
     let flags = MapFlags::MAP_PRIVATE | MapFlags::MAP_NORESERVE;
     // SAFETY: a fresh PROT_NONE reservation at an address the kernel picks;
     // it overlaps nothing of ours.
-    let reserve =
-        unsafe { nix::sys::mman::mmap_anonymous(None, total, ProtFlags::PROT_NONE, flags) }
-            .map_err(err)?;
+    let reserve = unsafe { nix::sys::mman::mmap_anonymous(None, total, ProtFlags::PROT_NONE, flags) }.map_err(err)?;
     let base = reserve.as_ptr() as usize;
     let aligned = align_up(base);
     let len = NonZeroUsize::new(size).ok_or(err(nix::Error::EINVAL))?;
@@ -113,10 +111,7 @@ pub fn create(mem_size: u64) -> Result<GuestMemoryMmap, MemoryError> {
             .with_mmap_flags(libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE)
             .build()
             .map_err(|_| MemoryError::Region { start })?;
-        regions.push(
-            GuestRegionMmap::new(region, GuestAddress(start))
-                .ok_or(MemoryError::Region { start })?,
-        );
+        regions.push(GuestRegionMmap::new(region, GuestAddress(start)).ok_or(MemoryError::Region { start })?);
     }
     GuestMemoryMmap::from_regions(regions).map_err(|_| MemoryError::Region { start: 0 })
 }
@@ -133,12 +128,8 @@ mod tests {
         let host = r.get_host_address(MemoryRegionAddress(0)).unwrap() as usize;
         assert_eq!(host % HUGE_PAGE, 0);
         assert_eq!(r.len(), 64 << 20);
-        mem.write_obj(0xdead_beefu32, GuestAddress(0x3ff_fffc))
-            .unwrap();
-        assert_eq!(
-            mem.read_obj::<u32>(GuestAddress(0x3ff_fffc)).unwrap(),
-            0xdead_beef
-        );
+        mem.write_obj(0xdead_beefu32, GuestAddress(0x3ff_fffc)).unwrap();
+        assert_eq!(mem.read_obj::<u32>(GuestAddress(0x3ff_fffc)).unwrap(), 0xdead_beef);
     }
 
     #[test]

@@ -17,9 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use event_manager::{EventManager, EventOps, EventSet, Events, MutEventSubscriber, SubscriberOps};
-use kvm_bindings::{
-    kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY,
-};
+use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::{IoEventAddress, Kvm};
 use vm_memory::{GuestMemoryBackend, GuestMemoryRegion, MemoryRegionAddress};
 use vmm_sys_util::eventfd::EventFd;
@@ -197,56 +195,30 @@ pub fn run(
     stop: Arc<AtomicBool>,
 ) -> Result<VmOutcome, VmmError> {
     if config.mem_mib < MIN_MEM_MIB {
-        return Err(VmmError::TooLittleMemory {
-            mib: config.mem_mib,
-            min: MIN_MEM_MIB,
-        });
+        return Err(VmmError::TooLittleMemory { mib: config.mem_mib, min: MIN_MEM_MIB });
     }
-    let kvm_path =
-        std::ffi::CString::new(config.kvm_path.as_os_str().as_encoded_bytes()).map_err(|_| {
-            VmmError::OpenKvm {
-                path: config.kvm_path.clone(),
-                source: kvm_ioctls::Error::new(libc::EINVAL),
-            }
-        })?;
-    let kvm = Kvm::new_with_path(kvm_path).map_err(|source| VmmError::OpenKvm {
-        path: config.kvm_path.clone(),
-        source,
+    let kvm_path = std::ffi::CString::new(config.kvm_path.as_os_str().as_encoded_bytes()).map_err(|_| {
+        VmmError::OpenKvm { path: config.kvm_path.clone(), source: kvm_ioctls::Error::new(libc::EINVAL) }
     })?;
+    let kvm =
+        Kvm::new_with_path(kvm_path).map_err(|source| VmmError::OpenKvm { path: config.kvm_path.clone(), source })?;
     let max_vcpus = kvm.get_max_vcpus().min(254);
     if config.vcpus == 0 || usize::from(config.vcpus) > max_vcpus {
-        return Err(VmmError::VcpuCount {
-            vcpus: config.vcpus,
-            max: max_vcpus,
-        });
+        return Err(VmmError::VcpuCount { vcpus: config.vcpus, max: max_vcpus });
     }
-    let vm = kvm
-        .create_vm()
-        .map_err(|e| VmmError::Kvm("KVM_CREATE_VM", e))?;
-    vm.set_tss_address(layout::KVM_TSS_ADDR as usize)
-        .map_err(|e| VmmError::Kvm("KVM_SET_TSS_ADDR", e))?;
-    vm.create_irq_chip()
-        .map_err(|e| VmmError::Kvm("KVM_CREATE_IRQCHIP", e))?;
-    let pit = kvm_pit_config {
-        flags: KVM_PIT_SPEAKER_DUMMY,
-        ..Default::default()
-    };
-    vm.create_pit2(pit)
-        .map_err(|e| VmmError::Kvm("KVM_CREATE_PIT2", e))?;
+    let vm = kvm.create_vm().map_err(|e| VmmError::Kvm("KVM_CREATE_VM", e))?;
+    vm.set_tss_address(layout::KVM_TSS_ADDR as usize).map_err(|e| VmmError::Kvm("KVM_SET_TSS_ADDR", e))?;
+    vm.create_irq_chip().map_err(|e| VmmError::Kvm("KVM_CREATE_IRQCHIP", e))?;
+    let pit = kvm_pit_config { flags: KVM_PIT_SPEAKER_DUMMY, ..Default::default() };
+    vm.create_pit2(pit).map_err(|e| VmmError::Kvm("KVM_CREATE_PIT2", e))?;
 
     // Guest memory.
     let mem_size = config.mem_mib << 20;
-    let mem = memory::create(mem_size).map_err(|source| VmmError::Memory {
-        mib: config.mem_mib,
-        source,
-    })?;
+    let mem = memory::create(mem_size).map_err(|source| VmmError::Memory { mib: config.mem_mib, source })?;
     for (slot, region) in mem.iter().enumerate() {
         let host = region
             .get_host_address(MemoryRegionAddress(0))
-            .map_err(|_| VmmError::Memory {
-                mib: config.mem_mib,
-                source: memory::MemoryError::Region { start: 0 },
-            })?;
+            .map_err(|_| VmmError::Memory { mib: config.mem_mib, source: memory::MemoryError::Region { start: 0 } })?;
         let r = kvm_userspace_memory_region {
             slot: slot as u32,
             guest_phys_addr: region.start_addr().0,
@@ -257,8 +229,7 @@ pub fn run(
         // SAFETY: the region is a live mapping owned by `mem`, which
         // outlives the VM (both are dropped at the end of this function,
         // the VM's vCPUs are joined before).
-        unsafe { vm.set_user_memory_region(r) }
-            .map_err(|e| VmmError::Kvm("KVM_SET_USER_MEMORY_REGION", e))?;
+        unsafe { vm.set_user_memory_region(r) }.map_err(|e| VmmError::Kvm("KVM_SET_USER_MEMORY_REGION", e))?;
     }
 
     let latch = Arc::new(ExitLatch {
@@ -277,10 +248,7 @@ pub fn run(
             ConsoleEvent::AgentListening => events(VmmEvent::AgentListening),
             ConsoleEvent::KernelPanic(line) => {
                 *panic_line.lock().unwrap_or_else(|e| e.into_inner()) = Some(line.clone());
-                panic_at
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .get_or_insert_with(Instant::now);
+                panic_at.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert_with(Instant::now);
                 events(VmmEvent::GuestPanic(line));
             }
         })
@@ -288,25 +256,14 @@ pub fn run(
     let sink: Box<dyn Write + Send> = match &config.serial {
         SerialOutput::Stdout => Box::new(std::io::stdout()),
         SerialOutput::File(path) => {
-            Box::new(File::create(path).map_err(|source| VmmError::SerialLog {
-                path: path.clone(),
-                source,
-            })?)
+            Box::new(File::create(path).map_err(|source| VmmError::SerialLog { path: path.clone(), source })?)
         }
         SerialOutput::Discard => Box::new(std::io::sink()),
     };
     let serial_irq = IrqTrigger::new().map_err(|e| VmmError::Device("serial", e))?;
-    vm.register_irqfd(&serial_irq.0, layout::SERIAL_IRQ)
-        .map_err(|e| VmmError::Kvm("KVM_IRQFD", e))?;
-    let serial = SerialDevice::new(
-        serial_irq,
-        ConsoleOutput::new(sink, ConsoleWatcher::new(console_events)),
-    );
-    pio.insert(
-        u64::from(layout::SERIAL_PORT),
-        8,
-        Arc::new(Mutex::new(serial)),
-    )?;
+    vm.register_irqfd(&serial_irq.0, layout::SERIAL_IRQ).map_err(|e| VmmError::Kvm("KVM_IRQFD", e))?;
+    let serial = SerialDevice::new(serial_irq, ConsoleOutput::new(sink, ConsoleWatcher::new(console_events)));
+    pio.insert(u64::from(layout::SERIAL_PORT), 8, Arc::new(Mutex::new(serial)))?;
     let power_notify = {
         let latch = latch.clone();
         Arc::new(move |e: PowerEvent| {
@@ -319,10 +276,7 @@ pub fn run(
     pio.insert(
         u64::from(layout::ACPI_PM_PORT),
         1,
-        Arc::new(Mutex::new(PowerDevice::new(
-            PowerPort::Acpi,
-            power_notify.clone(),
-        ))),
+        Arc::new(Mutex::new(PowerDevice::new(PowerPort::Acpi, power_notify.clone()))),
     )?;
     pio.insert(
         u64::from(layout::I8042_PORT),
@@ -336,46 +290,26 @@ pub fn run(
     let mut em: EventManager<Subscriber> = EventManager::new().map_err(VmmError::EventLoop)?;
     if let Some(vs) = &config.vsock {
         let muxer = VsockMuxer::new(vs.guest_cid, &vs.uds_path)?;
-        let dev = Arc::new(Mutex::new(
-            Vsock::new(vs.guest_cid, muxer).map_err(|e| VmmError::Device("vsock", e))?,
-        ));
+        let dev = Arc::new(Mutex::new(Vsock::new(vs.guest_cid, muxer).map_err(|e| VmmError::Device("vsock", e))?));
         let base = layout::VIRTIO_MMIO_START;
         let irq = layout::VIRTIO_IRQ_BASE;
-        let interrupt = Arc::new(VirtioInterrupt::new(
-            IrqTrigger::new().map_err(|e| VmmError::Device("vsock", e))?,
-        ));
-        vm.register_irqfd(interrupt.irq_fd(), irq)
-            .map_err(|e| VmmError::Kvm("KVM_IRQFD", e))?;
+        let interrupt = Arc::new(VirtioInterrupt::new(IrqTrigger::new().map_err(|e| VmmError::Device("vsock", e))?));
+        vm.register_irqfd(interrupt.irq_fd(), irq).map_err(|e| VmmError::Kvm("KVM_IRQFD", e))?;
         {
             let d = dev.lock().unwrap_or_else(|e| e.into_inner());
             for (i, evt) in d.queue_events().iter().enumerate() {
-                vm.register_ioevent(
-                    evt,
-                    &IoEventAddress::Mmio(base + NOTIFY_REG_OFFSET),
-                    i as u32,
-                )
-                .map_err(|e| VmmError::Kvm("KVM_IOEVENTFD", e))?;
+                vm.register_ioevent(evt, &IoEventAddress::Mmio(base + NOTIFY_REG_OFFSET), i as u32)
+                    .map_err(|e| VmmError::Kvm("KVM_IOEVENTFD", e))?;
             }
         }
         let as_virtio: Arc<Mutex<dyn VirtioDevice>> = dev.clone();
         let transport = MmioTransport::new(as_virtio, mem.clone(), interrupt);
-        mmio.insert(
-            base,
-            layout::VIRTIO_MMIO_SIZE,
-            Arc::new(Mutex::new(transport)),
-        )?;
-        mmio_infos.push(acpi::MmioDeviceInfo {
-            addr: base,
-            len: layout::VIRTIO_MMIO_SIZE,
-            irq,
-        });
+        mmio.insert(base, layout::VIRTIO_MMIO_SIZE, Arc::new(Mutex::new(transport)))?;
+        mmio_infos.push(acpi::MmioDeviceInfo { addr: base, len: layout::VIRTIO_MMIO_SIZE, irq });
         em.add_subscriber(dev);
     }
     let done = Arc::new(AtomicBool::new(false));
-    em.add_subscriber(Arc::new(Mutex::new(ExitSubscriber {
-        latch: latch.clone(),
-        done: done.clone(),
-    })));
+    em.add_subscriber(Arc::new(Mutex::new(ExitSubscriber { latch: latch.clone(), done: done.clone() })));
 
     // Kernel, initramfs, command line, ACPI, boot structures.
     let kernel = boot::load_kernel(&mem, &config.kernel)?;
@@ -386,22 +320,13 @@ pub fn run(
     boot::write_cmdline(&mem, &config.cmdline)?;
     let rsdp = acpi::write_tables(&mem, config.vcpus, &mmio_infos)?;
     let pvh = matches!(kernel.entry, EntryPoint::Pvh { .. });
-    params::write_boot_params(
-        &mem,
-        pvh,
-        kernel.setup_header,
-        mem_size,
-        config.cmdline.len(),
-        initrd,
-        rsdp,
-    )?;
+    params::write_boot_params(&mem, pvh, kernel.setup_header, mem_size, config.cmdline.len(), initrd, rsdp)?;
     regs::write_tables(&mem, kernel.entry)?;
     boot::write_reset_stub(&mem)?;
 
     // vCPUs.
-    let base_cpuid = kvm
-        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
-        .map_err(|e| VmmError::Kvm("KVM_GET_SUPPORTED_CPUID", e))?;
+    let base_cpuid =
+        kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).map_err(|e| VmmError::Kvm("KVM_GET_SUPPORTED_CPUID", e))?;
     let (pio, mmio) = (Arc::new(pio), Arc::new(mmio));
     let mut vcpus = Vec::new();
     for i in 0..config.vcpus {
@@ -440,10 +365,7 @@ pub fn run(
         // A panicked kernel normally resets (panic=-1); one that does not
         // (panic=0, or a reset that never comes) is ended after a grace
         // period that lets it print the rest of its report.
-        let since_panic = panic_at
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .map(|t| t.elapsed());
+        let since_panic = panic_at.lock().unwrap_or_else(|e| e.into_inner()).map(|t| t.elapsed());
         if since_panic.is_some_and(|d| d >= PANIC_GRACE) {
             latch.set(ExitReason::Crash);
         }
@@ -461,12 +383,7 @@ pub fn run(
         }
         let _ = h.join();
     }
-    let reason = latch
-        .reason
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .take()
-        .unwrap_or(ExitReason::Stopped);
+    let reason = latch.reason.lock().unwrap_or_else(|e| e.into_inner()).take().unwrap_or(ExitReason::Stopped);
     let panic = panic_line.lock().unwrap_or_else(|e| e.into_inner()).take();
     let guest_resident_kib = mem.iter().map(memory::resident_kib).sum();
     drop(em);

@@ -54,11 +54,7 @@ pub fn boot_msrs() -> Vec<kvm_msr_entry> {
         (MSR_MTRR_DEF_TYPE, MTRR_ENABLE_WB),
     ]
     .iter()
-    .map(|&(index, data)| kvm_msr_entry {
-        index,
-        data,
-        ..Default::default()
-    })
+    .map(|&(index, data)| kvm_msr_entry { index, data, ..Default::default() })
     .collect()
 }
 
@@ -113,12 +109,10 @@ pub fn handle_exit(exit: VcpuExit<'_>, pio: &Bus, mmio: &Bus) -> Option<ExitReas
         VcpuExit::SystemEvent(KVM_SYSTEM_EVENT_SHUTDOWN, _) => Some(ExitReason::PowerOff),
         VcpuExit::SystemEvent(KVM_SYSTEM_EVENT_RESET, _) => Some(ExitReason::Reset),
         VcpuExit::SystemEvent(KVM_SYSTEM_EVENT_CRASH, _) => Some(ExitReason::Crash),
-        VcpuExit::SystemEvent(other, _) => Some(ExitReason::Error(format!(
-            "unknown KVM system event {other}"
-        ))),
-        VcpuExit::FailEntry(reason, cpu) => Some(ExitReason::Error(format!(
-            "KVM entry failed on cpu {cpu}, reason {reason:#x}"
-        ))),
+        VcpuExit::SystemEvent(other, _) => Some(ExitReason::Error(format!("unknown KVM system event {other}"))),
+        VcpuExit::FailEntry(reason, cpu) => {
+            Some(ExitReason::Error(format!("KVM entry failed on cpu {cpu}, reason {reason:#x}")))
+        }
         other => Some(ExitReason::Error(format!("unexpected vCPU exit {other:?}"))),
     }
 }
@@ -132,66 +126,34 @@ pub struct Vcpu {
 
 impl Vcpu {
     pub fn new(vm: &VmFd, index: u8, pio: Arc<Bus>, mmio: Arc<Bus>) -> Result<Self, VmmError> {
-        let fd = vm
-            .create_vcpu(u64::from(index))
-            .map_err(|e| VmmError::Kvm("KVM_CREATE_VCPU", e))?;
-        Ok(Vcpu {
-            index,
-            fd,
-            pio,
-            mmio,
-        })
+        let fd = vm.create_vcpu(u64::from(index)).map_err(|e| VmmError::Kvm("KVM_CREATE_VCPU", e))?;
+        Ok(Vcpu { index, fd, pio, mmio })
     }
 
     /// Sets up this vCPU. Only the boot vCPU (index 0) gets registers: the
     /// others wait for the kernel's INIT/SIPI in the in-kernel LAPIC.
-    pub fn configure(
-        &self,
-        kvm: &Kvm,
-        base_cpuid: &CpuId,
-        count: u8,
-        entry: EntryPoint,
-    ) -> Result<(), VmmError> {
+    pub fn configure(&self, kvm: &Kvm, base_cpuid: &CpuId, count: u8, entry: EntryPoint) -> Result<(), VmmError> {
         let mut cpuid = base_cpuid.clone();
         let tsc_deadline = kvm.check_extension(kvm_ioctls::Cap::TscDeadlineTimer);
         cpuid::adjust(cpuid.as_mut_slice(), self.index, count, tsc_deadline);
-        self.fd
-            .set_cpuid2(&cpuid)
-            .map_err(|e| VmmError::Kvm("KVM_SET_CPUID2", e))?;
+        self.fd.set_cpuid2(&cpuid).map_err(|e| VmmError::Kvm("KVM_SET_CPUID2", e))?;
 
         let msrs = Msrs::from_entries(&boot_msrs()).map_err(|_| VmmError::MsrList)?;
-        let written = self
-            .fd
-            .set_msrs(&msrs)
-            .map_err(|e| VmmError::Kvm("KVM_SET_MSRS", e))?;
+        let written = self.fd.set_msrs(&msrs).map_err(|e| VmmError::Kvm("KVM_SET_MSRS", e))?;
         if written != msrs.as_slice().len() {
             return Err(VmmError::MsrList);
         }
 
-        let mut lapic = self
-            .fd
-            .get_lapic()
-            .map_err(|e| VmmError::Kvm("KVM_GET_LAPIC", e))?;
+        let mut lapic = self.fd.get_lapic().map_err(|e| VmmError::Kvm("KVM_GET_LAPIC", e))?;
         set_lvt(&mut lapic.regs, APIC_LVT0, APIC_MODE_EXTINT);
         set_lvt(&mut lapic.regs, APIC_LVT1, APIC_MODE_NMI);
-        self.fd
-            .set_lapic(&lapic)
-            .map_err(|e| VmmError::Kvm("KVM_SET_LAPIC", e))?;
+        self.fd.set_lapic(&lapic).map_err(|e| VmmError::Kvm("KVM_SET_LAPIC", e))?;
 
-        self.fd
-            .set_fpu(&regs::fpu())
-            .map_err(|e| VmmError::Kvm("KVM_SET_FPU", e))?;
+        self.fd.set_fpu(&regs::fpu()).map_err(|e| VmmError::Kvm("KVM_SET_FPU", e))?;
         if self.index == 0 {
-            let sregs = self
-                .fd
-                .get_sregs()
-                .map_err(|e| VmmError::Kvm("KVM_GET_SREGS", e))?;
-            self.fd
-                .set_sregs(&regs::sregs(entry, sregs))
-                .map_err(|e| VmmError::Kvm("KVM_SET_SREGS", e))?;
-            self.fd
-                .set_regs(&regs::regs(entry))
-                .map_err(|e| VmmError::Kvm("KVM_SET_REGS", e))?;
+            let sregs = self.fd.get_sregs().map_err(|e| VmmError::Kvm("KVM_GET_SREGS", e))?;
+            self.fd.set_sregs(&regs::sregs(entry, sregs)).map_err(|e| VmmError::Kvm("KVM_SET_SREGS", e))?;
+            self.fd.set_regs(&regs::regs(entry)).map_err(|e| VmmError::Kvm("KVM_SET_REGS", e))?;
         }
         Ok(())
     }
@@ -212,8 +174,7 @@ impl Vcpu {
                 Ok(VcpuExit::InternalError) => {
                     // SAFETY: KVM filled the `internal` member of the
                     // kvm_run union for a KVM_EXIT_INTERNAL_ERROR exit.
-                    let suberror =
-                        unsafe { self.fd.get_kvm_run().__bindgen_anon_1.internal.suberror };
+                    let suberror = unsafe { self.fd.get_kvm_run().__bindgen_anon_1.internal.suberror };
                     return internal_error(suberror);
                 }
                 Ok(exit) => {
@@ -249,23 +210,16 @@ mod tests {
         let mut pio = Bus::new();
         pio.insert(0x600, 1, Arc::new(Mutex::new(Reg(0)))).unwrap();
         let mut mmio = Bus::new();
-        mmio.insert(0xd000_0000, 0x1000, Arc::new(Mutex::new(Reg(7))))
-            .unwrap();
+        mmio.insert(0xd000_0000, 0x1000, Arc::new(Mutex::new(Reg(7)))).unwrap();
         (pio, mmio)
     }
 
     #[test]
     fn device_exits_reach_the_buses_and_unclaimed_reads_float() {
         let (pio, mmio) = buses();
-        assert_eq!(
-            handle_exit(VcpuExit::IoOut(0x600, &[0x34]), &pio, &mmio),
-            None
-        );
+        assert_eq!(handle_exit(VcpuExit::IoOut(0x600, &[0x34]), &pio, &mmio), None);
         let mut b = [0u8; 1];
-        assert_eq!(
-            handle_exit(VcpuExit::IoIn(0x600, &mut b), &pio, &mmio),
-            None
-        );
+        assert_eq!(handle_exit(VcpuExit::IoIn(0x600, &mut b), &pio, &mmio), None);
         assert_eq!(b, [0x34]);
         let mut b = [0u8; 2];
         handle_exit(VcpuExit::IoIn(0x70, &mut b), &pio, &mmio);
@@ -281,29 +235,14 @@ mod tests {
     fn exits_that_end_the_vm_say_why() {
         let (pio, mmio) = buses();
         let h = |e| handle_exit(e, &pio, &mmio);
-        assert_eq!(
-            h(VcpuExit::SystemEvent(KVM_SYSTEM_EVENT_SHUTDOWN, &[])),
-            Some(ExitReason::PowerOff)
-        );
-        assert_eq!(
-            h(VcpuExit::SystemEvent(KVM_SYSTEM_EVENT_RESET, &[])),
-            Some(ExitReason::Reset)
-        );
-        assert_eq!(
-            h(VcpuExit::SystemEvent(KVM_SYSTEM_EVENT_CRASH, &[])),
-            Some(ExitReason::Crash)
-        );
+        assert_eq!(h(VcpuExit::SystemEvent(KVM_SYSTEM_EVENT_SHUTDOWN, &[])), Some(ExitReason::PowerOff));
+        assert_eq!(h(VcpuExit::SystemEvent(KVM_SYSTEM_EVENT_RESET, &[])), Some(ExitReason::Reset));
+        assert_eq!(h(VcpuExit::SystemEvent(KVM_SYSTEM_EVENT_CRASH, &[])), Some(ExitReason::Crash));
         assert_eq!(h(VcpuExit::Shutdown), Some(ExitReason::TripleFault));
         assert_eq!(h(VcpuExit::Hlt), Some(ExitReason::Halted));
         assert_eq!(h(VcpuExit::Intr), None);
-        assert!(matches!(
-            h(VcpuExit::FailEntry(0x80, 0)),
-            Some(ExitReason::Error(_))
-        ));
-        assert_eq!(
-            internal_error(KVM_INTERNAL_ERROR_EMULATION),
-            ExitReason::EmulationFailure
-        );
+        assert!(matches!(h(VcpuExit::FailEntry(0x80, 0)), Some(ExitReason::Error(_))));
+        assert_eq!(internal_error(KVM_INTERNAL_ERROR_EMULATION), ExitReason::EmulationFailure);
         assert!(matches!(internal_error(3), ExitReason::Error(_)));
     }
 

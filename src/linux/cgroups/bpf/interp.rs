@@ -3,7 +3,9 @@
 //! attached filters) without loading anything into a kernel.
 
 use super::insn::{op, Insn};
-use super::program::{BPF_DEVCG_ACC_MKNOD, BPF_DEVCG_ACC_READ, BPF_DEVCG_ACC_WRITE, BPF_DEVCG_DEV_BLOCK, BPF_DEVCG_DEV_CHAR};
+use super::program::{
+    BPF_DEVCG_ACC_MKNOD, BPF_DEVCG_ACC_READ, BPF_DEVCG_ACC_WRITE, BPF_DEVCG_DEV_BLOCK, BPF_DEVCG_DEV_CHAR,
+};
 use crate::linux::cgroups::device_rules::{Access, DeviceKind};
 
 /// Runs `prog` on a `bpf_cgroup_dev_ctx` and returns r0 at exit.
@@ -49,7 +51,13 @@ pub fn run(prog: &[Insn], ctx: [u32; 3]) -> Result<u64, String> {
 }
 
 /// Whether the device filter allows the access (the kernel's reading of r0).
-pub fn run_device_filter(prog: &[Insn], kind: DeviceKind, major: u32, minor: u32, access: Access) -> Result<bool, String> {
+pub fn run_device_filter(
+    prog: &[Insn],
+    kind: DeviceKind,
+    major: u32,
+    minor: u32,
+    access: Access,
+) -> Result<bool, String> {
     let t = match kind {
         DeviceKind::Block => BPF_DEVCG_DEV_BLOCK,
         _ => BPF_DEVCG_DEV_CHAR,

@@ -110,7 +110,14 @@ mod tests {
             for major in [0, 1, 4, 5, 8, 10, 136, 254] {
                 for minor in [0, 1, 2, 3, 5, 7, 8, 9, 200] {
                     for a in 1..=7u8 {
-                        let access = Access::parse(&Access::EACH.iter().filter(|b| b.bits() & a != 0).map(|b| b.to_string()).collect::<String>()).unwrap();
+                        let access = Access::parse(
+                            &Access::EACH
+                                .iter()
+                                .filter(|b| b.bits() & a != 0)
+                                .map(|b| b.to_string())
+                                .collect::<String>(),
+                        )
+                        .unwrap();
                         let want = allows(rules, kind, major, minor, access);
                         let got = run_device_filter(&prog, kind, major, minor, access).unwrap();
                         assert_eq!(got, want, "{kind:?} {major}:{minor} {access} with {rules:?}");
@@ -143,8 +150,16 @@ mod tests {
         let c = DeviceKind::Char;
         check_agrees(&[DENY_ALL, rule(true, c, Some(1), None, "rwm"), rule(false, c, Some(1), Some(3), "w")]);
         check_agrees(&[DENY_ALL, rule(false, c, Some(1), Some(3), "w"), rule(true, c, Some(1), None, "rwm")]);
-        check_agrees(&[DENY_ALL, rule(true, DeviceKind::All, None, None, "rwm"), rule(false, DeviceKind::Block, Some(8), None, "rw")]);
-        check_agrees(&[DENY_ALL, rule(true, DeviceKind::All, Some(1), None, "r"), rule(true, c, Some(1), Some(5), "w")]);
+        check_agrees(&[
+            DENY_ALL,
+            rule(true, DeviceKind::All, None, None, "rwm"),
+            rule(false, DeviceKind::Block, Some(8), None, "rw"),
+        ]);
+        check_agrees(&[
+            DENY_ALL,
+            rule(true, DeviceKind::All, Some(1), None, "r"),
+            rule(true, c, Some(1), Some(5), "w"),
+        ]);
         check_agrees(&[rule(true, DeviceKind::All, None, None, "rwm")]);
         check_agrees(&[]);
     }

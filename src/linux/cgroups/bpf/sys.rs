@@ -181,12 +181,14 @@ pub fn attach_device_filter(dir: &Path, insns: &[Insn], replace: bool) -> Result
         .open(dir)
         .map_err(|e| fail("open the cgroup for", e))?;
     let dir_fd = dir_file.as_raw_fd();
-    let old = if replace { query(dir_fd).map_err(|e| fail("query the programs attached before", e))? } else { Vec::new() };
+    let old =
+        if replace { query(dir_fd).map_err(|e| fail("query the programs attached before", e))? } else { Vec::new() };
     let prog = load_device_program(insns)?;
     attach_cmd(BPF_PROG_ATTACH, dir_fd, prog.as_raw_fd(), BPF_F_ALLOW_MULTI).map_err(|e| fail("attach", e))?;
     for id in old {
         match prog_fd_by_id(id) {
-            Ok(old_fd) => attach_cmd(BPF_PROG_DETACH, dir_fd, old_fd.as_raw_fd(), 0).map_err(|e| fail("detach the previous", e))?,
+            Ok(old_fd) => attach_cmd(BPF_PROG_DETACH, dir_fd, old_fd.as_raw_fd(), 0)
+                .map_err(|e| fail("detach the previous", e))?,
             // Gone in the meantime (the cgroup was updated concurrently).
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
             Err(e) => return Err(fail("open the previous", e)),

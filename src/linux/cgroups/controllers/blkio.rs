@@ -30,7 +30,12 @@ fn throttles(b: &LinuxBlockIo) -> [(&'static str, &'static str, &'static str, &O
         ("blockIO.throttleReadBpsDevice", "blkio.throttle.read_bps_device", "rbps", b.throttle_read_bps_device()),
         ("blockIO.throttleWriteBpsDevice", "blkio.throttle.write_bps_device", "wbps", b.throttle_write_bps_device()),
         ("blockIO.throttleReadIOPSDevice", "blkio.throttle.read_iops_device", "riops", b.throttle_read_iops_device()),
-        ("blockIO.throttleWriteIOPSDevice", "blkio.throttle.write_iops_device", "wiops", b.throttle_write_iops_device()),
+        (
+            "blockIO.throttleWriteIOPSDevice",
+            "blkio.throttle.write_iops_device",
+            "wiops",
+            b.throttle_write_iops_device(),
+        ),
     ]
 }
 
@@ -63,12 +68,19 @@ impl Controller for Blkio {
         if let Some(w) = b.leaf_weight() {
             check_range("blockIO.leafWeight", w, 10, 1000)?;
             if v2 {
-                return Err(CgroupError::unsupported("blockIO.leafWeight", "cgroup v2 has no leaf weights; remove the field"));
+                return Err(CgroupError::unsupported(
+                    "blockIO.leafWeight",
+                    "cgroup v2 has no leaf weights; remove the field",
+                ));
             }
         }
         for d in nonempty(b.weight_device()) {
             if d.major() < 0 || d.minor() < 0 {
-                return Err(CgroupError::invalid("blockIO.weightDevice", format!("{}:{}", d.major(), d.minor()), "not a device number"));
+                return Err(CgroupError::invalid(
+                    "blockIO.weightDevice",
+                    format!("{}:{}", d.major(), d.minor()),
+                    "not a device number",
+                ));
             }
             if let Some(w) = d.weight() {
                 check_range("blockIO.weightDevice.weight", w, 10, 1000)?;
@@ -103,13 +115,16 @@ impl Controller for Blkio {
 
 fn no_leaf_weights(err: CgroupError) -> CgroupError {
     match err {
-        CgroupError::Apply { field, path, value, source, .. } if source.raw_os_error() == Some(libc::ENOENT) => CgroupError::Apply {
-            field,
-            path,
-            value,
-            hint: "; leaf weights existed only with the CFQ I/O scheduler, which Linux 5.0 removed: drop the field".into(),
-            source,
-        },
+        CgroupError::Apply { field, path, value, source, .. } if source.raw_os_error() == Some(libc::ENOENT) => {
+            CgroupError::Apply {
+                field,
+                path,
+                value,
+                hint: "; leaf weights existed only with the CFQ I/O scheduler, which Linux 5.0 removed: drop the field"
+                    .into(),
+                source,
+            }
+        }
         other => other,
     }
 }
@@ -149,17 +164,20 @@ fn apply_v1(ctx: &Ctx<'_>, b: &LinuxBlockIo) -> Result<()> {
         ctx.write("blockIO.leafWeight", "blkio.leaf_weight", &w.to_string()).map_err(no_leaf_weights)?;
     }
     let devs = nonempty(b.weight_device());
-    let weights: Vec<String> = devs.iter().filter_map(|d| d.weight().map(|w| format!("{}:{} {w}", d.major(), d.minor()))).collect();
+    let weights: Vec<String> =
+        devs.iter().filter_map(|d| d.weight().map(|w| format!("{}:{} {w}", d.major(), d.minor()))).collect();
     match ctx.write_lines("blockIO.weightDevice", "blkio.weight_device", &weights) {
         Err(CgroupError::Apply { source, .. }) if source.raw_os_error() == Some(libc::ENOENT) => ctx
             .write_lines("blockIO.weightDevice", "blkio.bfq.weight_device", &weights)
             .map_err(|e| no_weight_knob("blockIO.weightDevice", e))?,
         other => other?,
     }
-    let leaves: Vec<String> = devs.iter().filter_map(|d| d.leaf_weight().map(|w| format!("{}:{} {w}", d.major(), d.minor()))).collect();
+    let leaves: Vec<String> =
+        devs.iter().filter_map(|d| d.leaf_weight().map(|w| format!("{}:{} {w}", d.major(), d.minor()))).collect();
     ctx.write_lines("blockIO.weightDevice", "blkio.leaf_weight_device", &leaves).map_err(no_leaf_weights)?;
     for (field, file, _, list) in throttles(b) {
-        let lines: Vec<String> = nonempty(list).iter().map(|d| format!("{}:{} {}", d.major(), d.minor(), d.rate())).collect();
+        let lines: Vec<String> =
+            nonempty(list).iter().map(|d| format!("{}:{} {}", d.major(), d.minor(), d.rate())).collect();
         ctx.write_lines(field, file, &lines)?;
     }
     Ok(())
@@ -244,12 +262,17 @@ mod tests {
 
     #[test]
     fn v1_weight_falls_back_to_bfq_and_explains_its_absence() {
-        let d = Dir::new(false, &[("blkio.bfq.weight", "100"), ("blkio.bfq.weight_device", ""), ("blkio.throttle.read_bps_device", "")]);
-        d.apply::<Blkio>(&res(r#"{"blockIO":{"weight":700,"weightDevice":[{"major":8,"minor":0,"weight":300}]}}"#)).unwrap();
+        let d = Dir::new(
+            false,
+            &[("blkio.bfq.weight", "100"), ("blkio.bfq.weight_device", ""), ("blkio.throttle.read_bps_device", "")],
+        );
+        d.apply::<Blkio>(&res(r#"{"blockIO":{"weight":700,"weightDevice":[{"major":8,"minor":0,"weight":300}]}}"#))
+            .unwrap();
         assert_eq!(d.get("blkio.bfq.weight"), "700");
         assert_eq!(d.get("blkio.bfq.weight_device"), "8:0 300");
         d.sys.fail_writes(&d.file("blkio.bfq.weight_device"), &[libc::EOPNOTSUPP]);
-        let e = d.apply::<Blkio>(&res(r#"{"blockIO":{"weightDevice":[{"major":8,"minor":0,"weight":300}]}}"#)).unwrap_err();
+        let e =
+            d.apply::<Blkio>(&res(r#"{"blockIO":{"weightDevice":[{"major":8,"minor":0,"weight":300}]}}"#)).unwrap_err();
         assert!(e.to_string().contains("does not use the BFQ I/O scheduler"), "{e}");
         // This development host: throttling files only.
         let d = Dir::new(false, &[("blkio.throttle.read_bps_device", "")]);
@@ -291,9 +314,14 @@ mod tests {
         assert!(e.contains("blockIO.leafWeight is not supported"), "{e}");
         let e = d.apply::<Blkio>(&res(r#"{"blockIO":{"weight":5}}"#)).unwrap_err().to_string();
         assert!(e.contains("blockIO.weight: invalid value 5"), "{e}");
-        let e = d.apply::<Blkio>(&res(r#"{"blockIO":{"throttleReadBpsDevice":[{"major":-8,"minor":0,"rate":1}]}}"#)).unwrap_err();
+        let e = d
+            .apply::<Blkio>(&res(r#"{"blockIO":{"throttleReadBpsDevice":[{"major":-8,"minor":0,"rate":1}]}}"#))
+            .unwrap_err();
         assert!(e.to_string().contains("throttleReadBpsDevice"), "{e}");
-        assert_eq!(Blkio::requested(&res(r#"{"blockIO":{"throttleWriteIOPSDevice":[{"major":8,"minor":0,"rate":1}]}}"#)), Some("blockIO.throttleWriteIOPSDevice"));
+        assert_eq!(
+            Blkio::requested(&res(r#"{"blockIO":{"throttleWriteIOPSDevice":[{"major":8,"minor":0,"rate":1}]}}"#)),
+            Some("blockIO.throttleWriteIOPSDevice")
+        );
         assert_eq!(Blkio::requested(&res(r#"{"blockIO":{}}"#)), None);
     }
 }

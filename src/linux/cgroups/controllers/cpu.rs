@@ -72,7 +72,11 @@ impl Controller for Cpu {
         }
         if let Some(q) = nz(c.quota()) {
             if q != -1 && q < 1000 {
-                return Err(CgroupError::invalid("cpu.quota", q, "must be -1 (unlimited) or at least 1000 microseconds"));
+                return Err(CgroupError::invalid(
+                    "cpu.quota",
+                    q,
+                    "must be -1 (unlimited) or at least 1000 microseconds",
+                ));
             }
         }
         if let Some(p) = nz(c.period()) {
@@ -334,11 +338,19 @@ mod tests {
         let d = v1_dir();
         d.sys.fail_writes(&d.file("cpu.cfs_period_us"), &[libc::EINVAL]);
         d.sys.fail_writes(&d.file("cpu.rt_period_us"), &[libc::EINVAL]);
-        d.apply::<Cpu>(&res(r#"{"cpu":{"quota":20000,"period":10000,"realtimeRuntime":5000,"realtimePeriod":10000}}"#)).unwrap();
+        d.apply::<Cpu>(&res(r#"{"cpu":{"quota":20000,"period":10000,"realtimeRuntime":5000,"realtimePeriod":10000}}"#))
+            .unwrap();
         let files: Vec<String> = d.writes().into_iter().map(|(f, _)| f).collect();
         assert_eq!(
             files,
-            ["cpu.cfs_period_us", "cpu.cfs_quota_us", "cpu.cfs_period_us", "cpu.rt_period_us", "cpu.rt_runtime_us", "cpu.rt_period_us"]
+            [
+                "cpu.cfs_period_us",
+                "cpu.cfs_quota_us",
+                "cpu.cfs_period_us",
+                "cpu.rt_period_us",
+                "cpu.rt_runtime_us",
+                "cpu.rt_period_us"
+            ]
         );
         assert_eq!(d.get("cpu.cfs_period_us"), "10000");
         // Without a quota to write, the refusal is the answer.
@@ -362,7 +374,8 @@ mod tests {
         give_rt_budget_to_new_ancestors(&a.sys, std::slice::from_ref(&a.path), &r).unwrap();
         assert_eq!(a.get("cpu.rt_runtime_us"), "5000");
         assert_eq!(a.get("cpu.rt_period_us"), "10000");
-        give_rt_budget_to_new_ancestors(&a.sys, std::slice::from_ref(&a.path), &res(r#"{"cpu":{"shares":2}}"#)).unwrap();
+        give_rt_budget_to_new_ancestors(&a.sys, std::slice::from_ref(&a.path), &res(r#"{"cpu":{"shares":2}}"#))
+            .unwrap();
     }
 
     #[test]
@@ -416,7 +429,13 @@ mod tests {
                 throttled_time_ns: 5000
             }
         );
-        let v2 = Dir::new(true, &[("cpu.stat", "usage_usec 1500\nuser_usec 1000\nsystem_usec 500\nnr_periods 3\nnr_throttled 1\nthrottled_usec 7\n")]);
+        let v2 = Dir::new(
+            true,
+            &[(
+                "cpu.stat",
+                "usage_usec 1500\nuser_usec 1000\nsystem_usec 500\nnr_periods 3\nnr_throttled 1\nthrottled_usec 7\n",
+            )],
+        );
         let s = stats(Some(v2.dir()), None, true);
         assert_eq!(s.usage_total_ns, 1_500_000);
         assert_eq!(s.usage_system_ns, 500_000);

@@ -88,7 +88,9 @@ pub fn populate_new_dirs(sys: &dyn CgroupSys, dirs: &[PathBuf], res: Option<&Lin
     }
     for (i, dir) in dirs.iter().enumerate() {
         let last = i + 1 == dirs.len();
-        for ((file, requested), v) in [("cpuset.cpus", res.and_then(cpus)), ("cpuset.mems", res.and_then(mems))].into_iter().zip(&values) {
+        for ((file, requested), v) in
+            [("cpuset.cpus", res.and_then(cpus)), ("cpuset.mems", res.and_then(mems))].into_iter().zip(&values)
+        {
             if last && requested.is_some() {
                 continue;
             }

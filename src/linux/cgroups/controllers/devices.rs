@@ -85,7 +85,8 @@ mod tests {
     use crate::linux::cgroups::device_rules::{Access, DeviceKind, DEFAULT_ALLOWED};
 
     fn default_rules() -> Vec<crate::linux::cgroups::device_rules::DeviceRule> {
-        effective_device_rules(res(r#"{"devices":[{"allow":false,"access":"rwm"}]}"#).devices().as_deref(), None).unwrap()
+        effective_device_rules(res(r#"{"devices":[{"allow":false,"access":"rwm"}]}"#).devices().as_deref(), None)
+            .unwrap()
     }
 
     #[test]
@@ -119,7 +120,13 @@ mod tests {
         Devices::apply(&ctx, &res("{}")).unwrap();
         assert!(d.writes().is_empty(), "{:?}", d.writes());
         let mut more = rules.clone();
-        more.push(crate::linux::cgroups::device_rules::DeviceRule::new(true, DeviceKind::Block, Some(8), Some(0), Access::READ));
+        more.push(crate::linux::cgroups::device_rules::DeviceRule::new(
+            true,
+            DeviceKind::Block,
+            Some(8),
+            Some(0),
+            Access::READ,
+        ));
         let mut ctx = d.ctx(&more);
         ctx.fresh = false;
         Devices::apply(&ctx, &res("{}")).unwrap();

@@ -90,7 +90,11 @@ pub fn freeze(sys: &dyn CgroupSys, dir: &Path, v2: bool) -> Result<()> {
         }
         if waited >= FREEZE_TIMEOUT {
             let _ = thaw(sys, dir, v2);
-            return Err(CgroupError::FreezeTimeout { path: dir.to_path_buf(), millis: waited.as_millis() as u64, state: format!("{s:?}") });
+            return Err(CgroupError::FreezeTimeout {
+                path: dir.to_path_buf(),
+                millis: waited.as_millis() as u64,
+                state: format!("{s:?}"),
+            });
         }
         sys.sleep(nap);
         waited += nap;

@@ -47,7 +47,11 @@ impl Controller for Hugetlb {
                 ));
             }
             if l.limit() < -1 {
-                return Err(CgroupError::invalid(format!("hugepageLimits[{i}].limit"), l.limit(), "use bytes, or -1 for unlimited"));
+                return Err(CgroupError::invalid(
+                    format!("hugepageLimits[{i}].limit"),
+                    l.limit(),
+                    "use bytes, or -1 for unlimited",
+                ));
             }
         }
         Ok(())
@@ -62,20 +66,28 @@ impl Controller for Hugetlb {
                 let v = if l.limit() == -1 { "max".to_string() } else { l.limit().to_string() };
                 (format!("hugetlb.{size}.max"), format!("hugetlb.{size}.rsvd.max"), v)
             } else {
-                (format!("hugetlb.{size}.limit_in_bytes"), format!("hugetlb.{size}.rsvd.limit_in_bytes"), l.limit().to_string())
+                (
+                    format!("hugetlb.{size}.limit_in_bytes"),
+                    format!("hugetlb.{size}.rsvd.limit_in_bytes"),
+                    l.limit().to_string(),
+                )
             };
             ctx.write(&field, &file, &value).map_err(|e| match e {
-                CgroupError::Apply { source, .. } if source.raw_os_error() == Some(libc::ENOENT) => CgroupError::invalid(
-                    format!("{field}.pageSize"),
-                    format!("{size:?}"),
-                    format!("this kernel offers no such huge page size (available: {})", available_sizes()),
-                ),
+                CgroupError::Apply { source, .. } if source.raw_os_error() == Some(libc::ENOENT) => {
+                    CgroupError::invalid(
+                        format!("{field}.pageSize"),
+                        format!("{size:?}"),
+                        format!("this kernel offers no such huge page size (available: {})", available_sizes()),
+                    )
+                }
                 other => other,
             })?;
             if rsvd {
                 match ctx.write(&field, &rsvd_file, &value) {
                     // Kernels before 5.7 have no reservation limits.
-                    Err(CgroupError::Apply { source, .. }) if source.raw_os_error() == Some(libc::ENOENT) => rsvd = false,
+                    Err(CgroupError::Apply { source, .. }) if source.raw_os_error() == Some(libc::ENOENT) => {
+                        rsvd = false
+                    }
                     other => other?,
                 }
             }
@@ -93,7 +105,11 @@ mod tests {
     fn both_versions_with_reservations() {
         let d = Dir::new(
             false,
-            &[("hugetlb.2MB.limit_in_bytes", ""), ("hugetlb.2MB.rsvd.limit_in_bytes", ""), ("hugetlb.1GB.limit_in_bytes", "")],
+            &[
+                ("hugetlb.2MB.limit_in_bytes", ""),
+                ("hugetlb.2MB.rsvd.limit_in_bytes", ""),
+                ("hugetlb.1GB.limit_in_bytes", ""),
+            ],
         );
         let r = res(r#"{"hugepageLimits":[{"pageSize":"2MB","limit":2147483648},{"pageSize":"1GB","limit":-1}]}"#);
         assert_eq!(Hugetlb::requested(&r), Some("hugepageLimits"));
@@ -112,9 +128,11 @@ mod tests {
     #[test]
     fn wrong_sizes_are_refused_with_the_field() {
         let d = Dir::new(false, &[("hugetlb.2MB.limit_in_bytes", "")]);
-        let e = d.apply::<Hugetlb>(&res(r#"{"hugepageLimits":[{"pageSize":"3MB","limit":1}]}"#)).unwrap_err().to_string();
+        let e =
+            d.apply::<Hugetlb>(&res(r#"{"hugepageLimits":[{"pageSize":"3MB","limit":1}]}"#)).unwrap_err().to_string();
         assert!(e.contains("hugepageLimits[0].pageSize: invalid value \"3MB\"") && e.contains("available:"), "{e}");
-        let e = d.apply::<Hugetlb>(&res(r#"{"hugepageLimits":[{"pageSize":"2M","limit":1}]}"#)).unwrap_err().to_string();
+        let e =
+            d.apply::<Hugetlb>(&res(r#"{"hugepageLimits":[{"pageSize":"2M","limit":1}]}"#)).unwrap_err().to_string();
         assert!(e.contains("<number><KB|MB|GB>"), "{e}");
         assert!(!valid_size("MB") && valid_size("64KB") && !valid_size("2 MB"));
     }

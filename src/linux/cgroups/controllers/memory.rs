@@ -47,7 +47,11 @@ pub fn swap_v2(swap: Option<i64>, limit: Option<i64>) -> Result<Option<i64>> {
             ))
         }
         (s, l) if s < l => {
-            return Err(CgroupError::invalid("memory.swap", s, format!("swap is memory+swap and must be >= memory.limit ({l})")))
+            return Err(CgroupError::invalid(
+                "memory.swap",
+                s,
+                format!("swap is memory+swap and must be >= memory.limit ({l})"),
+            ))
         }
         (s, l) => Some(s - l),
     })
@@ -102,7 +106,10 @@ impl Controller for Memory {
                 ));
             }
             if set(m.kernel_tcp()).is_some() {
-                return Err(CgroupError::unsupported("memory.kernelTCP", "cgroup v2 has no TCP buffer limit; remove the field"));
+                return Err(CgroupError::unsupported(
+                    "memory.kernelTCP",
+                    "cgroup v2 has no TCP buffer limit; remove the field",
+                ));
             }
             if m.disable_oom_killer() == Some(true) {
                 return Err(CgroupError::unsupported(
@@ -113,7 +120,11 @@ impl Controller for Memory {
         } else {
             if let (Some(s), Some(l)) = (set(m.swap()), set(m.limit())) {
                 if s != -1 && l != -1 && s < l {
-                    return Err(CgroupError::invalid("memory.swap", s, format!("swap is memory+swap and must be >= memory.limit ({l})")));
+                    return Err(CgroupError::invalid(
+                        "memory.swap",
+                        s,
+                        format!("swap is memory+swap and must be >= memory.limit ({l})"),
+                    ));
                 }
             }
             if let Some(s) = swappiness(m).filter(|s| *s > 100) {
@@ -235,7 +246,9 @@ fn apply_v2(ctx: &Ctx<'_>, m: &LinuxMemory) -> Result<()> {
         let v = max_or(s);
         match ctx.write("memory.swap", "memory.swap.max", &v) {
             // No swap configured in the kernel: "unlimited" or "none" are moot.
-            Err(CgroupError::Apply { source, .. }) if source.raw_os_error() == Some(libc::ENOENT) && (s == -1 || s == 0) => {
+            Err(CgroupError::Apply { source, .. })
+                if source.raw_os_error() == Some(libc::ENOENT) && (s == -1 || s == 0) =>
+            {
                 log::debug("memory.swap.max missing (no swap support); swap setting skipped");
             }
             other => other?,
@@ -354,7 +367,10 @@ mod tests {
     fn v1_unlimited_memory_means_unlimited_swap() {
         let d = v1_dir();
         d.apply::<Memory>(&res(r#"{"memory":{"limit":-1}}"#)).unwrap();
-        assert_eq!(d.writes(), vec![("memory.memsw.limit_in_bytes".into(), "-1".into()), ("memory.limit_in_bytes".into(), "-1".into())]);
+        assert_eq!(
+            d.writes(),
+            vec![("memory.memsw.limit_in_bytes".into(), "-1".into()), ("memory.limit_in_bytes".into(), "-1".into())]
+        );
     }
 
     #[test]
@@ -454,7 +470,17 @@ mod tests {
             ],
         );
         let s = stats(d.dir(), false);
-        assert_eq!(s, MemoryStats { usage: 4096, max_usage: 8192, limit: Some(1048576), swap_usage: 1024, cache: 1024, fail_count: 3 });
+        assert_eq!(
+            s,
+            MemoryStats {
+                usage: 4096,
+                max_usage: 8192,
+                limit: Some(1048576),
+                swap_usage: 1024,
+                cache: 1024,
+                fail_count: 3
+            }
+        );
         let d = Dir::new(
             true,
             &[
@@ -467,6 +493,9 @@ mod tests {
             ],
         );
         let s = stats(d.dir(), true);
-        assert_eq!(s, MemoryStats { usage: 4096, max_usage: 8192, limit: None, swap_usage: 10, cache: 512, fail_count: 7 });
+        assert_eq!(
+            s,
+            MemoryStats { usage: 4096, max_usage: 8192, limit: None, swap_usage: 10, cache: 512, fail_count: 7 }
+        );
     }
 }

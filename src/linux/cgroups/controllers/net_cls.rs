@@ -22,7 +22,10 @@ impl Controller for NetCls {
 
     fn validate(res: &LinuxResources, v2: bool) -> Result<()> {
         if v2 && class_id(res).is_some() {
-            return Err(CgroupError::unsupported("network.classID", "cgroup v2 has no net_cls controller; remove the field"));
+            return Err(CgroupError::unsupported(
+                "network.classID",
+                "cgroup v2 has no net_cls controller; remove the field",
+            ));
         }
         Ok(())
     }

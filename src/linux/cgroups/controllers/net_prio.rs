@@ -27,7 +27,10 @@ impl Controller for NetPrio {
     fn validate(res: &LinuxResources, v2: bool) -> Result<()> {
         let p = priorities(res);
         if v2 && !p.is_empty() {
-            return Err(CgroupError::unsupported("network.priorities", "cgroup v2 has no net_prio controller; remove the field"));
+            return Err(CgroupError::unsupported(
+                "network.priorities",
+                "cgroup v2 has no net_prio controller; remove the field",
+            ));
         }
         if let Some((name, _)) = p.iter().find(|(n, _)| n.is_empty() || n.contains(char::is_whitespace)) {
             return Err(CgroupError::invalid("network.priorities.name", format!("{name:?}"), "not an interface name"));
@@ -52,7 +55,10 @@ mod tests {
         let r = res(r#"{"network":{"priorities":[{"name":"lo","priority":10},{"name":"eth0","priority":30}]}}"#);
         assert_eq!(NetPrio::requested(&r), Some("network.priorities"));
         d.apply::<NetPrio>(&r).unwrap();
-        assert_eq!(d.writes(), vec![("net_prio.ifpriomap".into(), "lo 10".into()), ("net_prio.ifpriomap".into(), "eth0 30".into())]);
+        assert_eq!(
+            d.writes(),
+            vec![("net_prio.ifpriomap".into(), "lo 10".into()), ("net_prio.ifpriomap".into(), "eth0 30".into())]
+        );
         assert!(Dir::new(true, &[]).apply::<NetPrio>(&r).is_err());
         let bad = res(r#"{"network":{"priorities":[{"name":"a b","priority":1}]}}"#);
         assert!(d.apply::<NetPrio>(&bad).unwrap_err().to_string().contains("interface name"));

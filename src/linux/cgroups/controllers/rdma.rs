@@ -39,7 +39,9 @@ impl Controller for Rdma {
     }
 
     fn validate(res: &LinuxResources, _v2: bool) -> Result<()> {
-        if let Some(dev) = res.rdma().iter().flatten().map(|(d, _)| d).find(|d| d.is_empty() || d.contains(char::is_whitespace)) {
+        if let Some(dev) =
+            res.rdma().iter().flatten().map(|(d, _)| d).find(|d| d.is_empty() || d.contains(char::is_whitespace))
+        {
             return Err(CgroupError::invalid("rdma", format!("{dev:?}"), "not an RDMA device name"));
         }
         Ok(())
@@ -62,7 +64,13 @@ mod tests {
             let r = res(r#"{"rdma":{"mlx5_1":{"hcaHandles":3},"mlx4_0":{"hcaHandles":2,"hcaObjects":2000}}}"#);
             assert_eq!(Rdma::requested(&r), Some("rdma"));
             d.apply::<Rdma>(&r).unwrap();
-            assert_eq!(d.writes(), vec![("rdma.max".into(), "mlx4_0 hca_handle=2 hca_object=2000".into()), ("rdma.max".into(), "mlx5_1 hca_handle=3".into())]);
+            assert_eq!(
+                d.writes(),
+                vec![
+                    ("rdma.max".into(), "mlx4_0 hca_handle=2 hca_object=2000".into()),
+                    ("rdma.max".into(), "mlx5_1 hca_handle=3".into())
+                ]
+            );
         }
     }
 }

@@ -13,8 +13,15 @@ use crate::linux::cgroups::layout::Subsystem;
 pub struct Unified;
 
 /// Files amphi manages itself.
-const RESERVED: [&str; 7] =
-    ["cgroup.procs", "cgroup.threads", "cgroup.subtree_control", "cgroup.type", "cgroup.freeze", "cgroup.kill", "cgroup.events"];
+const RESERVED: [&str; 7] = [
+    "cgroup.procs",
+    "cgroup.threads",
+    "cgroup.subtree_control",
+    "cgroup.type",
+    "cgroup.freeze",
+    "cgroup.kill",
+    "cgroup.events",
+];
 
 fn entries(res: &LinuxResources) -> Vec<(&String, &String)> {
     let mut v: Vec<_> = res.unified().iter().flatten().collect();
@@ -48,7 +55,10 @@ impl Controller for Unified {
             return Ok(());
         }
         if !v2 {
-            return Err(CgroupError::unsupported("unified", "it needs a pure cgroup v2 host; use the v1 fields of linux.resources"));
+            return Err(CgroupError::unsupported(
+                "unified",
+                "it needs a pure cgroup v2 host; use the v1 fields of linux.resources",
+            ));
         }
         for (k, _) in e {
             let plain = !k.is_empty() && !k.contains('/') && k != "." && k != ".." && k.contains('.');

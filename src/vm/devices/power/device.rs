@@ -68,37 +68,16 @@ mod tests {
     #[test]
     fn s5_with_sleep_enable_powers_off() {
         // What Linux's acpi_hw_extended_sleep writes for SLP_TYP=5.
-        assert_eq!(
-            PowerDevice::decode(PowerPort::Acpi, (5 << 2) | 0x20),
-            Some(PowerEvent::PowerOff)
-        );
-        assert_eq!(
-            PowerDevice::decode(PowerPort::Acpi, 5 << 2),
-            None,
-            "no SLP_EN"
-        );
-        assert_eq!(
-            PowerDevice::decode(PowerPort::Acpi, (3 << 2) | 0x20),
-            None,
-            "S3 is not offered"
-        );
-        assert_eq!(
-            PowerDevice::decode(PowerPort::Acpi, 0x80),
-            None,
-            "clearing WAK_STS"
-        );
+        assert_eq!(PowerDevice::decode(PowerPort::Acpi, (5 << 2) | 0x20), Some(PowerEvent::PowerOff));
+        assert_eq!(PowerDevice::decode(PowerPort::Acpi, 5 << 2), None, "no SLP_EN");
+        assert_eq!(PowerDevice::decode(PowerPort::Acpi, (3 << 2) | 0x20), None, "S3 is not offered");
+        assert_eq!(PowerDevice::decode(PowerPort::Acpi, 0x80), None, "clearing WAK_STS");
     }
 
     #[test]
     fn the_reset_value_and_i8042_pulse_reset() {
-        assert_eq!(
-            PowerDevice::decode(PowerPort::Acpi, RESET_VALUE),
-            Some(PowerEvent::Reset)
-        );
-        assert_eq!(
-            PowerDevice::decode(PowerPort::I8042, 0xfe),
-            Some(PowerEvent::Reset)
-        );
+        assert_eq!(PowerDevice::decode(PowerPort::Acpi, RESET_VALUE), Some(PowerEvent::Reset));
+        assert_eq!(PowerDevice::decode(PowerPort::I8042, 0xfe), Some(PowerEvent::Reset));
         assert_eq!(PowerDevice::decode(PowerPort::I8042, 0xd1), None);
     }
 
@@ -106,10 +85,7 @@ mod tests {
     fn writes_notify_the_vmm() {
         let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
         let s = seen.clone();
-        let mut dev = PowerDevice::new(
-            PowerPort::Acpi,
-            Arc::new(move |e| s.lock().unwrap().push(e)),
-        );
+        let mut dev = PowerDevice::new(PowerPort::Acpi, Arc::new(move |e| s.lock().unwrap().push(e)));
         dev.write(0, &[0x80]);
         dev.write(0, &[0x34]);
         assert_eq!(*seen.lock().unwrap(), vec![PowerEvent::PowerOff]);

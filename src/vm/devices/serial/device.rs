@@ -29,10 +29,7 @@ const MAX_LINE: usize = 1024;
 
 impl ConsoleWatcher {
     pub fn new(notify: Arc<dyn Fn(ConsoleEvent) + Send + Sync>) -> Self {
-        ConsoleWatcher {
-            line: Vec::new(),
-            notify,
-        }
+        ConsoleWatcher { line: Vec::new(), notify }
     }
 
     pub fn feed(&mut self, bytes: &[u8]) {
@@ -92,9 +89,7 @@ pub struct SerialDevice {
 
 impl SerialDevice {
     pub fn new(irq: IrqTrigger, out: ConsoleOutput) -> Self {
-        SerialDevice {
-            uart: Serial::new(irq, out),
-        }
+        SerialDevice { uart: Serial::new(irq, out) }
     }
 }
 
@@ -121,10 +116,7 @@ mod tests {
     fn watcher() -> (ConsoleWatcher, Arc<Mutex<Vec<ConsoleEvent>>>) {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let s = seen.clone();
-        (
-            ConsoleWatcher::new(Arc::new(move |e| s.lock().unwrap().push(e))),
-            seen,
-        )
+        (ConsoleWatcher::new(Arc::new(move |e| s.lock().unwrap().push(e))), seen)
     }
 
     #[test]
@@ -142,9 +134,7 @@ mod tests {
         w.feed(b"[    0.9] Kernel panic - not syncing: No working init found.\n");
         assert_eq!(
             *seen.lock().unwrap(),
-            vec![ConsoleEvent::KernelPanic(
-                "Kernel panic - not syncing: No working init found.".into()
-            )]
+            vec![ConsoleEvent::KernelPanic("Kernel panic - not syncing: No working init found.".into())]
         );
     }
 
@@ -163,10 +153,7 @@ mod tests {
         }
         let sink = Shared::default();
         let (w, _) = watcher();
-        let mut dev = SerialDevice::new(
-            IrqTrigger::new().unwrap(),
-            ConsoleOutput::new(Box::new(sink.clone()), w),
-        );
+        let mut dev = SerialDevice::new(IrqTrigger::new().unwrap(), ConsoleOutput::new(Box::new(sink.clone()), w));
         for b in b"hi\n" {
             dev.write(0, &[*b]);
         }

@@ -45,10 +45,7 @@ pub struct VirtioInterrupt {
 
 impl VirtioInterrupt {
     pub fn new(irq: IrqTrigger) -> Self {
-        VirtioInterrupt {
-            status: AtomicU32::new(0),
-            irq,
-        }
+        VirtioInterrupt { status: AtomicU32::new(0), irq }
     }
 
     pub fn irq_fd(&self) -> &EventFd {

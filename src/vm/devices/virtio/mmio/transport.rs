@@ -31,11 +31,7 @@ pub struct MmioTransport {
 }
 
 impl MmioTransport {
-    pub fn new(
-        device: Arc<Mutex<dyn VirtioDevice>>,
-        mem: GuestMemoryMmap,
-        interrupt: Arc<VirtioInterrupt>,
-    ) -> Self {
+    pub fn new(device: Arc<Mutex<dyn VirtioDevice>>, mem: GuestMemoryMmap, interrupt: Arc<VirtioInterrupt>) -> Self {
         let queues = Self::fresh_queues(&device);
         MmioTransport {
             device,
@@ -55,10 +51,7 @@ impl MmioTransport {
     fn fresh_queues(device: &Arc<Mutex<dyn VirtioDevice>>) -> Vec<Queue> {
         let d = device.lock().unwrap_or_else(|e| e.into_inner());
         // Sizes come from the device's own constants, all powers of two.
-        d.queue_max_sizes()
-            .iter()
-            .map(|&s| Queue::new(s).unwrap_or_default())
-            .collect()
+        d.queue_max_sizes().iter().map(|&s| Queue::new(s).unwrap_or_default()).collect()
     }
 
     fn dev(&self) -> std::sync::MutexGuard<'_, dyn VirtioDevice + 'static> {
@@ -107,8 +100,7 @@ impl MmioTransport {
             let queues: Vec<Queue> = std::mem::take(&mut self.queues);
             self.queues = Self::fresh_queues(&self.device);
             let result = if ok {
-                self.dev()
-                    .activate(self.mem.clone(), self.interrupt.clone(), queues)
+                self.dev().activate(self.mem.clone(), self.interrupt.clone(), queues)
             } else {
                 Err(crate::vm::devices::virtio::ActivateError::QueueCount { want: 0, got: 0 })
             };
@@ -150,10 +142,7 @@ impl MmioTransport {
             0x20 if self.status & status::FEATURES_OK == 0 => {
                 match self.acked_features_select {
                     0 => self.acked_features = (self.acked_features & !0xffff_ffff) | u64::from(v),
-                    1 => {
-                        self.acked_features =
-                            (self.acked_features & 0xffff_ffff) | (u64::from(v) << 32)
-                    }
+                    1 => self.acked_features = (self.acked_features & 0xffff_ffff) | (u64::from(v) << 32),
                     _ => {}
                 }
                 let avail = self.dev().avail_features();
@@ -291,10 +280,7 @@ mod tests {
     fn setup() -> (MmioTransport, Arc<Mutex<Dummy>>) {
         let dev = Arc::new(Mutex::new(Dummy {
             sizes: vec![16, 16],
-            evts: vec![
-                EventFd::new(libc::EFD_NONBLOCK).unwrap(),
-                EventFd::new(libc::EFD_NONBLOCK).unwrap(),
-            ],
+            evts: vec![EventFd::new(libc::EFD_NONBLOCK).unwrap(), EventFd::new(libc::EFD_NONBLOCK).unwrap()],
             acked: 0,
             activated_with: None,
             resets: 0,
@@ -336,16 +322,8 @@ mod tests {
         wr(&mut t, 0x20, 1);
         wr(&mut t, 0x24, 0);
         wr(&mut t, 0x20, 0xffff_ffff);
-        wr(
-            &mut t,
-            0x70,
-            status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK,
-        );
-        assert_eq!(
-            dev.lock().unwrap().acked,
-            VIRTIO_F_VERSION_1 | 1,
-            "unoffered bits are dropped"
-        );
+        wr(&mut t, 0x70, status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK);
+        assert_eq!(dev.lock().unwrap().acked, VIRTIO_F_VERSION_1 | 1, "unoffered bits are dropped");
         for (q, base) in [(0u32, 0x1000u32), (1, 0x4000)] {
             wr(&mut t, 0x30, q);
             assert_eq!(rd(&mut t, 0x34), 16);
@@ -356,11 +334,7 @@ mod tests {
             wr(&mut t, 0x44, 1);
             assert_eq!(rd(&mut t, 0x44), 1);
         }
-        wr(
-            &mut t,
-            0x70,
-            status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK | status::DRIVER_OK,
-        );
+        wr(&mut t, 0x70, status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK | status::DRIVER_OK);
         assert_eq!(dev.lock().unwrap().activated_with, Some(2));
         assert_eq!(rd(&mut t, 0x70) & status::DEVICE_NEEDS_RESET, 0);
         wr(&mut t, 0x70, 0);
@@ -371,11 +345,7 @@ mod tests {
     #[test]
     fn an_unconfigured_queue_fails_activation() {
         let (mut t, dev) = setup();
-        wr(
-            &mut t,
-            0x70,
-            status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK | status::DRIVER_OK,
-        );
+        wr(&mut t, 0x70, status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK | status::DRIVER_OK);
         assert!(dev.lock().unwrap().activated_with.is_none());
         assert_ne!(rd(&mut t, 0x70) & status::DEVICE_NEEDS_RESET, 0);
     }
@@ -385,10 +355,7 @@ mod tests {
         let (mut t, dev) = setup();
         wr(&mut t, 0x50, 1);
         assert_eq!(dev.lock().unwrap().evts[1].read().unwrap(), 1);
-        assert!(
-            dev.lock().unwrap().evts[0].read().is_err(),
-            "queue 0 not kicked"
-        );
+        assert!(dev.lock().unwrap().evts[0].read().is_err(), "queue 0 not kicked");
     }
 
     #[test]

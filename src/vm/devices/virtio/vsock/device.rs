@@ -10,9 +10,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::backend::VsockBackend;
 use super::packet::MAX_PKT_DATA;
-use crate::vm::devices::virtio::{
-    ActivateError, VirtioDevice, VirtioInterrupt, VIRTIO_F_VERSION_1,
-};
+use crate::vm::devices::virtio::{ActivateError, VirtioDevice, VirtioInterrupt, VIRTIO_F_VERSION_1};
 
 pub const VIRTIO_ID_VSOCK: u32 = 19;
 pub const RXQ: usize = 0;
@@ -168,16 +166,9 @@ impl<B: VsockBackend> VirtioDevice for Vsock<B> {
         queues: Vec<Queue>,
     ) -> Result<(), ActivateError> {
         if queues.len() != QUEUE_SIZES.len() {
-            return Err(ActivateError::QueueCount {
-                want: QUEUE_SIZES.len(),
-                got: queues.len(),
-            });
+            return Err(ActivateError::QueueCount { want: QUEUE_SIZES.len(), got: queues.len() });
         }
-        self.active = Some(Active {
-            mem,
-            queues,
-            interrupt,
-        });
+        self.active = Some(Active { mem, queues, interrupt });
         self.activate_evt.write(1).map_err(ActivateError::Notify)
     }
 
@@ -210,11 +201,7 @@ pub(crate) mod tests {
 
     impl FakeBackend {
         pub fn new() -> Self {
-            FakeBackend {
-                sent: Vec::new(),
-                to_guest: VecDeque::new(),
-                evt: EventFd::new(libc::EFD_NONBLOCK).unwrap(),
-            }
+            FakeBackend { sent: Vec::new(), to_guest: VecDeque::new(), evt: EventFd::new(libc::EFD_NONBLOCK).unwrap() }
         }
     }
 
@@ -230,8 +217,7 @@ pub(crate) mod tests {
             if let Some(d) = pkt.data_slice() {
                 d.read_slice(&mut data, 0).unwrap();
             }
-            self.sent
-                .push((pkt.op(), pkt.src_port(), pkt.dst_port(), data));
+            self.sent.push((pkt.op(), pkt.src_port(), pkt.dst_port(), data));
         }
         fn recv_pkt<B: BitmapSlice>(&mut self, pkt: &mut VsockPacket<B>) -> bool {
             let Some((h, data)) = self.to_guest.pop_front() else {
@@ -286,17 +272,9 @@ pub(crate) mod tests {
         let evq = MockSplitQueue::create(&mem, GuestAddress(0x3_0000), 16);
 
         // The guest sends one RW packet with 5 bytes of data in a second descriptor.
-        mem.write_slice(&tx_header(OP_RW, 5), GuestAddress(0x10_0000))
-            .unwrap();
+        mem.write_slice(&tx_header(OP_RW, 5), GuestAddress(0x10_0000)).unwrap();
         mem.write_slice(b"hello", GuestAddress(0x10_1000)).unwrap();
-        txq.add_desc_chains(
-            &[
-                desc(0x10_0000, 44, VRING_DESC_F_NEXT, 1),
-                desc(0x10_1000, 5, 0, 0),
-            ],
-            0,
-        )
-        .unwrap();
+        txq.add_desc_chains(&[desc(0x10_0000, 44, VRING_DESC_F_NEXT, 1), desc(0x10_1000, 5, 0, 0)], 0).unwrap();
         // And offers one RX buffer: header + 4 KiB.
         rxq.add_desc_chains(
             &[
@@ -321,19 +299,12 @@ pub(crate) mod tests {
         backend.to_guest.push_back((h, b"world!".to_vec()));
         let mut dev = Vsock::new(3, backend).unwrap();
         let irq = Arc::new(VirtioInterrupt::new(IrqTrigger::new().unwrap()));
-        let queues = vec![
-            rxq.create_queue().unwrap(),
-            txq.create_queue().unwrap(),
-            evq.create_queue().unwrap(),
-        ];
+        let queues = vec![rxq.create_queue().unwrap(), txq.create_queue().unwrap(), evq.create_queue().unwrap()];
         dev.activate(mem.clone(), irq.clone(), queues).unwrap();
         assert_eq!(dev.activate_evt.read().unwrap(), 1);
 
         assert!(dev.process_tx());
-        assert_eq!(
-            dev.backend.sent,
-            vec![(OP_RW, 5000, 1024, b"hello".to_vec())]
-        );
+        assert_eq!(dev.backend.sent, vec![(OP_RW, 5000, 1024, b"hello".to_vec())]);
         assert_eq!(txq.used().idx().load(), 1);
 
         assert!(dev.process_rx());
@@ -342,17 +313,9 @@ pub(crate) mod tests {
         assert_eq!(used.len(), 44 + 6);
         let mut hdr = [0u8; 44];
         mem.read_slice(&mut hdr, GuestAddress(0x20_0000)).unwrap();
-        assert_eq!(
-            u64::from_le_bytes(hdr[8..16].try_into().unwrap()),
-            3,
-            "dst_cid"
-        );
+        assert_eq!(u64::from_le_bytes(hdr[8..16].try_into().unwrap()), 3, "dst_cid");
         assert_eq!(u16::from_le_bytes(hdr[30..32].try_into().unwrap()), OP_RW);
-        assert_eq!(
-            u32::from_le_bytes(hdr[24..28].try_into().unwrap()),
-            6,
-            "len"
-        );
+        assert_eq!(u32::from_le_bytes(hdr[24..28].try_into().unwrap()), 6, "len");
         let mut data = [0u8; 6];
         mem.read_slice(&mut data, GuestAddress(0x20_1000)).unwrap();
         assert_eq!(&data, b"world!");
@@ -362,29 +325,14 @@ pub(crate) mod tests {
     #[test]
     fn without_rx_buffers_packets_wait_in_the_backend() {
         let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x100_0000)]).unwrap();
-        let qs: Vec<_> = (0..3)
-            .map(|i| MockSplitQueue::create(&mem, GuestAddress(0x1_0000 * (i + 1)), 16))
-            .collect();
+        let qs: Vec<_> = (0..3).map(|i| MockSplitQueue::create(&mem, GuestAddress(0x1_0000 * (i + 1)), 16)).collect();
         let mut backend = FakeBackend::new();
-        let h = Header {
-            src_cid: 2,
-            dst_cid: 3,
-            src_port: 1,
-            dst_port: 2,
-            op: OP_RST,
-            flags: 0,
-            buf_alloc: 0,
-            fwd_cnt: 0,
-        };
+        let h =
+            Header { src_cid: 2, dst_cid: 3, src_port: 1, dst_port: 2, op: OP_RST, flags: 0, buf_alloc: 0, fwd_cnt: 0 };
         backend.to_guest.push_back((h, Vec::new()));
         let mut dev = Vsock::new(3, backend).unwrap();
         let irq = Arc::new(VirtioInterrupt::new(IrqTrigger::new().unwrap()));
-        dev.activate(
-            mem.clone(),
-            irq,
-            qs.iter().map(|q| q.create_queue().unwrap()).collect(),
-        )
-        .unwrap();
+        dev.activate(mem.clone(), irq, qs.iter().map(|q| q.create_queue().unwrap()).collect()).unwrap();
         assert!(!dev.process_rx());
         assert!(dev.backend.has_pending_rx());
     }
@@ -392,21 +340,12 @@ pub(crate) mod tests {
     #[test]
     fn a_malformed_tx_chain_is_consumed_without_reaching_the_backend() {
         let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x100_0000)]).unwrap();
-        let qs: Vec<_> = (0..3)
-            .map(|i| MockSplitQueue::create(&mem, GuestAddress(0x1_0000 * (i + 1)), 16))
-            .collect();
+        let qs: Vec<_> = (0..3).map(|i| MockSplitQueue::create(&mem, GuestAddress(0x1_0000 * (i + 1)), 16)).collect();
         // Header descriptor shorter than a header.
-        qs[1]
-            .add_desc_chains(&[desc(0x10_0000, 10, 0, 0)], 0)
-            .unwrap();
+        qs[1].add_desc_chains(&[desc(0x10_0000, 10, 0, 0)], 0).unwrap();
         let mut dev = Vsock::new(3, FakeBackend::new()).unwrap();
         let irq = Arc::new(VirtioInterrupt::new(IrqTrigger::new().unwrap()));
-        dev.activate(
-            mem.clone(),
-            irq,
-            qs.iter().map(|q| q.create_queue().unwrap()).collect(),
-        )
-        .unwrap();
+        dev.activate(mem.clone(), irq, qs.iter().map(|q| q.create_queue().unwrap()).collect()).unwrap();
         assert!(dev.process_tx());
         assert!(dev.backend.sent.is_empty());
         assert_eq!(qs[1].used().idx().load(), 1);

@@ -86,26 +86,14 @@ pub struct VsockConnection<S: HostStream> {
 impl<S: HostStream> VsockConnection<S> {
     /// The host connected to `<socket>` and asked for guest port `peer_port`.
     pub fn new_local(stream: S, guest_cid: u64, local_port: u32, peer_port: u32) -> Self {
-        let mut c = Self::new(
-            stream,
-            guest_cid,
-            local_port,
-            peer_port,
-            ConnState::LocalInit,
-        );
+        let mut c = Self::new(stream, guest_cid, local_port, peer_port, ConnState::LocalInit);
         c.pending = pending::REQUEST;
         c
     }
 
     /// The guest's REQUEST reached `<socket>_<port>`, which accepted.
     pub fn new_peer<B: BitmapSlice>(stream: S, guest_cid: u64, request: &VsockPacket<B>) -> Self {
-        let mut c = Self::new(
-            stream,
-            guest_cid,
-            request.dst_port(),
-            request.src_port(),
-            ConnState::PeerInit,
-        );
+        let mut c = Self::new(stream, guest_cid, request.dst_port(), request.src_port(), ConnState::PeerInit);
         c.peer_buf_alloc = request.buf_alloc();
         c.peer_fwd_cnt = Wrapping(request.fwd_cnt());
         c.pending = pending::RESPONSE;
@@ -187,8 +175,7 @@ impl<S: HostStream> VsockConnection<S> {
             }
             (OP_RESPONSE, ConnState::LocalInit) => {
                 self.state = ConnState::Established;
-                self.ctrl_out
-                    .extend_from_slice(format!("OK {}\n", self.local_port).as_bytes());
+                self.ctrl_out.extend_from_slice(format!("OK {}\n", self.local_port).as_bytes());
                 self.flush();
             }
             (OP_RW, ConnState::Established) => {
@@ -215,8 +202,7 @@ impl<S: HostStream> VsockConnection<S> {
                 self.peer_no_rx |= flags & SHUTDOWN_RCV != 0;
                 self.peer_no_tx |= flags & SHUTDOWN_SEND != 0;
                 self.flush();
-                let finished =
-                    (self.peer_no_rx && self.peer_no_tx) || self.state == ConnState::LocalClosed;
+                let finished = (self.peer_no_rx && self.peer_no_tx) || self.state == ConnState::LocalClosed;
                 if finished && self.tx_buf.is_empty() {
                     self.kill();
                 }
@@ -279,9 +265,7 @@ impl<S: HostStream> VsockConnection<S> {
         if events.contains(EventSet::OUT) {
             self.flush();
         }
-        if events
-            .intersects(EventSet::IN | EventSet::HANG_UP | EventSet::READ_HANG_UP | EventSet::ERROR)
-        {
+        if events.intersects(EventSet::IN | EventSet::HANG_UP | EventSet::READ_HANG_UP | EventSet::ERROR) {
             if self.state == ConnState::Established && !self.peer_no_rx {
                 // The data is read when an RX buffer is there to take it.
                 self.pending |= pending::RW;
@@ -404,18 +388,11 @@ pub(crate) mod tests {
 
     impl TestPkt {
         pub fn new(data_len: usize) -> Self {
-            TestPkt {
-                hdr: Box::new([0; PKT_HEADER_SIZE]),
-                data: vec![0u8; data_len].into_boxed_slice(),
-            }
+            TestPkt { hdr: Box::new([0; PKT_HEADER_SIZE]), data: vec![0u8; data_len].into_boxed_slice() }
         }
 
         pub fn pkt(&mut self) -> VsockPacket<'_, ()> {
-            let data = if self.data.is_empty() {
-                None
-            } else {
-                Some(&mut self.data[..])
-            };
+            let data = if self.data.is_empty() { None } else { Some(&mut self.data[..]) };
             // SAFETY: both buffers are owned by `self`, outlive the returned
             // packet (it borrows `self` mutably), and are only accessed
             // through it while it lives.
@@ -494,17 +471,11 @@ pub(crate) mod tests {
         (&b).write_all(&[7u8; 100]).unwrap();
         c.notify(EventSet::IN);
         assert!(c.has_pending_rx());
-        assert!(
-            !c.interest().contains(EventSet::IN),
-            "no more reads until the RW went out"
-        );
+        assert!(!c.interest().contains(EventSet::IN), "no more reads until the RW went out");
         let mut out = TestPkt::new(4096);
         assert!(c.recv_pkt(&mut out.pkt()));
         let p = out.pkt();
-        assert_eq!(
-            (p.op(), p.len(), p.src_port(), p.dst_port()),
-            (OP_RW, 100, 1 << 30, 1024)
-        );
+        assert_eq!((p.op(), p.len(), p.src_port(), p.dst_port()), (OP_RW, 100, 1 << 30, 1024));
         assert_eq!(&out.data()[..100], &[7u8; 100]);
         assert_eq!(c.rx_cnt.0, 100);
     }
@@ -558,10 +529,7 @@ pub(crate) mod tests {
         let mut out = TestPkt::new(0);
         assert!(c.recv_pkt(&mut out.pkt()));
         let p = out.pkt();
-        assert_eq!(
-            (p.op(), p.fwd_cnt()),
-            (OP_CREDIT_UPDATE, CREDIT_UPDATE_THRESHOLD)
-        );
+        assert_eq!((p.op(), p.fwd_cnt()), (OP_CREDIT_UPDATE, CREDIT_UPDATE_THRESHOLD));
     }
 
     #[test]
@@ -572,10 +540,7 @@ pub(crate) mod tests {
         let mut out = TestPkt::new(4096);
         assert!(c.recv_pkt(&mut out.pkt()));
         let p = out.pkt();
-        assert_eq!(
-            (p.op(), p.flags()),
-            (OP_SHUTDOWN, SHUTDOWN_RCV | SHUTDOWN_SEND)
-        );
+        assert_eq!((p.op(), p.flags()), (OP_SHUTDOWN, SHUTDOWN_RCV | SHUTDOWN_SEND));
         assert_eq!(c.state(), ConnState::LocalClosed);
         c.send_pkt(&TestPkt::guest(OP_RST, 1024, 1 << 30, 0, &[]).pkt());
         assert_eq!(c.state(), ConnState::Killed);
@@ -585,16 +550,7 @@ pub(crate) mod tests {
     #[test]
     fn guest_full_shutdown_gets_a_rst() {
         let (mut c, _b) = established();
-        c.send_pkt(
-            &TestPkt::guest(
-                OP_SHUTDOWN,
-                1024,
-                1 << 30,
-                SHUTDOWN_RCV | SHUTDOWN_SEND,
-                &[],
-            )
-            .pkt(),
-        );
+        c.send_pkt(&TestPkt::guest(OP_SHUTDOWN, 1024, 1 << 30, SHUTDOWN_RCV | SHUTDOWN_SEND, &[]).pkt());
         let mut out = TestPkt::new(0);
         assert!(c.recv_pkt(&mut out.pkt()));
         assert_eq!(out.pkt().op(), OP_RST);
@@ -616,8 +572,7 @@ pub(crate) mod tests {
     fn a_guest_overrunning_our_buffer_is_reset() {
         let (mut c, _b) = established();
         // Fill the host socket so nothing drains, then overrun.
-        c.tx_buf
-            .extend(std::iter::repeat_n(0u8, CONN_BUF_SIZE as usize));
+        c.tx_buf.extend(std::iter::repeat_n(0u8, CONN_BUF_SIZE as usize));
         c.send_pkt(&TestPkt::guest(OP_RW, 1024, 1 << 30, 0, b"x").pkt());
         let mut out = TestPkt::new(0);
         assert!(c.recv_pkt(&mut out.pkt()));
@@ -632,10 +587,7 @@ pub(crate) mod tests {
         let mut out = TestPkt::new(0);
         assert!(c.recv_pkt(&mut out.pkt()));
         let p = out.pkt();
-        assert_eq!(
-            (p.op(), p.src_port(), p.dst_port(), p.dst_cid()),
-            (OP_RESPONSE, 52, 40000, 3)
-        );
+        assert_eq!((p.op(), p.src_port(), p.dst_port(), p.dst_cid()), (OP_RESPONSE, 52, 40000, 3));
         assert_eq!(c.state(), ConnState::Established);
         assert_eq!(c.peer_credit(), 64 * 1024);
     }

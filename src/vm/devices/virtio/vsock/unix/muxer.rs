@@ -85,26 +85,15 @@ pub struct VsockMuxer {
 /// Parses `CONNECT <port>\n`.
 pub fn parse_connect(line: &[u8]) -> Option<u32> {
     let s = std::str::from_utf8(line).ok()?;
-    let port = s
-        .strip_suffix('\n')?
-        .trim_end_matches('\r')
-        .strip_prefix("CONNECT ")?;
+    let port = s.strip_suffix('\n')?.trim_end_matches('\r').strip_prefix("CONNECT ")?;
     port.trim().parse().ok()
 }
 
 impl VsockMuxer {
     /// Listens on `path`; guest connections to port P go to `<path>_P`.
     pub fn new(guest_cid: u64, path: &Path) -> Result<Self, MuxerError> {
-        let listener = UnixListener::bind(path).map_err(|source| MuxerError::Listen {
-            path: path.into(),
-            source,
-        })?;
-        listener
-            .set_nonblocking(true)
-            .map_err(|source| MuxerError::Listen {
-                path: path.into(),
-                source,
-            })?;
+        let listener = UnixListener::bind(path).map_err(|source| MuxerError::Listen { path: path.into(), source })?;
+        listener.set_nonblocking(true).map_err(|source| MuxerError::Listen { path: path.into(), source })?;
         let epoll = Epoll::new().map_err(MuxerError::Epoll)?;
         let mut m = VsockMuxer {
             guest_cid,
@@ -119,8 +108,7 @@ impl VsockMuxer {
             next_local_port: LOCAL_PORT_BASE,
         };
         let fd = m.listener.as_raw_fd();
-        m.watch(fd, Watched::Listener, EventSet::IN)
-            .map_err(MuxerError::Epoll)?;
+        m.watch(fd, Watched::Listener, EventSet::IN).map_err(MuxerError::Epoll)?;
         Ok(m)
     }
 
@@ -129,19 +117,13 @@ impl VsockMuxer {
     }
 
     fn watch(&mut self, fd: RawFd, what: Watched, events: EventSet) -> std::io::Result<()> {
-        self.epoll.ctl(
-            ControlOperation::Add,
-            fd,
-            EpollEvent::new(to_epoll(events), fd as u64),
-        )?;
+        self.epoll.ctl(ControlOperation::Add, fd, EpollEvent::new(to_epoll(events), fd as u64))?;
         self.watched.insert(fd, what);
         Ok(())
     }
 
     fn unwatch(&mut self, fd: RawFd) {
-        let _ = self
-            .epoll
-            .ctl(ControlOperation::Delete, fd, EpollEvent::default());
+        let _ = self.epoll.ctl(ControlOperation::Delete, fd, EpollEvent::default());
         self.watched.remove(&fd);
     }
 
@@ -165,11 +147,7 @@ impl VsockMuxer {
         }
         let interest = conn.interest();
         let pending = conn.has_pending_rx();
-        let _ = self.epoll.ctl(
-            ControlOperation::Modify,
-            fd,
-            EpollEvent::new(to_epoll(interest), fd as u64),
-        );
+        let _ = self.epoll.ctl(ControlOperation::Modify, fd, EpollEvent::new(to_epoll(interest), fd as u64));
         if pending {
             self.enqueue(key);
         }
@@ -177,10 +155,7 @@ impl VsockMuxer {
 
     fn add_conn(&mut self, key: ConnKey, conn: VsockConnection<UnixStream>) {
         let fd = conn.stream().as_raw_fd();
-        if self
-            .watch(fd, Watched::Conn(key), EventSet::empty())
-            .is_err()
-        {
+        if self.watch(fd, Watched::Conn(key), EventSet::empty()).is_err() {
             return;
         }
         self.conns.insert(key, conn);
@@ -190,10 +165,7 @@ impl VsockMuxer {
     fn alloc_local_port(&mut self) -> u32 {
         loop {
             let p = self.next_local_port;
-            self.next_local_port = self
-                .next_local_port
-                .checked_add(1)
-                .unwrap_or(LOCAL_PORT_BASE);
+            self.next_local_port = self.next_local_port.checked_add(1).unwrap_or(LOCAL_PORT_BASE);
             if !self.conns.keys().any(|(l, _)| *l == p) {
                 return p;
             }
@@ -207,13 +179,7 @@ impl VsockMuxer {
             }
             let fd = stream.as_raw_fd();
             if self.watch(fd, Watched::Pending, EventSet::IN).is_ok() {
-                self.pending_hosts.insert(
-                    fd,
-                    PendingHost {
-                        stream,
-                        line: Vec::new(),
-                    },
-                );
+                self.pending_hosts.insert(fd, PendingHost { stream, line: Vec::new() });
             }
         }
     }
@@ -255,10 +221,7 @@ impl VsockMuxer {
     }
 
     fn rst(&mut self, local_port: u32, peer_port: u32) {
-        self.rxq.push_back(RxItem::Rst {
-            local_port,
-            peer_port,
-        });
+        self.rxq.push_back(RxItem::Rst { local_port, peer_port });
     }
 }
 
@@ -267,12 +230,7 @@ impl VsockMuxer {
 /// guest then gets a RST, as for an absent listener.
 fn connect_nonblocking(path: &str) -> nix::Result<UnixStream> {
     use nix::sys::socket::{connect, socket, AddressFamily, SockFlag, SockType, UnixAddr};
-    let fd = socket(
-        AddressFamily::Unix,
-        SockType::Stream,
-        SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
-        None,
-    )?;
+    let fd = socket(AddressFamily::Unix, SockType::Stream, SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC, None)?;
     connect(fd.as_raw_fd(), &UnixAddr::new(path)?)?;
     Ok(UnixStream::from(fd))
 }
@@ -324,10 +282,7 @@ impl VsockBackend for VsockMuxer {
     fn recv_pkt<B: BitmapSlice>(&mut self, pkt: &mut VsockPacket<B>) -> bool {
         while let Some(item) = self.rxq.pop_front() {
             match item {
-                RxItem::Rst {
-                    local_port,
-                    peer_port,
-                } => {
+                RxItem::Rst { local_port, peer_port } => {
                     let h = Header {
                         src_cid: HOST_CID,
                         dst_cid: self.guest_cid,
@@ -522,13 +477,7 @@ mod tests {
         // at once (EAGAIN) instead of blocking.
         let fd = {
             use nix::sys::socket::*;
-            let fd = socket(
-                AddressFamily::Unix,
-                SockType::Stream,
-                SockFlag::empty(),
-                None,
-            )
-            .unwrap();
+            let fd = socket(AddressFamily::Unix, SockType::Stream, SockFlag::empty(), None).unwrap();
             bind(fd.as_raw_fd(), &UnixAddr::new(&path).unwrap()).unwrap();
             listen(&fd, Backlog::new(1).unwrap()).unwrap();
             fd
@@ -545,10 +494,7 @@ mod tests {
             }
         }
         assert!(resets > 0, "connections past the backlog are reset");
-        assert!(
-            start.elapsed() < std::time::Duration::from_secs(2),
-            "never blocked"
-        );
+        assert!(start.elapsed() < std::time::Duration::from_secs(2), "never blocked");
         drop(fd);
     }
 
