@@ -10,6 +10,7 @@ pub mod agent;
 pub mod container;
 pub mod exit;
 pub mod features;
+pub mod isolation;
 pub mod linux;
 pub mod logging;
 pub mod spec;

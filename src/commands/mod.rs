@@ -69,7 +69,7 @@ pub fn runtime(global: &GlobalArgs) -> Runtime {
         IsolationArg::Container => Isolation::Container,
         IsolationArg::Vm => Isolation::Vm,
     });
-    Runtime::new(global.root.clone(), isolation, global.systemd_cgroup)
+    Runtime::new(global.root.clone(), isolation, global.systemd_cgroup, amphi::isolation::sandbox_for)
 }
 
 pub fn create_options(o: CreateOpts) -> CreateOptions {

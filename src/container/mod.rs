@@ -24,7 +24,7 @@ use crate::spec::{Bundle, Isolation, SpecError};
 use hooks::{HookError, HookKind};
 pub use id::{ContainerId, IdError};
 use process::Liveness;
-pub use sandbox::{CreateRequest, Created, LaunchMode, Sandbox, SandboxError};
+pub use sandbox::{CreateRequest, Created, LaunchMode, Sandbox, SandboxError, SandboxFor};
 pub use state::{OciState, Op, State, Status};
 use store::{ContainerDir, Store, StoreError};
 
@@ -74,6 +74,7 @@ impl ContainerError {
             ContainerError::Id(_) | ContainerError::Spec(_) | ContainerError::Signal(_) => exit::BAD_INPUT,
             ContainerError::SystemdPath(_) => exit::BAD_INPUT,
             ContainerError::NoSystemd | ContainerError::Sandbox(SandboxError::Unsupported(_)) => exit::UNSUPPORTED,
+            ContainerError::Sandbox(SandboxError::BadConfig(_)) => exit::BAD_INPUT,
             _ => exit::GENERAL,
         }
     }
@@ -91,19 +92,35 @@ pub struct CreateOptions {
 }
 
 /// The runtime as one invocation of the binary sees it.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Runtime {
     store: Store,
     isolation: Option<Isolation>,
     systemd_cgroup: bool,
+    sandboxes: SandboxFor,
+}
+
+impl std::fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runtime")
+            .field("root", &self.store.root())
+            .field("isolation", &self.isolation)
+            .field("systemd_cgroup", &self.systemd_cgroup)
+            .finish()
+    }
 }
 
 /// How long `delete --force` waits for a SIGKILLed container.
 const KILL_WAIT: Duration = Duration::from_secs(10);
 
 impl Runtime {
-    pub fn new(root: impl Into<PathBuf>, isolation: Option<Isolation>, systemd_cgroup: bool) -> Runtime {
-        Runtime { store: Store::new(root), isolation, systemd_cgroup }
+    pub fn new(
+        root: impl Into<PathBuf>,
+        isolation: Option<Isolation>,
+        systemd_cgroup: bool,
+        sandboxes: SandboxFor,
+    ) -> Runtime {
+        Runtime { store: Store::new(root), isolation, systemd_cgroup, sandboxes }
     }
 
     pub fn root(&self) -> &Path {
@@ -122,7 +139,7 @@ impl Runtime {
         let id = ContainerId::new(id)?;
         let dir = self.store.open(&id, true)?;
         let state = self.require(&dir, Op::Start)?;
-        sandbox_for(state.isolation).start(&dir, &state)?;
+        (self.sandboxes)(state.isolation).start(&dir, &state)?;
         crate::logging::debug_with(|| format!("start {id}: process {} released", state.pid));
         self.poststart(&state);
         Ok(())
@@ -187,7 +204,7 @@ impl Runtime {
         crate::logging::debug_with(|| {
             format!("kill {id}: {sig} to pid {}{}", state.pid, if all { " and all others" } else { "" })
         });
-        sandbox_for(state.isolation).kill(&state, sig, all)?;
+        (self.sandboxes)(state.isolation).kill(&state, sig, all)?;
         Ok(())
     }
 
@@ -219,7 +236,7 @@ impl Runtime {
                     hint: ": stop it first or use --force",
                 });
             }
-            let sandbox = sandbox_for(state.isolation);
+            let sandbox = (self.sandboxes)(state.isolation);
             sandbox.kill(&state, Signal::SIGKILL, true)?;
             if !process::wait_gone(state.pid, state.pid_start_time, KILL_WAIT) {
                 return Err(ContainerError::KillTimeout { id: id.to_string(), secs: KILL_WAIT.as_secs() });
@@ -321,7 +338,7 @@ impl Runtime {
             mode,
             keep_console: foreground && terminal && opts.console_socket.is_none(),
         };
-        let sandbox = sandbox_for(isolation);
+        let sandbox = (self.sandboxes)(isolation);
         let hooks = bundle.spec.hooks().clone();
         let created = {
             let state_for_hooks = &state;
@@ -398,7 +415,7 @@ impl Runtime {
     /// Releases everything a stopped (or killed) container holds, runs the
     /// poststop hooks and removes its directory.
     fn teardown(&self, dir: ContainerDir, state: &State, kill_first: bool) -> Result<(), ContainerError> {
-        let sandbox = sandbox_for(state.isolation);
+        let sandbox = (self.sandboxes)(state.isolation);
         if kill_first {
             let _ = sandbox.kill(state, Signal::SIGKILL, true);
             process::wait_gone(state.pid, state.pid_start_time, KILL_WAIT);
@@ -414,14 +431,6 @@ impl Runtime {
         destroyed?;
         dir.remove()?;
         Ok(())
-    }
-}
-
-/// The isolation implementation for a container.
-fn sandbox_for(isolation: Isolation) -> Box<dyn Sandbox> {
-    match isolation {
-        Isolation::Container => Box::new(crate::linux::LinuxSandbox),
-        Isolation::Vm => Box::new(sandbox::NotYet(isolation)),
     }
 }
 
@@ -517,10 +526,14 @@ mod tests {
         assert_eq!(e.exit_code(), crate::exit::CONFLICT);
     }
 
+    fn no_sandbox(_: Isolation) -> Box<dyn Sandbox> {
+        unreachable!("these tests never reach an isolation")
+    }
+
     #[test]
     fn unknown_container_is_not_found() {
         let root = tempfile::tempdir().unwrap();
-        let rt = Runtime::new(root.path(), None, false);
+        let rt = Runtime::new(root.path(), None, false, no_sandbox);
         let e = rt.state("nope").unwrap_err();
         assert!(e.to_string().contains("does not exist"), "{e}");
         assert_eq!(e.exit_code(), crate::exit::NOT_FOUND);
@@ -530,7 +543,7 @@ mod tests {
     #[test]
     fn bad_input_leaves_no_state_directory() {
         let root = tempfile::tempdir().unwrap();
-        let rt = Runtime::new(root.path().join("r"), None, false);
+        let rt = Runtime::new(root.path().join("r"), None, false, no_sandbox);
         let opts = CreateOptions { bundle: Some("/nonexistent".into()), ..Default::default() };
         let e = rt.create("c1", &opts).unwrap_err();
         assert_eq!(e.exit_code(), crate::exit::BAD_INPUT, "{e}");

@@ -90,43 +90,31 @@ pub trait Sandbox {
     fn destroy(&self, state: &State) -> Result<(), SandboxError>;
 }
 
+/// Errors of an isolation. The lifecycle does not know the isolations'
+/// own error types (`container/` depends on neither `linux/` nor `vm/`):
+/// each converts its errors into [`SandboxError::Isolation`], keeping the
+/// whole chain.
 #[derive(Debug, thiserror::Error)]
 pub enum SandboxError {
     #[error(transparent)]
-    Linux(#[from] crate::linux::LinuxError),
+    Isolation(Box<dyn std::error::Error + Send + Sync + 'static>),
     #[error(transparent)]
     Hook(#[from] HookError),
+    /// The request is valid but this isolation (or this host) cannot do it.
     #[error("{0}")]
     Unsupported(String),
+    /// The bundle asks for something this isolation refuses (exit code
+    /// "bad input").
+    #[error("{0}")]
+    BadConfig(String),
 }
 
-/// An isolation this build cannot run bundles in yet: every operation
-/// refuses with an explanation instead of pretending to work.
-#[derive(Debug)]
-pub struct NotYet(pub crate::spec::Isolation);
-
-impl NotYet {
-    fn refuse<T>(&self) -> Result<T, SandboxError> {
-        Err(SandboxError::Unsupported(format!(
-            "the {} isolation cannot run bundles in this build: `amphi vm check` boots the guest \
-             and reaches its agent, running OCI bundles inside it comes next; use \
-             --isolation container (or drop the run.amphi.isolation annotation) meanwhile",
-            self.0
-        )))
+impl SandboxError {
+    pub fn isolation(e: impl std::error::Error + Send + Sync + 'static) -> SandboxError {
+        SandboxError::Isolation(Box::new(e))
     }
 }
 
-impl Sandbox for NotYet {
-    fn create(&self, _: &CreateRequest<'_>, _: &mut RuntimeHooks<'_>) -> Result<Created, SandboxError> {
-        self.refuse()
-    }
-    fn start(&self, _: &ContainerDir, _: &State) -> Result<(), SandboxError> {
-        self.refuse()
-    }
-    fn kill(&self, _: &State, _: Signal, _: bool) -> Result<(), SandboxError> {
-        self.refuse()
-    }
-    fn destroy(&self, _: &State) -> Result<(), SandboxError> {
-        self.refuse()
-    }
-}
+/// Picks the [`Sandbox`] for an isolation. The binary passes the real one
+/// (`amphi::isolation::sandbox_for`); tests pass fakes.
+pub type SandboxFor = fn(crate::spec::Isolation) -> Box<dyn Sandbox>;

@@ -70,6 +70,12 @@ impl LinuxError {
     }
 }
 
+impl From<LinuxError> for SandboxError {
+    fn from(e: LinuxError) -> SandboxError {
+        SandboxError::isolation(e)
+    }
+}
+
 /// The Linux container isolation.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct LinuxSandbox;
