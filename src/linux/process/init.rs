@@ -9,7 +9,7 @@
 
 use std::convert::Infallible;
 use std::ffi::CString;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
@@ -165,6 +165,13 @@ fn setup_and_exec(plan: &InitPlan<'_>, chan: &Channel) -> Result<Infallible, Lin
             std::fs::write("/proc/self/timens_offsets", plan.time_offsets.as_bytes())
                 .map_err(|e| LinuxError::io("cannot write linux.timeOffsets", e))?;
         }
+        // unshare(2) puts only later children into the new namespace. Recent
+        // kernels also move a process there when it execs, 6.1 (Debian 12's)
+        // does not: the workload kept the host's clocks. Entering it here
+        // works on every kernel with time namespaces.
+        let ns = std::fs::File::open("/proc/self/ns/time_for_children")
+            .map_err(|e| LinuxError::io("cannot open the new time namespace", e))?;
+        namespaces::setns(LinuxNamespaceType::Time, &OwnedFd::from(ns))?;
     }
     if plan.ns.new.contains(CloneFlags::CLONE_NEWNET) {
         if let Err(e) = namespaces::loopback_up() {
