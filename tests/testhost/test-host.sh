@@ -37,6 +37,9 @@
 #   --smp N             vCPUs (default 2; TCG runs a host thread per vCPU,
 #                       and this machine has 2 cores: never more than 2)
 #   --timeout SECS      wall-clock limit from launch (default 1800)
+#   --boot-timeout SECS limit from launch to the real root's first step
+#                       (default 180): a test host that hangs while booting
+#                       is stopped early
 #   --modules "m1 m2"   more modules to load (modprobe, with dependencies)
 #   --share DIR         DIR is writable inside, at the same path (9p), for
 #                       results the caller keeps; repeatable
@@ -47,16 +50,21 @@
 #   --kernel-root DIR   a tree from scripts/fetch-test-host-kernel (default:
 #                       the newest in /var/lib/amphi/test-host-kernel,
 #                       fetched when there is none)
+#   --append ARGS       more kernel arguments (e.g. loglevel=7 to see the
+#                       boot with --console-log)
 # Exit status: COMMAND's; 125 when the test host never reported one (boot
-# failure, crash, --timeout: stderr says which); 130 when interrupted
+# failure, crash, --boot-timeout, --timeout: stderr says which); 130 when interrupted
 # (SIGINT, SIGTERM, SIGHUP); 2 for bad usage. Nothing outlives a run: QEMU
 # is killed and its temporary directory removed on every exit.
 # On stderr at the end: "test-host: ... launch -> command Ns, command Ns".
 # Needs root, qemu-system-x86, busybox-static, kmod, cpio.
 set -euo pipefail
+# Everything is in main, read whole before it runs: editing this file while
+# a test host runs cannot change what that run does.
+main() {
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
-mem=4096 smp=2 timeout_s=1800 modules= quiet=0 console_log= kroot= cwd=
+mem=4096 smp=2 timeout_s=1800 boot_timeout=180 modules= quiet=0 console_log= kroot= cwd= append=
 shares=() envs=()
 usage() { sed -n '/^# Usage:/,/^# Needs/p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 while [ $# -gt 0 ]; do
@@ -64,6 +72,8 @@ while [ $# -gt 0 ]; do
     --mem) mem=$2; shift 2 ;;
     --smp) smp=$2; shift 2 ;;
     --timeout) timeout_s=$2; shift 2 ;;
+    --boot-timeout) boot_timeout=$2; shift 2 ;;
+    --append) append="$append $2"; shift 2 ;;
     --modules) modules="$modules $2"; shift 2 ;;
     --share) shares+=("$(cd "$2" && pwd)") || exit 2; shift 2 ;;
     --env) [[ $2 == [A-Za-z_]*=* ]] || usage; envs+=("$2"); shift 2 ;;
@@ -81,12 +91,11 @@ done
 cmd=$1
 [[ $smp =~ ^[12]$ ]] || { echo "test-host: --smp $smp: this machine has 2 cores, use 1 or 2" >&2; exit 2; }
 [[ $mem =~ ^[0-9]+$ ]] && [ "$mem" -ge 1024 ] || { echo "test-host: --mem $mem: give 1024 MiB or more" >&2; exit 2; }
-[[ $timeout_s =~ ^[0-9]+$ ]] || usage
+[[ $timeout_s =~ ^[0-9]+$ ]] && [[ $boot_timeout =~ ^[0-9]+$ ]] || usage
 [ "$(id -u)" = 0 ] || { echo "test-host: run as root (the test host's root is this machine's /, shared by QEMU)" >&2; exit 2; }
 for tool in qemu-system-x86_64 busybox modprobe cpio; do
   command -v "$tool" >/dev/null || { echo "test-host: $tool is missing (apt-get install qemu-system-x86 busybox-static kmod cpio)" >&2; exit 2; }
 done
-log() { echo "test-host: $*" >&2; }
 
 if [ -z "$kroot" ]; then
   kroot=$(ls -d /var/lib/amphi/test-host-kernel/*/.complete 2>/dev/null | sort -V | tail -1)
@@ -104,12 +113,12 @@ fi
 
 t0=$EPOCHREALTIME
 work=$(mktemp -d /tmp/amphi-testhost.XXXXXX)
-tpid= readers=()
+tpid= readers=() watchdog=
 # A reader still blocked opening its FIFO (QEMU never started) gets a
 # writer for an instant, then EOF.
 unblock_readers() {
   local n fd
-  for n in con stdout stderr status; do
+  for n in con stdout stderr status mon; do
     [ -p "$work/$n.out" ] || continue
     exec {fd}<>"$work/$n.out"
     exec {fd}>&-
@@ -119,10 +128,11 @@ cleanup() {
   local rc=$? fd
   set +e
   trap - EXIT INT TERM HUP
-  # The timeout process forwards TERM to QEMU; the pid file is the fallback.
+  # QEMU, and the pid file as the fallback.
   [ -n "$tpid" ] && kill "$tpid" 2>/dev/null
   [ -s "$work/qemu.pid" ] && kill -KILL "$(cat "$work/qemu.pid")" 2>/dev/null
   [ -n "$tpid" ] && wait "$tpid" 2>/dev/null
+  [ -n "$watchdog" ] && kill "$watchdog" 2>/dev/null
   unblock_readers
   for p in "${readers[@]}"; do kill "$p" 2>/dev/null; wait "$p" 2>/dev/null; done
   [ -n "$console_log" ] && cp "$work/console.log" "$console_log" 2>/dev/null
@@ -250,7 +260,7 @@ chmod +x "$r/init"
 # --- boot ---------------------------------------------------------------------------
 # Output comes back through pipes: QEMU opens NAME.out itself (read-write),
 # the readers here get EOF when it exits.
-for n in con stdout stderr status; do mkfifo "$work/$n.in" "$work/$n.out"; done
+for n in con stdout stderr status mon; do mkfifo "$work/$n.in" "$work/$n.out"; done
 if [ "$quiet" = 1 ]; then
   cat "$work/con.out" > "$work/console.log" &
 else
@@ -261,8 +271,14 @@ cat "$work/stdout.out" &
 readers+=($!)
 cat "$work/stderr.out" >&2 &
 readers+=($!)
-# Stamps each status line with this side's clock.
-while IFS= read -r l; do echo "$EPOCHREALTIME $l"; done < "$work/status.out" > "$work/status" &
+# Stamps each status line with this side's clock (a subshell: no traps).
+(
+  trap - EXIT INT TERM HUP
+  while IFS= read -r l; do echo "$EPOCHREALTIME $l"; done < "$work/status.out" > "$work/status"
+) &
+readers+=($!)
+# QEMU's monitor, to see where the vCPUs are when the test host hangs.
+cat "$work/mon.out" > "$work/monitor.log" &
 readers+=($!)
 
 fsdevs=(-fsdev "local,id=hostroot,path=/,security_model=passthrough,readonly=on,multidevs=remap"
@@ -273,11 +289,17 @@ for s in ${shares[@]+"${shares[@]}"}; do
     -device "virtio-9p-pci,fsdev=share$i,mount_tag=share$i")
   i=$((i + 1))
 done
-timeout -k 5 "$timeout_s" qemu-system-x86_64 -M pc -accel tcg -cpu qemu64,+svm -smp "$smp" -m "$mem" \
+# Kernel arguments: no AppArmor (this machine has none, and dockerd would
+# ask for apparmor_parser); no speculation mitigations (nothing to protect
+# in a throw-away test host, and they cost under emulation); no KASLR, so
+# the addresses a hang report shows can be looked up in any test host's
+# /proc/kallsyms.
+qemu-system-x86_64 -M pc -accel tcg -cpu qemu64,+svm -smp "$smp" -m "$mem" \
   -nodefaults -no-user-config -display none -no-reboot -pidfile "$work/qemu.pid" \
+  -chardev "pipe,id=mon,path=$work/mon" -mon chardev=mon,mode=readline \
   -chardev "pipe,id=con,path=$work/con" -serial chardev:con \
   -kernel "$kroot/vmlinux" -initrd "$work/initrd" \
-  -append "console=ttyS0 panic=-1 quiet mitigations=off rdinit=/init" \
+  -append "console=ttyS0 panic=-1 quiet mitigations=off apparmor=0 nokaslr rdinit=/init$append" \
   "${fsdevs[@]}" \
   -device virtio-serial-pci \
   -chardev "pipe,id=stdout,path=$work/stdout" -device virtserialport,chardev=stdout,name=stdout \
@@ -285,9 +307,31 @@ timeout -k 5 "$timeout_s" qemu-system-x86_64 -M pc -accel tcg -cpu qemu64,+svm -
   -chardev "pipe,id=status,path=$work/status" -device virtserialport,chardev=status,name=status \
   </dev/null >"$work/qemu.log" 2>&1 &
 tpid=$!
+# The deadlines: --boot-timeout to the real root, --timeout in all. On
+# either, the vCPUs' registers go to the log before QEMU is stopped.
+(
+  trap - EXIT INT TERM HUP
+  booted=0
+  for ((i = 1; i <= timeout_s; i++)); do
+    sleep 1
+    kill -0 "$tpid" 2>/dev/null || exit 0
+    [ "$booted" = 1 ] || ! grep -q ' booted ' "$work/status" 2>/dev/null || booted=1
+    if [ "$booted" = 0 ] && [ "$i" -ge "$boot_timeout" ]; then touch "$work/boot-timeout"; break; fi
+  done
+  touch "$work/timed-out"
+  printf 'info cpus\ninfo registers -a\n' > "$work/mon.in"
+  sleep 1
+  kill "$tpid" 2>/dev/null
+  sleep 5
+  kill -KILL "$tpid" 2>/dev/null
+) &
+watchdog=$!
 qrc=0
 wait "$tpid" || qrc=$?
 tpid=
+kill "$watchdog" 2>/dev/null || true
+wait "$watchdog" 2>/dev/null || true
+watchdog=
 unblock_readers
 for p in "${readers[@]}"; do wait "$p" 2>/dev/null; done
 readers=()
@@ -298,12 +342,18 @@ t_booted=$(awk '$2 == "booted" {print $1}' "$work/status")
 t_start=$(awk '$2 == "start" {print $1}' "$work/status")
 read -r t_exit status < <(awk '$2 == "exit" {print $1, $3}' "$work/status") || true
 if [ -z "${status:-}" ]; then
-  if [ "$qrc" = 124 ] || [ "$qrc" = 137 ]; then
+  if [ -e "$work/boot-timeout" ]; then
+    log "the test host did not boot within ${boot_timeout}s (--boot-timeout)"
+  elif [ -e "$work/timed-out" ]; then
     log "the test host did not finish within ${timeout_s}s (--timeout)"
   else
     log "the test host stopped without reporting COMMAND's status (QEMU exit $qrc)"
   fi
   [ -s "$work/qemu.log" ] && sed 's/^/test-host: qemu: /' "$work/qemu.log" >&2
+  if [ -e "$work/timed-out" ]; then
+    log "where its vCPUs were (kernel addresses: no KASLR, look them up in a test host's /proc/kallsyms):"
+    tr -d '\r' < "$work/monitor.log" | grep -E '^ *(\* )?CPU ?#|^RIP=' | sed 's/^/  /' >&2
+  fi
   if [ "$quiet" = 1 ]; then
     log "last console lines:"
     tail -n 30 "$work/console.log" | sed 's/^/  /' >&2
@@ -312,3 +362,6 @@ if [ -z "${status:-}" ]; then
 fi
 log "exit $status; launch -> root mounted $(secs "$t0" "$t_booted")s -> command $(secs "$t0" "$t_start")s, command $(secs "$t_start" "$t_exit")s, total $(secs "$t0" "$t_end")s"
 exit "$status"
+}
+log() { echo "test-host: $*" >&2; }
+main "$@"
