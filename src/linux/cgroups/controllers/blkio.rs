@@ -39,6 +39,12 @@ fn throttles(b: &LinuxBlockIo) -> [(&'static str, &'static str, &'static str, &O
     ]
 }
 
+/// weight and leafWeight, with 0 meaning "not set": Docker sends
+/// `"weight": 0` for every container that sets none, and runc skips it.
+fn weights(b: &LinuxBlockIo) -> (Option<u16>, Option<u16>) {
+    (b.weight().filter(|&w| w != 0), b.leaf_weight().filter(|&w| w != 0))
+}
+
 fn nonempty<T>(v: &Option<Vec<T>>) -> &[T] {
     v.as_deref().unwrap_or_default()
 }
@@ -48,10 +54,11 @@ impl Controller for Blkio {
 
     fn requested(res: &LinuxResources) -> Option<&'static str> {
         let b = res.block_io().as_ref()?;
-        if b.weight().is_some() {
+        let (weight, leaf_weight) = weights(b);
+        if weight.is_some() {
             return Some("blockIO.weight");
         }
-        if b.leaf_weight().is_some() {
+        if leaf_weight.is_some() {
             return Some("blockIO.leafWeight");
         }
         if !nonempty(b.weight_device()).is_empty() {
@@ -62,10 +69,11 @@ impl Controller for Blkio {
 
     fn validate(res: &LinuxResources, v2: bool) -> Result<()> {
         let Some(b) = res.block_io() else { return Ok(()) };
-        if let Some(w) = b.weight() {
+        let (weight, leaf_weight) = weights(b);
+        if let Some(w) = weight {
             check_range("blockIO.weight", w, 10, 1000)?;
         }
-        if let Some(w) = b.leaf_weight() {
+        if let Some(w) = leaf_weight {
             check_range("blockIO.leafWeight", w, 10, 1000)?;
             if v2 {
                 return Err(CgroupError::unsupported(
@@ -151,7 +159,8 @@ fn no_weight_knob(field: &str, err: CgroupError) -> CgroupError {
 }
 
 fn apply_v1(ctx: &Ctx<'_>, b: &LinuxBlockIo) -> Result<()> {
-    if let Some(w) = b.weight() {
+    let (weight, leaf_weight) = weights(b);
+    if let Some(w) = weight {
         let v = w.to_string();
         match ctx.write("blockIO.weight", "blkio.weight", &v) {
             Err(CgroupError::Apply { source, .. }) if source.raw_os_error() == Some(libc::ENOENT) => {
@@ -160,7 +169,7 @@ fn apply_v1(ctx: &Ctx<'_>, b: &LinuxBlockIo) -> Result<()> {
             other => other?,
         }
     }
-    if let Some(w) = b.leaf_weight() {
+    if let Some(w) = leaf_weight {
         ctx.write("blockIO.leafWeight", "blkio.leaf_weight", &w.to_string()).map_err(no_leaf_weights)?;
     }
     let devs = nonempty(b.weight_device());
@@ -185,9 +194,10 @@ fn apply_v1(ctx: &Ctx<'_>, b: &LinuxBlockIo) -> Result<()> {
 
 fn apply_v2(ctx: &Ctx<'_>, b: &LinuxBlockIo) -> Result<()> {
     let devs = nonempty(b.weight_device());
-    let wants_weight = b.weight().is_some() || devs.iter().any(|d| d.weight().is_some());
+    let (weight, _) = weights(b);
+    let wants_weight = weight.is_some() || devs.iter().any(|d| d.weight().is_some());
     let bfq = wants_weight && ctx.has("io.bfq.weight");
-    if let Some(w) = b.weight() {
+    if let Some(w) = weight {
         if bfq {
             ctx.write("blockIO.weight", "io.bfq.weight", &w.to_string())?;
         } else {
@@ -323,5 +333,18 @@ mod tests {
             Some("blockIO.throttleWriteIOPSDevice")
         );
         assert_eq!(Blkio::requested(&res(r#"{"blockIO":{}}"#)), None);
+    }
+
+    #[test]
+    fn zero_weights_are_unset_as_docker_sends_them() {
+        let r = res(r#"{"blockIO":{"weight":0,"leafWeight":0}}"#);
+        assert_eq!(Blkio::requested(&r), None);
+        // Neither out of range nor a leaf weight v2 lacks; nothing written.
+        let d = Dir::new(true, &[("io.weight", "default 100")]);
+        d.apply::<Blkio>(&r).unwrap();
+        assert!(d.writes().is_empty(), "{:?}", d.writes());
+        let d = v1_dir();
+        d.apply::<Blkio>(&r).unwrap();
+        assert!(d.writes().iter().all(|(f, _)| f != "blkio.weight" && f != "blkio.leaf_weight"), "{:?}", d.writes());
     }
 }
