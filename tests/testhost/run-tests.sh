@@ -5,7 +5,7 @@
 # alone, /dev/kvm), with amphi in container isolation.
 #
 # Usage: tests/testhost/run-tests.sh [SUITE...]
-#   suites (default: all, in this order): selfcheck podman containerd cgroups
+#   suites (default: all, in this order): selfcheck podman containerd docker cgroups
 #   (tests/testhost/suites.sh says what each runs)
 # On the host first: the static amphi, amphi-agent and containerd-shim-amphi-v2
 # ($AMPHI's directory when it holds all three static, as scripts/setup.sh
@@ -19,7 +19,7 @@ set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
 . "$repo/tests/vm/lib.sh"
-all=(selfcheck podman containerd cgroups)
+all=(selfcheck podman containerd docker cgroups)
 suites=("$@")
 [ ${#suites[@]} -gt 0 ] || suites=("${all[@]}")
 for s in "${suites[@]}"; do

@@ -11,6 +11,8 @@
 #               (with amphi as the runtime)
 #   podman      bats tests/clients/podman.bats      (AMPHI=$TH_BIN/amphi)
 #   containerd  tests/clients/containerd.sh         (SHIM_DIR=$TH_BIN)
+#   docker      dockerd with amphi as a runtime: run (bridge network),
+#               exit code, run -d + stop + rm
 #   cgroups     the root tests that need a pure cgroup2 host: the cargo
 #               test binaries named in TH_TESTS, run with --ignored
 # Env: TH_BIN (static amphi, amphi-agent, containerd-shim-amphi-v2 side by
@@ -49,6 +51,7 @@ check() { # NAME COMMAND...: one ok/not ok line
   else
     echo "not ok - $name"
     printf '%s\n' "$out" | tail -n 15 | sed 's/^/#   /'
+    return 1
   fi
 }
 only_cgroup2() {
@@ -93,6 +96,46 @@ suite_selfcheck() {
   check "podman's bridge network works with amphi as the runtime" bridge_network
 }
 suite_podman() { AMPHI=$TH_BIN/amphi bats --tap tests/clients/podman.bats; }
+# dockerd 20.10 with amphi as an added runtime (containerd's runc shim
+# drives it as its runtime binary), an image imported from the hello
+# bundle (no registry: the test host has no network).
+docker_up() {
+  dockerd --add-runtime "amphi=$TH_BIN/amphi" > "$results/dockerd.log" 2>&1 &
+  for _ in $(seq 300); do docker version > /dev/null 2>&1 && break; sleep 0.2; done
+  docker version > /dev/null || { tail -n 5 "$results/dockerd.log"; return 1; }
+  tar -C bundles/hello/rootfs -c . | docker import - amphi-hello > /dev/null
+}
+docker_run() {
+  local out
+  out=$(docker run --rm --runtime amphi amphi-hello /bin/sh -c 'echo hello from docker; ip -4 -o addr show eth0') || return 1
+  echo "$out"
+  [[ $out == "hello from docker"*"inet 172."* ]]
+}
+docker_exit() {
+  docker run --rm --runtime amphi --network none amphi-hello /bin/sh -c 'exit 5'
+  [ $? = 5 ]
+}
+docker_detached() {
+  docker run -d --name testhost-d --runtime amphi amphi-hello /bin/sleep 1000 > /dev/null &&
+    [ "$(docker inspect -f '{{.State.Status}}' testhost-d)" = running ] &&
+    docker stop -t 1 testhost-d > /dev/null &&
+    [ "$(docker inspect -f '{{.State.ExitCode}}' testhost-d)" = 137 ] &&
+    docker rm testhost-d > /dev/null &&
+    [ -z "$(ls /run/docker/runtime-*/moby 2>/dev/null)" ] # amphi's state for docker's containers
+}
+docker_down() {
+  local pid
+  pid=$(cat /run/docker.pid 2>/dev/null) || return 0
+  kill "$pid"
+  while [ -e "/proc/$pid" ]; do sleep 0.2; done
+}
+suite_docker() {
+  check "dockerd starts with amphi as a runtime" docker_up || { docker_down; return 0; }
+  check "docker run --rm prints the output; the container is on docker0" docker_run
+  check "docker run --rm reports the exit code" docker_exit
+  check "docker run -d, stop (137) and rm leave nothing behind" docker_detached
+  docker_down
+}
 suite_containerd() { SHIM_DIR=$TH_BIN tests/clients/containerd.sh; }
 suite_cgroups() {
   local t name bin rc=0
