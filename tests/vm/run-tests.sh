@@ -18,7 +18,7 @@ root=$(cd "$here/../.." && pwd)
 . "$here/lib.sh"
 bench=0
 [ "${1:-}" = --bench ] && bench=1
-e2e_tests=19
+e2e_tests=30
 test_host=${VM_TEST_HOST:-minimal}
 case $test_host in full|minimal) ;; *) echo "vm tests: VM_TEST_HOST is full or minimal" >&2; exit 2 ;; esac
 
@@ -66,13 +66,14 @@ case $place in
     skipped=$e2e_tests ;;
 esac
 if [ "$place" != none ]; then
-  # e2e.sh's last line: "N passed, M failed".
-  read -r p f < <(tr -d '\r' < "$payload/e2e.log" | sed -n -E 's/^([0-9]+) passed, ([0-9]+) failed$/\1 \2/p' | tail -n 1)
+  # e2e.sh's last line: "N passed, M failed, K skipped".
+  read -r p f k < <(tr -d '\r' < "$payload/e2e.log" |
+    sed -n -E 's/^([0-9]+) passed, ([0-9]+) failed, ([0-9]+) skipped$/\1 \2 \3/p' | tail -n 1)
   if [ -z "${p:-}" ]; then
     echo "not ok - the e2e tests did not report (see above)"
-    p=0 f=1 status=1
+    p=0 f=1 k=0 status=1
   fi
-  passed=$((passed + p)) failed=$((failed + f))
+  passed=$((passed + p)) failed=$((failed + f)) skipped=$((skipped + k))
 fi
 if [ $bench = 1 ] && [ "$place" != none ]; then
   "$here/bench.sh" || status=1
