@@ -434,3 +434,19 @@ fn seccomp_notify_hands_the_listener_its_fd_and_the_state() {
     );
     assert!(a.leftovers().is_empty() && cgroups_of(&id).is_empty());
 }
+
+#[test]
+#[ignore = "needs root and busybox-static: run by scripts/test.sh"]
+fn exec_into_a_container_without_a_mount_namespace_sees_its_root() {
+    require_root!();
+    let r = Running::start("execnomnt", |c| {
+        c["linux"]["namespaces"].as_array_mut().unwrap().retain(|n| n["type"] != "mount");
+        c["linux"]["maskedPaths"] = serde_json::json!([]);
+        c["linux"]["readonlyPaths"] = serde_json::json!([]);
+        c["mounts"] = serde_json::json!([]);
+    });
+    std::fs::write(r.b.rootfs().join("marker"), "inside\n").unwrap();
+    let out = r.exec(&["/bin/cat", "/marker"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "inside\n");
+}

@@ -48,6 +48,10 @@ pub enum LinuxError {
         #[source]
         source: std::io::Error,
     },
+    /// The program cannot be run (not found, not executable), in runc's
+    /// words; `errno` picks the exit code (127 or 126).
+    #[error("{msg}")]
+    Program { msg: String, errno: Errno },
     /// An error the container's init reported, already carrying its chain.
     #[error("container init: {0}")]
     Init(String),

@@ -78,6 +78,23 @@ fn setns(fd: &impl AsFd, flags: libc::c_int, what: &str) -> Result<(), LinuxErro
         .map_err(|e| LinuxError::sys(format!("cannot join the container's {what}"), e))
 }
 
+/// The init's root directory if it is not ours (a chroot in our mount
+/// namespace), opened as an O_PATH fd.
+fn different_root(root: &str) -> Result<Option<OwnedFd>, LinuxError> {
+    let theirs = std::fs::metadata(root).map_err(|e| LinuxError::io("cannot inspect the container's root", e))?;
+    let ours = std::fs::metadata("/").map_err(|e| LinuxError::io("cannot inspect our root", e))?;
+    if (theirs.dev(), theirs.ino()) == (ours.dev(), ours.ino()) {
+        return Ok(None);
+    }
+    let fd = nix::fcntl::open(
+        root,
+        nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .map_err(|e| LinuxError::sys("cannot open the container's root", e))?;
+    Ok(Some(fd))
+}
+
 /// Everything the child needs, decided by the parent.
 struct ExecChild<'a> {
     plan: ProcessPlan<'a>,
@@ -88,6 +105,9 @@ struct ExecChild<'a> {
     init: &'a OwnedFd,
     /// setns flags for the child (all foreign namespaces but pid).
     namespaces: libc::c_int,
+    /// The init's root, for a container without a mount namespace of its
+    /// own (its init chrooted into the rootfs): the child chroots there.
+    chroot: Option<OwnedFd>,
     join: &'a Join,
     affinity: Affinity,
     oom_score_adj: Option<String>,
@@ -128,6 +148,10 @@ impl ExecChild<'_> {
         }
         if self.namespaces != 0 {
             setns(self.init, self.namespaces, "namespaces")?;
+        }
+        if let Some(root) = &self.chroot {
+            nix::unistd::fchdir(root.as_fd()).map_err(errno("cannot enter the container's root"))?;
+            nix::unistd::chroot(".").map_err(errno("cannot chroot into the container's root"))?;
         }
         let master = if self.plan.process.terminal().unwrap_or(false) {
             Some(console::setup(self.console_size)?.0)
@@ -214,6 +238,7 @@ pub fn exec(dir: &ContainerDir, state: &State, req: &ExecRequest<'_>) -> Result<
         seccomp::check_listener(l)?;
     }
     let root = format!("/proc/{}/root", state.pid);
+    let chroot = if foreign & libc::CLONE_NEWNS == 0 { different_root(&root)? } else { None };
     let plan = ProcessPlan::new(
         process,
         filter.clone(),
@@ -230,6 +255,7 @@ pub fn exec(dir: &ContainerDir, state: &State, req: &ExecRequest<'_>) -> Result<
         state_dir: dir.fd(),
         init: &init,
         namespaces: foreign & !libc::CLONE_NEWPID,
+        chroot,
         join: &join,
         affinity,
         oom_score_adj: std::fs::read_to_string(format!("/proc/{}/oom_score_adj", state.pid))

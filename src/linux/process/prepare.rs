@@ -198,7 +198,8 @@ fn setgroups_allowed() -> bool {
 
 /// Finds args[0] the way runc does: as given when it has a slash,
 /// otherwise along the process's PATH. The wording of the errors is
-/// runc's, which podman and docker map to exit codes 127 and 126.
+/// runc's (Go's lower-case errno texts included), which podman and docker
+/// match to report exit codes 127 and 126.
 pub fn resolve_program(args: &[CString], env: &[CString], cwd: &Path) -> Result<CString, LinuxError> {
     let arg0 = args.first().map(|a| a.to_bytes()).unwrap_or_default();
     let name = String::from_utf8_lossy(arg0).into_owned();
@@ -209,6 +210,7 @@ pub fn resolve_program(args: &[CString], env: &[CString], cwd: &Path) -> Result<
         }
         nix::unistd::access(p, nix::unistd::AccessFlags::X_OK)
     };
+    let program = |msg: String, errno: Errno| LinuxError::Program { msg, errno };
     if arg0.contains(&b'/') {
         let p = if arg0.starts_with(b"/") {
             PathBuf::from(std::ffi::OsStr::from_bytes(arg0))
@@ -217,7 +219,11 @@ pub fn resolve_program(args: &[CString], env: &[CString], cwd: &Path) -> Result<
         };
         return match check(&p) {
             Ok(()) => Ok(CString::new(p.as_os_str().as_bytes()).unwrap_or_default()),
-            Err(e) => Err(LinuxError::sys(format!("exec: {name:?}: cannot run it"), e)),
+            Err(Errno::ENOENT) => {
+                Err(program(format!("exec: {name:?}: stat {}: no such file or directory", p.display()), Errno::ENOENT))
+            }
+            Err(Errno::EACCES) => Err(program(format!("exec: {name:?}: permission denied"), Errno::EACCES)),
+            Err(e) => Err(program(format!("exec: {name:?}: {}", e.desc().to_lowercase()), e)),
         };
     }
     let path_var = env
@@ -235,8 +241,8 @@ pub fn resolve_program(args: &[CString], env: &[CString], cwd: &Path) -> Result<
         }
     }
     match denied {
-        Some(p) => Err(LinuxError::sys(format!("exec: {name:?}: permission denied ({})", p.display()), Errno::EACCES)),
-        None => Err(LinuxError::sys(format!("exec: {name:?}: executable file not found in $PATH"), Errno::ENOENT)),
+        Some(p) => Err(program(format!("exec: {name:?}: permission denied ({})", p.display()), Errno::EACCES)),
+        None => Err(program(format!("exec: {name:?}: executable file not found in $PATH"), Errno::ENOENT)),
     }
 }
 
@@ -279,6 +285,8 @@ pub fn reset_signals() {
 /// executed / not found" codes for exec failures, 1 for the rest.
 pub fn failure_code(e: &LinuxError) -> i32 {
     match e {
+        LinuxError::Program { errno: Errno::ENOENT, .. } => 127,
+        LinuxError::Program { .. } => 126,
         LinuxError::Sys { errno: Errno::ENOENT, what } if what.starts_with("exec") => 127,
         LinuxError::Sys { what, .. } if what.starts_with("exec") => 126,
         _ => 1,
@@ -299,6 +307,11 @@ mod tests {
         assert_eq!(failure_code(&e), 127);
         let e = resolve_program(&[CString::new("/etc").unwrap()], &env, Path::new("/")).unwrap_err();
         assert_eq!(failure_code(&e), 126);
+        assert_eq!(e.to_string(), "exec: \"/etc\": permission denied");
+        // runc's wording, which docker matches (case and all) for exit code 127.
+        let e = resolve_program(&[CString::new("/no/such").unwrap()], &env, Path::new("/")).unwrap_err();
+        assert_eq!(e.to_string(), "exec: \"/no/such\": stat /no/such: no such file or directory");
+        assert_eq!(failure_code(&e), 127);
     }
 
     #[test]
