@@ -32,8 +32,8 @@ PACKAGES=(
   build-essential pkg-config libseccomp-dev
   # bundles, the VM guest image and the nested test host
   busybox-static cpio lz4 zstd xz-utils kmod e2fsprogs file qemu-system-x86
-  # reference runtimes and real clients
-  runc crun podman conmon containerd uidmap
+  # reference runtimes and real clients (umoci builds containerd's test image)
+  runc crun podman conmon containerd uidmap docker.io umoci
   # the OCI validation suite is built from Debian's Go sources
   golang-go golang-github-opencontainers-runtime-tools-dev
   # test and benchmark tools

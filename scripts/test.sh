@@ -2,11 +2,11 @@
 # The whole test suite, tier by tier (docs/testing.md), as root:
 #   1  unit and no-root black-box tests        cargo test --workspace
 #   2  root integration tests                   cargo test --workspace -- --ignored
-#   3  conformance and real clients             OCI validation suite, podman, containerd
+#   3  conformance and real clients             OCI validation suite, podman, containerd, docker
 #   4  VM end to end                            tests/vm/run-tests.sh
 #   +  leak check: nothing the suite made (containers, cgroups, mounts,
 #      processes) may remain afterwards.
-# Usage: scripts/test.sh [--no-setup] [TIER...]   (tiers: unit root oci podman containerd vm)
+# Usage: scripts/test.sh [--no-setup] [TIER...]   (tiers: unit root oci podman containerd docker vm)
 set -uo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -15,11 +15,11 @@ tiers=()
 for a in "$@"; do
   case $a in
     --no-setup) setup=0 ;;
-    unit|root|oci|podman|containerd|vm) tiers+=("$a") ;;
+    unit|root|oci|podman|containerd|docker|vm) tiers+=("$a") ;;
     *) echo "test: unknown argument $a" >&2; exit 2 ;;
   esac
 done
-[ ${#tiers[@]} -gt 0 ] || tiers=(unit root oci podman containerd vm)
+[ ${#tiers[@]} -gt 0 ] || tiers=(unit root oci podman containerd docker vm)
 [ "$(id -u)" = 0 ] || { echo "test: run as root" >&2; exit 2; }
 if [ "$setup" = 1 ]; then
   scripts/setup.sh --quiet || { echo "test: setup failed" >&2; exit 1; }
@@ -52,6 +52,7 @@ want podman && run_tier podman bats tests/clients/podman.bats
 if want containerd; then
   if [ -f tests/clients/containerd.sh ]; then run_tier containerd tests/clients/containerd.sh; fi
 fi
+want docker && run_tier docker tests/clients/docker.sh
 if want vm; then
   if [ -x tests/vm/run-tests.sh ]; then run_tier vm tests/vm/run-tests.sh; fi
 fi
