@@ -3,20 +3,20 @@
 #   lint        cargo fmt --check; cargo clippy --all-targets -D warnings
 #   unit        unit and no-root black-box tests        cargo test --workspace
 #   root        root integration tests                   cargo test --workspace -- --ignored
-#   oci podman containerd   conformance and real clients on this host
+#   oci podman containerd docker   conformance and real clients on this host
 #   vm          VM end to end                           tests/vm/run-tests.sh
 #   testhost    real clients and the pure-cgroup2 root tests in the full
 #               test host                               tests/testhost/run-tests.sh
 #   +  leak check: nothing the suite made (containers, cgroups, mounts,
 #      processes) may remain afterwards.
 # Usage: scripts/test.sh [--no-setup] [TIER...]
-#   (tiers: lint unit root oci podman containerd vm testhost; default all)
+#   (tiers: lint unit root oci podman containerd docker vm testhost; default all)
 # The summary shows each tier as PASS, FAIL or SKIP (reason) with its
 # counts; a test that could not run is counted as skipped, never passed.
 set -uo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
-all=(lint unit root oci podman containerd vm testhost)
+all=(lint unit root oci podman containerd docker vm testhost)
 setup=1
 tiers=()
 for a in "$@"; do
@@ -109,6 +109,7 @@ want root && run_tier root tests/cargo-test.sh root --workspace --locked -- --ig
 want oci && run_tier oci tests/oci/validation.sh --known tests/oci/known-failures.txt "$AMPHI"
 want podman && run_tier podman bats tests/clients/podman.bats
 want containerd && run_tier containerd tests/clients/containerd.sh
+want docker && run_tier docker tests/clients/docker.sh
 want vm && run_tier vm tests/vm/run-tests.sh
 want testhost && run_tier testhost tests/testhost/run-tests.sh
 

@@ -3,11 +3,14 @@
 //! as a plain function, so `container/` depends on neither `linux/` nor
 //! `vm/`, and tests can hand it fakes.
 
-use crate::container::sandbox::{CreateRequest, Created, RuntimeHooks, Sandbox, SandboxError};
+use oci_spec::runtime::LinuxResources;
+
+use crate::container::sandbox::{CreateRequest, Created, Exec, ExecRequest, RuntimeHooks, Sandbox, SandboxError};
+use crate::container::signal::Sig;
 use crate::container::state::State;
+use crate::container::stats::Stats;
 use crate::container::store::ContainerDir;
 use crate::spec::Isolation;
-use nix::sys::signal::Signal;
 
 /// The isolation implementation for a container.
 pub fn sandbox_for(isolation: Isolation) -> Box<dyn Sandbox> {
@@ -40,10 +43,31 @@ impl Sandbox for NotYet {
     fn start(&self, _: &ContainerDir, _: &State) -> Result<(), SandboxError> {
         self.refuse()
     }
-    fn kill(&self, _: &State, _: Signal, _: bool) -> Result<(), SandboxError> {
+    fn kill(&self, _: &State, _: Sig, _: bool) -> Result<(), SandboxError> {
         self.refuse()
     }
     fn destroy(&self, _: &State) -> Result<(), SandboxError> {
+        self.refuse()
+    }
+    fn exec(&self, _: &ContainerDir, _: &State, _: &ExecRequest<'_>) -> Result<Exec, SandboxError> {
+        self.refuse()
+    }
+    fn pause(&self, _: &State) -> Result<(), SandboxError> {
+        self.refuse()
+    }
+    fn resume(&self, _: &State) -> Result<(), SandboxError> {
+        self.refuse()
+    }
+    fn update(&self, _: &State, _: &LinuxResources) -> Result<(), SandboxError> {
+        self.refuse()
+    }
+    fn pids(&self, _: &State) -> Result<Vec<i32>, SandboxError> {
+        self.refuse()
+    }
+    fn ps(&self, _: &State, _: &[String]) -> Result<String, SandboxError> {
+        self.refuse()
+    }
+    fn stats(&self, _: &State) -> Result<Stats, SandboxError> {
         self.refuse()
     }
 }
