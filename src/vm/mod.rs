@@ -13,17 +13,19 @@ pub mod agent_client;
 pub mod boot;
 pub mod check;
 pub mod devices;
+pub mod guest;
 pub mod host;
 pub mod image;
 pub mod kernel;
 pub mod process;
+pub mod sandbox;
 pub mod vmm;
 
 pub use check::{check, CheckError, CheckOptions, CheckReport};
 
 /// Kernel modules the guest needs for the agent's vsock, in any order (they
 /// are resolved to load order from the modules' own dependency lists).
-pub const GUEST_MODULES: &[&str] = &["virtio_mmio", "vmw_vsock_virtio_transport"];
+pub const GUEST_MODULES: &[&str] = &["virtio_mmio", "vmw_vsock_virtio_transport", "virtiofs"];
 
 /// The kernel command line for amphi guests. `quiet` matters: every console
 /// byte is a VM exit. `pci=off` skips probing a PCI bus there is none of,
