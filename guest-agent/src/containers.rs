@@ -22,7 +22,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use amphi::agent::container::{
-    CreateContainerRequest, CreateContainerResponse, ExitStatus, ResizeRequest, SignalRequest, StreamKind, WaitRequest,
+    CreateContainerRequest, CreateContainerResponse, CreateTimings, ExitStatus, ResizeRequest, SignalRequest, StreamKind, WaitRequest,
     GUEST_BUNDLE_DIR, GUEST_SHARE_DIR, GUEST_STATE_DIR,
 };
 use amphi::agent::relay;
@@ -81,6 +81,7 @@ struct Container {
 struct Parked {
     helper: Helper,
     stdio: Stdio3,
+    timings: CreateTimings,
 }
 
 /// The helper process of one creation and its channel.
@@ -152,7 +153,9 @@ impl Containers {
         if self.exists(&id) {
             return Err(err(ErrorCode::ContainerExists, format!("container {id:?} exists already in the guest")));
         }
+        let t0 = Instant::now();
         self.mount_share(&req.share)?;
+        let share_ms = t0.elapsed().as_millis() as u64;
         let setup = |e: String| err(ErrorCode::GuestSetupFailed, e);
         let bundle = Path::new(GUEST_BUNDLE_DIR).join(&id);
         std::fs::create_dir_all(&bundle).map_err(|e| setup(format!("mkdir {}: {e}", bundle.display())))?;
@@ -178,8 +181,9 @@ impl Containers {
             args.push("--runtime-hooks".into());
         }
         args.push(id.clone());
+        let t1 = Instant::now();
         let helper = spawn_helper(&args, child_fds)?;
-        self.drive(id, helper, stdio)
+        self.drive(id, helper, stdio, CreateTimings { share_ms, runtime_ms: 0 }, t1)
     }
 
     /// `resume_create`: the host ran the hooks.
@@ -190,25 +194,33 @@ impl Containers {
         };
         helper::send(&mut p.helper.chan, &ToHelper::HooksDone)
             .map_err(|e| err(ErrorCode::ContainerFailed, format!("the runtime helper went away: {e}")))?;
-        self.drive(id.to_string(), p.helper, p.stdio)
+        self.drive(id.to_string(), p.helper, p.stdio, p.timings, Instant::now())
     }
 
     /// Reads the helper's messages until the container is created, the
     /// hooks are due, or it failed.
-    fn drive(&self, id: String, mut helper: Helper, stdio: Stdio3) -> Result<CreateContainerResponse, AgentError> {
+    fn drive(
+        &self,
+        id: String,
+        mut helper: Helper,
+        stdio: Stdio3,
+        mut timings: CreateTimings,
+        since: Instant,
+    ) -> Result<CreateContainerResponse, AgentError> {
         let _ = helper.chan.set_read_timeout(Some(HELPER_DEADLINE));
         let msg = helper::recv::<ToAgent>(&mut helper.reader);
+        timings.runtime_ms += since.elapsed().as_millis() as u64;
         match msg {
             Ok(Some(ToAgent::Hooks(pid))) => {
-                self.parked.lock().unwrap_or_else(|e| e.into_inner()).insert(id, Parked { helper, stdio });
-                Ok(CreateContainerResponse { pid, hooks_pending: true })
+                self.parked.lock().unwrap_or_else(|e| e.into_inner()).insert(id, Parked { helper, stdio, timings });
+                Ok(CreateContainerResponse { pid, hooks_pending: true, timings: Some(timings) })
             }
             Ok(Some(ToAgent::Created(pid))) => {
                 let init = start_relays(pid, stdio)?;
                 let c = Arc::new(Container { init });
                 self.table.lock().unwrap_or_else(|e| e.into_inner()).insert(id, c);
                 self.appeared.notify_all();
-                Ok(CreateContainerResponse { pid, hooks_pending: false })
+                Ok(CreateContainerResponse { pid, hooks_pending: false, timings: Some(timings) })
             }
             Ok(Some(ToAgent::Failed { exit_code, message })) => Err(runtime_error(exit_code, message)),
             Ok(Some(other)) => {

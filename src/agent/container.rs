@@ -101,6 +101,19 @@ pub struct CreateContainerResponse {
     /// True: the runtime hooks must run now, then `resume_create`.
     #[serde(default)]
     pub hooks_pending: bool,
+    /// Where the guest spent the time (absent from older agents).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timings: Option<CreateTimings>,
+}
+
+/// Milliseconds the guest took for the parts of a creation.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreateTimings {
+    /// Mounting the virtio-fs share (0 when it was mounted already).
+    pub share_ms: u64,
+    /// The runtime helper, from its start to the container waiting to be
+    /// started (hooks excluded).
+    pub runtime_ms: u64,
 }
 
 /// Names a container (start, resume_create, pause, resume, stats).

@@ -182,6 +182,7 @@ impl Runtime {
         }
         let guard = guard.expect("blocked for foreground runs");
         let code = foreground::supervise(&guard, state.pid, console).map_err(ContainerError::Wait)?;
+        crate::logging::timing("run:exited");
         drop(guard);
         crate::logging::debug_with(|| format!("run {id}: process {} ended, exit code {code}", state.pid));
         if !keep {

@@ -153,6 +153,7 @@ impl Sandbox for VmSandbox {
     fn start(&self, dir: &ContainerDir, state: &State) -> Result<(), SandboxError> {
         let mut c = connect(state, CALL_TIMEOUT)?;
         c.start_container(&state.id).map_err(VmError::from)?;
+        crate::logging::timing("start:done");
         // The container is running from here on (status: no marker).
         let _ = std::fs::remove_file(dir.fifo_path());
         Ok(())
@@ -239,6 +240,7 @@ fn console_tail(path: &Path) -> Vec<String> {
 }
 
 fn create(req: &CreateRequest<'_>, hooks: &mut RuntimeHooks<'_>) -> Result<Created, VmError> {
+    crate::logging::timing("create:start");
     let spec = &req.bundle.spec;
     host::check(&SystemHost, Path::new(host::DEFAULT_KVM_PATH))?;
     let size: VmSize = plan::size(spec, host_cpus())?;
@@ -267,7 +269,7 @@ fn create(req: &CreateRequest<'_>, hooks: &mut RuntimeHooks<'_>) -> Result<Creat
     }
     let window = if req.keep_console { window_of_stdin() } else { None };
     let gplan = plan::guest_plan(spec, &req.bundle.dir, &req.bundle.rootfs, req.cgroups_path.as_deref(), window)?;
-    let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/proc/self/exe"));
+    let exe = crate::linux::exe::original_exe();
     let guest = guest::resolve(
         &GuestOptions {
             kernel: size.kernel.clone(),
@@ -368,9 +370,10 @@ fn create(req: &CreateRequest<'_>, hooks: &mut RuntimeHooks<'_>) -> Result<Creat
         )
     });
 
+    crate::logging::timing("create:vmm_forked");
     // Until the agent listens.
-    let booted = wait_for_agent(events_r, size.boot_timeout, &console_log);
-    booted?;
+    wait_for_agent(events_r, size.boot_timeout, &console_log)?;
+    crate::logging::timing("create:agent_listening");
     let deadline = Instant::now() + size.boot_timeout;
     let mut client = AgentClient::connect(&uds, deadline)?;
     client.set_timeout(Some(Duration::from_secs(120)));
@@ -391,7 +394,18 @@ fn create(req: &CreateRequest<'_>, hooks: &mut RuntimeHooks<'_>) -> Result<Creat
         hooks(pid)?;
         created = client.resume_create(req.id)?;
     }
-    crate::logging::debug_with(|| format!("create {}: guest init is pid {} in the VM", req.id, created.pid));
+    crate::logging::timing("create:container_created");
+    crate::logging::debug_with(|| {
+        let t = created.timings.unwrap_or_default();
+        format!(
+            "create {}: guest init is pid {} in the VM (guest: share mounted in {} ms, runtime {} ms)",
+            req.id, created.pid, t.share_ms, t.runtime_ms
+        )
+    });
+    if let Some(t) = created.timings {
+        crate::logging::timing(&format!("guest:share_ms={}", t.share_ms));
+        crate::logging::timing(&format!("guest:runtime_ms={}", t.runtime_ms));
+    }
 
     if let Some(m) = &master {
         if let Some(path) = &req.console_socket {
@@ -487,6 +501,40 @@ impl Launch for Attached {
     fn launch(mut self: Box<Self>) -> Result<(), SandboxError> {
         self.client.set_timeout(Some(CALL_TIMEOUT));
         self.client.start_container(&self.id).map_err(VmError::from)?;
+        crate::logging::timing("start:done");
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn waiting_for_the_agent_times_out_and_reports_events() {
+        let d = tempfile::tempdir().unwrap();
+        let console = d.path().join("console.log");
+        std::fs::write(&console, "line one\nKernel says hi\n").unwrap();
+        let (r, w) = nix::unistd::pipe().unwrap();
+        let t = Instant::now();
+        let e = wait_for_agent(r, Duration::from_millis(300), &console).unwrap_err();
+        assert!(t.elapsed() < Duration::from_secs(5));
+        assert!(e.to_string().contains("kernel was never entered"), "{e}");
+        assert!(e.to_string().contains("Kernel says hi"), "{e}");
+        drop(w);
+
+        let (r, w) = nix::unistd::pipe().unwrap();
+        nix::unistd::write(&w, b"{\"event\":\"kernel_entry\"}\n{\"event\":\"agent_listening\"}\n").unwrap();
+        wait_for_agent(r, Duration::from_secs(5), &console).unwrap();
+        drop(w);
+
+        let (r, w) = nix::unistd::pipe().unwrap();
+        nix::unistd::write(&w, b"{\"event\":\"error\",\"message\":\"no kvm\"}\n").unwrap();
+        let e = wait_for_agent(r, Duration::from_secs(5), &console).unwrap_err();
+        assert!(e.to_string().contains("no kvm"), "{e}");
+        let (r, w) = nix::unistd::pipe().unwrap();
+        drop(w);
+        let e = wait_for_agent(r, Duration::from_secs(5), &console).unwrap_err();
+        assert!(e.to_string().contains("ended without saying why"), "{e}");
     }
 }

@@ -185,6 +185,7 @@ pub fn run(plan: VmmPlan) -> i32 {
         events.send(&ChildEvent::Error { message: format!("{what}: {e}") });
         1
     };
+    crate::logging::timing("vmm:forked");
     let _ = nix::unistd::setsid();
     if let Err(e) = join.join_self() {
         return fail("cannot join the container's cgroup", crate::logging::chain(&e));
@@ -244,6 +245,7 @@ pub fn run(plan: VmmPlan) -> i32 {
             };
             let Ok(mut client) = AgentClient::connect(&uds, deadline) else { return };
             if let Ok(s) = client.wait(WaitRequest { id, exec_id: None }) {
+                crate::logging::timing("vmm:exit_seen");
                 relays.finish(FLUSH_LIMIT);
                 *status.lock().unwrap_or_else(|e| e.into_inner()) = Some(s);
                 stop.store(true, Ordering::Release);
@@ -259,6 +261,11 @@ pub fn run(plan: VmmPlan) -> i32 {
         let events = events.clone();
         let tx = Mutex::new(tx);
         Arc::new(move |e: VmmEvent| {
+            match &e {
+                VmmEvent::KernelEntry => crate::logging::timing("vmm:kernel_entry"),
+                VmmEvent::AgentListening => crate::logging::timing("vmm:agent_listening"),
+                VmmEvent::GuestPanic(_) => {}
+            }
             events.send(&match &e {
                 VmmEvent::KernelEntry => ChildEvent::KernelEntry,
                 VmmEvent::AgentListening => ChildEvent::AgentListening,
@@ -269,6 +276,7 @@ pub fn run(plan: VmmPlan) -> i32 {
     };
     let outcome = vmm::run(&config, on_event, stop);
     let known = *status.lock().unwrap_or_else(|e| e.into_inner());
+    crate::logging::timing("vmm:vm_stopped");
     if let Some(s) = known {
         exit_like(s);
     }
