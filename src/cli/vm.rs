@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 
+use amphi::vm::vmm::FsShare;
 use clap::{Args, Subcommand};
 
 #[derive(Debug, Subcommand)]
@@ -83,6 +84,10 @@ pub struct RunVmmArgs {
     pub event_fd: i32,
     #[arg(long, default_value = "/dev/kvm")]
     pub kvm: PathBuf,
+    /// Serve DIR to the guest over virtio-fs under TAG (`mount -t virtiofs
+    /// TAG /mnt` in the guest); `:ro` refuses writes. Repeatable.
+    #[arg(long, value_name = "TAG=DIR[:ro]")]
+    pub share: Vec<FsShare>,
 }
 
 #[cfg(test)]
@@ -120,5 +125,40 @@ mod tests {
             other => panic!("parsed as {other:?}"),
         }
         assert!(Cli::try_parse_from(["amphi", "vm", "check", "--cpus", "0"]).is_err());
+    }
+
+    #[test]
+    fn run_vmm_takes_repeated_shares() {
+        let base = [
+            "amphi",
+            "vm",
+            "run-vmm",
+            "--kernel",
+            "/k",
+            "--initrd",
+            "/i",
+            "--cmdline",
+            "quiet",
+            "--memory",
+            "256",
+            "--cpus",
+            "1",
+            "--vsock-uds",
+            "/t/v",
+            "--vsock-cid",
+            "3",
+            "--event-fd",
+            "5",
+        ];
+        let cli = Cli::try_parse_from(base.iter().copied().chain(["--share", "a=/x", "--share", "b=/y:ro"])).unwrap();
+        match cli.command {
+            Command::Vm(VmCommand::RunVmm(a)) => {
+                assert_eq!(a.share.len(), 2);
+                assert_eq!((a.share[1].tag.as_str(), a.share[1].read_only), ("b", true));
+            }
+            other => panic!("parsed as {other:?}"),
+        }
+        let bad = Cli::try_parse_from(base.iter().copied().chain(["--share", "nodir"])).unwrap_err().to_string();
+        assert!(bad.contains("expected TAG=DIR"), "{bad}");
     }
 }

@@ -71,6 +71,7 @@ fn run_vmm(a: RunVmmArgs) -> u8 {
         vsock_cid: a.vsock_cid,
         event_fd,
         kvm_path: a.kvm,
+        shares: a.share,
     };
     amphi::vm::process::run_child(args.into_config(), event_fd)
 }

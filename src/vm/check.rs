@@ -337,6 +337,7 @@ pub fn check(opts: &CheckOptions, progress: &mut dyn FnMut(&str)) -> Result<Chec
         vsock_cid: crate::vm::devices::virtio::vsock::DEFAULT_GUEST_CID,
         event_fd: write_end.as_raw_fd(),
         kvm_path: opts.kvm_path.clone(),
+        shares: Vec::new(),
     };
     let t0 = Instant::now();
     let spawned = Command::new(&opts.vmm_binary)

@@ -23,8 +23,10 @@ pub mod vmm;
 
 pub use check::{check, CheckError, CheckOptions, CheckReport};
 
-/// Kernel modules the guest needs for the agent's vsock, in any order (they
-/// are resolved to load order from the modules' own dependency lists).
+/// Kernel modules the guest needs: the agent's vsock and virtio-fs for
+/// shared directories (`fuse` comes in as a dependency of `virtiofs`), in
+/// any order (they are resolved to load order from the modules' own
+/// dependency lists).
 pub const GUEST_MODULES: &[&str] = &["virtio_mmio", "vmw_vsock_virtio_transport", "virtiofs"];
 
 /// The kernel command line for amphi guests. `quiet` matters: every console

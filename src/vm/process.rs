@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use serde::{Deserialize, Serialize};
 
 use crate::exit;
-use crate::vm::vmm::{self, ExitReason, VmmConfig, VmmEvent};
+use crate::vm::vmm::{self, ExitReason, FsShare, VmmConfig, VmmEvent};
 
 /// One line on the event pipe.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -70,11 +70,33 @@ pub fn peak_rss_kib() -> u64 {
     nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_SELF).map(|u| u.max_rss() as u64).unwrap_or(0)
 }
 
+/// Open files a VMM with shares may hold: the passthrough keeps one fd per
+/// inode the guest has looked up and per file it has open.
+pub const SHARE_OPEN_FILES: u64 = 65536;
+
+/// Sets this process's open-file limit to [`SHARE_OPEN_FILES`] (or the hard
+/// limit, if lower and not raisable). The limit is both the room a
+/// container needs and the bound on what a guest can make the VMM hold:
+/// past it, opens and lookups fail with EMFILE in the guest and the VMM's
+/// memory stays put (each fd is a few hundred bytes, kernel side charged
+/// to the VMM's cgroup).
+pub fn limit_open_files() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let Ok((_, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else { return };
+    if hard < SHARE_OPEN_FILES && setrlimit(Resource::RLIMIT_NOFILE, SHARE_OPEN_FILES, SHARE_OPEN_FILES).is_ok() {
+        return;
+    }
+    let _ = setrlimit(Resource::RLIMIT_NOFILE, SHARE_OPEN_FILES.min(hard), hard);
+}
+
 /// Body of `amphi vm run-vmm`: runs the VM, reports on `event_fd`, returns
 /// the process exit status.
 pub fn run_child(config: VmmConfig, event_fd: i32) -> u8 {
     // If the parent dies, so does the VM: nothing is left behind.
     let _ = nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL);
+    if !config.shares.is_empty() {
+        limit_open_files();
+    }
     let pipe: Box<dyn Write + Send> =
         match std::fs::OpenOptions::new().write(true).open(format!("/proc/self/fd/{event_fd}")) {
             Ok(f) => Box::new(f),
@@ -150,6 +172,8 @@ pub struct ChildArgs {
     pub vsock_cid: u64,
     pub event_fd: i32,
     pub kvm_path: PathBuf,
+    /// Directories served over virtio-fs (`--share TAG=DIR[:ro]`).
+    pub shares: Vec<FsShare>,
 }
 
 impl ChildArgs {
@@ -180,6 +204,10 @@ impl ChildArgs {
             v.push("--serial".into());
             v.push(s.display().to_string());
         }
+        for share in &self.shares {
+            v.push("--share".into());
+            v.push(share.to_string());
+        }
         v
     }
 
@@ -197,6 +225,7 @@ impl ChildArgs {
                 None => vmm::SerialOutput::Discard,
             },
             vsock: Some(vmm::VsockConfig { guest_cid: self.vsock_cid, uds_path: self.vsock_uds }),
+            shares: self.shares,
         }
     }
 }
@@ -252,11 +281,16 @@ mod tests {
             vsock_cid: 3,
             event_fd: 5,
             kvm_path: "/dev/kvm".into(),
+            shares: vec!["rootfs=/r".parse().unwrap(), "vol=/v:ro".parse().unwrap()],
         };
         let argv = a.to_argv();
         assert_eq!(&argv[..2], ["vm", "run-vmm"]);
         assert!(argv.windows(2).any(|w| w[0] == "--cmdline" && w[1] == "console=ttyS0 quiet"));
+        let shares: Vec<&str> = argv.windows(2).filter(|w| w[0] == "--share").map(|w| w[1].as_str()).collect();
+        assert_eq!(shares, ["rootfs=/r", "vol=/v:ro"]);
         let c = a.into_config();
         assert_eq!(c.serial, vmm::SerialOutput::Stdout);
+        assert_eq!(c.shares.len(), 2);
+        assert!(c.shares[1].read_only);
     }
 }

@@ -4,16 +4,18 @@
 # directly on a host with VMX/SVM. POSIX sh, so busybox runs it.
 #
 # Usage: e2e.sh PAYLOAD_DIR   (holding amphi, amphi-agent, kernel/vmlinuz,
-#   modules/, bad-init and silent-agent; see run-tests.sh)
-# Ends with the line "N passed, M failed"; exits non-zero on any failure.
+#   modules/, bad-init, silent-agent and fs-initrd; see run-tests.sh)
+# Ends with the line "N passed, M failed, K skipped"; exits non-zero on any
+# failure. A test that cannot run here is reported skipped with the reason.
 p=${1:-/payload}
 A=$p/amphi K=$p/kernel/vmlinuz M=$p/modules
 CACHE=${E2E_CACHE:-/tmp/amphi-e2e-cache}
 TIMEOUT=${E2E_TIMEOUT:-180}
 export TMPDIR=${E2E_TMPDIR:-/tmp/amphi-e2e-tmp}
 mkdir -p "$TMPDIR"
-pass=0 fail=0
+pass=0 fail=0 skip=0
 ok() { pass=$((pass + 1)); echo "ok - $1"; }
+skipped() { skip=$((skip + 1)); echo "ok - $1 # SKIP $2"; }
 not_ok() { fail=$((fail + 1)); echo "not ok - $1"; [ -n "$2" ] && printf '%s\n' "$2" | sed 's/^/#   /'; }
 check() { if eval "$2"; then ok "$1"; else not_ok "$1" "$out"; fi; }
 
@@ -35,8 +37,8 @@ out=$(vmcheck --timeout "$TIMEOUT"); rc=$?
 echo "$out" | sed 's/^/# /'
 check "vm check boots the stock kernel and handshakes with the agent" \
   '[ $rc = 0 ] && echo "$out" | grep -q "^amphi vm check: ok" && echo "$out" | grep -q "guest kernel    [0-9]"'
-check "the agent loaded the vsock modules in dependency order" \
-  'echo "$out" | grep -q "modules loaded  .*virtio_mmio.*vsock .*vmw_vsock_virtio_transport_common vmw_vsock_virtio_transport$"'
+check "the agent loaded the vsock and virtio-fs modules in dependency order" \
+  'echo "$out" | grep -q "modules loaded  .*virtio_mmio.*vsock .*vmw_vsock_virtio_transport_common vmw_vsock_virtio_transport .*fuse virtiofs$"'
 check "the report has the time breakdown and the VMM peak RSS" \
   'echo "$out" | grep -q "kernel entry -> agent listening" && echo "$out" | grep -q "teardown" && echo "$out" | grep -q "VMM peak RSS: [0-9]"'
 check "the guest powered off cleanly" 'echo "$out" | grep -q "guest powered off cleanly"'
@@ -90,6 +92,66 @@ check "nothing is left behind after an interruption" 'sleep 1; no_leftovers'
 out=$(vmcheck --memory 16 --timeout 20); rc=$?
 check "too little memory is refused with the fix" '[ $rc != 0 ] && echo "$out" | grep -q -- "--memory 64 or more"'
 
+# 5. virtio-fs: a busybox guest (no agent) mounts two directories the VMM
+# serves, one of them read-only, and one with a directory and a single file
+# bind-mounted inside it (in a private mount namespace, as part 2's VMM
+# will have); the host checks what the guest wrote.
+FS_CHECKS=11
+fs_test() {
+  fsd=$(mktemp -d /tmp/amphi-e2e-fs.XXXXXX)
+  share=$fsd/share
+  mkdir -p "$share/vol" "$fsd/ro" "$fsd/vol"
+  echo "hello from the host" > "$share/from-host.txt"
+  echo "read-only data" > "$fsd/ro/ro.txt"
+  echo "volume data" > "$fsd/vol/inside.txt"
+  echo "single file" > "$fsd/single.txt"
+  : > "$share/single.txt"
+  vmm="$A vm run-vmm --kernel $K --initrd $p/fs-initrd --memory 256 --cpus 1 --kvm /dev/kvm \
+    --vsock-uds $fsd/vsock --vsock-cid 3 --event-fd 3 --serial $fsd/console.log \
+    --share hostshare=$share --share ro=$fsd/ro:ro"
+  cmdline="console=ttyS0 quiet panic=-1 pci=off 8250.nr_uarts=1 tsc=reliable rdinit=/init"
+  t0=$(date +%s)
+  timeout 180 unshare -m sh -c "mount --bind $fsd/vol $share/vol && mount --bind $fsd/single.txt $share/single.txt \
+    && exec $vmm --cmdline '$cmdline'" 3>"$fsd/events" 2>"$fsd/stderr"
+  rc=$? t1=$(date +%s)
+  con=$(grep -a "FS-E2E" "$fsd/console.log" 2>/dev/null)
+  out="rc=$rc
+$(cat "$fsd/stderr" 2>/dev/null)
+$(tail -20 "$fsd/console.log" 2>/dev/null)"
+  echo "$con" | sed 's/^/# /'
+  check "virtio-fs: the guest mounts the share and powers off (exit 0)" \
+    '[ $rc = 0 ] && echo "$con" | grep -q "FS-E2E mounted hostshare" && echo "$con" | grep -q "FS-E2E done"'
+  check "virtio-fs: the guest reads a host file" 'echo "$con" | grep -q "FS-E2E read: hello from the host"'
+  check "virtio-fs: the guest's writes land in the host directory" \
+    '[ "$(cat "$share/from-guest.txt" 2>/dev/null)" = "written in the guest" ] && [ -d "$share/dir-from-guest" ]'
+  check "virtio-fs: the guest's root acts as root on the host files" \
+    'echo "$con" | grep -q "FS-E2E owner: 0:0" && [ "$(stat -c %u "$share/from-guest.txt")" = 0 ]'
+  check "virtio-fs: a directory bind-mounted inside the share is read and written through" \
+    'echo "$con" | grep -q "FS-E2E vol: volume data" && [ "$(cat "$fsd/vol/from-guest.txt" 2>/dev/null)" = "guest in vol" ]'
+  check "virtio-fs: a single file bind-mounted onto a file is read and written through" \
+    'echo "$con" | grep -q "FS-E2E single: single file" && [ "$(tail -1 "$fsd/single.txt")" = "guest in single" ]'
+  check "virtio-fs: a read-only share refuses writes with EROFS" \
+    'echo "$con" | grep -q "FS-E2E ro touch: .*Read-only file system" && ! echo "$con" | grep -q "ro create succeeded" && [ ! -e "$fsd/ro/new.txt" ]'
+  check "virtio-fs: a read-only share is still readable" 'echo "$con" | grep -q "FS-E2E ro read: read-only data"'
+  check "virtio-fs: 32 MiB go through the share both ways" \
+    'echo "$con" | grep -q "FS-E2E write: 32 MiB in [0-9]* ms" && echo "$con" | grep -q "FS-E2E read: 32 MiB in [0-9]* ms" && echo "$con" | grep -q "FS-E2E removed big"'
+  check "virtio-fs: the guest unmounts cleanly" 'echo "$con" | grep -q "FS-E2E unmounted"'
+  peak=$(sed -n 's/.*"peak_rss_kib":\([0-9]*\).*/\1/p' "$fsd/events")
+  guest=$(sed -n 's/.*"guest_rss_kib":\([0-9]*\).*/\1/p' "$fsd/events")
+  own=$(( ${peak:-0} - ${guest:-0} ))
+  echo "# virtio-fs run: ${t1}-${t0}=$((t1 - t0))s, VMM peak RSS ${peak:-?} KiB, guest ${guest:-?} KiB, VMM's own $own KiB"
+  out=$(cat "$fsd/events")
+  check "virtio-fs: the VMM reports its exit with its peak RSS" '[ -n "$peak" ] && [ -n "$guest" ] && [ "$own" -gt 0 ]'
+  rm -rf "$fsd"
+}
+if [ ! -f "$p/fs-initrd" ]; then
+  i=0; while [ $i -lt $FS_CHECKS ]; do skipped "virtio-fs check $((i + 1))" "no fs-initrd in the payload (kernel without virtiofs?)"; i=$((i + 1)); done
+elif ! unshare -m true 2>/dev/null; then
+  i=0; while [ $i -lt $FS_CHECKS ]; do skipped "virtio-fs check $((i + 1))" "cannot make a mount namespace here (unshare -m)"; i=$((i + 1)); done
+else
+  fs_test
+fi
+
 echo "# e2e took $(( $(date +%s) - start ))s"
-echo "$pass passed, $fail failed"
+echo "$pass passed, $fail failed, $skip skipped"
 [ "$fail" = 0 ]

@@ -92,6 +92,25 @@ copy_module_tree() {
   done
 }
 
+# build_fs_initrd OUT MODDIR: the busybox initramfs of the virtio-fs
+# end-to-end test (fs-guest-init.sh as /init, the virtio-fs modules and
+# their dependencies uncompressed under /mods, their load order in
+# /modules.order). No agent: the guest reports on the console.
+build_fs_initrd() {
+  local out=$1 moddir=$2 here root order m
+  here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+  order=$(module_load_order "$moddir" virtio_mmio virtiofs) || return 1
+  root=$(mktemp -d /tmp/amphi-fs-initrd.XXXXXX)
+  mkdir -p "$root/bin" "$root/mods"
+  cp /bin/busybox "$root/bin/busybox"
+  for m in $order; do copy_module "$moddir" "$m" "$root/mods/$m.ko"; done
+  echo "$order" > "$root/modules.order"
+  cp "$here/fs-guest-init.sh" "$root/init"
+  chmod +x "$root/init"
+  (cd "$root" && find . | cpio -o -H newc --quiet) > "$out"
+  rm -rf "$root"
+}
+
 # Whether a binary is statically linked (no ELF interpreter).
 is_static() { ! readelf -l "$1" 2>/dev/null | grep -q INTERP; }
 
@@ -114,16 +133,19 @@ vm_binaries() {
 # need, in DIR: the binaries, the guest kernel (bzImage and its ELF
 # vmlinux), a minimal module tree, an /init the kernel cannot execute
 # (bad-init) and a static program that never answers on vsock
-# (silent-agent: busybox, which runs as init and waits).
+# (silent-agent: busybox, which runs as init and waits), and the virtio-fs
+# test's busybox initramfs (fs-initrd; left out, and the test skipped, if
+# the kernel has no virtiofs module).
 prepare_payload() {
   local dir=$1 kroot=$2 kver=$3 bindir=$4
   cp "$bindir/amphi" "$bindir/amphi-agent" "$dir/"
   mkdir -p "$dir/kernel"
   cp "$kroot/boot/vmlinuz-$kver" "$dir/kernel/vmlinuz"
   extract_vmlinux "$kroot/boot/vmlinuz-$kver" "$dir/kernel/vmlinux"
-  copy_module_tree "$kroot/lib/modules/$kver" "$dir/modules" virtio_mmio vmw_vsock_virtio_transport
+  copy_module_tree "$kroot/lib/modules/$kver" "$dir/modules" virtio_mmio vmw_vsock_virtio_transport virtiofs
   head -c 4096 /dev/urandom > "$dir/bad-init"
   cp /bin/busybox "$dir/silent-agent"
+  build_fs_initrd "$dir/fs-initrd" "$kroot/lib/modules/$kver" || rm -f "$dir/fs-initrd"
 }
 
 # Where stock guests boot: "direct" (VMX/SVM /dev/kvm), "nested" (PVM or

@@ -65,6 +65,20 @@ pub fn ram_regions(mem_size: u64) -> Vec<(u64, u64)> {
     }
 }
 
+/// The MMIO window and GSI of the `index`-th virtio-mmio device: windows
+/// one after another from [`VIRTIO_MMIO_START`], GSIs from
+/// [`VIRTIO_IRQ_BASE`] up to [`IRQ_MAX`]. `None` once the GSIs run out.
+pub fn virtio_mmio_slot(index: usize) -> Option<(u64, u32)> {
+    let irq = VIRTIO_IRQ_BASE.checked_add(u32::try_from(index).ok()?)?;
+    if irq > IRQ_MAX {
+        return None;
+    }
+    Some((VIRTIO_MMIO_START + index as u64 * VIRTIO_MMIO_SIZE, irq))
+}
+
+/// How many virtio-mmio devices fit ([`virtio_mmio_slot`]).
+pub const VIRTIO_MMIO_MAX_DEVICES: usize = (IRQ_MAX - VIRTIO_IRQ_BASE + 1) as usize;
+
 /// End (exclusive) of RAM below the MMIO hole.
 pub fn low_ram_end(mem_size: u64) -> u64 {
     mem_size.min(MMIO_GAP_START)
@@ -84,6 +98,18 @@ mod tests {
         let r = ram_regions(4 << 30);
         assert_eq!(r, vec![(0, 3 << 30), (4 << 30, 1 << 30)]);
         assert_eq!(r.iter().map(|(_, l)| l).sum::<u64>(), 4 << 30);
+    }
+
+    #[test]
+    fn virtio_mmio_slots_are_disjoint_and_end_with_the_ioapic_pins() {
+        assert_eq!(virtio_mmio_slot(0), Some((VIRTIO_MMIO_START, VIRTIO_IRQ_BASE)));
+        assert_eq!(virtio_mmio_slot(1), Some((VIRTIO_MMIO_START + VIRTIO_MMIO_SIZE, VIRTIO_IRQ_BASE + 1)));
+        let last = virtio_mmio_slot(VIRTIO_MMIO_MAX_DEVICES - 1).unwrap();
+        assert_eq!(last.1, IRQ_MAX);
+        assert!(last.0 + VIRTIO_MMIO_SIZE <= u64::from(IOAPIC_ADDR));
+        assert_eq!(virtio_mmio_slot(VIRTIO_MMIO_MAX_DEVICES), None);
+        assert_eq!(virtio_mmio_slot(usize::MAX), None);
+        assert_ne!(SERIAL_IRQ, VIRTIO_IRQ_BASE);
     }
 
     #[test]

@@ -36,7 +36,7 @@ use crate::vm::agent_client::{AgentClient, AgentClientError};
 use crate::vm::guest::{self, GuestError, GuestOptions};
 use crate::vm::host::{self, HostError, SystemHost};
 use crate::vm::process::ChildEvent;
-use crate::vm::vmm::{SerialOutput, VmmConfig, VsockConfig};
+use crate::vm::vmm::{FsShare, SerialOutput, VmmConfig, VsockConfig};
 use plan::{PlanError, VmSize};
 use stdio::Local;
 use vmm_process::VmmPlan;
@@ -326,6 +326,9 @@ fn create(req: &CreateRequest<'_>, hooks: &mut RuntimeHooks<'_>) -> Result<Creat
             guest_cid: crate::vm::devices::virtio::vsock::DEFAULT_GUEST_CID,
             uds_path: uds.clone(),
         }),
+        // Read-only entries are read-only bind mounts inside the share
+        // (the host kernel enforces them); the share itself is writable.
+        shares: vec![FsShare { tag: plan::SHARE_TAG.into(), path: share_root.clone(), read_only: false }],
     };
     let session = session_name();
     let pipe = || nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| io("pipe")(e.into()));

@@ -196,6 +196,7 @@ pub fn run(plan: VmmPlan) -> i32 {
     }
     drop(join);
     close_others(&keep);
+    process::limit_open_files();
     if let Err(e) = mount_share(&share_root, &entries) {
         return fail("cannot prepare the container's virtio-fs share", e);
     }

@@ -1,6 +1,7 @@
 //! amphi's VMM: one KVM VM with guest memory, an in-kernel irqchip and PIT,
-//! the legacy devices (COM1, ACPI power/reset), virtio-mmio devices, one
-//! thread per vCPU and an event loop (event-manager) on the calling thread.
+//! the legacy devices (COM1, ACPI power/reset), virtio-mmio devices (vsock,
+//! one virtio-fs device per shared directory), one thread per vCPU and an
+//! event loop (event-manager) on the calling thread.
 //! [`run`] boots the guest and returns when it powers off, resets,
 //! crashes, or the caller stops it.
 
@@ -26,6 +27,7 @@ use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 use crate::vm::boot::{self, acpi, layout, params, regs, BootError, EntryPoint};
 use crate::vm::devices::power::{PowerDevice, PowerEvent, PowerPort};
 use crate::vm::devices::serial::{ConsoleEvent, ConsoleOutput, ConsoleWatcher, SerialDevice};
+use crate::vm::devices::virtio::fs::{ShareError, VirtioFs};
 use crate::vm::devices::virtio::mmio::{MmioTransport, NOTIFY_REG_OFFSET};
 use crate::vm::devices::virtio::vsock::{Vsock, VsockMuxer};
 use crate::vm::devices::virtio::{VirtioDevice, VirtioInterrupt};
@@ -46,6 +48,63 @@ pub struct VsockConfig {
     pub uds_path: PathBuf,
 }
 
+/// A host directory the guest mounts with `mount -t virtiofs <tag> <dir>`,
+/// served by a virtio-fs device in the VMM process. The guest's root acts
+/// as root on the files (the VMM runs as root); with `read_only` every
+/// change is refused with EROFS. Mount points inside `path` (bind mounts,
+/// also of single files onto files) are followed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FsShare {
+    pub tag: String,
+    pub path: PathBuf,
+    pub read_only: bool,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ShareArgError {
+    #[error("{0:?}: expected TAG=DIR or TAG=DIR:ro")]
+    Syntax(String),
+    #[error("{0:?}: the directory must be an absolute path")]
+    Relative(String),
+    #[error("{0}")]
+    Tag(String),
+}
+
+/// `TAG=DIR[:ro]` (also `:rw`, so a directory whose name ends in `:ro` can
+/// still be shared writable).
+impl std::str::FromStr for FsShare {
+    type Err = ShareArgError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (tag, rest) = s.split_once('=').ok_or_else(|| ShareArgError::Syntax(s.to_string()))?;
+        crate::vm::devices::virtio::fs::check_tag(tag).map_err(|e| ShareArgError::Tag(e.to_string()))?;
+        let (dir, read_only) = match rest.rsplit_once(':') {
+            Some((d, "ro")) => (d, true),
+            Some((d, "rw")) => (d, false),
+            _ => (rest, false),
+        };
+        if dir.is_empty() {
+            return Err(ShareArgError::Syntax(s.to_string()));
+        }
+        if !dir.starts_with('/') {
+            return Err(ShareArgError::Relative(s.to_string()));
+        }
+        Ok(FsShare { tag: tag.to_string(), path: PathBuf::from(dir), read_only })
+    }
+}
+
+impl std::fmt::Display for FsShare {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let dir = self.path.display().to_string();
+        let mode = match (self.read_only, dir.ends_with(":ro") || dir.ends_with(":rw")) {
+            (true, _) => ":ro",
+            (false, true) => ":rw",
+            (false, false) => "",
+        };
+        write!(f, "{}={dir}{mode}", self.tag)
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct VmmConfig {
     pub kvm_path: PathBuf,
@@ -56,6 +115,8 @@ pub struct VmmConfig {
     pub vcpus: u8,
     pub serial: SerialOutput,
     pub vsock: Option<VsockConfig>,
+    /// One virtio-fs device each, after the vsock device.
+    pub shares: Vec<FsShare>,
 }
 
 /// Milestones the VMM reports while the guest boots.
@@ -125,6 +186,10 @@ pub enum VmmError {
     Device(&'static str, #[source] std::io::Error),
     #[error("cannot set up the vsock device")]
     Vsock(#[from] crate::vm::devices::virtio::vsock::unix::MuxerError),
+    #[error("cannot set up the shared directory")]
+    Share(#[from] ShareError),
+    #[error("{count} virtio devices requested; at most {max} fit the interrupt lines")]
+    TooManyDevices { count: usize, max: usize },
     #[error("cannot open the serial log {path}")]
     SerialLog {
         path: PathBuf,
@@ -185,6 +250,14 @@ pub const PANIC_GRACE: Duration = Duration::from_secs(2);
 pub const MIN_MEM_MIB: u64 = 64;
 
 type Subscriber = Arc<Mutex<dyn MutEventSubscriber + Send>>;
+
+/// A virtio device on its way to a virtio-mmio window: the device the
+/// transport drives, and what the event loop watches for it, if anything.
+struct VirtioSlot {
+    name: &'static str,
+    device: Arc<Mutex<dyn VirtioDevice>>,
+    events: Option<Subscriber>,
+}
 
 /// Boots the VM described by `config` and runs it to its end. `events`
 /// receives the boot milestones (from any thread); setting `stop` ends the
@@ -284,29 +357,49 @@ pub fn run(
         Arc::new(Mutex::new(PowerDevice::new(PowerPort::I8042, power_notify))),
     )?;
 
-    // virtio-mmio devices.
-    let mut mmio = Bus::new();
-    let mut mmio_infos = Vec::new();
-    let mut em: EventManager<Subscriber> = EventManager::new().map_err(VmmError::EventLoop)?;
+    // virtio-mmio devices: vsock first, then one virtio-fs device per share.
+    let mut virtio: Vec<VirtioSlot> = Vec::new();
     if let Some(vs) = &config.vsock {
         let muxer = VsockMuxer::new(vs.guest_cid, &vs.uds_path)?;
         let dev = Arc::new(Mutex::new(Vsock::new(vs.guest_cid, muxer).map_err(|e| VmmError::Device("vsock", e))?));
-        let base = layout::VIRTIO_MMIO_START;
-        let irq = layout::VIRTIO_IRQ_BASE;
-        let interrupt = Arc::new(VirtioInterrupt::new(IrqTrigger::new().map_err(|e| VmmError::Device("vsock", e))?));
+        virtio.push(VirtioSlot { name: "vsock", device: dev.clone(), events: Some(dev) });
+    }
+    for (i, share) in config.shares.iter().enumerate() {
+        if config.shares[..i].iter().any(|s| s.tag == share.tag) {
+            return Err(ShareError::DuplicateTag(share.tag.clone()).into());
+        }
+        let dev = VirtioFs::new(&share.tag, &share.path, share.read_only)?;
+        // The device serves its queues on its own worker thread.
+        virtio.push(VirtioSlot { name: "virtio-fs", device: Arc::new(Mutex::new(dev)), events: None });
+    }
+    if virtio.len() > layout::VIRTIO_MMIO_MAX_DEVICES {
+        return Err(VmmError::TooManyDevices { count: virtio.len(), max: layout::VIRTIO_MMIO_MAX_DEVICES });
+    }
+    let mut mmio = Bus::new();
+    let mut mmio_infos = Vec::new();
+    let mut em: EventManager<Subscriber> = EventManager::new().map_err(VmmError::EventLoop)?;
+    for (index, slot) in virtio.into_iter().enumerate() {
+        let count = index + 1;
+        let (base, irq) = layout::virtio_mmio_slot(index)
+            .ok_or(VmmError::TooManyDevices { count, max: layout::VIRTIO_MMIO_MAX_DEVICES })?;
+        let interrupt = Arc::new(VirtioInterrupt::new(IrqTrigger::new().map_err(|e| VmmError::Device(slot.name, e))?));
+        // Interrupts reach the guest through an irqfd, queue notifications
+        // arrive on ioeventfds (one per queue, told apart by the value
+        // written): neither needs a vCPU exit to userspace.
         vm.register_irqfd(interrupt.irq_fd(), irq).map_err(|e| VmmError::Kvm("KVM_IRQFD", e))?;
         {
-            let d = dev.lock().unwrap_or_else(|e| e.into_inner());
-            for (i, evt) in d.queue_events().iter().enumerate() {
-                vm.register_ioevent(evt, &IoEventAddress::Mmio(base + NOTIFY_REG_OFFSET), i as u32)
+            let d = slot.device.lock().unwrap_or_else(|e| e.into_inner());
+            for (q, evt) in d.queue_events().iter().enumerate() {
+                vm.register_ioevent(evt, &IoEventAddress::Mmio(base + NOTIFY_REG_OFFSET), q as u32)
                     .map_err(|e| VmmError::Kvm("KVM_IOEVENTFD", e))?;
             }
         }
-        let as_virtio: Arc<Mutex<dyn VirtioDevice>> = dev.clone();
-        let transport = MmioTransport::new(as_virtio, mem.clone(), interrupt);
+        let transport = MmioTransport::new(slot.device, mem.clone(), interrupt);
         mmio.insert(base, layout::VIRTIO_MMIO_SIZE, Arc::new(Mutex::new(transport)))?;
         mmio_infos.push(acpi::MmioDeviceInfo { addr: base, len: layout::VIRTIO_MMIO_SIZE, irq });
-        em.add_subscriber(dev);
+        if let Some(events) = slot.events {
+            em.add_subscriber(events);
+        }
     }
     let done = Arc::new(AtomicBool::new(false));
     em.add_subscriber(Arc::new(Mutex::new(ExitSubscriber { latch: latch.clone(), done: done.clone() })));
@@ -389,4 +482,36 @@ pub fn run(
     drop(em);
     let _ = vm.as_raw_fd();
     Ok(VmOutcome { reason, panic, guest_resident_kib })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn share_arguments_parse_and_print_back() {
+        let s: FsShare = "rootfs=/var/lib/c1/rootfs".parse().unwrap();
+        assert_eq!(s, FsShare { tag: "rootfs".into(), path: "/var/lib/c1/rootfs".into(), read_only: false });
+        let ro: FsShare = "vol=/srv/data:ro".parse().unwrap();
+        assert!(ro.read_only);
+        assert_eq!(ro.path, PathBuf::from("/srv/data"));
+        let odd: FsShare = "t=/a/b:ro:rw".parse().unwrap();
+        assert_eq!((odd.path.to_str().unwrap(), odd.read_only), ("/a/b:ro", false));
+        let colon: FsShare = "t=/a:b".parse().unwrap();
+        assert_eq!(colon.path, PathBuf::from("/a:b"));
+        for share in [s, ro, odd, colon] {
+            assert_eq!(share.to_string().parse::<FsShare>().unwrap(), share);
+        }
+    }
+
+    #[test]
+    fn bad_share_arguments_say_what_is_expected() {
+        let err = |a: &str| a.parse::<FsShare>().unwrap_err().to_string();
+        assert!(err("rootfs").contains("expected TAG=DIR"));
+        assert!(err("rootfs=").contains("expected TAG=DIR"));
+        assert!(err("rootfs=:ro").contains("expected TAG=DIR"));
+        assert!(err("rootfs=relative/dir").contains("absolute path"));
+        assert!(err("=/dir").contains("tag"));
+        assert!(err(&format!("{}=/dir", "t".repeat(37))).contains("1 to 36 bytes"));
+    }
 }

@@ -7,6 +7,7 @@
 //! [`mmio::MmioTransport`] owns the register interface and hands the
 //! configured queues to the device when the driver sets DRIVER_OK.
 
+pub mod fs;
 pub mod mmio;
 pub mod vsock;
 
@@ -73,11 +74,15 @@ pub enum ActivateError {
     QueueCount { want: usize, got: usize },
     #[error("cannot signal the device's event loop")]
     Notify(#[source] std::io::Error),
+    #[error("cannot start the device's worker thread")]
+    Worker(#[source] std::io::Error),
+    #[error("the device cannot use the driver's setup")]
+    Setup(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
 /// What a device does; the transport does the rest.
 pub trait VirtioDevice: Send {
-    /// virtio device id (19 = vsock).
+    /// virtio device id (19 = vsock, 26 = fs).
     fn device_type(&self) -> u32;
     /// Maximum size of each queue; the count is the number of queues.
     fn queue_max_sizes(&self) -> &[u16];

@@ -129,6 +129,11 @@ impl MmioTransport {
             0x44 => self.selected_queue().map_or(0, |q| u32::from(q.ready())),
             0x60 => self.interrupt.status(),
             0x70 => self.status,
+            // SHMLenLow/High, SHMBaseLow/High: amphi's devices have no
+            // shared memory regions, which reads as a length of -1 (virtio
+            // 1.2, 4.2.2). 0 would announce an empty region at address 0,
+            // which the virtio-fs driver then fails to reserve for DAX.
+            0xb0 | 0xb4 | 0xb8 | 0xbc => u32::MAX,
             0xfc => self.config_generation,
             _ => 0,
         }
@@ -356,6 +361,15 @@ mod tests {
         wr(&mut t, 0x50, 1);
         assert_eq!(dev.lock().unwrap().evts[1].read().unwrap(), 1);
         assert!(dev.lock().unwrap().evts[0].read().is_err(), "queue 0 not kicked");
+    }
+
+    #[test]
+    fn no_shared_memory_region_reads_as_length_minus_one() {
+        let (mut t, _) = setup();
+        wr(&mut t, 0xac, 0);
+        for reg in [0xb0, 0xb4, 0xb8, 0xbc] {
+            assert_eq!(rd(&mut t, reg), u32::MAX, "register {reg:#x}");
+        }
     }
 
     #[test]

@@ -1,0 +1,243 @@
+//! The virtio-fs device (id 26): a high-priority queue and one request
+//! queue, the share's tag in config space, FUSE requests answered by
+//! fuse-backend-rs's server over the share's passthrough filesystem.
+//!
+//! The device does no filesystem work on the VMM's event loop: activation
+//! starts one worker thread per device that owns the queues and serves
+//! both of them (`event_handler.rs`), and a reset stops and joins it before
+//! the driver sees the reset complete, as virtio requires.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use fuse_backend_rs::api::server::Server;
+use fuse_backend_rs::passthrough::PassthroughFs;
+use fuse_backend_rs::transport::{Reader, VirtioFsWriter, Writer};
+use fuse_virtio_queue::QueueT as _;
+use virtio_bindings::bindings::virtio_ring::VIRTIO_RING_F_INDIRECT_DESC;
+use virtio_queue::Queue;
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::eventfd::EventFd;
+
+use super::bridge::{self, FuseMemory, FuseQueue, SharedMemory};
+use super::event_handler::QueueHandler;
+use super::filesystem::{open_share, ShareError, ShareFs, TAG_MAX};
+use crate::vm::devices::virtio::{ActivateError, VirtioDevice, VirtioInterrupt, VIRTIO_F_VERSION_1};
+
+pub const VIRTIO_ID_FS: u32 = 26;
+pub const HIPRIO_QUEUE: usize = 0;
+pub const REQUEST_QUEUE: usize = 1;
+/// Request queues offered (`num_request_queues`): one worker serves them.
+pub const NUM_REQUEST_QUEUES: u32 = 1;
+/// Large enough that a 1 MiB request (header + 256 pages) fits even when
+/// the driver does not use indirect descriptors.
+const QUEUE_SIZES: [u16; 2] = [128, 1024];
+/// config space: `u8 tag[36]; le32 num_request_queues;`
+const CONFIG_LEN: usize = TAG_MAX + 4;
+/// Requests served from one queue before the worker looks at its other
+/// events again (the other queue, a stop request).
+pub(crate) const BUDGET: usize = 64;
+
+/// The filesystem type every share serves.
+pub type ShareServer = Server<ShareFs<PassthroughFs>>;
+
+/// What the worker thread owns while the device is active.
+pub(crate) struct Active {
+    pub server: ShareServer,
+    pub mem: SharedMemory,
+    pub queues: Vec<FuseQueue>,
+    pub interrupt: Arc<VirtioInterrupt>,
+}
+
+impl Active {
+    /// Serves up to [`BUDGET`] requests from queue `q`; returns whether
+    /// more are waiting.
+    pub(crate) fn process_queue(&mut self, q: usize) -> bool {
+        let Active { server, mem, queues, interrupt } = self;
+        let mem = mem.view();
+        let Some(queue) = queues.get_mut(q) else { return false };
+        for _ in 0..BUDGET {
+            let Some(chain) = queue.pop_descriptor_chain(mem) else { return false };
+            let head = chain.head_index();
+            let len = serve(server, mem, chain);
+            // The head came from this queue, so only a used ring that left
+            // guest memory can fail here; the chain is dropped then.
+            let _ = queue.add_used(mem, head, len);
+            // A lost edge only delays the guest until the next one.
+            let _ = interrupt.signal_used_queue();
+        }
+        true
+    }
+}
+
+/// Answers one FUSE request; returns the bytes written for the guest.
+/// Whatever the guest put in the chain, the worst outcome is 0: nothing
+/// written, the request dropped (the guest's request then never
+/// completes, which only a broken or hostile driver causes).
+fn serve(server: &ShareServer, mem: &FuseMemory, chain: fuse_virtio_queue::DescriptorChain<&FuseMemory>) -> u32 {
+    // Both fail on descriptors outside guest memory or lengths that
+    // overflow; neither allocates more than one entry per descriptor.
+    let Ok(reader) = Reader::from_descriptor_chain(mem, chain.clone()) else { return 0 };
+    let Ok(writer) = VirtioFsWriter::new(mem, chain) else { return 0 };
+    let room = writer.available_bytes();
+    match server.handle_message(reader, Writer::from(writer), None, None) {
+        Ok(n) => u32::try_from(n.min(room)).unwrap_or(u32::MAX),
+        Err(_) => 0,
+    }
+}
+
+struct Worker {
+    stop: EventFd,
+    thread: JoinHandle<()>,
+}
+
+/// One shared directory.
+pub struct VirtioFs {
+    tag: String,
+    path: PathBuf,
+    read_only: bool,
+    config: [u8; CONFIG_LEN],
+    /// The filesystem the next activation serves; each activation gets a
+    /// fresh one, so nothing a driver opened outlives its reset.
+    prepared: Option<ShareFs<PassthroughFs>>,
+    acked_features: u64,
+    queue_evts: Vec<EventFd>,
+    worker: Option<Worker>,
+}
+
+impl VirtioFs {
+    /// Checks the share and prepares its filesystem; fails with an error
+    /// that names the tag and the directory.
+    pub fn new(tag: &str, path: &Path, read_only: bool) -> Result<Self, ShareError> {
+        let fs = open_share(tag, path, read_only)?;
+        let mut config = [0u8; CONFIG_LEN];
+        config[..tag.len()].copy_from_slice(tag.as_bytes());
+        config[TAG_MAX..].copy_from_slice(&NUM_REQUEST_QUEUES.to_le_bytes());
+        let mut queue_evts = Vec::new();
+        for _ in QUEUE_SIZES {
+            queue_evts.push(EventFd::new(libc::EFD_NONBLOCK).map_err(|source| ShareError::Open {
+                tag: tag.to_string(),
+                path: path.to_path_buf(),
+                source,
+            })?);
+        }
+        Ok(VirtioFs {
+            tag: tag.to_string(),
+            path: path.to_path_buf(),
+            read_only,
+            config,
+            prepared: Some(fs),
+            acked_features: 0,
+            queue_evts,
+            worker: None,
+        })
+    }
+
+    pub fn tag(&self) -> &str {
+        &self.tag
+    }
+
+    pub fn is_active(&self) -> bool {
+        self.worker.is_some()
+    }
+
+    fn stop_worker(&mut self) {
+        if let Some(w) = self.worker.take() {
+            let _ = w.stop.write(1);
+            // The worker finishes the request in hand and exits; waiting
+            // for it is what makes the reset complete (virtio 1.2, 2.4).
+            let _ = w.thread.join();
+        }
+    }
+
+    fn start_worker(
+        &mut self,
+        mem: GuestMemoryMmap,
+        interrupt: Arc<VirtioInterrupt>,
+        queues: Vec<Queue>,
+    ) -> Result<(), ActivateError> {
+        let setup = |e: Box<dyn std::error::Error + Send + Sync>| ActivateError::Setup(e);
+        let mem = bridge::view(&mem).map_err(|e| setup(e.into()))?;
+        let queues = queues
+            .iter()
+            .enumerate()
+            .map(|(i, q)| bridge::queue(i, q))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| setup(e.into()))?;
+        let fs = match self.prepared.take() {
+            Some(fs) => fs,
+            None => open_share(&self.tag, &self.path, self.read_only).map_err(|e| setup(e.into()))?,
+        };
+        let active = Active { server: Server::new(fs), mem, queues, interrupt };
+        let stop = EventFd::new(libc::EFD_NONBLOCK).map_err(ActivateError::Worker)?;
+        let dup = |e: &EventFd| e.try_clone().map_err(ActivateError::Worker);
+        let kicks = [dup(&self.queue_evts[HIPRIO_QUEUE])?, dup(&self.queue_evts[REQUEST_QUEUE])?];
+        let handler = QueueHandler::new(active, kicks, dup(&stop)?);
+        let thread = std::thread::Builder::new()
+            .name("virtio-fs".into())
+            .spawn(move || handler.run())
+            .map_err(ActivateError::Worker)?;
+        self.worker = Some(Worker { stop, thread });
+        Ok(())
+    }
+}
+
+impl VirtioDevice for VirtioFs {
+    fn device_type(&self) -> u32 {
+        VIRTIO_ID_FS
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &QUEUE_SIZES
+    }
+
+    fn queue_events(&self) -> &[EventFd] {
+        &self.queue_evts
+    }
+
+    fn avail_features(&self) -> u64 {
+        VIRTIO_F_VERSION_1 | 1 << VIRTIO_RING_F_INDIRECT_DESC
+    }
+
+    fn set_acked_features(&mut self, features: u64) {
+        self.acked_features = features;
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        for (i, b) in data.iter_mut().enumerate() {
+            let at = usize::try_from(offset).ok().and_then(|o| o.checked_add(i));
+            *b = at.and_then(|a| self.config.get(a)).copied().unwrap_or(0);
+        }
+    }
+
+    /// The config space is read-only.
+    fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
+
+    fn activate(
+        &mut self,
+        mem: GuestMemoryMmap,
+        interrupt: Arc<VirtioInterrupt>,
+        queues: Vec<Queue>,
+    ) -> Result<(), ActivateError> {
+        if queues.len() != QUEUE_SIZES.len() {
+            return Err(ActivateError::QueueCount { want: QUEUE_SIZES.len(), got: queues.len() });
+        }
+        self.stop_worker();
+        self.start_worker(mem, interrupt, queues)
+    }
+
+    fn reset(&mut self) {
+        self.stop_worker();
+        self.acked_features = 0;
+    }
+}
+
+impl Drop for VirtioFs {
+    fn drop(&mut self) {
+        self.stop_worker();
+    }
+}
+
+#[cfg(test)]
+mod tests;
