@@ -278,6 +278,11 @@ pub fn run(plan: VmmPlan) -> i32 {
     let outcome = vmm::run(&config, on_event, stop);
     let known = *status.lock().unwrap_or_else(|e| e.into_inner());
     crate::logging::timing("vmm:vm_stopped");
+    if std::env::var_os(crate::logging::TIMING_ENV).is_some() {
+        crate::logging::timing(&format!("vmm:peak_rss_kib={}", process::peak_rss_kib()));
+        let guest = outcome.as_ref().map(|o| o.guest_resident_kib).unwrap_or(0);
+        crate::logging::timing(&format!("vmm:guest_rss_kib={guest}"));
+    }
     if let Some(s) = known {
         exit_like(s);
     }
