@@ -32,6 +32,9 @@ setup() {
 
 A() { "$AMPHI" --root "$ROOT" "$@"; }
 
+# What a `run` gave, shown by bats when the test fails.
+trace() { echo "status=$status"; echo "output=$output"; [ -z "${stderr:-}" ] || echo "stderr=$stderr"; }
+
 # mkbundle NAME JQ-FILTER: a copy of bundles/hello in VM isolation, with its
 # config.json passed through the jq filter; prints the bundle path.
 mkbundle() {
@@ -43,8 +46,8 @@ mkbundle() {
   echo "$b"
 }
 
-args() { # JSON array of the process arguments
-  jq -cn '$ARGS.positional' --args "$@"
+args() { # JSON array of the process arguments (jq would take "-c" for itself)
+  for a in "$@"; do printf '%s\0' "$a"; done | jq -Rsc 'split("\u0000")[:-1]'
 }
 
 # Nothing of container ID is left: no state, no process, no cgroup.
@@ -57,6 +60,7 @@ nothing_left() {
 @test "run: the workload's output and exit code come back" {
   b=$(mkbundle out ".process.args = $(args /bin/sh -c 'echo out; echo err >&2; exit 7')")
   run --separate-stderr A run --bundle "$b" vmc-out
+  trace
   [ "$status" -eq 7 ]
   [ "$output" = out ]
   [ "$stderr" = err ]
@@ -66,6 +70,7 @@ nothing_left() {
 @test "run: the guest is a VM with its own kernel" {
   b=$(mkbundle kern ".process.args = $(args /bin/sh -c 'uname -r; cat /proc/1/cmdline | tr "\0" " "')")
   run A run --bundle "$b" vmc-kern
+  trace
   [ "$status" -eq 0 ]
   [[ "${lines[0]}" == *cloud-amd64 ]]
 }
@@ -73,6 +78,7 @@ nothing_left() {
 @test "a file the workload writes appears in the host's rootfs" {
   b=$(mkbundle write ".process.args = $(args /bin/sh -c 'echo written-in-vm > /tmp/from-guest')")
   run A run --bundle "$b" vmc-write
+  trace
   [ "$status" -eq 0 ]
   [ "$(cat "$b/rootfs/tmp/from-guest")" = written-in-vm ]
 }
@@ -82,6 +88,7 @@ nothing_left() {
   b=$(mkbundle bind ".process.args = $(args /bin/sh -c 'cat /data/in; echo from-guest > /data/out') |
       .mounts += [{destination: \"/data\", type: \"bind\", source: \"$WORK/vol\", options: [\"rbind\", \"rw\"]}]")
   run A run --bundle "$b" vmc-bind
+  trace
   [ "$status" -eq 0 ]
   [ "$output" = from-host ]
   [ "$(cat "$WORK/vol/out")" = from-guest ]
@@ -90,6 +97,7 @@ nothing_left() {
 @test "a read-only rootfs stays read-only in the guest" {
   b=$(mkbundle ro ".root.readonly = true | .process.args = $(args /bin/sh -c 'touch /x 2>&1; echo rc=$?')")
   run A run --bundle "$b" vmc-ro
+  trace
   [[ "$output" == *"Read-only file system"* ]]
   [[ "$output" == *"rc=1"* ]]
   [ ! -e "$b/rootfs/x" ]
@@ -98,6 +106,7 @@ nothing_left() {
 @test "stdin reaches the workload and EOF ends it" {
   b=$(mkbundle stdin ".process.args = $(args /bin/sh -c 'tr a-z A-Z')")
   run bash -c "printf 'piped through\n' | '$AMPHI' --root '$ROOT' run --bundle '$b' vmc-stdin"
+  trace
   [ "$status" -eq 0 ]
   [ "$output" = "PIPED THROUGH" ]
 }
@@ -106,6 +115,7 @@ nothing_left() {
   b=$(mkbundle life ".process.args = $(args /bin/sleep 1000)")
   A create --bundle "$b" vmc-life </dev/null >/dev/null 2>&1
   run A state vmc-life
+  trace
   [ "$(echo "$output" | jq -r .status)" = created ]
   pid=$(echo "$output" | jq -r .pid)
   [ "$pid" -gt 0 ]
@@ -132,6 +142,7 @@ nothing_left() {
 @test "a workload killed by a signal is reported as 128+N" {
   b=$(mkbundle sig ".process.args = $(args /bin/sh -c 'kill -9 \$\$')")
   run A run --bundle "$b" vmc-sig
+  trace
   [ "$status" -eq 137 ]
 }
 
@@ -151,6 +162,7 @@ nothing_left() {
 @test "a terminal works with run in the foreground" {
   b=$(mkbundle tty ".process.terminal = true | .process.args = $(args /bin/sh -c 'tty; stty size')")
   run script -qec "stty rows 33 cols 101; '$AMPHI' --root '$ROOT' run --bundle '$b' vmc-tty" /dev/null
+  trace
   [ "$status" -eq 0 ]
   [[ "$output" == */dev/pts/* ]]
   [[ "$output" == *"33 101"* ]]
@@ -159,14 +171,17 @@ nothing_left() {
 @test "bad VM settings are refused at create and leave nothing" {
   b=$(mkbundle bad '.annotations["run.amphi.vm.memory"] = "0"')
   run A create --bundle "$b" vmc-bad
+  trace
   [ "$status" -eq 5 ]
   [[ "$output" == *run.amphi.vm.memory* ]]
   b=$(mkbundle bad2 '.annotations["run.amphi.vm.kernel"] = "/no/such/kernel"')
   run A create --bundle "$b" vmc-bad
+  trace
   [ "$status" -eq 5 ]
   [[ "$output" == */no/such/kernel* ]]
   b=$(mkbundle bad3 '.annotations["run.amphi.vm.cpus"] = "999"')
   run A create --bundle "$b" vmc-bad
+  trace
   [ "$status" -eq 5 ]
   nothing_left vmc-bad
 }
@@ -174,6 +189,7 @@ nothing_left() {
 @test "an error inside the guest reaches create with its cause" {
   b=$(mkbundle missing ".process.args = $(args /no/such/program)")
   run A run --bundle "$b" vmc-missing
+  trace
   [ "$status" -ne 0 ]
   [[ "$output" == *"/no/such/program"* ]]
   nothing_left vmc-missing
