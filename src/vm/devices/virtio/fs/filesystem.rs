@@ -49,6 +49,12 @@ pub enum ShareError {
     },
     #[error("two shares use the tag {0:?}; tags must be unique")]
     DuplicateTag(String),
+    #[error("share {tag:?}: cannot create the device's event fds")]
+    EventFd {
+        tag: String,
+        #[source]
+        source: io::Error,
+    },
 }
 
 /// The longest tag the virtio-fs config space holds.
@@ -118,7 +124,11 @@ fn erofs() -> io::Error {
 }
 
 /// A share's filesystem: every call goes to `inner`, except that a
-/// read-only share refuses whatever would change the host's files.
+/// read-only share refuses whatever would change the host's files, and no
+/// share lets the guest set or remove `trusted.*` xattrs (EPERM, what a
+/// container's root without CAP_SYS_ADMIN gets): the VMM holds that
+/// capability, and those attributes steer host-side software such as
+/// overlayfs.
 ///
 /// Calls the passthrough does not implement keep the trait's defaults
 /// (ENOSYS), as they would without this layer: locks (the guest kernel
@@ -144,6 +154,15 @@ impl<F> ShareFs<F> {
         } else {
             Ok(())
         }
+    }
+}
+
+/// Refuses the `trusted.` xattr namespace.
+fn host_only_xattr(name: &CStr) -> io::Result<()> {
+    if name.to_bytes().starts_with(b"trusted.") {
+        Err(io::Error::from_raw_os_error(libc::EPERM))
+    } else {
+        Ok(())
     }
 }
 
@@ -348,6 +367,7 @@ impl<F: FileSystem> FileSystem for ShareFs<F> {
 
     fn setxattr(&self, ctx: &Context, inode: Self::Inode, name: &CStr, value: &[u8], flags: u32) -> io::Result<()> {
         self.writable()?;
+        host_only_xattr(name)?;
         self.inner.setxattr(ctx, inode, name, value, flags)
     }
 
@@ -361,6 +381,7 @@ impl<F: FileSystem> FileSystem for ShareFs<F> {
 
     fn removexattr(&self, ctx: &Context, inode: Self::Inode, name: &CStr) -> io::Result<()> {
         self.writable()?;
+        host_only_xattr(name)?;
         self.inner.removexattr(ctx, inode, name)
     }
 

@@ -14,8 +14,9 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use fuse_backend_rs::abi::fuse_abi::{
-    AttrOut, CreateIn, EntryOut, GetattrIn, InHeader, InitIn, InitOut, MkdirIn, Opcode, OpenIn, OpenOut, OutHeader,
-    ReadIn, ReleaseIn, SetattrIn, WriteIn, WriteOut, KERNEL_MINOR_VERSION, KERNEL_VERSION, ROOT_ID,
+    AttrOut, CreateIn, EntryOut, GetattrIn, GetxattrIn, InHeader, InitIn, InitOut, MkdirIn, Opcode, OpenIn, OpenOut,
+    OutHeader, ReadIn, ReleaseIn, SetattrIn, SetxattrIn, WriteIn, WriteOut, KERNEL_MINOR_VERSION, KERNEL_VERSION,
+    ROOT_ID,
 };
 use fuse_vm_memory::ByteValued;
 use virtio_bindings::bindings::virtio_ring::{VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
@@ -414,6 +415,40 @@ fn open_read_write_create_mkdir_and_unlink_reach_the_host_directory() {
         assert_eq!(s.call(Opcode::Unlink, d.nodeid, &[&cstr("inner")], 256).error(), 0);
         assert_eq!(s.call(Opcode::Rmdir, ROOT_ID, &[&cstr("sub")], 256).error(), 0);
         assert!(!dir.path().join("sub").exists());
+    });
+}
+
+#[test]
+fn xattrs_go_through_except_the_trusted_namespace() {
+    let dir = share_dir();
+    let mem = guest_memory();
+    isolated(|| {
+        let mut s = Session::new(&mem, dir.path(), false);
+        s.init();
+        let e: EntryOut = s.lookup(ROOT_ID, "hello.txt").body();
+        let set = |s: &mut Session, name: &str, value: &[u8]| {
+            let head = SetxattrIn { size: value.len() as u32, flags: 0 };
+            s.call(Opcode::Setxattr, e.nodeid, &[head.as_slice(), &cstr(name), value], 256)
+        };
+        let r = set(&mut s, "user.amphi", b"guest value");
+        if r.error() == -libc::EOPNOTSUPP {
+            eprintln!("SKIPPED: the test directory's filesystem has no user xattrs");
+            return;
+        }
+        assert_eq!(r.error(), 0);
+        let mut value = vec![0u8; 64];
+        // SAFETY: a valid path, a valid name, and a buffer of the length given.
+        let n = unsafe {
+            let path = CString::new(dir.path().join("hello.txt").to_str().unwrap()).unwrap();
+            libc::getxattr(path.as_ptr(), c"user.amphi".as_ptr(), value.as_mut_ptr().cast(), value.len())
+        };
+        assert_eq!(&value[..n as usize], b"guest value", "the xattr is on the host file");
+        let get = GetxattrIn { size: 64, padding: 0 };
+        let r = s.call(Opcode::Getxattr, e.nodeid, &[get.as_slice(), &cstr("user.amphi")], 256);
+        assert_eq!(r.body, b"guest value");
+        assert_eq!(set(&mut s, "trusted.overlay.opaque", b"y").error(), -libc::EPERM);
+        assert_eq!(s.call(Opcode::Removexattr, e.nodeid, &[&cstr("trusted.x")], 256).error(), -libc::EPERM);
+        assert_eq!(s.call(Opcode::Removexattr, e.nodeid, &[&cstr("user.amphi")], 256).error(), 0);
     });
 }
 
