@@ -46,8 +46,8 @@ mkbundle() {
   echo "$b"
 }
 
-args() { # JSON array of the process arguments (jq would take "-c" for itself)
-  for a in "$@"; do printf '%s\0' "$a"; done | jq -Rsc 'split("\u0000")[:-1]'
+args() { # JSON array of the process arguments ("--": jq would take "-c" for itself)
+  jq -cn '$ARGS.positional' --args -- "$@"
 }
 
 # Nothing of container ID is left: no state, no process, no cgroup.
@@ -129,8 +129,8 @@ nothing_left() {
 }
 
 @test "SIGTERM to a foreground run reaches the workload" {
-  b=$(mkbundle term ".process.args = $(args /bin/sh -c 'trap \"echo got-term; exit 3\" TERM; echo ready; while :; do sleep 0.1; done')")
-  A run --bundle "$b" vmc-term > "$WORK/term.out" 2>&1 &
+  b=$(mkbundle term ".process.args = $(args /bin/sh -c 'trap "echo got-term; exit 3" TERM; echo ready; while :; do sleep 0.1; done')")
+  "$AMPHI" --root "$ROOT" run --bundle "$b" vmc-term > "$WORK/term.out" 2>&1 &
   runner=$!
   for _ in $(seq 200); do grep -q ready "$WORK/term.out" && break; sleep 0.1; done
   kill -TERM $runner
@@ -140,7 +140,7 @@ nothing_left() {
 }
 
 @test "a workload killed by a signal is reported as 128+N" {
-  b=$(mkbundle sig ".process.args = $(args /bin/sh -c 'kill -9 \$\$')")
+  b=$(mkbundle sig ".process.args = $(args /bin/sh -c 'kill -9 $$')")
   run A run --bundle "$b" vmc-sig
   trace
   [ "$status" -eq 137 ]
