@@ -15,6 +15,7 @@ pub fn document() -> Value {
     let (actions, operators, archs) = seccomp::supported();
     let cg = crate::linux::cgroups::host_facts().ok();
     let flags = ["SECCOMP_FILTER_FLAG_LOG", "SECCOMP_FILTER_FLAG_SPEC_ALLOW", "SECCOMP_FILTER_FLAG_TSYNC"];
+    let lsm = crate::linux::lsm::Host::detect();
     json!({
         "ociVersionMin": crate::spec::OCI_VERSION_MIN,
         "ociVersionMax": crate::spec::OCI_VERSION_MAX,
@@ -38,8 +39,10 @@ pub fn document() -> Value {
                 "knownFlags": flags,
                 "supportedFlags": flags
             },
-            "apparmor": { "enabled": false },
-            "selinux": { "enabled": false },
+            // Labels are applied where the host runs the module, and
+            // ignored with a warning where it does not.
+            "apparmor": { "enabled": lsm.apparmor },
+            "selinux": { "enabled": lsm.selinux },
             "intelRdt": { "enabled": false },
             "mountExtensions": { "idmap": { "enabled": false } }
         },

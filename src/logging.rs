@@ -107,6 +107,19 @@ pub fn error(msg: &str) {
     log(Level::Error, msg);
 }
 
+/// A warning given at most once per process for each `key` (a setting the
+/// host cannot honour, met again for every process of a container).
+pub fn warn_once(key: &str, msg: &str) {
+    static SEEN: Mutex<Vec<String>> = Mutex::new(Vec::new());
+    let Ok(mut seen) = SEEN.lock() else { return };
+    if seen.iter().any(|k| k == key) {
+        return;
+    }
+    seen.push(key.to_string());
+    drop(seen);
+    warn(msg);
+}
+
 fn format_line(format: Format, level: Level, msg: &str, time: &str) -> String {
     match format {
         Format::Json => {

@@ -22,8 +22,9 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use amphi::agent::container::{
-    CreateContainerRequest, CreateContainerResponse, CreateTimings, ExitStatus, ResizeRequest, SignalRequest, StreamKind, WaitRequest,
-    GUEST_BUNDLE_DIR, GUEST_SHARE_DIR, GUEST_STATE_DIR,
+    CreateContainerRequest, CreateContainerResponse, CreateTimings, ExecRequest, ExecResponse, ExitStatus, PsRequest,
+    PsResponse, ResizeRequest, SignalRequest, StatsResponse, StreamKind, UpdateRequest, WaitRequest, GUEST_BUNDLE_DIR,
+    GUEST_SHARE_DIR, GUEST_STATE_DIR,
 };
 use amphi::agent::relay;
 use amphi::agent::{AgentError, ErrorCode};
@@ -75,7 +76,12 @@ struct Relays {
 
 struct Container {
     init: Proc,
+    /// exec'd processes by exec id, until someone waited for them.
+    execs: Mutex<HashMap<String, Arc<Proc>>>,
 }
+
+/// exec'd processes one container may have in flight.
+const MAX_EXECS: usize = 1024;
 
 /// A creation parked while the host runs the runtime hooks.
 struct Parked {
@@ -187,7 +193,7 @@ impl Containers {
     }
 
     /// `resume_create`: the host ran the hooks.
-    pub fn resume(&self, id: &str) -> Result<CreateContainerResponse, AgentError> {
+    pub fn resume_create(&self, id: &str) -> Result<CreateContainerResponse, AgentError> {
         let parked = self.parked.lock().unwrap_or_else(|e| e.into_inner()).remove(id);
         let Some(mut p) = parked else {
             return Err(err(ErrorCode::NoSuchContainer, format!("no creation of {id:?} waits for its hooks")));
@@ -217,7 +223,7 @@ impl Containers {
             }
             Ok(Some(ToAgent::Created(pid))) => {
                 let init = start_relays(pid, stdio)?;
-                let c = Arc::new(Container { init });
+                let c = Arc::new(Container { init, execs: Mutex::new(HashMap::new()) });
                 self.table.lock().unwrap_or_else(|e| e.into_inner()).insert(id, c);
                 self.appeared.notify_all();
                 Ok(CreateContainerResponse { pid, hooks_pending: false, timings: Some(timings) })
@@ -235,19 +241,49 @@ impl Containers {
         Self::runtime().start(id).map_err(from_runtime)
     }
 
+    fn container(&self, id: &str) -> Result<Arc<Container>, AgentError> {
+        let t = self.table.lock().unwrap_or_else(|e| e.into_inner());
+        t.get(id).cloned().ok_or_else(|| err(ErrorCode::NoSuchContainer, format!("no container {id:?} in the guest")))
+    }
+
+    fn exec_proc(&self, id: &str, exec_id: &str) -> Result<Arc<Proc>, AgentError> {
+        let c = self.container(id)?;
+        let e = c.execs.lock().unwrap_or_else(|e| e.into_inner());
+        e.get(exec_id)
+            .cloned()
+            .ok_or_else(|| err(ErrorCode::NoSuchContainer, format!("no exec'd process {exec_id:?} in container {id:?}")))
+    }
+
     pub fn signal(&self, req: &SignalRequest) -> Result<(), AgentError> {
-        if req.exec_id.is_some() {
-            return Err(err(ErrorCode::Unsupported, "signalling exec'd processes comes with exec"));
+        if let Some(exec_id) = &req.exec_id {
+            let p = self.exec_proc(&req.id, exec_id)?;
+            if self.exits.get(p.pid).is_some() {
+                return Ok(());
+            }
+            if !(1..=64).contains(&req.signal) {
+                return Err(err(ErrorCode::InvalidConfig, format!("{} is not a signal number", req.signal)));
+            }
+            // SAFETY: kill(2) with a pid and a signal number; no memory involved.
+            let r = unsafe { libc::kill(p.pid, req.signal) };
+            return nix::errno::Errno::result(r)
+                .map(drop)
+                .map_err(|e| err(ErrorCode::ContainerFailed, format!("cannot signal the exec'd process: {e}")));
         }
         Self::runtime().kill(&req.id, &req.signal.to_string(), req.all).map_err(from_runtime)
     }
 
-    /// `wait`: blocks until the init exits (waiting for the container to
-    /// appear first, if its creation is still under way), then flushes its
-    /// output streams before answering.
+    /// `wait`: blocks until the process exits (for a container's init,
+    /// waiting for the container to appear first if its creation is still
+    /// under way), then flushes its output streams before answering.
     pub fn wait(&self, req: &WaitRequest) -> Result<ExitStatus, AgentError> {
-        if req.exec_id.is_some() {
-            return Err(err(ErrorCode::Unsupported, "waiting for exec'd processes comes with exec"));
+        if let Some(exec_id) = &req.exec_id {
+            let p = self.exec_proc(&req.id, exec_id)?;
+            let status = self.exits.wait(p.pid, None).unwrap_or(ExitStatus::exited(255));
+            finish_relays(&p);
+            if let Ok(c) = self.container(&req.id) {
+                c.execs.lock().unwrap_or_else(|e| e.into_inner()).remove(exec_id);
+            }
+            return Ok(status);
         }
         let c = {
             let mut t = self.table.lock().unwrap_or_else(|e| e.into_inner());
@@ -265,16 +301,140 @@ impl Containers {
     }
 
     pub fn resize(&self, req: &ResizeRequest) -> Result<(), AgentError> {
-        let t = self.table.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(c) = t.get(&req.id) else {
-            return Err(err(ErrorCode::NoSuchContainer, format!("no container {:?}", req.id)));
+        let proc_ = match &req.exec_id {
+            Some(e) => self.exec_proc(&req.id, e)?,
+            None => {
+                let c = self.container(&req.id)?;
+                return resize(&c.init, req);
+            }
         };
-        let Some(master) = &c.init.console else {
-            return Err(err(ErrorCode::WrongState, "the container has no terminal"));
-        };
-        set_window(master.as_fd(), req.rows, req.cols)
-            .map_err(|e| err(ErrorCode::ContainerFailed, format!("cannot set the window size: {e}")))
+        resize(&proc_, req)
     }
+
+    /// `exec`: an extra process in a running container, through the
+    /// runtime helper (`runtime exec --detach`: the process is reparented
+    /// to the agent, which reaps it).
+    pub fn exec(&self, req: ExecRequest) -> Result<ExecResponse, AgentError> {
+        let c = self.container(&req.id)?;
+        let valid = !req.exec_id.is_empty()
+            && req.exec_id.len() <= 64
+            && req.exec_id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        if !valid {
+            return Err(err(ErrorCode::InvalidConfig, format!("{:?} is not a valid exec id", req.exec_id)));
+        }
+        {
+            let e = c.execs.lock().unwrap_or_else(|e| e.into_inner());
+            if e.contains_key(&req.exec_id) {
+                return Err(err(ErrorCode::ContainerExists, format!("exec id {:?} is in use", req.exec_id)));
+            }
+            if e.len() >= MAX_EXECS {
+                return Err(err(ErrorCode::Unsupported, format!("more than {MAX_EXECS} exec'd processes at once")));
+            }
+        }
+        let setup = |e: String| err(ErrorCode::GuestSetupFailed, e);
+        let dir = Path::new(GUEST_BUNDLE_DIR).join(&req.id);
+        let process = dir.join(format!("exec-{}.json", req.exec_id));
+        let pid_file = dir.join(format!("exec-{}.pid", req.exec_id));
+        std::fs::write(&process, serde_json::to_vec(&req.process).map_err(|e| setup(e.to_string()))?)
+            .map_err(|e| setup(format!("cannot write the process file: {e}")))?;
+        let streams = self.sessions.take(&req.stdio.session, &req.stdio.streams, STDIO_WAIT)?;
+        let (stdio, child_fds) =
+            prepare_stdio(&format!("{}-{}", req.id, req.exec_id), streams, req.stdio.terminal())?;
+        let mut args: Vec<String> = vec!["runtime".into(), "exec".into(), "--process".into()];
+        args.push(process.display().to_string());
+        args.push("--pid-file".into());
+        args.push(pid_file.display().to_string());
+        if let Some((_, path)) = &stdio.console {
+            args.push("--console-socket".into());
+            args.push(path.display().to_string());
+        }
+        args.push(req.id.clone());
+        let mut helper = spawn_helper(&args, child_fds)?;
+        let _ = helper.chan.set_read_timeout(Some(HELPER_DEADLINE));
+        let msg = helper::recv::<ToAgent>(&mut helper.reader);
+        let _ = std::fs::remove_file(&process);
+        let _ = std::fs::remove_file(&pid_file);
+        match msg {
+            Ok(Some(ToAgent::Started(pid))) => {
+                let p = Arc::new(start_relays(pid, stdio)?);
+                c.execs.lock().unwrap_or_else(|e| e.into_inner()).insert(req.exec_id, p);
+                Ok(ExecResponse { pid })
+            }
+            Ok(Some(ToAgent::Failed { exit_code, message })) => Err(runtime_error(exit_code, message)),
+            Ok(Some(other)) => Err(err(ErrorCode::ContainerFailed, format!("the runtime helper said {other:?} during exec"))),
+            Ok(None) => Err(err(ErrorCode::ContainerFailed, "the runtime helper ended without saying how exec went")),
+            Err(e) => Err(err(ErrorCode::ContainerFailed, format!("no answer from the runtime helper: {e}"))),
+        }
+    }
+
+    pub fn pause(&self, id: &str) -> Result<(), AgentError> {
+        Self::runtime().pause(id).map_err(from_runtime)
+    }
+
+    pub fn resume(&self, id: &str) -> Result<(), AgentError> {
+        Self::runtime().resume(id).map_err(from_runtime)
+    }
+
+    /// `ps`: the pids from the runtime; the table from ps(1) when the
+    /// guest has one for the arguments given, else (no arguments) built
+    /// from /proc: the guest image carries no ps binary.
+    pub fn ps(&self, req: &PsRequest) -> Result<PsResponse, AgentError> {
+        let rt = Self::runtime();
+        let json = rt.ps(&req.id, true, &[]).map_err(from_runtime)?;
+        let pids: Vec<i32> = serde_json::from_str(&json)
+            .map_err(|e| err(ErrorCode::ContainerFailed, format!("the runtime's pid list: {e}")))?;
+        let table = if req.args.is_empty() {
+            amphi::container::ps::proc_table(&pids)
+        } else {
+            amphi::container::ps::table(&req.args, &pids).map_err(|e| {
+                err(
+                    ErrorCode::Unsupported,
+                    format!(
+                        "ps {} in the guest: {}; without arguments amphi shows the -ef table, or run ps in the \
+                         container with amphi exec",
+                        req.args.join(" "),
+                        amphi::logging::chain(&e)
+                    ),
+                )
+            })?
+        };
+        Ok(PsResponse { pids, table })
+    }
+
+    pub fn stats(&self, id: &str) -> Result<StatsResponse, AgentError> {
+        let mut got = None;
+        Self::runtime()
+            .events(id, true, Duration::from_secs(1), &mut |e| {
+                got = e.data.as_ref().map(|d| serde_json::to_value(d));
+                Ok(())
+            })
+            .map_err(from_runtime)?;
+        match got {
+            Some(Ok(stats)) => Ok(StatsResponse { stats }),
+            Some(Err(e)) => Err(err(ErrorCode::ContainerFailed, format!("cannot encode the stats: {e}"))),
+            None => Err(err(ErrorCode::ContainerFailed, "the runtime gave no stats")),
+        }
+    }
+
+    pub fn update(&self, req: &UpdateRequest) -> Result<(), AgentError> {
+        let dir = Path::new(GUEST_BUNDLE_DIR).join(&req.id);
+        let file = dir.join("update.json");
+        std::fs::create_dir_all(&dir)
+            .and_then(|()| std::fs::write(&file, serde_json::to_vec(&req.resources).unwrap_or_default()))
+            .map_err(|e| err(ErrorCode::GuestSetupFailed, format!("cannot write the resources: {e}")))?;
+        let opts = amphi::container::update::UpdateOptions { resources: Some(file.clone()), ..Default::default() };
+        let r = Self::runtime().update(&req.id, &opts).map_err(from_runtime);
+        let _ = std::fs::remove_file(&file);
+        r
+    }
+}
+
+fn resize(p: &Proc, req: &ResizeRequest) -> Result<(), AgentError> {
+    let Some(master) = &p.console else {
+        return Err(err(ErrorCode::WrongState, "the process has no terminal"));
+    };
+    set_window(master.as_fd(), req.rows, req.cols)
+        .map_err(|e| err(ErrorCode::ContainerFailed, format!("cannot set the window size: {e}")))
 }
 
 pub fn set_window(fd: std::os::fd::BorrowedFd<'_>, rows: u16, cols: u16) -> nix::Result<()> {

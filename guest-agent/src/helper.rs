@@ -18,6 +18,7 @@ use std::sync::{Arc, Mutex};
 
 use amphi::agent::container::GUEST_STATE_DIR;
 use amphi::container::hooks::HookError;
+use amphi::container::exec::ExecOptions;
 use amphi::container::{CreateOptions, Runtime};
 use amphi::spec::Isolation;
 use serde::{Deserialize, Serialize};
@@ -68,6 +69,8 @@ struct Args {
     op: String,
     id: String,
     bundle: Option<PathBuf>,
+    process: Option<PathBuf>,
+    pid_file: Option<PathBuf>,
     console_socket: Option<PathBuf>,
     no_pivot: bool,
     no_new_keyring: bool,
@@ -81,6 +84,8 @@ fn parse(args: &[String]) -> Result<Args, String> {
         op,
         id: String::new(),
         bundle: None,
+        process: None,
+        pid_file: None,
         console_socket: None,
         no_pivot: false,
         no_new_keyring: false,
@@ -89,6 +94,8 @@ fn parse(args: &[String]) -> Result<Args, String> {
     while let Some(arg) = it.next() {
         match arg.as_str() {
             "--bundle" => a.bundle = Some(it.next().ok_or("--bundle needs a value")?.into()),
+            "--process" => a.process = Some(it.next().ok_or("--process needs a value")?.into()),
+            "--pid-file" => a.pid_file = Some(it.next().ok_or("--pid-file needs a value")?.into()),
             "--console-socket" => a.console_socket = Some(it.next().ok_or("--console-socket needs a value")?.into()),
             "--no-pivot" => a.no_pivot = true,
             "--no-new-keyring" => a.no_new_keyring = true,
@@ -148,6 +155,37 @@ pub fn main(args: &[String]) -> i32 {
                 Ok(state) => {
                     let mut c = chan.lock().unwrap_or_else(|e| e.into_inner());
                     if send(&mut c.0, &ToAgent::Created(state.pid)).is_err() {
+                        return 1;
+                    }
+                    0
+                }
+                Err(e) => fail(e.exit_code(), amphi::logging::chain(&e)),
+            }
+        }
+        // Detached: the exec'd process outlives this helper and is
+        // reparented to the agent, which reaps it.
+        "exec" => {
+            let opts = ExecOptions {
+                process: a.process,
+                console_socket: a.console_socket,
+                pid_file: a.pid_file.clone(),
+                detach: true,
+                ..Default::default()
+            };
+            let pid = rt.exec(&a.id, &opts).and_then(|_| {
+                let path = a.pid_file.clone().unwrap_or_default();
+                std::fs::read_to_string(&path)
+                    .ok()
+                    .and_then(|p| p.trim().parse::<i32>().ok())
+                    .ok_or(amphi::container::ContainerError::PidFile {
+                        path,
+                        source: std::io::Error::from(std::io::ErrorKind::InvalidData),
+                    })
+            });
+            match pid {
+                Ok(pid) => {
+                    let mut c = chan.lock().unwrap_or_else(|e| e.into_inner());
+                    if send(&mut c.0, &ToAgent::Started(pid)).is_err() {
                         return 1;
                     }
                     0

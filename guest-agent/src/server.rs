@@ -148,7 +148,6 @@ pub fn handle(mut conn: File, ctx: &Context) -> Option<(ShutdownAction, File)> {
             }
         };
         let id = env.id;
-        let method = env.request.method();
         let mut after = None;
         let outcome = match env.request {
             Request::Handshake(_) if handshaken => {
@@ -195,19 +194,17 @@ pub fn handle(mut conn: File, ctx: &Context) -> Option<(ShutdownAction, File)> {
                 "attach_stream must be the first request of a stdio connection",
             )),
             Request::CreateContainer(c) => ctx.containers.create(c).map(Response::CreateContainer),
-            Request::ResumeCreate(c) => ctx.containers.resume(&c.id).map(Response::ResumeCreate),
+            Request::ResumeCreate(c) => ctx.containers.resume_create(&c.id).map(Response::ResumeCreate),
             Request::StartContainer(c) => ctx.containers.start(&c.id).map(|()| Response::StartContainer),
             Request::Signal(s) => ctx.containers.signal(&s).map(|()| Response::Signal),
             Request::Wait(w) => ctx.containers.wait(&w).map(Response::Wait),
             Request::Resize(r) => ctx.containers.resize(&r).map(|()| Response::Resize),
-            Request::Exec(_)
-            | Request::Pause(_)
-            | Request::Resume(_)
-            | Request::Ps(_)
-            | Request::Stats(_)
-            | Request::Update(_) => {
-                Err(AgentError::new(ErrorCode::Unsupported, format!("{method} is not supported by this agent yet")))
-            }
+            Request::Exec(e) => ctx.containers.exec(e).map(Response::Exec),
+            Request::Pause(c) => ctx.containers.pause(&c.id).map(|()| Response::Pause),
+            Request::Resume(c) => ctx.containers.resume(&c.id).map(|()| Response::Resume),
+            Request::Ps(p) => ctx.containers.ps(&p).map(Response::Ps),
+            Request::Stats(c) => ctx.containers.stats(&c.id).map(Response::Stats),
+            Request::Update(u) => ctx.containers.update(&u).map(|()| Response::Update),
         };
         let reply = match outcome {
             Ok(r) => ResponseEnvelope::ok(id, r),

@@ -8,8 +8,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::agent::container::{
-    AttachStreamRequest, ContainerRef, CreateContainerRequest, CreateContainerResponse, ExitStatus, ResizeRequest,
-    SignalRequest, StreamKind, WaitRequest,
+    AttachStreamRequest, ContainerRef, CreateContainerRequest, CreateContainerResponse, ExecRequest, ExecResponse,
+    ExitStatus, PsRequest, PsResponse, ResizeRequest, SignalRequest, StatsResponse, StreamKind, UpdateRequest,
+    WaitRequest,
 };
 use crate::agent::{
     self, Client, HandshakeRequest, HandshakeResponse, HealthResponse, ProtocolError, Request, Response,
@@ -212,6 +213,30 @@ impl AgentClient {
 
     pub fn resize(&mut self, req: ResizeRequest) -> Result<(), AgentClientError> {
         expect!(self.call(Request::Resize(req))?, "resize", Response::Resize => ())
+    }
+
+    pub fn exec(&mut self, req: ExecRequest) -> Result<ExecResponse, AgentClientError> {
+        expect!(self.call(Request::Exec(req))?, "exec", Response::Exec(r) => r)
+    }
+
+    pub fn pause(&mut self, id: &str) -> Result<(), AgentClientError> {
+        expect!(self.call(Request::Pause(ContainerRef { id: id.into() }))?, "pause", Response::Pause => ())
+    }
+
+    pub fn resume(&mut self, id: &str) -> Result<(), AgentClientError> {
+        expect!(self.call(Request::Resume(ContainerRef { id: id.into() }))?, "resume", Response::Resume => ())
+    }
+
+    pub fn ps(&mut self, req: PsRequest) -> Result<PsResponse, AgentClientError> {
+        expect!(self.call(Request::Ps(req))?, "ps", Response::Ps(r) => r)
+    }
+
+    pub fn stats(&mut self, id: &str) -> Result<StatsResponse, AgentClientError> {
+        expect!(self.call(Request::Stats(ContainerRef { id: id.into() }))?, "stats", Response::Stats(r) => r)
+    }
+
+    pub fn update(&mut self, req: UpdateRequest) -> Result<(), AgentClientError> {
+        expect!(self.call(Request::Update(req))?, "update", Response::Update => ())
     }
 }
 

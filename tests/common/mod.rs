@@ -219,6 +219,11 @@ pub fn mounts_under(dir: &Path) -> Vec<String> {
         .collect()
 }
 
+/// A program on PATH.
+pub fn which(bin: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")?.to_str()?.split(':').map(|d| Path::new(d).join(bin)).find(|p| p.exists())
+}
+
 /// Like Command::output, but through temporary files.
 pub fn output_via_files(c: &mut Command) -> Output {
     let out = tempfile::tempfile().unwrap();

@@ -200,3 +200,55 @@ nothing_left() {
   [[ "$output" == *"/no/such/program"* ]]
   nothing_left vmc-missing
 }
+
+@test "exec runs a process in the running VM container, with its own exit code" {
+  b=$(mkbundle exec ".process.args = $(args /bin/sleep 1000)")
+  A run -d --bundle "$b" vmc-exec </dev/null >/dev/null 2>&1
+  run --separate-stderr A exec vmc-exec /bin/sh -c 'echo in-guest $(hostname); echo to-stderr >&2; exit 5'
+  trace
+  [ "$status" -eq 5 ]
+  [ "$output" = "in-guest hello" ]
+  [ "$stderr" = to-stderr ]
+  run bash -c "echo via-stdin | '$AMPHI' --root '$ROOT' exec vmc-exec /bin/cat"
+  trace
+  [ "$output" = via-stdin ]
+  run script -qec "stty rows 21 cols 77; '$AMPHI' --root '$ROOT' exec -t vmc-exec /bin/sh -c 'tty; stty size'" /dev/null
+  trace
+  [ "$status" -eq 0 ]
+  [[ "$output" == */dev/pts/* ]]
+  [[ "$output" == *"21 77"* ]]
+  A exec -d --pid-file "$WORK/exec.pid" vmc-exec /bin/sleep 1000 </dev/null >/dev/null 2>&1
+  relay=$(cat "$WORK/exec.pid")
+  kill -0 "$relay"
+  kill -TERM "$relay"
+  for _ in $(seq 100); do kill -0 "$relay" 2>/dev/null || break; sleep 0.1; done
+  ! kill -0 "$relay" 2>/dev/null
+  A delete --force vmc-exec
+  nothing_left vmc-exec
+}
+
+@test "ps, pause, resume, update and events --stats reach the guest" {
+  b=$(mkbundle ops ".process.args = $(args /bin/sh -c 'sleep 1000 & exec sleep 999')")
+  A run -d --bundle "$b" vmc-ops </dev/null >/dev/null 2>&1
+  run A ps --format json vmc-ops
+  trace
+  [ "$status" -eq 0 ]
+  [ "$(echo "$output" | jq length)" -eq 2 ]
+  run A ps vmc-ops
+  trace
+  [[ "${lines[0]}" == *PID*CMD* ]]
+  [[ "$output" == *"sleep 999"* ]]
+  A pause vmc-ops
+  [ "$(A state vmc-ops | jq -r .status)" = paused ]
+  A resume vmc-ops
+  [ "$(A state vmc-ops | jq -r .status)" = running ]
+  A update --pids-limit 50 vmc-ops
+  run A events --stats vmc-ops
+  trace
+  [ "$status" -eq 0 ]
+  [ "$(echo "$output" | jq -r .type)" = stats ]
+  [ "$(echo "$output" | jq -r .data.pids.limit)" = 50 ]
+  [ "$(echo "$output" | jq -r .data.pids.current)" -ge 2 ]
+  A delete --force vmc-ops
+  nothing_left vmc-ops
+}

@@ -13,6 +13,7 @@
 //! - `destroy` makes sure the VMM is gone and removes its cgroup. Its
 //!   mounts lived in its own mount namespace and went with it.
 
+pub mod exec_relay;
 pub mod plan;
 pub mod stdio;
 pub mod vmm_process;
@@ -23,12 +24,17 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
+use oci_spec::runtime::LinuxResources;
 use serde::{Deserialize, Serialize};
 
-use crate::agent::container::{CreateContainerRequest, SignalRequest, StdioRequest};
+use crate::agent::container::{CreateContainerRequest, PsRequest, SignalRequest, StdioRequest, UpdateRequest};
 use crate::agent::{AgentError, ErrorCode};
 use crate::container::process;
-use crate::container::sandbox::{CreateRequest, Created, Launch, LaunchMode, RuntimeHooks, Sandbox, SandboxError};
+use crate::container::sandbox::{
+    CreateRequest, Created, Exec, ExecRequest, Launch, LaunchMode, RuntimeHooks, Sandbox, SandboxError,
+};
+use crate::container::signal::Sig;
+use crate::container::stats::Stats;
 use crate::container::state::State;
 use crate::container::store::ContainerDir;
 use crate::linux::cgroups::{CgroupConfig, CgroupState, Manager};
@@ -87,6 +93,8 @@ pub enum VmError {
     Guest2(AgentError),
     #[error(transparent)]
     Hook(#[from] crate::container::hooks::HookError),
+    #[error("exec: {0}")]
+    Relay(String),
 }
 
 fn tail(lines: &[String]) -> String {
@@ -159,12 +167,12 @@ impl Sandbox for VmSandbox {
         Ok(())
     }
 
-    fn kill(&self, state: &State, signal: Signal, all: bool) -> Result<(), SandboxError> {
+    fn kill(&self, state: &State, signal: Sig, all: bool) -> Result<(), SandboxError> {
         let sent = connect(state, CALL_TIMEOUT).and_then(|mut c| {
-            c.signal(SignalRequest { id: state.id.clone(), signal: signal as i32, all, exec_id: None })
+            c.signal(SignalRequest { id: state.id.clone(), signal: signal.number(), all, exec_id: None })
                 .map_err(VmError::from)
         });
-        if signal != Signal::SIGKILL {
+        if signal != Sig::KILL {
             return Ok(sent?);
         }
         // SIGKILL always works: if the agent did not take it, or the VM
@@ -173,20 +181,143 @@ impl Sandbox for VmSandbox {
             crate::logging::debug_with(|| {
                 format!("kill {}: the VM did not end through its agent, killing the VMM {}", state.id, state.pid)
             });
-            let _ = process::signal(state.pid, state.pid_start_time, Signal::SIGKILL);
+            let _ = process::signal(state.pid, state.pid_start_time, Sig::KILL);
         }
         Ok(())
     }
 
     fn destroy(&self, state: &State) -> Result<(), SandboxError> {
         if process::liveness(state.pid, state.pid_start_time) == process::Liveness::Alive {
-            let _ = process::signal(state.pid, state.pid_start_time, Signal::SIGKILL);
+            let _ = process::signal(state.pid, state.pid_start_time, Sig::KILL);
             process::wait_gone(state.pid, state.pid_start_time, KILL_GRACE);
         }
         let cg = Manager::from_state(vm_state(state).cgroup);
         cg.destroy().map_err(VmError::from)?;
         Ok(())
     }
+
+    fn exec(&self, _dir: &ContainerDir, state: &State, req: &ExecRequest<'_>) -> Result<Exec, SandboxError> {
+        Ok(exec(state, req)?)
+    }
+
+    fn pause(&self, state: &State) -> Result<(), SandboxError> {
+        connect(state, CALL_TIMEOUT)?.pause(&state.id).map_err(VmError::from)?;
+        Ok(())
+    }
+
+    fn resume(&self, state: &State) -> Result<(), SandboxError> {
+        connect(state, CALL_TIMEOUT)?.resume(&state.id).map_err(VmError::from)?;
+        Ok(())
+    }
+
+    /// The guest's cgroup gets every change; the VMM's host cgroup the CPU
+    /// ones (they limit the vCPU threads). Guest RAM cannot change size
+    /// while the VM runs, so a memory change applies inside the guest only.
+    fn update(&self, state: &State, resources: &LinuxResources) -> Result<(), SandboxError> {
+        let json = serde_json::to_value(resources).map_err(|e| VmError::Config(e.to_string()))?;
+        connect(state, CALL_TIMEOUT)?
+            .update(UpdateRequest { id: state.id.clone(), resources: json })
+            .map_err(VmError::from)?;
+        if let Some(cpu) = resources.cpu() {
+            let host: LinuxResources = serde_json::from_value(serde_json::json!({ "cpu": cpu })).unwrap_or_default();
+            let mut cg = Manager::from_state(vm_state(state).cgroup);
+            cg.update(&host).map_err(VmError::from)?;
+        }
+        Ok(())
+    }
+
+    fn pids(&self, state: &State) -> Result<Vec<i32>, SandboxError> {
+        let r = connect(state, CALL_TIMEOUT)?
+            .ps(PsRequest { id: state.id.clone(), args: Vec::new() })
+            .map_err(VmError::from)?;
+        Ok(r.pids)
+    }
+
+    fn ps(&self, state: &State, args: &[String]) -> Result<String, SandboxError> {
+        let r = connect(state, CALL_TIMEOUT)?
+            .ps(PsRequest { id: state.id.clone(), args: args.to_vec() })
+            .map_err(VmError::from)?;
+        Ok(r.table)
+    }
+
+    fn stats(&self, state: &State) -> Result<Stats, SandboxError> {
+        let r = connect(state, CALL_TIMEOUT)?.stats(&state.id).map_err(VmError::from)?;
+        Ok(serde_json::from_value(r.stats).map_err(|e| VmError::Config(format!("the guest's stats: {e}")))?)
+    }
+}
+
+fn exec(state: &State, req: &ExecRequest<'_>) -> Result<Exec, VmError> {
+    if req.preserve_fds > 0 {
+        return Err(PlanError::Unsupported(
+            "--preserve-fds cannot pass host descriptors into a VM: drop it or use --isolation container".into(),
+        )
+        .into());
+    }
+    let vs = vm_state(state);
+    let terminal = req.process.terminal().unwrap_or(false);
+    let window = if req.keep_console { window_of_stdin() } else { None };
+    let (master, local) = if terminal {
+        let pty = nix::pty::openpty(
+            window.map(|(r, c)| nix::pty::Winsize { ws_row: r, ws_col: c, ws_xpixel: 0, ws_ypixel: 0 }).as_ref(),
+            None,
+        )
+        .map_err(|e| io("cannot open a host pty for the exec's terminal")(e.into()))?;
+        (Some(pty.master), Local::Tty(pty.slave))
+    } else {
+        (None, Local::Inherited)
+    };
+    let mut process = serde_json::to_value(req.process).map_err(|e| VmError::Config(e.to_string()))?;
+    if let (Some((rows, cols)), Some(p)) = (window, process.as_object_mut()) {
+        p.entry("consoleSize").or_insert(serde_json::json!({"height": rows, "width": cols}));
+    }
+    let (report_r, report_w) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| io("pipe")(e.into()))?;
+    let plan = exec_relay::ExecPlan {
+        id: state.id.clone(),
+        exec_id: session_name(),
+        uds: vs.vsock,
+        session: session_name(),
+        streams: stdio::streams(&local),
+        local,
+        window,
+        process,
+        report: report_w,
+    };
+    let report_r_raw = report_r.as_raw_fd();
+    let pid = crate::linux::process::clone_child(nix::sched::CloneFlags::empty(), None, move || {
+        // SAFETY: closing the child's copy of the parent's read end.
+        unsafe { libc::close(report_r_raw) };
+        exec_relay::run(plan)
+    })
+    .map_err(|e| io("cannot fork the exec relay")(e.into()))?;
+    let reap = || {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
+        let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
+    };
+    let mut line = String::new();
+    let read = BufReader::new(std::fs::File::from(report_r)).read_line(&mut line);
+    match read.ok().and_then(|_| serde_json::from_str::<exec_relay::Report>(line.trim_end()).ok()) {
+        Some(exec_relay::Report::Started(guest_pid)) => {
+            crate::logging::debug_with(|| format!("exec {}: guest pid {guest_pid}, relay {pid}", state.id));
+        }
+        Some(exec_relay::Report::Refused(a)) => {
+            reap();
+            return Err(VmError::Guest2(a));
+        }
+        Some(exec_relay::Report::Failed(m)) => {
+            reap();
+            return Err(VmError::Relay(m));
+        }
+        None => {
+            reap();
+            return Err(VmError::Relay("the relay process ended without saying why".into()));
+        }
+    }
+    if let (Some(m), Some(path)) = (&master, &req.console_socket) {
+        crate::linux::console::send_to_socket(path, m.as_raw_fd())
+            .map_err(|e| VmError::Config(crate::logging::chain(&e)))?;
+    }
+    Ok(Exec { pid, console: if req.keep_console { master } else { None } })
 }
 
 /// Host CPUs online, for the vCPU limit.

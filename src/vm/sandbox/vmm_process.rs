@@ -91,7 +91,7 @@ impl Events {
 }
 
 /// Closes every descriptor above 2 except `keep`.
-fn close_others(keep: &[RawFd]) {
+pub(super) fn close_others(keep: &[RawFd]) {
     let fds: Vec<RawFd> = match std::fs::read_dir("/proc/self/fd") {
         Ok(d) => d.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect(),
         Err(_) => return,
@@ -142,7 +142,7 @@ fn mount_share(root: &Path, entries: &[ShareEntry]) -> Result<(), String> {
 
 /// Makes the pty slave our controlling terminal, in raw mode: the guest's
 /// pty does the line discipline, this one only carries bytes.
-fn take_terminal(slave: &OwnedFd) -> Result<(), String> {
+pub(super) fn take_terminal(slave: &OwnedFd) -> Result<(), String> {
     // SAFETY: TIOCSCTTY with argument 0 on a terminal fd; we are a session
     // leader without a controlling terminal.
     if unsafe { libc::ioctl(slave.as_raw_fd(), libc::TIOCSCTTY, 0) } < 0 {
@@ -154,14 +154,14 @@ fn take_terminal(slave: &OwnedFd) -> Result<(), String> {
         .map_err(|e| format!("tcsetattr: {e}"))
 }
 
-fn window_of(fd: &OwnedFd) -> Option<(u16, u16)> {
+pub(super) fn window_of(fd: &OwnedFd) -> Option<(u16, u16)> {
     let mut ws = libc::winsize { ws_row: 0, ws_col: 0, ws_xpixel: 0, ws_ypixel: 0 };
     // SAFETY: TIOCGWINSZ writes one winsize into the struct we own.
     (unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCGWINSZ, &mut ws) } == 0).then_some((ws.ws_row, ws.ws_col))
 }
 
 /// Ends this process the way the workload ended.
-fn exit_like(status: ExitStatus) -> ! {
+pub(super) fn exit_like(status: ExitStatus) -> ! {
     if let Some(sig) = status.signal.and_then(|s| Signal::try_from(s).ok()) {
         // No core dump of the VMM (it would hold guest memory).
         let _ = nix::sys::prctl::set_dumpable(false);
@@ -205,10 +205,7 @@ pub fn run(plan: VmmPlan) -> i32 {
             return fail("cannot take the container's terminal", e);
         }
     }
-    let mut sigs = SigSet::empty();
-    for s in FORWARDED {
-        sigs.add(*s);
-    }
+    let sigs = forwarded_set();
     // Blocked here, before any thread exists, so every thread inherits it
     // and only the forwarder takes them.
     let _ = sigs.thread_block();
@@ -255,7 +252,9 @@ pub fn run(plan: VmmPlan) -> i32 {
     }
     {
         let (uds, id) = (uds.clone(), id.clone());
-        let _ = std::thread::Builder::new().name("signals".into()).spawn(move || forward_signals(&uds, &id, sigs, tty));
+        let _ = std::thread::Builder::new()
+            .name("signals".into())
+            .spawn(move || forward_signals(&uds, &id, None, sigs, tty));
     }
 
     let on_event = {
@@ -313,9 +312,19 @@ pub fn run(plan: VmmPlan) -> i32 {
     i32::from(code)
 }
 
-/// Takes the forwarded signals and hands them to the workload through the
-/// agent; SIGWINCH becomes a window size change.
-fn forward_signals(uds: &Path, id: &str, set: SigSet, tty: Option<OwnedFd>) {
+/// The set of [`FORWARDED`] signals.
+pub(super) fn forwarded_set() -> SigSet {
+    let mut sigs = SigSet::empty();
+    for s in FORWARDED {
+        sigs.add(*s);
+    }
+    sigs
+}
+
+/// Takes the forwarded signals and hands them to the workload (or to the
+/// exec'd process `exec_id`) through the agent; SIGWINCH becomes a window
+/// size change.
+pub(super) fn forward_signals(uds: &Path, id: &str, exec_id: Option<&str>, set: SigSet, tty: Option<OwnedFd>) {
     let mut client: Option<AgentClient> = None;
     loop {
         let Ok(sig) = set.wait() else { continue };
@@ -325,11 +334,18 @@ fn forward_signals(uds: &Path, id: &str, set: SigSet, tty: Option<OwnedFd>) {
         let Some(c) = client.as_mut() else { continue };
         let sent = if sig == Signal::SIGWINCH {
             match tty.as_ref().and_then(window_of) {
-                Some((rows, cols)) => c.resize(ResizeRequest { id: id.into(), exec_id: None, rows, cols }),
+                Some((rows, cols)) => {
+                    c.resize(ResizeRequest { id: id.into(), exec_id: exec_id.map(str::to_string), rows, cols })
+                }
                 None => Ok(()),
             }
         } else {
-            c.signal(SignalRequest { id: id.into(), signal: sig as i32, all: false, exec_id: None })
+            c.signal(SignalRequest {
+                id: id.into(),
+                signal: sig as i32,
+                all: false,
+                exec_id: exec_id.map(str::to_string),
+            })
         };
         if sent.is_err() {
             client = None;
