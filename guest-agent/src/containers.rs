@@ -249,9 +249,9 @@ impl Containers {
     fn exec_proc(&self, id: &str, exec_id: &str) -> Result<Arc<Proc>, AgentError> {
         let c = self.container(id)?;
         let e = c.execs.lock().unwrap_or_else(|e| e.into_inner());
-        e.get(exec_id)
-            .cloned()
-            .ok_or_else(|| err(ErrorCode::NoSuchContainer, format!("no exec'd process {exec_id:?} in container {id:?}")))
+        e.get(exec_id).cloned().ok_or_else(|| {
+            err(ErrorCode::NoSuchContainer, format!("no exec'd process {exec_id:?} in container {id:?}"))
+        })
     }
 
     pub fn signal(&self, req: &SignalRequest) -> Result<(), AgentError> {
@@ -338,8 +338,7 @@ impl Containers {
         std::fs::write(&process, serde_json::to_vec(&req.process).map_err(|e| setup(e.to_string()))?)
             .map_err(|e| setup(format!("cannot write the process file: {e}")))?;
         let streams = self.sessions.take(&req.stdio.session, &req.stdio.streams, STDIO_WAIT)?;
-        let (stdio, child_fds) =
-            prepare_stdio(&format!("{}-{}", req.id, req.exec_id), streams, req.stdio.terminal())?;
+        let (stdio, child_fds) = prepare_stdio(&format!("{}-{}", req.id, req.exec_id), streams, req.stdio.terminal())?;
         let mut args: Vec<String> = vec!["runtime".into(), "exec".into(), "--process".into()];
         args.push(process.display().to_string());
         args.push("--pid-file".into());
@@ -361,7 +360,9 @@ impl Containers {
                 Ok(ExecResponse { pid })
             }
             Ok(Some(ToAgent::Failed { exit_code, message })) => Err(runtime_error(exit_code, message)),
-            Ok(Some(other)) => Err(err(ErrorCode::ContainerFailed, format!("the runtime helper said {other:?} during exec"))),
+            Ok(Some(other)) => {
+                Err(err(ErrorCode::ContainerFailed, format!("the runtime helper said {other:?} during exec")))
+            }
             Ok(None) => Err(err(ErrorCode::ContainerFailed, "the runtime helper ended without saying how exec went")),
             Err(e) => Err(err(ErrorCode::ContainerFailed, format!("no answer from the runtime helper: {e}"))),
         }

@@ -17,8 +17,8 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use amphi::agent::container::GUEST_STATE_DIR;
-use amphi::container::hooks::HookError;
 use amphi::container::exec::ExecOptions;
+use amphi::container::hooks::HookError;
 use amphi::container::{CreateOptions, Runtime};
 use amphi::spec::Isolation;
 use serde::{Deserialize, Serialize};
@@ -174,13 +174,12 @@ pub fn main(args: &[String]) -> i32 {
             };
             let pid = rt.exec(&a.id, &opts).and_then(|_| {
                 let path = a.pid_file.clone().unwrap_or_default();
-                std::fs::read_to_string(&path)
-                    .ok()
-                    .and_then(|p| p.trim().parse::<i32>().ok())
-                    .ok_or(amphi::container::ContainerError::PidFile {
+                std::fs::read_to_string(&path).ok().and_then(|p| p.trim().parse::<i32>().ok()).ok_or(
+                    amphi::container::ContainerError::PidFile {
                         path,
                         source: std::io::Error::from(std::io::ErrorKind::InvalidData),
-                    })
+                    },
+                )
             });
             match pid {
                 Ok(pid) => {

@@ -34,8 +34,8 @@ use crate::container::sandbox::{
     CreateRequest, Created, Exec, ExecRequest, Launch, LaunchMode, RuntimeHooks, Sandbox, SandboxError,
 };
 use crate::container::signal::Sig;
-use crate::container::stats::Stats;
 use crate::container::state::State;
+use crate::container::stats::Stats;
 use crate::container::store::ContainerDir;
 use crate::linux::cgroups::{CgroupConfig, CgroupState, Manager};
 use crate::vm::agent_client::{AgentClient, AgentClientError};
@@ -270,8 +270,7 @@ fn exec(state: &State, req: &ExecRequest<'_>) -> Result<Exec, VmError> {
     if let (Some((rows, cols)), Some(p)) = (window, process.as_object_mut()) {
         p.entry("consoleSize").or_insert(serde_json::json!({"height": rows, "width": cols}));
     }
-    let (report_r, report_w) =
-        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| io("pipe")(e.into()))?;
+    let (report_r, report_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| io("pipe")(e.into()))?;
     let plan = exec_relay::ExecPlan {
         id: state.id.clone(),
         exec_id: session_name(),
