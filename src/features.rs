@@ -6,6 +6,14 @@ use serde_json::{json, Value};
 use crate::linux::{mounts, namespaces, seccomp};
 
 pub fn document() -> Value {
+    let vm_annotations = [
+        vm::ANNOTATION_MEMORY,
+        vm::ANNOTATION_CPUS,
+        vm::ANNOTATION_KERNEL,
+        vm::ANNOTATION_KERNEL_ARGS,
+        vm::ANNOTATION_BOOT_TIMEOUT,
+    ]
+    .join(",");
     let mut ns = vec!["cgroup", "ipc", "mount", "network", "pid", "user", "uts"];
     if namespaces::time_supported() {
         ns.push("time");
@@ -50,11 +58,18 @@ pub fn document() -> Value {
             "run.amphi.version": env!("CARGO_PKG_VERSION"),
             "run.amphi.isolations": "container,vm",
             "run.amphi.cgroup.controllers": cg.map(|f| f.controllers.join(",")).unwrap_or_default(),
-            "io.github.seccomp.libseccomp.version": libseccomp_version()
+            "io.github.seccomp.libseccomp.version": libseccomp_version(),
+            "run.amphi.vm.default.memory": format!("{} MiB", vm::DEFAULT_MEMORY_MIB),
+            "run.amphi.vm.default.memory_overhead": format!("{} MiB added to linux.resources.memory.limit", vm::MEMORY_OVERHEAD_MIB),
+            "run.amphi.vm.default.cpus": format!("{} (else CPU quota/period rounded up, or the cpuset's size)", vm::DEFAULT_VCPUS),
+            "run.amphi.vm.default.boot_timeout": format!("{} s", vm::DEFAULT_BOOT_TIMEOUT.as_secs()),
+            "run.amphi.vm.annotations": vm_annotations
         },
-        "potentiallyUnsafeConfigAnnotations": [crate::spec::ISOLATION_ANNOTATION]
+        "potentiallyUnsafeConfigAnnotations": [crate::spec::ISOLATION_ANNOTATION, "run.amphi.vm."]
     })
 }
+
+use crate::vm::sandbox::plan as vm;
 
 fn libseccomp_version() -> String {
     libseccomp::ScmpVersion::current().map(|v| format!("{}.{}.{}", v.major, v.minor, v.micro)).unwrap_or_default()

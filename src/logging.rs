@@ -133,6 +133,24 @@ fn format_line(format: Format, level: Level, msg: &str, time: &str) -> String {
     }
 }
 
+/// The environment variable naming a file that collects timing marks
+/// (`bench/vm-run.sh` sets it; nothing else should).
+pub const TIMING_ENV: &str = "AMPHI_TIMING";
+
+/// Appends "<label> <CLOCK_MONOTONIC nanoseconds>" to the file named by
+/// [`TIMING_ENV`], if it is set: every amphi process of one run (the
+/// command, the VMM) marks its milestones on the same clock, so a
+/// benchmark can split a run into phases without timed logging.
+pub fn timing(label: &str) {
+    let Some(path) = std::env::var_os(TIMING_ENV) else { return };
+    let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .map(|t| t.tv_sec() as i128 * 1_000_000_000 + t.tv_nsec() as i128)
+        .unwrap_or(0);
+    if let Ok(mut f) = OpenOptions::new().create(true).append(true).open(path) {
+        let _ = f.write_all(format!("{label} {now}\n").as_bytes());
+    }
+}
+
 /// An error and all its sources, joined with ": " (each printed once).
 pub fn chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();

@@ -126,7 +126,13 @@ pub struct Runtime {
     isolation: Option<Isolation>,
     systemd_cgroup: bool,
     sandboxes: SandboxFor,
+    hook_delegate: Option<HookDelegate>,
 }
+
+/// Runs the runtime-namespace hooks (prestart, createRuntime) somewhere
+/// else, given the container's pid: how the runtime inside a VM guest hands
+/// them to the host, where their paths and namespaces are.
+pub type HookDelegate = std::sync::Arc<dyn Fn(i32) -> Result<(), HookError> + Send + Sync>;
 
 impl std::fmt::Debug for Runtime {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -148,7 +154,14 @@ impl Runtime {
         systemd_cgroup: bool,
         sandboxes: SandboxFor,
     ) -> Runtime {
-        Runtime { store: Store::new(root), isolation, systemd_cgroup, sandboxes }
+        Runtime { store: Store::new(root), isolation, systemd_cgroup, sandboxes, hook_delegate: None }
+    }
+
+    /// The prestart and createRuntime hooks are not run here but handed to
+    /// `delegate` at the moment they are due.
+    pub fn with_hook_delegate(mut self, delegate: HookDelegate) -> Runtime {
+        self.hook_delegate = Some(delegate);
+        self
     }
 
     pub fn root(&self) -> &Path {
@@ -206,6 +219,7 @@ impl Runtime {
         }
         let guard = guard.expect("blocked for foreground runs");
         let code = foreground::supervise(&guard, state.pid, console).map_err(ContainerError::Wait)?;
+        crate::logging::timing("run:exited");
         drop(guard);
         crate::logging::debug_with(|| format!("run {id}: process {} ended, exit code {code}", state.pid));
         if !keep {
@@ -553,10 +567,14 @@ impl Runtime {
         let hooks = bundle.spec.hooks().clone();
         let created = {
             let state_for_hooks = &state;
+            let delegate = self.hook_delegate.clone();
             let mut run_hooks = |pid: i32| -> Result<(), HookError> {
                 let Some(h) = &hooks else { return Ok(()) };
                 if h.prestart().is_none() && h.create_runtime().is_none() {
                     return Ok(());
+                }
+                if let Some(d) = &delegate {
+                    return d(pid);
                 }
                 let json = |status| {
                     let mut s = state_for_hooks.to_oci(status);

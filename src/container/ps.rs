@@ -64,6 +64,67 @@ pub fn filter_table(output: &str, pids: &[i32]) -> Result<String, PsError> {
     Ok(out)
 }
 
+/// A `ps -ef` table of `pids` read straight from /proc, for places without
+/// a ps(1) binary (a VM guest's initramfs). Users show as numbers: such a
+/// place has no /etc/passwd of the container's.
+pub fn proc_table(pids: &[i32]) -> String {
+    let tick = clock_ticks();
+    let btime = std::fs::read_to_string("/proc/stat")
+        .ok()
+        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("btime ")?.trim().parse::<u64>().ok()))
+        .unwrap_or(0);
+    let mut rows: Vec<[String; 8]> = Vec::new();
+    for &pid in pids {
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
+        // The command name may hold spaces and parentheses: fields start
+        // after the last ')'.
+        let Some(close) = stat.rfind(')') else { continue };
+        let comm = stat.get(stat.find('(').map_or(0, |o| o + 1)..close).unwrap_or("").to_string();
+        let f: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+        let num = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        // Fields after the name, 0-based: state 0, ppid 1, tty_nr 4,
+        // utime 11, stime 12, starttime 19.
+        let ppid = num(1);
+        let tty = num(4);
+        let cpu = (num(11) + num(12)) / tick.max(1);
+        let start = btime + num(19) / tick.max(1);
+        let uid = std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .ok()
+            .and_then(|s| s.lines().find_map(|l| l.strip_prefix("Uid:")?.split_whitespace().next().map(str::to_string)))
+            .unwrap_or_else(|| "?".into());
+        let cmd = std::fs::read(format!("/proc/{pid}/cmdline"))
+            .ok()
+            .map(|c| {
+                c.split(|b| *b == 0)
+                    .filter(|a| !a.is_empty())
+                    .map(|a| String::from_utf8_lossy(a).into_owned())
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            })
+            .filter(|c| !c.is_empty())
+            .unwrap_or_else(|| format!("[{comm}]"));
+        let tty = match (tty >> 8) & 0xfff {
+            0 => "?".to_string(),
+            136..=143 => format!("pts/{}", (tty & 0xff) | ((tty >> 12) & 0xfff00)),
+            _ => format!("tty{}", tty & 0xff),
+        };
+        let stime = format!("{:02}:{:02}", (start / 3600) % 24, (start / 60) % 60);
+        let time = format!("{:02}:{:02}:{:02}", cpu / 3600, (cpu / 60) % 60, cpu % 60);
+        rows.push([uid, pid.to_string(), ppid.to_string(), "0".into(), stime, tty, time, cmd]);
+    }
+    super::table(["UID", "PID", "PPID", "C", "STIME", "TTY", "TIME", "CMD"], &rows)
+}
+
+fn clock_ticks() -> u64 {
+    // SAFETY: sysconf has no side effects.
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if t > 0 {
+        t as u64
+    } else {
+        100
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -72,6 +133,17 @@ mod tests {
                       root           1       0  0 10:00 ?        00:00:01 /sbin/init\n\
                       root        4242       1  0 10:01 ?        00:00:00 sleep 100\n\
                       root        4243    4242  0 10:01 ?        00:00:00 sh -c x\n";
+
+    #[test]
+    fn the_builtin_table_shows_this_process_and_filters_like_ps() {
+        let me = std::process::id() as i32;
+        let t = proc_table(&[me, -5]);
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(lines.len(), 2, "{t}");
+        assert!(lines[0].starts_with("UID") && lines[0].contains("PID") && lines[0].ends_with("CMD"));
+        let f = filter_table(&t, &[me]).unwrap();
+        assert_eq!(f.lines().count(), 2, "the header names the PID column");
+    }
 
     #[test]
     fn keeps_the_header_and_the_containers_lines() {
