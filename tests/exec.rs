@@ -163,14 +163,16 @@ fn exec_does_not_leak_host_fds_but_keeps_preserved_ones() {
     let run = |extra: &[&str]| {
         let mut cmd = r.a.cmd();
         cmd.arg("exec").args(extra).args([&r.id, "/bin/sh", "-c", "ls /proc/self/fd | sort -n | tr '\\n' ' '"]);
-        // SAFETY: dup2 in the pre-exec child onto fd 3, without CLOEXEC.
+        let onto_fd3 = move || {
+            // SAFETY: dup2 of an open fd, in the pre-exec child: async-signal-safe.
+            if unsafe { libc::dup2(raw, 3) } < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        };
+        // SAFETY: the hook only calls dup2 (onto fd 3, without CLOEXEC).
         unsafe {
-            std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
-                if libc::dup2(raw, 3) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
+            std::os::unix::process::CommandExt::pre_exec(&mut cmd, onto_fd3);
         }
         common::output_via_files(&mut cmd)
     };
@@ -449,4 +451,43 @@ fn exec_into_a_container_without_a_mount_namespace_sees_its_root() {
     let out = r.exec(&["/bin/cat", "/marker"]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(stdout(&out), "inside\n");
+}
+
+#[test]
+#[ignore = "needs root and busybox-static: run by scripts/test.sh"]
+fn exec_into_a_container_with_a_user_namespace() {
+    require_root!();
+    let a = Amphi::new();
+    let mut b = Bundle::new(&["/bin/sleep", "600"]);
+    std::process::Command::new("chown").args(["-R", "100000:100000"]).arg(b.rootfs()).status().unwrap();
+    std::process::Command::new("chmod").arg("755").arg(b.path()).status().unwrap();
+    b.edit(|c| {
+        c["linux"]["namespaces"].as_array_mut().unwrap().push(serde_json::json!({"type": "user"}));
+        c["linux"]["uidMappings"] = serde_json::json!([{"containerID": 0, "hostID": 100000, "size": 65536}]);
+        c["linux"]["gidMappings"] = serde_json::json!([{"containerID": 0, "hostID": 100000, "size": 65536}]);
+    });
+    let id = unique_id("execuserns");
+    a.ok(&["run", "-d", "--bundle", b.path().to_str().unwrap(), &id]);
+    let out = a.run(&[
+        "exec",
+        "-u",
+        "1000:1000",
+        &id,
+        "/bin/sh",
+        "-c",
+        "id -u; cat /proc/self/uid_map; touch /tmp/mine && stat -c %u /tmp/mine",
+    ]);
+    let pid = a.state(&id)["pid"].as_i64().unwrap();
+    let init_userns = std::fs::read_link(format!("/proc/{pid}/ns/user")).unwrap();
+    a.ok(&["delete", "--force", &id]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let o = stdout(&out);
+    let lines: Vec<&str> = o.lines().collect();
+    assert_eq!(lines[0], "1000", "{o}");
+    assert!(lines[1].split_whitespace().collect::<Vec<_>>() == ["0", "100000", "65536"], "{o}");
+    assert_eq!(lines[2], "1000", "{o}");
+    // The file belongs to host uid 101000: the user namespace's mapping.
+    let host_uid = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(b.rootfs().join("tmp/mine")).unwrap());
+    assert_eq!(host_uid, 101000);
+    assert!(init_userns.to_string_lossy().starts_with("user:"));
 }

@@ -406,7 +406,7 @@ impl Containers {
         let mut got = None;
         Self::runtime()
             .events(id, true, Duration::from_secs(1), &mut |e| {
-                got = e.data.as_ref().map(|d| serde_json::to_value(d));
+                got = e.data.as_ref().map(serde_json::to_value);
                 Ok(())
             })
             .map_err(from_runtime)?;
@@ -496,16 +496,17 @@ fn spawn_helper(args: &[String], fds: [OwnedFd; 3]) -> Result<Helper, AgentError
     let [i, o, e] = fds;
     let mut cmd = Command::new("/proc/self/exe");
     cmd.args(args).stdin(Stdio::from(i)).stdout(Stdio::from(o)).stderr(Stdio::from(e)).env_clear();
-    // SAFETY: dup2 is async-signal-safe; it runs in the forked child
-    // before exec, moving the channel to the fd the helper expects (dup2
-    // also clears close-on-exec on the copy).
+    let onto_channel_fd = move || {
+        // SAFETY: dup2 of an open fd is async-signal-safe; it runs in the
+        // forked child before exec (and clears close-on-exec on the copy).
+        if unsafe { libc::dup2(theirs_fd, CHANNEL_FD) } < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    };
+    // SAFETY: the hook only moves the channel to the fd the helper expects.
     unsafe {
-        cmd.pre_exec(move || {
-            if libc::dup2(theirs_fd, CHANNEL_FD) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
+        cmd.pre_exec(onto_channel_fd);
     }
     // The reaper collects the helper's status; the Child handle is dropped
     // without waiting.

@@ -235,7 +235,7 @@ impl Filter {
     /// The filter as saved for later `exec`s (the compiled program and the
     /// flags; compiling again per exec would cost milliseconds).
     pub fn to_saved(&self) -> Saved {
-        Saved { flags: self.flags as u64, notify: self.notify.clone() }
+        Saved { flags: self.flags, notify: self.notify.clone() }
     }
 
     /// Rebuilds a filter from what [`Filter::to_saved`] kept and the

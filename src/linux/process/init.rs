@@ -10,8 +10,6 @@
 use std::convert::Infallible;
 use std::ffi::CString;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
-use std::os::unix::ffi::OsStrExt;
-use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
 use nix::sched::CloneFlags;

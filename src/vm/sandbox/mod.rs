@@ -482,12 +482,10 @@ fn create(req: &CreateRequest<'_>, hooks: &mut RuntimeHooks<'_>) -> Result<Creat
     // In the parent the closure (and with it the VMM's ends of the pipes,
     // the pty slave and the cgroup handles) is dropped on return.
     let pid = crate::linux::process::clone_child(nix::sched::CloneFlags::empty(), into, move || {
-        // SAFETY: closing the child's copies of the parent's pipe ends,
-        // which nothing in the child uses.
-        unsafe {
-            libc::close(control_w_raw);
-            libc::close(events_r_raw);
-        }
+        // The child's copies of the parent's pipe ends: nothing in the
+        // child uses them, and an open write end would hide the parent's exit.
+        let _ = nix::unistd::close(control_w_raw);
+        let _ = nix::unistd::close(events_r_raw);
         vmm_process::run(vplan)
     })
     .map_err(|e| io("cannot fork the VMM process")(e.into()))?;
