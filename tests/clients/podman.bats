@@ -20,7 +20,7 @@ setup_file() {
 }
 
 teardown_file() {
-  for c in amphi-bats-d amphi-bats-e amphi-bats-f amphi-bats-m; do
+  for c in amphi-bats-d amphi-bats-e amphi-bats-f amphi-bats-m amphi-bats-vm; do
     podman rm -f "$c" >/dev/null 2>&1 || true
   done
   rm -rf "$ROOTFS"
@@ -198,4 +198,49 @@ cgfile() {
   run $P run --rm --user nosuchuser $O /bin/true
   [ "$status" -ne 0 ]
   [[ "$output" == *nosuchuser* ]]
+}
+
+# --- VM isolation: the same podman, the annotation picks the microVM ----------
+# Needs a /dev/kvm that runs stock kernels: CI runs these in the full test
+# host (tests/testhost, suite podman); on a PVM host they say why they skip.
+vm_or_skip() {
+  if [ -e /sys/module/kvm_pvm ] || ! grep -qwE 'vmx|svm' /proc/cpuinfo || [ ! -c /dev/kvm ]; then
+    skip "no /dev/kvm that runs stock kernels here (the testhost tier runs this)"
+  fi
+  VM="--annotation run.amphi.isolation=vm"
+}
+
+@test "vm: run --rm prints the output of a workload in its own kernel, and its exit code" {
+  vm_or_skip
+  run $P run --rm $VM $O /bin/sh -c 'uname -r; exit 7'
+  [ "$status" -eq 7 ]
+  [[ "${lines[0]}" == *cloud-amd64 ]]
+  [ "${lines[0]}" != "$(uname -r)" ]
+}
+
+@test "vm: run -d, exec (own stdio and exit code), stop (137) and rm" {
+  vm_or_skip
+  run $P run -d --name amphi-bats-vm $VM $O /bin/sleep 1000
+  [ "$status" -eq 0 ]
+  run $P inspect -f '{{.State.Status}}' amphi-bats-vm
+  [ "$output" = "running" ]
+  run $P exec amphi-bats-vm /bin/sh -c 'echo in-vm; exit 3'
+  [ "$status" -eq 3 ]
+  [ "$output" = "in-vm" ]
+  run $P exec -t amphi-bats-vm /bin/sh -c 'test -t 1 && echo tty'
+  [ "$status" -eq 0 ]
+  [[ "$output" == *tty* ]]
+  run $P stop -t 1 amphi-bats-vm
+  [ "$status" -eq 0 ]
+  run $P inspect -f '{{.State.Status}} {{.State.ExitCode}}' amphi-bats-vm
+  [ "$output" = "exited 137" ]
+  run $P rm amphi-bats-vm
+  [ "$status" -eq 0 ]
+}
+
+@test "vm: a bad VM setting is refused with amphi's message" {
+  vm_or_skip
+  run $P run --rm $VM --annotation run.amphi.vm.memory=12x $O /bin/true
+  [ "$status" -ne 0 ]
+  [[ "$output" == *run.amphi.vm.memory* ]]
 }
