@@ -56,7 +56,7 @@ fn read_ok_line(s: &mut UnixStream) -> std::io::Result<String> {
 pub fn connect(uds: &Path, port: u32, deadline: Instant) -> Result<UnixStream, AgentClientError> {
     loop {
         let attempt = (|| -> Result<Result<UnixStream, String>, std::io::Error> {
-            let mut s = UnixStream::connect(uds)?;
+            let mut s = crate::vm::uds::connect(uds)?;
             s.set_read_timeout(Some(Duration::from_secs(2)))?;
             s.write_all(format!("CONNECT {port}\n").as_bytes())?;
             let line = read_ok_line(&mut s)?;

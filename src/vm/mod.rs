@@ -7,6 +7,7 @@
 //! - [`vmm`], [`boot`], [`devices`]: the VMM proper.
 //! - [`process`]: the VMM as a child process, reporting its milestones.
 //! - [`agent_client`]: the host end of the agent protocol over vsock.
+//! - [`uds`]: Unix socket paths longer than a socket address takes.
 //! - [`check`]: `amphi vm check`, which ties all of the above together.
 
 pub mod agent_client;
@@ -19,6 +20,7 @@ pub mod image;
 pub mod kernel;
 pub mod process;
 pub mod sandbox;
+pub mod uds;
 pub mod vmm;
 
 pub use check::{check, CheckError, CheckOptions, CheckReport};

@@ -92,7 +92,7 @@ pub fn parse_connect(line: &[u8]) -> Option<u32> {
 impl VsockMuxer {
     /// Listens on `path`; guest connections to port P go to `<path>_P`.
     pub fn new(guest_cid: u64, path: &Path) -> Result<Self, MuxerError> {
-        let listener = UnixListener::bind(path).map_err(|source| MuxerError::Listen { path: path.into(), source })?;
+        let listener = crate::vm::uds::bind(path).map_err(|source| MuxerError::Listen { path: path.into(), source })?;
         listener.set_nonblocking(true).map_err(|source| MuxerError::Listen { path: path.into(), source })?;
         let epoll = Epoll::new().map_err(MuxerError::Epoll)?;
         let mut m = VsockMuxer {
@@ -228,10 +228,12 @@ impl VsockMuxer {
 /// Connects without blocking: a host listener that does not accept (full
 /// backlog) must not stall the VMM's event loop on a guest's behalf; the
 /// guest then gets a RST, as for an absent listener.
-fn connect_nonblocking(path: &str) -> nix::Result<UnixStream> {
+fn connect_nonblocking(path: &Path) -> nix::Result<UnixStream> {
     use nix::sys::socket::{connect, socket, AddressFamily, SockFlag, SockType, UnixAddr};
+    let addr = crate::vm::uds::SocketPath::new(path)
+        .map_err(|e| nix::Error::from_raw(e.raw_os_error().unwrap_or(libc::EINVAL)))?;
     let fd = socket(AddressFamily::Unix, SockType::Stream, SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC, None)?;
-    connect(fd.as_raw_fd(), &UnixAddr::new(path)?)?;
+    connect(fd.as_raw_fd(), &UnixAddr::new(addr.as_path())?)?;
     Ok(UnixStream::from(fd))
 }
 
@@ -265,8 +267,9 @@ impl VsockBackend for VsockMuxer {
         }
         match pkt.op() {
             OP_REQUEST => {
-                let path = format!("{}_{}", self.host_path.display(), pkt.dst_port());
-                match connect_nonblocking(&path) {
+                let mut path = self.host_path.clone().into_os_string();
+                path.push(format!("_{}", pkt.dst_port()));
+                match connect_nonblocking(Path::new(&path)) {
                     Ok(stream) => {
                         let conn = VsockConnection::new_peer(stream, self.guest_cid, pkt);
                         self.add_conn(key, conn);
@@ -579,6 +582,26 @@ mod tests {
         again.write_all(b"CONNECT 7\n").unwrap();
         pump(&mut m);
         assert!(m.has_pending_rx());
+    }
+
+    /// A state directory deeper than a socket address takes (a client's
+    /// long --root and a 64-character id): listening and connecting work.
+    #[test]
+    fn a_socket_path_longer_than_sun_path_works() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut deep = dir.path().to_path_buf();
+        while deep.as_os_str().len() <= crate::vm::uds::MAX_PATH_LEN {
+            deep.push("0123456789abcdef0123456789abcdef");
+        }
+        std::fs::create_dir_all(&deep).unwrap();
+        let path = deep.join("vsock");
+        let mut m = VsockMuxer::new(3, &path).unwrap();
+        let mut host = crate::vm::uds::connect(&path).unwrap();
+        host.write_all(b"CONNECT 7\n").unwrap();
+        pump(&mut m);
+        assert!(m.has_pending_rx());
+        drop(m);
+        assert!(!path.exists());
     }
 
     #[test]
