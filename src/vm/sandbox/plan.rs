@@ -206,7 +206,7 @@ pub fn guest_plan(
                 });
             }
             let opts = m.options().clone().unwrap_or_default();
-            let name = format!("m{i}");
+            let name = entry_name(i, &source);
             config["mounts"][i]["source"] = json!(share.join(&name));
             entries.push(ShareEntry {
                 name,
@@ -250,6 +250,18 @@ pub fn guest_plan(
         }
     }
     Ok(GuestPlan { entries, config })
+}
+
+/// The share entry of bind mount `index`: `m<index>/<the source's name>`,
+/// so that in the guest the mount's root (`/proc/self/mountinfo`) ends in
+/// the source's own name, as it does in container isolation (`/etc` is
+/// seen as `.../etc`, not as `m3`); `m<index>` alone when the source has
+/// no name (`/`).
+fn entry_name(index: usize, source: &Path) -> String {
+    match source.file_name().and_then(|n| n.to_str()) {
+        Some(n) => format!("m{index}/{n}"),
+        None => format!("m{index}"),
+    }
 }
 
 /// The host cgroup of the VMM: the bundle's CPU settings (they limit the
@@ -351,8 +363,8 @@ mod tests {
         let p = guest_plan(&s, d.path(), &d.path().join("rootfs"), Some(Path::new("/c/x")), None).unwrap();
         assert_eq!(p.config["root"]["path"], "/run/amphi/fs/amphi/rootfs");
         assert_eq!(p.config["mounts"][0]["source"], "proc");
-        assert_eq!(p.config["mounts"][1]["source"], "/run/amphi/fs/amphi/m1");
-        assert_eq!(p.config["mounts"][2]["source"], "/run/amphi/fs/amphi/m2");
+        assert_eq!(p.config["mounts"][1]["source"], "/run/amphi/fs/amphi/m1/vol");
+        assert_eq!(p.config["mounts"][2]["source"], "/run/amphi/fs/amphi/m2/hosts");
         assert!(p.config["hooks"].get("poststart").is_none());
         assert!(p.config["hooks"].get("prestart").is_some());
         assert!(p.config["linux"]["namespaces"][0].get("path").is_none());
@@ -361,9 +373,18 @@ mod tests {
         assert!(p.entries[0].read_only, "root.readonly holds on the host side too");
         assert_eq!(
             p.entries[1],
-            ShareEntry { name: "m1".into(), source: d.path().join("vol"), read_only: true, recursive: true }
+            ShareEntry { name: "m1/vol".into(), source: d.path().join("vol"), read_only: true, recursive: true }
         );
         assert_eq!(p.entries[2].source, d.path().join("hosts"));
+    }
+
+    #[test]
+    fn share_entries_keep_the_source_name() {
+        assert_eq!(entry_name(3, Path::new("/etc")), "m3/etc");
+        assert_eq!(entry_name(0, Path::new("/var/lib/data/")), "m0/data");
+        assert_eq!(entry_name(7, Path::new("/")), "m7");
+        // Two mounts of sources with the same name stay apart.
+        assert_ne!(entry_name(1, Path::new("/a/etc")), entry_name(2, Path::new("/b/etc")));
     }
 
     #[test]

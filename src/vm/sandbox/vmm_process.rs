@@ -117,6 +117,9 @@ fn mount_share(root: &Path, entries: &[ShareEntry]) -> Result<(), String> {
         .map_err(|e| format!("mount the share's tmpfs on {}: {e}", root.display()))?;
     for e in entries {
         let target = root.join(&e.name);
+        if let Some(parent) = target.parent().filter(|p| *p != root) {
+            std::fs::create_dir_all(parent).map_err(|err| format!("create {}: {err}", parent.display()))?;
+        }
         let is_dir = std::fs::metadata(&e.source).map(|m| m.is_dir()).unwrap_or(false);
         let made = if is_dir { std::fs::create_dir(&target) } else { std::fs::write(&target, b"") };
         made.map_err(|err| format!("create {}: {err}", target.display()))?;
