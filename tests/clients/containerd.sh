@@ -189,6 +189,9 @@ suite() {
   shift 3
   local rt=("$@" "${iso_args[@]}")
   [ "$isolation" = container ] || label="$label, $isolation"
+  # The ctr race below: the task exists only once the VM has booted, which
+  # takes seconds in the test host.
+  [ "$isolation" = vm ] && [ "$delay" != 0 ] && delay=12
   echo "# through $label"
 
   run_ctr run --rm "${rt[@]}" "$image" "$p-echo" /bin/echo hello from containerd
