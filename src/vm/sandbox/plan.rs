@@ -44,6 +44,25 @@ pub enum PlanError {
     Unsupported(String),
     #[error("mount #{index} ({destination}): bind source {source_path} does not exist: create it or fix the mount")]
     MissingSource { index: usize, destination: String, source_path: PathBuf },
+    #[error("linux.namespaces: network path {path} {problem}: give the path of a network namespace")]
+    NotNetworkNamespace { path: PathBuf, problem: String },
+}
+
+/// Checks that `path` is a network namespace (`NS_GET_NSTYPE`), as
+/// joining it would in container isolation.
+fn check_network_namespace(path: &Path) -> Result<(), PlanError> {
+    let bad = |problem: String| PlanError::NotNetworkNamespace { path: path.to_path_buf(), problem };
+    let f = std::fs::File::open(path).map_err(|e| bad(format!("cannot be opened ({e})")))?;
+    // SAFETY: NS_GET_NSTYPE takes no argument and only returns a value; on
+    // a file that is not a namespace it fails with ENOTTY.
+    let t = unsafe { libc::ioctl(std::os::fd::AsRawFd::as_raw_fd(&f), libc::NS_GET_NSTYPE) };
+    if t < 0 {
+        return Err(bad("is not a namespace".into()));
+    }
+    if t != libc::CLONE_NEWNET {
+        return Err(bad("is a namespace of another type".into()));
+    }
+    Ok(())
 }
 
 /// The VM a bundle gets.
@@ -227,6 +246,11 @@ pub fn guest_plan(
                 continue;
             }
             if ns.typ() == LinuxNamespaceType::Network {
+                // The guest gets a network namespace of its own, but the
+                // path must still name one, as it must for a container.
+                if let Some(p) = ns.path() {
+                    check_network_namespace(p)?;
+                }
                 if let Some(n) = config["linux"]["namespaces"][i].as_object_mut() {
                     n.remove("path");
                 }
@@ -358,7 +382,7 @@ mod tests {
                 {"destination": "/etc/hosts", "source": "hosts", "options": ["bind"]}
             ],
             "hooks": {"poststart": [{"path": "/bin/true"}], "prestart": [{"path": "/bin/true"}]},
-            "linux": {"namespaces": [{"type": "network", "path": "/run/netns/x"}, {"type": "pid"}]}
+            "linux": {"namespaces": [{"type": "network", "path": "/proc/self/ns/net"}, {"type": "pid"}]}
         }));
         let p = guest_plan(&s, d.path(), &d.path().join("rootfs"), Some(Path::new("/c/x")), None).unwrap();
         assert_eq!(p.config["root"]["path"], "/run/amphi/fs/amphi/rootfs");
@@ -396,6 +420,20 @@ mod tests {
         let s = spec(json!({"linux": {"namespaces": [{"type": "ipc", "path": "/proc/1/ns/ipc"}]}}));
         let e = guest_plan(&s, d.path(), d.path(), None, None).unwrap_err();
         assert!(e.to_string().contains("cannot join host namespaces"), "{e}");
+        // A network path is not joined, but it must name a network namespace.
+        let file = d.path().join("file");
+        std::fs::write(&file, "").unwrap();
+        let file = file.display().to_string();
+        for (path, needle) in [
+            ("/proc/self/ns/pid", "another type"),
+            (file.as_str(), "not a namespace"),
+            ("/no/such/netns", "cannot be opened"),
+        ] {
+            let s = spec(json!({"linux": {"namespaces": [{"type": "network", "path": path}]}}));
+            let e = guest_plan(&s, d.path(), d.path(), None, None).unwrap_err();
+            assert!(matches!(e, PlanError::NotNetworkNamespace { .. }), "{e}");
+            assert!(e.to_string().contains(needle) && e.to_string().contains(path), "{e}");
+        }
     }
 
     #[test]
