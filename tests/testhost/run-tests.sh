@@ -6,7 +6,7 @@
 # /dev/kvm, which runs stock kernels where this machine's PVM one cannot.
 #
 # Usage: tests/testhost/run-tests.sh [SUITE...]
-#   suites (default: all, in this order): selfcheck podman containerd docker cgroups vm
+#   suites (default: all, in this order): selfcheck podman containerd docker cgroups vm oci-vm
 #   (tests/testhost/suites.sh says what each runs)
 # On the host first: the static amphi, amphi-agent and containerd-shim-amphi-v2
 # ($AMPHI's directory when it holds all three static, as scripts/setup.sh
@@ -20,7 +20,7 @@ set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
 . "$repo/tests/vm/lib.sh"
-all=(selfcheck podman containerd docker cgroups vm)
+all=(selfcheck podman containerd docker cgroups vm oci-vm)
 suites=("$@")
 [ ${#suites[@]} -gt 0 ] || suites=("${all[@]}")
 for s in "${suites[@]}"; do
@@ -60,6 +60,12 @@ if [[ " ${suites[*]} " == *" cgroups "* ]]; then
     [ -x "$exe" ] || fail "no test binary for tests/$t.rs"
     tests="$tests $t=$exe"
   done
+fi
+
+# The OCI suite's build (cached in /var/tmp/amphi-oci, which the test host
+# sees): made here, where apt and the network are.
+if [[ " ${suites[*]} " == *" oci-vm "* ]]; then
+  "$repo/tests/oci/validation.sh" --build-only || fail "the OCI validation suite did not build"
 fi
 
 results=$repo/target/testhost
