@@ -4,9 +4,10 @@
 #   2  root integration tests                   cargo test --workspace -- --ignored
 #   3  conformance and real clients             OCI validation suite, podman, containerd
 #   4  VM end to end                            tests/vm/run-tests.sh
+#   5  fuzz: each target briefly (FUZZ_SECONDS, 20)  fuzz/run.sh
 #   +  leak check: nothing the suite made (containers, cgroups, mounts,
 #      processes) may remain afterwards.
-# Usage: scripts/test.sh [--no-setup] [TIER...]   (tiers: unit root oci podman containerd vm)
+# Usage: scripts/test.sh [--no-setup] [TIER...]   (tiers: unit root oci podman containerd vm fuzz)
 set -uo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -15,11 +16,11 @@ tiers=()
 for a in "$@"; do
   case $a in
     --no-setup) setup=0 ;;
-    unit|root|oci|podman|containerd|vm) tiers+=("$a") ;;
+    unit|root|oci|podman|containerd|vm|fuzz) tiers+=("$a") ;;
     *) echo "test: unknown argument $a" >&2; exit 2 ;;
   esac
 done
-[ ${#tiers[@]} -gt 0 ] || tiers=(unit root oci podman containerd vm)
+[ ${#tiers[@]} -gt 0 ] || tiers=(unit root oci podman containerd vm fuzz)
 [ "$(id -u)" = 0 ] || { echo "test: run as root" >&2; exit 2; }
 if [ "$setup" = 1 ]; then
   scripts/setup.sh --quiet || { echo "test: setup failed" >&2; exit 1; }
@@ -55,6 +56,7 @@ fi
 if want vm; then
   if [ -x tests/vm/run-tests.sh ]; then run_tier vm tests/vm/run-tests.sh; fi
 fi
+want fuzz && run_tier fuzz fuzz/run.sh "${FUZZ_SECONDS:-20}"
 
 order+=("leaks")
 echo

@@ -10,6 +10,8 @@ pub mod agent;
 pub mod container;
 pub mod exit;
 pub mod features;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 pub mod isolation;
 pub mod linux;
 pub mod logging;

@@ -1,5 +1,14 @@
 //! The vsock device: three queues (rx, tx, event), the guest CID in config
 //! space, packets moved between the queues and the backend.
+//!
+//! The guest is hostile (DEVELOPERS.md rule 9): a chain that does not
+//! parse is used with length 0 and dropped, an RX buffer without room for
+//! data is dropped the same way (a header-only buffer could never carry
+//! the data a connection waits to send, and handing it back would leave
+//! the queue stuck on it while the host stream keeps the event loop
+//! awake), and one call serves at most [`BUDGET`] chains per queue, then
+//! re-arms the queue's kick, so a guest that refills a queue as fast as it
+//! is served cannot keep the event loop to itself.
 
 use std::sync::Arc;
 
@@ -17,6 +26,9 @@ pub const RXQ: usize = 0;
 pub const TXQ: usize = 1;
 pub const EVQ: usize = 2;
 const QUEUE_SIZES: [u16; 3] = [256, 256, 256];
+/// Chains served from one queue per call before the event loop gets to
+/// its other events.
+pub const BUDGET: usize = 64;
 
 pub(crate) struct Active {
     pub mem: GuestMemoryMmap,
@@ -78,6 +90,7 @@ impl<B: VsockBackend> Vsock<B> {
         };
         let mem = &active.mem;
         let mut used = false;
+        let mut served = 0;
         while let Some(mut chain) = active.queues[TXQ].pop_descriptor_chain(mem) {
             let head = chain.head_index();
             // A malformed chain is consumed and dropped, as a NIC drops a bad frame.
@@ -86,6 +99,12 @@ impl<B: VsockBackend> Vsock<B> {
             }
             let _ = active.queues[TXQ].add_used(mem, head, 0);
             used = true;
+            served += 1;
+            if served == BUDGET {
+                // Maybe more: come back after the loop's other events.
+                let _ = self.queue_evts[TXQ].write(1);
+                break;
+            }
         }
         if used {
             self.signal();
@@ -100,12 +119,20 @@ impl<B: VsockBackend> Vsock<B> {
         };
         let mem = &active.mem;
         let mut used = false;
+        let mut served = 0;
         while self.backend.has_pending_rx() {
+            if served == BUDGET {
+                let _ = self.queue_evts[RXQ].write(1);
+                break;
+            }
+            served += 1;
             let Some(mut chain) = active.queues[RXQ].pop_descriptor_chain(mem) else {
                 break;
             };
             let head = chain.head_index();
             let len = match VsockPacket::from_rx_virtq_chain(mem, &mut chain, MAX_PKT_DATA) {
+                // No room for data: dropped (see the module comment).
+                Ok(pkt) if pkt.data_slice().is_none_or(|d| d.is_empty()) => 0,
                 Ok(mut pkt) => {
                     if self.backend.recv_pkt(&mut pkt) {
                         PKT_HEADER_SIZE as u32 + pkt.len()

@@ -1,0 +1,121 @@
+#!/usr/bin/env bash
+# Builds the fuzz targets with cargo-afl (AFL++, stable Rust) and runs each
+# for SECONDS of wall clock, one after the other, on one core; reports the
+# crashes and hangs found and exits non-zero if there were any.
+#
+#   fuzz/run.sh [SECONDS] [TARGET...]      (default: 60 s, every target)
+#
+# Each target starts from its seeds (fuzz/corpus/<target>) plus what earlier
+# runs on this machine found (FUZZ_WORK/<target>/queue), so repeated runs go
+# on where the last stopped. Findings are kept in FUZZ_WORK/<target>/
+# {crashes,hangs}; a found input is replayed once to print its panic.
+# docs/security.md ("Fuzzing") says how to read and reproduce them.
+#
+# Environment: FUZZ_WORK (default /var/tmp/amphi-fuzz), AFL_TIMEOUT_MS per
+# input (default 2000). The first run installs cargo-afl (crates.io) into
+# ~/.cargo/bin; it builds its own AFL++.
+set -uo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+secs=${1:-60}
+shift || true
+all=(spec_config agent_frames vsock_device virtio_fs modinfo cpio)
+targets=("$@")
+[ ${#targets[@]} -gt 0 ] || targets=("${all[@]}")
+work=${FUZZ_WORK:-/var/tmp/amphi-fuzz}
+timeout_ms=${AFL_TIMEOUT_MS:-2000}
+CARGO_AFL_VERSION=0.18.2
+say() { echo "fuzz: $*"; }
+
+case $secs in '' | *[!0-9]*) echo "fuzz: SECONDS must be a number, got $secs" >&2; exit 2 ;; esac
+for t in "${targets[@]}"; do
+  [ -d "$here/corpus/$t" ] || { echo "fuzz: unknown target $t (targets: ${all[*]})" >&2; exit 2; }
+done
+
+if ! cargo afl --version 2>/dev/null | grep -q "$CARGO_AFL_VERSION"; then
+  say "installing cargo-afl $CARGO_AFL_VERSION (builds AFL++; a few minutes)"
+  cargo install --locked --force cargo-afl --version "$CARGO_AFL_VERSION" >/dev/null 2>&1 ||
+    { echo "fuzz: cargo install cargo-afl failed" >&2; exit 1; }
+  # Older cargo-afl versions build AFL++ on request only.
+  cargo afl config --build >/dev/null 2>&1 || true
+fi
+
+say "building ${#targets[@]} target(s)"
+bins=()
+for t in "${targets[@]}"; do bins+=(--bin "$t"); done
+if ! (cd "$here" && cargo afl build --release --locked -q "${bins[@]}"); then
+  echo "fuzz: build failed" >&2
+  exit 1
+fi
+
+# AFL++'s checks of the machine: no core_pattern handler of ours, CPU
+# frequency scaling and core binding are the host's business.
+export AFL_NO_UI=1 AFL_SKIP_CPUFREQ=1 AFL_I_DONT_CARE_ABOUT_MISSING_CRASHES=1 AFL_NO_AFFINITY=1
+status=0
+summary=()
+for t in "${targets[@]}"; do
+  out=$work/$t
+  mkdir -p "$out"
+  # Resume from what earlier runs found: their queue becomes seeds too.
+  seeds=$out/seeds
+  rm -rf "$seeds"
+  mkdir -p "$seeds"
+  cp "$here/corpus/$t"/* "$seeds"/
+  if [ -d "$out/default/queue" ]; then
+    find "$out/default/queue" -maxdepth 1 -type f -name 'id:*' -size -64k -exec cp {} "$seeds"/ \; 2>/dev/null
+  fi
+  rm -rf "$out/default"
+  say "$t: ${secs}s"
+  AFL_FORKSRV_INIT_TMOUT=20000 timeout $((secs + 120)) \
+    cargo afl fuzz -i "$seeds" -o "$out" -V "$secs" -t "$timeout_ms" -- "$here/target/release/$t" \
+    >"$out/afl.log" 2>&1
+  rc=$?
+  stats=$out/default/fuzzer_stats
+  if [ ! -f "$stats" ]; then
+    echo "fuzz: $t did not start (rc $rc); the end of $out/afl.log:" >&2
+    tail -n 20 "$out/afl.log" >&2
+    status=1
+    summary+=("$t: did not run")
+    continue
+  fi
+  get() { sed -n "s/^$1 *: *//p" "$stats"; }
+  execs=$(get execs_done)
+  crashes=$(get saved_crashes)
+  hangs=$(get saved_hangs)
+  corpus=$(get corpus_count)
+  # Keep the findings where the next run does not wipe them.
+  for kind in crashes hangs; do
+    for f in "$out/default/$kind"/id:*; do
+      [ -f "$f" ] || continue
+      mkdir -p "$out/$kind"
+      cp "$f" "$out/$kind/"
+    done
+  done
+  line="$t: ${secs}s, $execs execs, corpus $corpus, crashes $crashes, hangs $hangs"
+  summary+=("$line")
+  say "$line"
+  for f in "$out/default/crashes"/id:*; do
+    [ -f "$f" ] || continue
+    status=1
+    echo "fuzz: $t: CRASH $f; replayed:" >&2
+    timeout 20 "$here/target/release/$t" <"$f" 2>&1 | grep -v '^$' | head -n 15 >&2
+  done
+  # A hang under AFL's timeout may be a busy machine: one that finishes
+  # when replayed alone is reported, one that still hangs fails the run.
+  for f in "$out/default/hangs"/id:*; do
+    [ -f "$f" ] || continue
+    if timeout 20 "$here/target/release/$t" <"$f" >/dev/null 2>&1; then
+      echo "fuzz: $t: slow input $f (over ${timeout_ms} ms under AFL, finishes when replayed)" >&2
+    else
+      status=1
+      echo "fuzz: $t: HANG $f (still running or failing after 20 s when replayed)" >&2
+    fi
+  done
+  # Hand the next run the minimized queue, not this run's scratch.
+  rm -rf "$seeds"
+done
+
+echo
+say "summary (work dir $work)"
+for l in "${summary[@]}"; do echo "  $l"; done
+[ $status = 0 ] && echo "fuzz: no crashes, no hangs" || echo "fuzz: FINDINGS (see above)"
+exit $status
