@@ -8,7 +8,8 @@
 #   2. A static release build of amphi, amphi-agent and
 #      containerd-shim-amphi-v2, installed under /usr/local.
 #   3. The example bundles' root filesystems.
-#   4. The guest kernel for the VM isolation (downloaded, not installed).
+#   4. The guest kernel for the VM isolation and the full test host's kernel
+#      (both downloaded and unpacked into /var/lib/amphi, not installed).
 #
 # Options: --no-build (packages only), --quiet.
 set -euo pipefail
@@ -32,8 +33,8 @@ PACKAGES=(
   build-essential pkg-config libseccomp-dev
   # bundles, the VM guest image and the nested test host
   busybox-static cpio lz4 zstd xz-utils kmod e2fsprogs file qemu-system-x86
-  # reference runtimes and real clients
-  runc crun podman conmon containerd uidmap
+  # reference runtimes and real clients (umoci builds containerd's test image)
+  runc crun podman conmon containerd uidmap umoci docker.io
   # the OCI validation suite is built from Debian's Go sources
   golang-go golang-github-opencontainers-runtime-tools-dev
   # test and benchmark tools
@@ -66,5 +67,8 @@ say "building the example bundles' root filesystems"
 
 if ! "$root/scripts/fetch-guest-kernel" >/dev/null 2>&1; then
   say "could not fetch the guest kernel (VM tests will say why they skip)"
+fi
+if ! "$root/scripts/fetch-test-host-kernel" >/dev/null 2>&1; then
+  say "could not fetch the test host's kernel (the testhost tier will say why it skips)"
 fi
 say "done"

@@ -1,26 +1,34 @@
 #!/usr/bin/env bash
 # The whole test suite, tier by tier (docs/testing.md), as root:
-#   1  unit and no-root black-box tests        cargo test --workspace
-#   2  root integration tests                   cargo test --workspace -- --ignored
-#   3  conformance and real clients             OCI validation suite, podman, containerd
-#   4  VM end to end                            tests/vm/run-tests.sh
-#   5  fuzz: each target briefly (FUZZ_SECONDS, 20)  fuzz/run.sh
+#   lint        cargo fmt --check; cargo clippy --all-targets -D warnings
+#   unit        unit and no-root black-box tests        cargo test --workspace
+#   root        root integration tests                   cargo test --workspace -- --ignored
+#   oci podman containerd docker   conformance and real clients on this host
+#   vm          VM end to end                           tests/vm/run-tests.sh
+#   testhost    real clients and the pure-cgroup2 root tests in the full
+#               test host                               tests/testhost/run-tests.sh
+#   fuzz        each fuzz target briefly (FUZZ_SECONDS, default 20 s each)
+#                                                       fuzz/run.sh
 #   +  leak check: nothing the suite made (containers, cgroups, mounts,
 #      processes) may remain afterwards.
-# Usage: scripts/test.sh [--no-setup] [TIER...]   (tiers: unit root oci podman containerd vm fuzz)
+# Usage: scripts/test.sh [--no-setup] [TIER...]
+#   (tiers: lint unit root oci podman containerd docker vm testhost fuzz; default all)
+# The summary shows each tier as PASS, FAIL or SKIP (reason) with its
+# counts; a test that could not run is counted as skipped, never passed.
 set -uo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
+all=(lint unit root oci podman containerd docker vm testhost fuzz)
 setup=1
 tiers=()
 for a in "$@"; do
   case $a in
     --no-setup) setup=0 ;;
-    unit|root|oci|podman|containerd|vm|fuzz) tiers+=("$a") ;;
-    *) echo "test: unknown argument $a" >&2; exit 2 ;;
+    *) [[ " ${all[*]} " == *" $a "* ]] || { echo "test: unknown argument $a (tiers: ${all[*]})" >&2; exit 2; }
+       tiers+=("$a") ;;
   esac
 done
-[ ${#tiers[@]} -gt 0 ] || tiers=(unit root oci podman containerd vm fuzz)
+[ ${#tiers[@]} -gt 0 ] || tiers=("${all[@]}")
 [ "$(id -u)" = 0 ] || { echo "test: run as root" >&2; exit 2; }
 if [ "$setup" = 1 ]; then
   scripts/setup.sh --quiet || { echo "test: setup failed" >&2; exit 1; }
@@ -31,31 +39,81 @@ export AMPHI
 log=$(mktemp -d /tmp/amphi-test-logs.XXXXXX)
 declare -A result=()
 order=()
+tp=0 tf=0 ts=0 tk=0
+
+# verdict LOG STATUS SECONDS: "PASS (...)", "FAIL (...)" or "SKIP (reason)".
+# Counts come from the log's last "N passed, M failed[, K skipped]" line,
+# else from TAP lines (bats); a skip's reason from its first "SKIPPED: why"
+# (or TAP "# skip why").
+verdict() {
+  local log=$1 rc=$2 secs=$3 counts p f k reason what
+  counts=$(grep -a -E '[0-9]+ passed, [0-9]+ failed' "$log" | tail -n 1 |
+    sed -E 's/^(.*[^0-9])?([0-9]+) passed, ([0-9]+) failed(, ([0-9]+) skipped)?.*/\2 \3 \5/')
+  [ -n "$counts" ] || counts=$(awk '/^ok / { if (tolower($0) ~ /# skip/) s++; else p++ } /^not ok / { f++ }
+    END { if (p + f + s) print p + 0, f + 0, s + 0 }' "$log")
+  read -r p f k <<< "${counts:-}"
+  reason=$(grep -a -m 1 -o -E 'SKIPPED: .*' "$log" | sed 's/^SKIPPED: //')
+  [ -n "$reason" ] || reason=$(grep -a -m 1 -o -i -E '^ok .*# skip .*' "$log" | sed -E 's/.*# [Ss][Kk][Ii][Pp] //')
+  if [ -n "$counts" ]; then
+    tp=$((tp + p)) ts=$((ts + ${k:-0}))
+    if [ "$rc" = 0 ]; then tk=$((tk + f)); else tf=$((tf + f)); fi
+  fi
+  if [ "$rc" = 0 ] && [ -n "$counts" ] && [ "$p" = 0 ] && [ "$f" = 0 ] && { [ "${k:-0}" -gt 0 ] || [ -n "$reason" ]; }; then
+    echo "SKIP (${reason:-no reason given}; ${secs}s)"
+    return
+  fi
+  if [ "$rc" = 0 ] && [ -z "$counts" ] && [ -n "$reason" ]; then
+    echo "SKIP ($reason; ${secs}s)"
+    return
+  fi
+  what=
+  if [ -n "$counts" ]; then
+    what="$p passed"
+    if [ "$f" != 0 ]; then
+      if [ "$rc" = 0 ]; then what="$what, $f known failures"; else what="$what, $f failed"; fi
+    fi
+    [ "${k:-0}" != 0 ] && what="$what, $k skipped"
+    what="$what, "
+  fi
+  if [ "$rc" = 0 ]; then echo "PASS (${what}${secs}s)"; else echo "FAIL (${what}${secs}s)"; fi
+}
+
 run_tier() { # name, command...
-  local name=$1; shift
+  local name=$1 t0=$SECONDS rc
+  shift
   order+=("$name")
   echo
   echo "=== tier $name: $*"
-  local t0=$SECONDS
-  if "$@" 2>&1 | tee "$log/$name.log"; then result[$name]="PASS"; else result[$name]="FAIL"; fi
-  result[$name]="${result[$name]} ($((SECONDS - t0))s)"
+  "$@" 2>&1 | tee "$log/$name.log"
+  rc=${PIPESTATUS[0]}
+  result[$name]=$(verdict "$log/$name.log" "$rc" $((SECONDS - t0)))
 }
-want() { local t; for t in "${tiers[@]}"; do [ "$t" = "$1" ] && return 0; done; return 1; }
+want() { [[ " ${tiers[*]} " == *" $1 "* ]]; }
+
+# The CI gates of DEVELOPERS.md, as a tier: formatting and lints.
+lint() {
+  local p=0 f=0
+  if cargo fmt --all -- --check; then p=$((p + 1)); echo "ok - cargo fmt --check"; else f=$((f + 1)); echo "not ok - cargo fmt --check (run cargo fmt --all)"; fi
+  if cargo clippy --workspace --all-targets --locked -q -- -D warnings; then
+    p=$((p + 1)); echo "ok - cargo clippy -D warnings"
+  else
+    f=$((f + 1)); echo "not ok - cargo clippy -D warnings"
+  fi
+  echo "lint: $p passed, $f failed"
+  [ "$f" = 0 ]
+}
 
 tests/leaks.sh snapshot "$log/before"
 
-want unit && run_tier unit cargo test --workspace --locked -q
-want root && run_tier root cargo test --workspace --locked -q -- --ignored --test-threads=2
-if want oci; then
-  run_tier oci tests/oci/validation.sh --known tests/oci/known-failures.txt "$AMPHI"
-fi
+want lint && run_tier lint lint
+want unit && run_tier unit tests/cargo-test.sh unit --workspace --locked
+want root && run_tier root tests/cargo-test.sh root --workspace --locked -- --ignored --test-threads=2
+want oci && run_tier oci tests/oci/validation.sh --known tests/oci/known-failures.txt "$AMPHI"
 want podman && run_tier podman bats tests/clients/podman.bats
-if want containerd; then
-  if [ -f tests/clients/containerd.sh ]; then run_tier containerd tests/clients/containerd.sh; fi
-fi
-if want vm; then
-  if [ -x tests/vm/run-tests.sh ]; then run_tier vm tests/vm/run-tests.sh; fi
-fi
+want containerd && run_tier containerd tests/clients/containerd.sh
+want docker && run_tier docker tests/clients/docker.sh
+want vm && run_tier vm tests/vm/run-tests.sh
+want testhost && run_tier testhost tests/testhost/run-tests.sh
 want fuzz && run_tier fuzz fuzz/run.sh "${FUZZ_SECONDS:-20}"
 
 order+=("leaks")
@@ -70,5 +128,5 @@ for t in "${order[@]}"; do
   printf '%-12s %s\n' "$t" "${result[$t]}"
   case ${result[$t]} in FAIL*) status=1 ;; esac
 done
-grep -h "passed, .* failed" "$log"/oci.log 2>/dev/null | tail -n1 | sed 's/^/oci validation: /'
+echo "total: $tp passed, $tf failed, $ts skipped$([ "$tk" = 0 ] || echo ", $tk known failures")"
 exit $status

@@ -107,6 +107,19 @@ pub fn error(msg: &str) {
     log(Level::Error, msg);
 }
 
+/// A warning given at most once per process for each `key` (a setting the
+/// host cannot honour, met again for every process of a container).
+pub fn warn_once(key: &str, msg: &str) {
+    static SEEN: Mutex<Vec<String>> = Mutex::new(Vec::new());
+    let Ok(mut seen) = SEEN.lock() else { return };
+    if seen.iter().any(|k| k == key) {
+        return;
+    }
+    seen.push(key.to_string());
+    drop(seen);
+    warn(msg);
+}
+
 fn format_line(format: Format, level: Level, msg: &str, time: &str) -> String {
     match format {
         Format::Json => {
@@ -117,6 +130,24 @@ fn format_line(format: Format, level: Level, msg: &str, time: &str) -> String {
             let quoted = serde_json::to_string(msg).unwrap_or_default();
             format!("time=\"{time}\" level={} msg={quoted}\n", level.as_str())
         }
+    }
+}
+
+/// The environment variable naming a file that collects timing marks
+/// (`bench/vm-run.sh` sets it; nothing else should).
+pub const TIMING_ENV: &str = "AMPHI_TIMING";
+
+/// Appends "<label> <CLOCK_MONOTONIC nanoseconds>" to the file named by
+/// [`TIMING_ENV`], if it is set: every amphi process of one run (the
+/// command, the VMM) marks its milestones on the same clock, so a
+/// benchmark can split a run into phases without timed logging.
+pub fn timing(label: &str) {
+    let Some(path) = std::env::var_os(TIMING_ENV) else { return };
+    let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .map(|t| t.tv_sec() as i128 * 1_000_000_000 + t.tv_nsec() as i128)
+        .unwrap_or(0);
+    if let Ok(mut f) = OpenOptions::new().create(true).append(true).open(path) {
+        let _ = f.write_all(format!("{label} {now}\n").as_bytes());
     }
 }
 

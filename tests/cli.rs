@@ -79,9 +79,42 @@ fn unknown_container_and_signal() {
         assert_eq!(out.status.code(), Some(3), "{args:?}: {}", stderr(&out));
         assert!(stderr(&out).contains("container \"ghost\" does not exist"), "{}", stderr(&out));
     }
+    for args in [
+        vec!["exec", "ghost", "true"],
+        vec!["ps", "ghost"],
+        vec!["pause", "ghost"],
+        vec!["resume", "ghost"],
+        vec!["update", "--memory", "1m", "ghost"],
+        vec!["events", "--stats", "ghost"],
+    ] {
+        let out = a.run(&args);
+        assert_eq!(out.status.code(), Some(3), "{args:?}: {}", stderr(&out));
+        assert!(stderr(&out).contains("container \"ghost\" does not exist"), "{}", stderr(&out));
+    }
     let out = a.run(&["kill", "ghost", "SIGWHAT"]);
     assert_eq!(out.status.code(), Some(5));
     assert!(stderr(&out).contains("unknown signal \"SIGWHAT\""), "{}", stderr(&out));
+}
+
+#[test]
+fn delete_force_of_a_missing_container_succeeds_like_runc() {
+    let a = Amphi::new();
+    let out = a.run(&["delete", "--force", "ghost"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(a.run(&["delete", "ghost"]).status.code(), Some(3));
+}
+
+#[test]
+fn bad_update_and_events_arguments_are_named() {
+    let a = Amphi::new();
+    let out = a.run(&["update", "--memory", "lots", "ghost"]);
+    assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
+    assert!(stderr(&out).contains("--memory \"lots\""), "{}", stderr(&out));
+    let out = a.run(&["events", "--interval", "soon", "ghost"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("--interval \"soon\""), "{}", stderr(&out));
+    let out = a.run(&["update", "--l3-cache-schema", "L3:0=f", "ghost"]);
+    assert!(stderr(&out).contains("Intel RDT"), "{}", stderr(&out));
 }
 
 #[test]
@@ -122,6 +155,8 @@ fn features_is_an_oci_features_document() {
     assert_eq!(v["ociVersionMin"], "1.0.0");
     assert!(v["linux"]["namespaces"].as_array().unwrap().iter().any(|n| n == "user"));
     assert!(v["mountOptions"].as_array().unwrap().iter().any(|o| o == "rbind"));
+    assert!(v["linux"]["seccomp"]["actions"].as_array().unwrap().iter().any(|o| o == "SCMP_ACT_NOTIFY"));
+    assert!(v["linux"]["apparmor"]["enabled"].is_boolean() && v["linux"]["selinux"]["enabled"].is_boolean());
 }
 
 #[test]

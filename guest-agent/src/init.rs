@@ -1,19 +1,19 @@
-//! What PID 1 sets up before serving: mounts, modules, the zombie reaper.
+//! What PID 1 sets up before serving: a root that pivot_root can leave,
+//! mounts (with cgroup2 for the containers' cgroups), modules, and the
+//! reaper.
 
 use std::io::Write;
 use std::os::fd::AsFd;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use nix::mount::{mount, MsFlags};
-use nix::sys::signal::{SigSet, Signal};
-use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
-use nix::unistd::Pid;
+
+use crate::reaper::Exits;
 
 pub struct State {
     pub modules_loaded: Vec<String>,
-    pub reaper: Arc<AtomicU64>,
+    pub exits: Arc<Exits>,
 }
 
 /// Writes one line to the console (PID 1's stdout is /dev/console).
@@ -50,6 +50,8 @@ fn mounts() -> Result<(), String> {
     mount_fs("devtmpfs", "/dev", "devtmpfs", MsFlags::MS_NOSUID, Some("mode=0755"))?;
     mount_fs("tmpfs", "/run", "tmpfs", MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some("mode=0755"))?;
     mount_fs("tmpfs", "/tmp", "tmpfs", MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some("mode=1777"))?;
+    mount_fs("devpts", "/dev/pts", "devpts", nosuid, Some("newinstance,ptmxmode=0666,mode=0620"))?;
+    mount_fs("tmpfs", "/dev/shm", "tmpfs", MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some("mode=1777"))?;
     Ok(())
 }
 
@@ -74,36 +76,56 @@ fn load_modules() -> Result<Vec<String>, String> {
     Ok(loaded)
 }
 
-/// Reaps every child that exits, for as long as the guest runs: orphans
-/// are re-parented to PID 1, and zombies would pile up otherwise.
-fn start_reaper(count: Arc<AtomicU64>) -> Result<(), String> {
-    let mut set = SigSet::empty();
-    set.add(Signal::SIGCHLD);
-    // Blocked in every thread (spawned after this), taken by sigwait below.
-    set.thread_block().map_err(|e| format!("block SIGCHLD: {e}"))?;
-    std::thread::Builder::new()
-        .name("reaper".into())
-        .spawn(move || loop {
-            if set.wait().is_err() {
-                continue;
-            }
-            loop {
-                match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
-                    Ok(WaitStatus::StillAlive) | Err(_) => break,
-                    Ok(_) => {
-                        count.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-            }
-        })
-        .map(drop)
-        .map_err(|e| format!("start the reaper: {e}"))
+/// The initramfs is the kernel's root mount, which pivot_root(2) refuses
+/// to leave (it has no parent mount). A bind mount of it, moved over `/`,
+/// has one: the containers' runtime can then pivot_root as on any host.
+/// The bind is made read-only, so nothing in the guest (a container
+/// process reaching /proc/<init>/exe included) can change the agent.
+fn switch_root() -> Result<(), String> {
+    let new = "/.root";
+    std::fs::create_dir_all(new).map_err(|e| format!("mkdir {new}: {e}"))?;
+    mount(Some("/"), new, None::<&str>, MsFlags::MS_BIND, None::<&str>).map_err(|e| format!("bind / on {new}: {e}"))?;
+    std::env::set_current_dir(new).map_err(|e| format!("chdir {new}: {e}"))?;
+    mount(Some("."), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>).map_err(|e| format!("move {new} to /: {e}"))?;
+    nix::unistd::chroot(".").map_err(|e| format!("chroot: {e}"))?;
+    std::env::set_current_dir("/").map_err(|e| format!("chdir /: {e}"))?;
+    Ok(())
+}
+
+fn seal_root() -> Result<(), String> {
+    mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY, None::<&str>)
+        .map_err(|e| format!("remount / read-only: {e}"))
+}
+
+/// cgroup2 for the containers, with every controller the kernel has
+/// enabled for children (the guest has no other users of cgroups).
+fn cgroups() -> Result<(), String> {
+    let root = "/sys/fs/cgroup";
+    mount_fs("cgroup2", root, "cgroup2", MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC, None)?;
+    let controllers = std::fs::read_to_string(format!("{root}/cgroup.controllers")).unwrap_or_default();
+    for c in controllers.split_whitespace() {
+        // A controller the kernel refuses to delegate (none should) only
+        // means limits of that kind cannot be set; the runtime says so.
+        let _ = std::fs::write(format!("{root}/cgroup.subtree_control"), format!("+{c}"));
+    }
+    Ok(())
+}
+
+fn run_dirs() -> Result<(), String> {
+    use amphi::agent::container::{GUEST_BUNDLE_DIR, GUEST_SHARE_DIR, GUEST_STATE_DIR};
+    for d in [GUEST_SHARE_DIR, GUEST_STATE_DIR, GUEST_BUNDLE_DIR] {
+        std::fs::create_dir_all(d).map_err(|e| format!("mkdir {d}: {e}"))?;
+    }
+    Ok(())
 }
 
 pub fn setup() -> Result<State, String> {
+    switch_root()?;
     mounts()?;
-    let reaper = Arc::new(AtomicU64::new(0));
-    start_reaper(reaper.clone())?;
+    seal_root()?;
+    cgroups()?;
+    run_dirs()?;
+    let exits = Exits::start()?;
     let modules_loaded = load_modules()?;
-    Ok(State { modules_loaded, reaper })
+    Ok(State { modules_loaded, exits })
 }

@@ -8,16 +8,25 @@
 //! the guest powered off, so the host sees a quick, explained failure
 //! instead of a timeout (PID 1 exiting would panic the kernel).
 
+mod containers;
+mod helper;
 mod init;
+mod reaper;
 mod server;
+mod sessions;
 
 use std::time::Instant;
 
 fn main() {
     let start = Instant::now();
-    if std::env::args().any(|a| a == "--version") {
+    let args: Vec<String> = std::env::args().collect();
+    if args.iter().any(|a| a == "--version") {
         println!("amphi-agent {}", env!("CARGO_PKG_VERSION"));
         return;
+    }
+    // The agent runs itself as the guest's runtime helper (helper.rs).
+    if args.get(1).map(String::as_str) == Some("runtime") {
+        std::process::exit(helper::main(&args[2..]));
     }
     if std::process::id() != 1 {
         eprintln!("amphi-agent: must run as PID 1 (/init) inside an amphi guest; it mounts filesystems and powers the machine off");
@@ -40,5 +49,5 @@ fn main() {
         env!("CARGO_PKG_VERSION"),
         init_ms
     ));
-    server::serve(listener, server::Context { modules_loaded: state.modules_loaded, init_ms, reaper: state.reaper });
+    server::serve(listener, server::Context::new(state.modules_loaded, init_ms, state.exits));
 }

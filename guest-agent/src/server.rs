@@ -2,8 +2,11 @@
 
 use std::fs::File;
 use std::os::fd::OwnedFd;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+
+use crate::containers::Containers;
+use crate::reaper::Exits;
+use crate::sessions::Sessions;
 
 use amphi::agent::message::{classify_bad_request, ShutdownResponse};
 use amphi::agent::{
@@ -15,7 +18,22 @@ use nix::sys::socket::{self, accept, bind, socket, AddressFamily, Backlog, SockF
 pub struct Context {
     pub modules_loaded: Vec<String>,
     pub init_ms: u64,
-    pub reaper: Arc<AtomicU64>,
+    pub exits: Arc<Exits>,
+    pub sessions: Arc<Sessions>,
+    pub containers: Containers,
+}
+
+impl Context {
+    pub fn new(modules_loaded: Vec<String>, init_ms: u64, exits: Arc<Exits>) -> Context {
+        let sessions = Arc::new(Sessions::default());
+        Context {
+            modules_loaded,
+            init_ms,
+            containers: Containers::new(exits.clone(), sessions.clone()),
+            exits,
+            sessions,
+        }
+    }
 }
 
 pub fn listen() -> nix::Result<OwnedFd> {
@@ -32,8 +50,7 @@ pub fn serve(listener: OwnedFd, ctx: Context) -> ! {
             Ok(conn) => {
                 let ctx = ctx.clone();
                 let _ = std::thread::Builder::new().name("conn".into()).spawn(move || {
-                    let mut conn = File::from(conn);
-                    if let Some(action) = handle(&mut conn, &ctx) {
+                    if let Some((action, mut conn)) = handle(File::from(conn), &ctx) {
                         // The reply is only queued in the guest's socket:
                         // powering off now could lose it. The host closes the
                         // connection once it has the reply; wait for that
@@ -78,7 +95,7 @@ fn health(ctx: &Context) -> Result<HealthResponse, AgentError> {
         uptime_ms: (uptime_s * 1000.0) as u64,
         mem_total_kib: field("MemTotal:"),
         mem_available_kib: field("MemAvailable:"),
-        zombies_reaped: ctx.reaper.load(Ordering::Relaxed),
+        zombies_reaped: ctx.exits.reaped(),
         online_cpus: std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1),
     })
 }
@@ -104,17 +121,18 @@ fn wait_for_close(conn: &mut File) {
     }
 }
 
-/// Serves one connection until it closes, breaks, or a shutdown was
-/// acknowledged (then returns the action, for the caller to carry out).
-pub fn handle<S: std::io::Read + std::io::Write>(conn: &mut S, ctx: &Context) -> Option<ShutdownAction> {
+/// Serves one connection until it closes, breaks, turns into a stdio
+/// stream, or a shutdown was acknowledged (then returns the action and the
+/// connection, for the caller to carry out).
+pub fn handle(mut conn: File, ctx: &Context) -> Option<(ShutdownAction, File)> {
     let mut handshaken = false;
     loop {
-        let payload = match read_frame(conn, MAX_FRAME_LEN) {
+        let payload = match read_frame(&mut conn, MAX_FRAME_LEN) {
             Ok(Some(p)) => p,
             Ok(None) => return None,
             Err(FrameError::TooLarge { len, max }) => {
                 let e = AgentError::new(ErrorCode::FrameTooLarge, format!("frame of {len} bytes exceeds {max}"));
-                let _ = send(conn, &ResponseEnvelope::error(0, e));
+                let _ = send(&mut conn, &ResponseEnvelope::error(0, e));
                 return None;
             }
             Err(_) => return None,
@@ -123,7 +141,7 @@ pub fn handle<S: std::io::Read + std::io::Write>(conn: &mut S, ctx: &Context) ->
             Ok(r) => r,
             Err(_) => {
                 let (id, e) = classify_bad_request(&payload);
-                if send(conn, &ResponseEnvelope::error(id, e)).is_err() {
+                if send(&mut conn, &ResponseEnvelope::error(id, e)).is_err() {
                     return None;
                 }
                 continue;
@@ -149,20 +167,52 @@ pub fn handle<S: std::io::Read + std::io::Write>(conn: &mut S, ctx: &Context) ->
                     agent_init_ms: ctx.init_ms,
                 }))
             }
+            // A stdio stream: its one frame stands in for the handshake.
+            Request::AttachStream(a) if !handshaken => {
+                if !PROTOCOL_VERSION.compatible_with(a.protocol) {
+                    let e = AgentError::new(
+                        ErrorCode::IncompatibleVersion,
+                        format!("host speaks protocol {}, this agent {}", a.protocol, PROTOCOL_VERSION),
+                    );
+                    let _ = send(&mut conn, &ResponseEnvelope::error(id, e));
+                    return None;
+                }
+                if send(&mut conn, &ResponseEnvelope::ok(id, Response::AttachStream)).is_err() {
+                    return None;
+                }
+                let _ = ctx.sessions.attach(&a.session, a.stream, conn);
+                return None;
+            }
             _ if !handshaken => Err(AgentError::new(ErrorCode::HandshakeRequired, "send a handshake request first")),
             Request::Health => health(ctx).map(Response::Health),
             Request::Shutdown(s) => {
                 after = Some(s.action);
                 Ok(Response::Shutdown(ShutdownResponse { action: s.action }))
             }
+            Request::AttachStream(_) => Err(AgentError::new(
+                ErrorCode::MalformedRequest,
+                "attach_stream must be the first request of a stdio connection",
+            )),
+            Request::CreateContainer(c) => ctx.containers.create(c).map(Response::CreateContainer),
+            Request::ResumeCreate(c) => ctx.containers.resume_create(&c.id).map(Response::ResumeCreate),
+            Request::StartContainer(c) => ctx.containers.start(&c.id).map(|()| Response::StartContainer),
+            Request::Signal(s) => ctx.containers.signal(&s).map(|()| Response::Signal),
+            Request::Wait(w) => ctx.containers.wait(&w).map(Response::Wait),
+            Request::Resize(r) => ctx.containers.resize(&r).map(|()| Response::Resize),
+            Request::Exec(e) => ctx.containers.exec(e).map(Response::Exec),
+            Request::Pause(c) => ctx.containers.pause(&c.id).map(|()| Response::Pause),
+            Request::Resume(c) => ctx.containers.resume(&c.id).map(|()| Response::Resume),
+            Request::Ps(p) => ctx.containers.ps(&p).map(Response::Ps),
+            Request::Stats(c) => ctx.containers.stats(&c.id).map(Response::Stats),
+            Request::Update(u) => ctx.containers.update(&u).map(|()| Response::Update),
         };
         let reply = match outcome {
             Ok(r) => ResponseEnvelope::ok(id, r),
             Err(e) => ResponseEnvelope::error(id, e),
         };
-        let sent = send(conn, &reply).is_ok();
-        if after.is_some() {
-            return after;
+        let sent = send(&mut conn, &reply).is_ok();
+        if let Some(action) = after {
+            return Some((action, conn));
         }
         if !sent {
             return None;
@@ -177,13 +227,21 @@ mod tests {
     use std::os::unix::net::UnixStream;
 
     fn ctx() -> Context {
-        Context { modules_loaded: vec!["vsock".into()], init_ms: 7, reaper: Arc::new(AtomicU64::new(3)) }
+        let exits = Arc::new(Exits::default());
+        for pid in 0..3 {
+            exits.record(100 + pid, amphi::agent::container::ExitStatus::exited(0));
+        }
+        Context::new(vec!["vsock".into()], 7, exits)
+    }
+
+    fn file(s: UnixStream) -> File {
+        File::from(OwnedFd::from(s))
     }
 
     /// Runs the agent's handler on one end of a socketpair.
     fn agent() -> (Client<UnixStream>, std::thread::JoinHandle<Option<ShutdownAction>>) {
-        let (host, mut guest) = UnixStream::pair().unwrap();
-        let h = std::thread::spawn(move || handle(&mut guest, &ctx()));
+        let (host, guest) = UnixStream::pair().unwrap();
+        let h = std::thread::spawn(move || handle(file(guest), &ctx()).map(|(a, _)| a));
         (Client::new(host), h)
     }
 
@@ -243,10 +301,10 @@ mod tests {
 
     #[test]
     fn unknown_methods_and_garbage_get_error_codes_and_the_connection_survives() {
-        let (host, mut guest) = UnixStream::pair().unwrap();
-        let h = std::thread::spawn(move || handle(&mut guest, &ctx()));
+        let (host, guest) = UnixStream::pair().unwrap();
+        let h = std::thread::spawn(move || handle(file(guest), &ctx()).map(|(a, _)| a));
         let mut host = host;
-        amphi::agent::write_frame(&mut host, br#"{"id":5,"method":"exec","params":{}}"#).unwrap();
+        amphi::agent::write_frame(&mut host, br#"{"id":5,"method":"checkpoint","params":{}}"#).unwrap();
         let r: ResponseEnvelope = amphi::agent::receive(&mut host).unwrap().unwrap();
         assert_eq!(r.id, 5);
         assert_eq!(r.into_result().unwrap_err().code, ErrorCode::UnknownMethod);
@@ -259,8 +317,8 @@ mod tests {
 
     #[test]
     fn an_oversized_frame_is_answered_then_the_connection_closed() {
-        let (mut host, mut guest) = UnixStream::pair().unwrap();
-        let h = std::thread::spawn(move || handle(&mut guest, &ctx()));
+        let (mut host, guest) = UnixStream::pair().unwrap();
+        let h = std::thread::spawn(move || handle(file(guest), &ctx()).map(|(a, _)| a));
         let mut header = b"am\x01\x00".to_vec();
         header.extend_from_slice(&((MAX_FRAME_LEN as u32) + 1).to_be_bytes());
         std::io::Write::write_all(&mut host, &header).unwrap();

@@ -10,6 +10,7 @@
 mod bootstrap;
 mod error;
 mod events;
+mod exec;
 mod options;
 mod process;
 mod reaper;

@@ -182,6 +182,39 @@ impl Amphi {
         self.captured("kill", &args).map(drop)
     }
 
+    /// `amphi exec --process FILE --detach --pid-file P`: the process runs
+    /// with `stdio` (or the terminal sent to `console_socket`) once this
+    /// returns; its pid is in the pid file.
+    pub fn exec(
+        &self,
+        id: &str,
+        process: &Path,
+        pid_file: &Path,
+        console_socket: Option<&Path>,
+        stdio: CreateStdio,
+    ) -> Result<(), AmphiError> {
+        let mut c = self.command("exec");
+        c.arg("--process").arg(process).arg("--detach").arg("--pid-file").arg(pid_file);
+        if let Some(s) = console_socket {
+            c.arg("--console-socket").arg(s);
+        }
+        c.arg(id).stdin(stdio.stdin).stdout(stdio.stdout).stderr(stdio.stderr);
+        self.run("exec", c).map(drop)
+    }
+
+    pub fn pause(&self, id: &str) -> Result<(), AmphiError> {
+        self.captured("pause", &[id.into()]).map(drop)
+    }
+
+    pub fn resume(&self, id: &str) -> Result<(), AmphiError> {
+        self.captured("resume", &[id.into()]).map(drop)
+    }
+
+    /// `amphi update --resources FILE`.
+    pub fn update(&self, id: &str, resources: &Path) -> Result<(), AmphiError> {
+        self.captured("update", &["--resources".into(), resources.into(), id.into()]).map(drop)
+    }
+
     pub fn delete(&self, id: &str, force: bool) -> Result<(), AmphiError> {
         let mut args: Vec<OsString> = Vec::new();
         if force {
@@ -262,6 +295,11 @@ mod tests {
             no_new_keyring: false,
         };
         a.create("c1", Path::new("/b"), &flags, CreateStdio::null()).unwrap();
+        a.exec("c1", Path::new("/b/p.json"), Path::new("/b/e1.pid"), Some(Path::new("/s/c.sock")), CreateStdio::null())
+            .unwrap();
+        a.pause("c1").unwrap();
+        a.resume("c1").unwrap();
+        a.update("c1", Path::new("/b/r.json")).unwrap();
         let lines = rec.0.lock().unwrap();
         let g = "/bin/amphi --root /run/r/ns --log /b/log.json --log-format json";
         assert_eq!(lines[0].join(" "), format!("{g} kill --all c1 9"));
@@ -271,6 +309,13 @@ mod tests {
             lines[3].join(" "),
             format!("{g} create --bundle /b --pid-file /b/init.pid --console-socket /tmp/s/console.sock --no-pivot c1")
         );
+        assert_eq!(
+            lines[4].join(" "),
+            format!("{g} exec --process /b/p.json --detach --pid-file /b/e1.pid --console-socket /s/c.sock c1")
+        );
+        assert_eq!(lines[5].join(" "), format!("{g} pause c1"));
+        assert_eq!(lines[6].join(" "), format!("{g} resume c1"));
+        assert_eq!(lines[7].join(" "), format!("{g} update --resources /b/r.json c1"));
     }
 
     #[test]

@@ -4,9 +4,11 @@
 //! shim's own bookkeeping: the init's phase and exit status
 //! ([`crate::process`]), its stdio ([`crate::stdio`]), its rootfs mounts
 //! ([`crate::rootfs`]) and the events containerd expects. Extra processes
-//! (Exec), pause, resume, checkpoint and update are not in amphi yet; those
-//! calls answer Unimplemented and say so.
+//! ([`crate::exec`]) are `amphi exec --detach` processes the shim then
+//! reaps; pause, resume and update are `amphi pause`, `resume` and
+//! `update --resources`. Checkpoint answers Unimplemented and says so.
 
+use std::collections::HashMap;
 use std::ffi::OsString;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -18,7 +20,9 @@ use containerd_shim::api::{
     ShutdownRequest, StartRequest, StartResponse, StateRequest, StateResponse, StatsRequest, StatsResponse, Status,
     WaitRequest, WaitResponse,
 };
-use containerd_shim::protos::events::task::{TaskCreate, TaskDelete, TaskExit, TaskIO, TaskStart};
+use containerd_shim::protos::events::task::{
+    TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskIO, TaskPaused, TaskResumed, TaskStart,
+};
 use containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp;
 use containerd_shim::protos::shim::shim::{CheckpointTaskRequest, PauseRequest, ResumeRequest, UpdateTaskRequest};
 use containerd_shim::protos::types::task::ProcessInfo;
@@ -26,6 +30,7 @@ use containerd_shim::{ExitSignal, Task, TtrpcContext, TtrpcResult};
 
 use crate::error::ShimError;
 use crate::events::{send, Publish};
+use crate::exec::ExecProcess;
 use crate::options::{find_amphi, ShimOptions};
 use crate::process::{Exit, ExitBook, InitProcess, Phase};
 use crate::reaper::Runner;
@@ -38,9 +43,6 @@ use crate::stdio::{ConsoleSocket, Io, StdioPaths};
 const IO_DRAIN: Duration = Duration::from_secs(2);
 /// How long Delete waits to reap a created container it force-deleted.
 const REAP_WAIT: Duration = Duration::from_secs(10);
-
-const EXEC_UNSUPPORTED: &str = "exec is not implemented in amphi yet: a container runs its init process only, \
-     so extra processes (ctr task exec, kubectl exec) cannot be started";
 
 /// What the service needs to know about its environment.
 pub struct Config {
@@ -63,6 +65,19 @@ struct Container {
     init: Arc<InitProcess>,
     io: Mutex<Option<Io>>,
     cgroups: Option<Cgroups>,
+    execs: Mutex<HashMap<String, Arc<ExecProcess>>>,
+}
+
+impl Container {
+    fn exec(&self, exec_id: &str) -> Result<Arc<ExecProcess>, ShimError> {
+        lock(&self.execs).get(exec_id).cloned().ok_or_else(|| {
+            ShimError::NotFound(format!("exec process \"{exec_id}\" of container \"{}\" does not exist", self.id))
+        })
+    }
+
+    fn exec_by_pid(&self, pid: i32) -> Option<Arc<ExecProcess>> {
+        lock(&self.execs).values().find(|e| e.pid() == pid).cloned()
+    }
 }
 
 /// State shared with the exit watcher thread.
@@ -96,17 +111,21 @@ impl Shared {
         // Under the order lock: a create that registered this pid has then
         // also recorded the container and sent TaskCreate.
         let _order = lock(&self.order);
-        let Some(c) = self.current().filter(|c| c.init.pid() == pid) else { return };
-        self.send_exit(&c, exit);
+        let Some(c) = self.current() else { return };
+        if c.init.pid() == pid {
+            self.send_exit(&c, &c.id, pid, exit);
+        } else if let Some(e) = c.exec_by_pid(pid) {
+            self.send_exit(&c, &e.id, pid, exit);
+        }
     }
 
-    fn send_exit(&self, c: &Container, exit: Exit) {
+    fn send_exit(&self, c: &Container, id: &str, pid: i32, exit: Exit) {
         send(
             &*self.events,
             TaskExit {
                 container_id: c.id.clone(),
-                id: c.id.clone(),
-                pid: c.init.pid() as u32,
+                id: id.to_string(),
+                pid: pid as u32,
                 exit_status: exit.status,
                 exited_at: Some(timestamp(exit.at)).into(),
                 ..Default::default()
@@ -154,11 +173,12 @@ impl Service {
             .ok_or_else(|| ShimError::NotFound(format!("container \"{id}\" does not exist")))
     }
 
-    fn init_only(exec_id: &str) -> Result<(), ShimError> {
+    /// The exec process a request names, or None for the init.
+    fn exec_of(c: &Container, exec_id: &str) -> Result<Option<Arc<ExecProcess>>, ShimError> {
         if exec_id.is_empty() {
-            Ok(())
+            Ok(None)
         } else {
-            Err(ShimError::NotFound(format!("exec process \"{exec_id}\" does not exist: {EXEC_UNSUPPORTED}")))
+            c.exec(exec_id).map(Some)
         }
     }
 
@@ -287,6 +307,7 @@ impl Service {
             init,
             io: Mutex::new(io),
             cgroups: Cgroups::of(pid as u32),
+            execs: Mutex::new(HashMap::new()),
         });
         *lock(&self.shared.container) = Some(c.clone());
         send(
@@ -309,14 +330,110 @@ impl Service {
             },
         );
         if let Some(exit) = early {
-            self.shared.send_exit(&c, exit);
+            self.shared.send_exit(&c, &c.id, pid, exit);
         }
         Ok(CreateTaskResponse { pid: pid as u32, ..Default::default() })
     }
 
-    pub fn do_start(&self, req: StartRequest) -> Result<StartResponse, ShimError> {
-        Self::init_only(&req.exec_id)?;
+    pub fn do_exec(&self, req: ExecProcessRequest) -> Result<(), ShimError> {
         let c = self.container(&req.id)?;
+        if req.exec_id.is_empty() {
+            return Err(ShimError::InvalidArgument("an exec process needs an exec id".into()));
+        }
+        if matches!(c.init.phase(), Phase::Stopped(_)) {
+            return Err(ShimError::FailedPrecondition(format!(
+                "container \"{}\" has exited: there is nothing to exec into",
+                c.id
+            )));
+        }
+        let spec = req.spec.as_ref().map(|a| a.value.clone()).unwrap_or_default();
+        if spec.is_empty() {
+            return Err(ShimError::InvalidArgument("the exec request carries no process".into()));
+        }
+        let stdio = StdioPaths { stdin: req.stdin, stdout: req.stdout, stderr: req.stderr, terminal: req.terminal };
+        {
+            let mut execs = lock(&c.execs);
+            if execs.contains_key(&req.exec_id) {
+                return Err(ShimError::AlreadyExists(format!(
+                    "exec process \"{}\" of container \"{}\" exists already",
+                    req.exec_id, c.id
+                )));
+            }
+            execs.insert(req.exec_id.clone(), Arc::new(ExecProcess::new(req.exec_id.clone(), spec, stdio)));
+        }
+        send(
+            &*self.shared.events,
+            TaskExecAdded { container_id: c.id.clone(), exec_id: req.exec_id, ..Default::default() },
+        );
+        Ok(())
+    }
+
+    fn start_exec(&self, c: &Arc<Container>, e: &Arc<ExecProcess>) -> Result<StartResponse, ShimError> {
+        if e.phase() != Phase::Created {
+            return Err(ShimError::FailedPrecondition(format!("exec process \"{}\" was started already", e.id)));
+        }
+        let io_err = |what: String| move |source| ShimError::Io { what, source };
+        let mut spec_file =
+            tempfile::Builder::new().prefix(".exec-").suffix(".json").tempfile_in(&c.bundle).map_err(io_err(
+                format!("cannot write the process of exec \"{}\" into {}", e.id, c.bundle.display()),
+            ))?;
+        std::io::Write::write_all(&mut spec_file, &e.spec)
+            .map_err(io_err(format!("cannot write the process of exec \"{}\"", e.id)))?;
+        let pid_file = c.bundle.join(format!("{}.pid", e.id));
+        let console = if e.stdio.terminal { Some(ConsoleSocket::new()?) } else { None };
+        let (stdio, pipes) = match &console {
+            Some(_) => (CreateStdio::null(), None),
+            None => {
+                let (s, io) = Io::pipes(&e.stdio)?;
+                (s, Some(io))
+            }
+        };
+        let creating = self.shared.book.begin_create();
+        let socket = console.as_ref().map(|c| c.path());
+        if let Err(err) = c.amphi.exec(&c.id, spec_file.path(), &pid_file, socket.as_deref(), stdio) {
+            if let Some(io) = pipes {
+                io.finish(Duration::ZERO);
+            }
+            return Err(err.into());
+        }
+        let text = std::fs::read_to_string(&pid_file)
+            .map_err(io_err(format!("cannot read amphi's pid file {}", pid_file.display())))?;
+        let _ = std::fs::remove_file(&pid_file);
+        let pid: i32 = text.trim().parse().map_err(|_| ShimError::Io {
+            what: format!("amphi's pid file {} holds {:?}, not a pid", pid_file.display(), text.trim()),
+            source: std::io::Error::from(std::io::ErrorKind::InvalidData),
+        })?;
+        let io = match &console {
+            Some(sock) => Some(Io::console(sock.receive()?, &e.stdio)?),
+            None => pipes,
+        };
+        *lock(&e.io) = io;
+        let _order = lock(&self.shared.order);
+        let p = Arc::new(InitProcess::new(pid));
+        p.set_running();
+        e.set_started(p.clone());
+        let early = self.shared.book.watch(p);
+        drop(creating);
+        send(
+            &*self.shared.events,
+            TaskExecStarted {
+                container_id: c.id.clone(),
+                exec_id: e.id.clone(),
+                pid: pid as u32,
+                ..Default::default()
+            },
+        );
+        if let Some(exit) = early {
+            self.shared.send_exit(c, &e.id, pid, exit);
+        }
+        Ok(StartResponse { pid: pid as u32, ..Default::default() })
+    }
+
+    pub fn do_start(&self, req: StartRequest) -> Result<StartResponse, ShimError> {
+        let c = self.container(&req.id)?;
+        if let Some(e) = Self::exec_of(&c, &req.exec_id)? {
+            return self.start_exec(&c, &e);
+        }
         match c.init.phase() {
             Phase::Created => {}
             Phase::Running => {
@@ -340,8 +457,28 @@ impl Service {
     }
 
     pub fn do_state(&self, req: StateRequest) -> Result<StateResponse, ShimError> {
-        Self::init_only(&req.exec_id)?;
         let c = self.container(&req.id)?;
+        if let Some(e) = Self::exec_of(&c, &req.exec_id)? {
+            let (status, exit) = match e.phase() {
+                Phase::Created => (Status::CREATED, None),
+                Phase::Running => (Status::RUNNING, None),
+                Phase::Stopped(x) => (Status::STOPPED, Some(x)),
+            };
+            return Ok(StateResponse {
+                id: e.id.clone(),
+                bundle: c.bundle.display().to_string(),
+                pid: e.pid() as u32,
+                status: status.into(),
+                stdin: e.stdio.stdin.clone(),
+                stdout: e.stdio.stdout.clone(),
+                stderr: e.stdio.stderr.clone(),
+                terminal: e.stdio.terminal,
+                exit_status: exit.map_or(0, |x| x.status),
+                exited_at: exit.map(|x| timestamp(x.at)).into(),
+                exec_id: e.id.clone(),
+                ..Default::default()
+            });
+        }
         let (status, exit) = match c.init.phase() {
             Phase::Created => (Status::CREATED, None),
             Phase::Stopped(e) => (Status::STOPPED, Some(e)),
@@ -379,8 +516,38 @@ impl Service {
     }
 
     pub fn do_kill(&self, req: KillRequest) -> Result<(), ShimError> {
-        Self::init_only(&req.exec_id)?;
         let c = self.container(&req.id)?;
+        if let Some(e) = Self::exec_of(&c, &req.exec_id)? {
+            let finished =
+                || ShimError::NotFound(format!("process already finished: exec process \"{}\" has exited", e.id));
+            let p = match e.phase() {
+                Phase::Created => {
+                    return Err(ShimError::FailedPrecondition(format!(
+                        "exec process \"{}\" has not been started",
+                        e.id
+                    )))
+                }
+                Phase::Stopped(_) => return Err(finished()),
+                Phase::Running => e.process().expect("a running exec has a process"),
+            };
+            // The shim reaps it, so the pid cannot be recycled until the
+            // exit is recorded.
+            let sig = nix::sys::signal::Signal::try_from(req.signal as i32).ok();
+            // SAFETY: kill(2) with plain integers; the signal number comes
+            // from containerd and the kernel checks it.
+            let r = unsafe { libc::kill(p.pid(), req.signal as i32) };
+            if r != 0 {
+                let err = std::io::Error::last_os_error();
+                if err.raw_os_error() == Some(libc::ESRCH) {
+                    return Err(finished());
+                }
+                return Err(ShimError::Io {
+                    what: format!("cannot send signal {} to exec process \"{}\" ({sig:?})", req.signal, e.id),
+                    source: err,
+                });
+            }
+            return Ok(());
+        }
         let finished = || ShimError::NotFound(format!("process already finished: container \"{}\" has exited", c.id));
         if c.init.exit().is_some() {
             return Err(finished());
@@ -393,8 +560,28 @@ impl Service {
     }
 
     pub fn do_delete(&self, req: DeleteRequest) -> Result<DeleteResponse, ShimError> {
-        Self::init_only(&req.exec_id)?;
         let c = self.container(&req.id)?;
+        if let Some(e) = Self::exec_of(&c, &req.exec_id)? {
+            if e.phase() == Phase::Running {
+                return Err(ShimError::FailedPrecondition(format!(
+                    "exec process \"{}\" is running: kill it first, then delete it",
+                    e.id
+                )));
+            }
+            e.abandon();
+            lock(&c.execs).remove(&e.id);
+            if let Some(io) = lock(&e.io).take() {
+                io.finish(IO_DRAIN);
+            }
+            self.shared.book.forget(e.pid());
+            let exit = e.process().and_then(|p| p.exit()).unwrap_or(Exit { status: 0, at: SystemTime::now() });
+            return Ok(DeleteResponse {
+                pid: e.pid() as u32,
+                exit_status: exit.status,
+                exited_at: Some(timestamp(exit.at)).into(),
+                ..Default::default()
+            });
+        }
         let phase = c.init.phase();
         if phase == Phase::Running {
             return Err(ShimError::FailedPrecondition(format!(
@@ -442,9 +629,11 @@ impl Service {
     }
 
     pub fn do_wait(&self, req: WaitRequest) -> Result<WaitResponse, ShimError> {
-        Self::init_only(&req.exec_id)?;
         let c = self.container(&req.id)?;
-        let exit = c.init.wait();
+        let exit = match Self::exec_of(&c, &req.exec_id)? {
+            Some(e) => e.wait(),
+            None => c.init.wait(),
+        };
         Ok(WaitResponse { exit_status: exit.status, exited_at: Some(timestamp(exit.at)).into(), ..Default::default() })
     }
 
@@ -459,10 +648,14 @@ impl Service {
     }
 
     pub fn do_close_io(&self, req: CloseIORequest) -> Result<(), ShimError> {
-        Self::init_only(&req.exec_id)?;
         let c = self.container(&req.id)?;
+        let e = Self::exec_of(&c, &req.exec_id)?;
         if req.stdin {
-            if let Some(io) = lock(&c.io).as_mut() {
+            let mut io = match &e {
+                Some(e) => lock(&e.io),
+                None => lock(&c.io),
+            };
+            if let Some(io) = io.as_mut() {
                 io.close_stdin();
             }
         }
@@ -470,13 +663,49 @@ impl Service {
     }
 
     pub fn do_resize_pty(&self, req: ResizePtyRequest) -> Result<(), ShimError> {
-        Self::init_only(&req.exec_id)?;
         let c = self.container(&req.id)?;
-        let io = lock(&c.io);
+        let e = Self::exec_of(&c, &req.exec_id)?;
+        let io = match &e {
+            Some(e) => lock(&e.io),
+            None => lock(&c.io),
+        };
         match io.as_ref() {
             Some(io) => Ok(io.resize(req.width, req.height)?),
             None => Err(crate::stdio::StdioError::NoTerminal.into()),
         }
+    }
+
+    pub fn do_pause(&self, req: PauseRequest) -> Result<(), ShimError> {
+        let c = self.container(&req.id)?;
+        c.amphi.pause(&c.id)?;
+        send(&*self.shared.events, TaskPaused { container_id: c.id.clone(), ..Default::default() });
+        Ok(())
+    }
+
+    pub fn do_resume(&self, req: ResumeRequest) -> Result<(), ShimError> {
+        let c = self.container(&req.id)?;
+        c.amphi.resume(&c.id)?;
+        send(&*self.shared.events, TaskResumed { container_id: c.id.clone(), ..Default::default() });
+        Ok(())
+    }
+
+    /// The resources arrive as runtime-spec LinuxResources JSON, which
+    /// `amphi update --resources` reads as it is.
+    pub fn do_update(&self, req: UpdateTaskRequest) -> Result<(), ShimError> {
+        let c = self.container(&req.id)?;
+        let json = req.resources.as_ref().map(|a| a.value.clone()).unwrap_or_default();
+        if json.is_empty() {
+            return Err(ShimError::InvalidArgument("the update request carries no resources".into()));
+        }
+        let io_err = |source| ShimError::Io {
+            what: format!("cannot write the new resources into {}", c.bundle.display()),
+            source,
+        };
+        let mut f =
+            tempfile::Builder::new().prefix(".update-").suffix(".json").tempfile_in(&c.bundle).map_err(io_err)?;
+        std::io::Write::write_all(&mut f, &json).map_err(io_err)?;
+        c.amphi.update(&c.id, f.path())?;
+        Ok(())
     }
 
     pub fn do_stats(&self, req: StatsRequest) -> Result<StatsResponse, ShimError> {
@@ -549,20 +778,24 @@ impl Task for Service {
         self.do_shutdown(req);
         Ok(Empty::new())
     }
-    fn exec(&self, _: &TtrpcContext, _: ExecProcessRequest) -> TtrpcResult<Empty> {
-        unimplemented(EXEC_UNSUPPORTED)
+    fn exec(&self, _: &TtrpcContext, req: ExecProcessRequest) -> TtrpcResult<Empty> {
+        self.do_exec(req)?;
+        Ok(Empty::new())
     }
-    fn pause(&self, _: &TtrpcContext, _: PauseRequest) -> TtrpcResult<Empty> {
-        unimplemented("pause is not implemented in amphi yet: the container keeps running")
+    fn pause(&self, _: &TtrpcContext, req: PauseRequest) -> TtrpcResult<Empty> {
+        self.do_pause(req)?;
+        Ok(Empty::new())
     }
-    fn resume(&self, _: &TtrpcContext, _: ResumeRequest) -> TtrpcResult<Empty> {
-        unimplemented("resume is not implemented in amphi yet (nor is pause)")
+    fn resume(&self, _: &TtrpcContext, req: ResumeRequest) -> TtrpcResult<Empty> {
+        self.do_resume(req)?;
+        Ok(Empty::new())
     }
     fn checkpoint(&self, _: &TtrpcContext, _: CheckpointTaskRequest) -> TtrpcResult<Empty> {
         unimplemented("checkpoint is not supported: amphi has no checkpoint/restore")
     }
-    fn update(&self, _: &TtrpcContext, _: UpdateTaskRequest) -> TtrpcResult<Empty> {
-        unimplemented("update is not implemented in amphi yet: resource limits are fixed at create")
+    fn update(&self, _: &TtrpcContext, req: UpdateTaskRequest) -> TtrpcResult<Empty> {
+        self.do_update(req)?;
+        Ok(Empty::new())
     }
 }
 
@@ -587,7 +820,10 @@ mod tests {
             let args: Vec<String> = cmd.get_args().map(|a| a.to_string_lossy().into_owned()).collect();
             let sub = args
                 .iter()
-                .find(|a| ["create", "start", "state", "kill", "delete"].contains(&a.as_str()))
+                .find(|a| {
+                    ["create", "start", "state", "kill", "delete", "exec", "pause", "resume", "update"]
+                        .contains(&a.as_str())
+                })
                 .cloned()
                 .unwrap_or_default();
             let after_sub: Vec<&String> = args.iter().skip_while(|a| **a != sub).skip(1).collect();
@@ -600,9 +836,10 @@ mod tests {
                     return Ok(Finished { status, stdout: Vec::new(), stderr: msg.as_bytes().to_vec() });
                 }
             }
-            if sub == "create" {
+            if sub == "create" || sub == "exec" {
                 let i = args.iter().position(|a| a == "--pid-file").unwrap();
-                std::fs::write(&args[i + 1], self.pid.to_string()).unwrap();
+                let pid = if sub == "exec" { self.pid + 1 } else { self.pid };
+                std::fs::write(&args[i + 1], pid.to_string()).unwrap();
             }
             Ok(Finished::default())
         }
@@ -774,10 +1011,18 @@ mod tests {
         assert!(e.to_string().contains("BinaryName"), "{e}");
     }
 
+    fn exec_req(id: &str, exec_id: &str) -> ExecProcessRequest {
+        let mut spec = containerd_shim::protos::protobuf::well_known_types::any::Any::new();
+        spec.type_url = "types.containerd.io/opencontainers/runtime-spec/1/Process".into();
+        spec.value = br#"{"args":["/bin/true"],"cwd":"/","user":{"uid":0,"gid":0}}"#.to_vec();
+        ExecProcessRequest { id: id.into(), exec_id: exec_id.into(), spec: Some(spec).into(), ..Default::default() }
+    }
+
     #[test]
-    fn exec_processes_do_not_exist() {
+    fn exec_processes_start_exit_and_are_deleted() {
         let f = fixture(999_000_005);
         f.svc.do_create(create_req(&f, "c6")).unwrap();
+        f.svc.do_start(id_req(|r: &mut StartRequest| r.id = "c6".into())).unwrap();
         let e = f
             .svc
             .do_state(id_req(|r: &mut StateRequest| {
@@ -786,10 +1031,75 @@ mod tests {
             }))
             .unwrap_err();
         assert_eq!(e.code(), Code::NOT_FOUND);
-        assert!(e.to_string().contains("exec is not implemented in amphi yet"), "{e}");
-        let ttrpc_err: containerd_shim::protos::ttrpc::Error = unimplemented::<()>(EXEC_UNSUPPORTED).unwrap_err();
+        f.svc.do_exec(exec_req("c6", "e1")).unwrap();
+        assert_eq!(f.svc.do_exec(exec_req("c6", "e1")).unwrap_err().code(), Code::ALREADY_EXISTS);
+        let state = |f: &Fixture| {
+            f.svc
+                .do_state(id_req(|r: &mut StateRequest| {
+                    r.id = "c6".into();
+                    r.exec_id = "e1".into();
+                }))
+                .unwrap()
+        };
+        assert_eq!(state(&f).status.enum_value(), Ok(Status::CREATED));
+        let started = f
+            .svc
+            .do_start(id_req(|r: &mut StartRequest| {
+                r.id = "c6".into();
+                r.exec_id = "e1".into();
+            }))
+            .unwrap();
+        assert_eq!(started.pid, 999_000_006);
+        assert_eq!(state(&f).status.enum_value(), Ok(Status::RUNNING));
+        f.svc.shared.on_exit(999_000_006, 5, UNIX_EPOCH + Duration::from_secs(7));
+        let w = f
+            .svc
+            .do_wait(id_req(|r: &mut WaitRequest| {
+                r.id = "c6".into();
+                r.exec_id = "e1".into();
+            }))
+            .unwrap();
+        assert_eq!(w.exit_status, 5);
+        let d = f
+            .svc
+            .do_delete(id_req(|r: &mut DeleteRequest| {
+                r.id = "c6".into();
+                r.exec_id = "e1".into();
+            }))
+            .unwrap();
+        assert_eq!((d.pid, d.exit_status), (999_000_006, 5));
+        assert_eq!(
+            f.events.topics(),
+            ["/tasks/create", "/tasks/start", "/tasks/exec-added", "/tasks/exec-started", "/tasks/exit"]
+                .map(String::from)
+        );
+        let calls = f.amphi.calls.lock().unwrap().clone();
+        assert!(calls[2].starts_with("exec --process "), "{}", calls[2]);
+        assert!(calls[2].contains("--detach --pid-file") && calls[2].ends_with("e1.pid c6"), "{}", calls[2]);
+        let ttrpc_err: containerd_shim::protos::ttrpc::Error =
+            unimplemented::<()>("checkpoint is not supported").unwrap_err();
         let containerd_shim::protos::ttrpc::Error::RpcStatus(s) = ttrpc_err else { panic!("not a status") };
         assert_eq!(s.code(), Code::UNIMPLEMENTED);
+    }
+
+    #[test]
+    fn pause_resume_and_update_drive_amphi() {
+        let f = fixture(999_000_010);
+        f.svc.do_create(create_req(&f, "c9")).unwrap();
+        f.svc.do_pause(id_req(|r: &mut PauseRequest| r.id = "c9".into())).unwrap();
+        f.svc.do_resume(id_req(|r: &mut ResumeRequest| r.id = "c9".into())).unwrap();
+        let mut res = containerd_shim::protos::protobuf::well_known_types::any::Any::new();
+        res.value = br#"{"memory":{"limit":1048576}}"#.to_vec();
+        f.svc
+            .do_update(UpdateTaskRequest { id: "c9".into(), resources: Some(res).into(), ..Default::default() })
+            .unwrap();
+        let calls = f.amphi.calls.lock().unwrap().clone();
+        assert_eq!(calls[1..3], ["pause c9".to_string(), "resume c9".to_string()]);
+        assert!(calls[3].starts_with("update --resources ") && calls[3].ends_with(" c9"), "{}", calls[3]);
+        assert_eq!(f.events.topics()[1..], ["/tasks/paused", "/tasks/resumed"].map(String::from));
+        *f.amphi.fail.lock().unwrap() = Some(("pause", 4, "cannot pause container \"c9\": it is created"));
+        let e = f.svc.do_pause(id_req(|r: &mut PauseRequest| r.id = "c9".into())).unwrap_err();
+        assert_eq!(e.code(), Code::FAILED_PRECONDITION);
     }
 
     #[test]

@@ -8,12 +8,17 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::container::{
+    AttachStreamRequest, ContainerRef, CreateContainerRequest, CreateContainerResponse, ExecRequest, ExecResponse,
+    ExitStatus, PsRequest, PsResponse, ResizeRequest, SignalRequest, StatsResponse, UpdateRequest, WaitRequest,
+};
+
 /// vsock port the agent listens on for control connections.
 pub const AGENT_VSOCK_PORT: u32 = 1024;
 
 /// This build's protocol version. Same major: compatible; the minor
 /// version only adds optional fields, methods and error codes.
-pub const PROTOCOL_VERSION: ProtocolVersion = ProtocolVersion { major: 1, minor: 0 };
+pub const PROTOCOL_VERSION: ProtocolVersion = ProtocolVersion { major: 1, minor: 1 };
 
 /// The line the agent prints on the guest console once its vsock listener
 /// is up; the VMM watches the serial output for it to time the boot.
@@ -54,7 +59,53 @@ pub enum Request {
     Health,
     /// Power the guest off (or reboot it); the agent answers first.
     Shutdown(ShutdownRequest),
+    /// 1.1: the first frame of a stdio stream; raw bytes follow the answer.
+    AttachStream(AttachStreamRequest),
+    /// 1.1: create a container, its process waiting for `start_container`.
+    CreateContainer(CreateContainerRequest),
+    /// 1.1: the host ran the runtime hooks; finish the creation.
+    ResumeCreate(ContainerRef),
+    /// 1.1: release a created container's process.
+    StartContainer(ContainerRef),
+    /// 1.1: signal a container's init, all its processes, or an exec'd one.
+    Signal(SignalRequest),
+    /// 1.1: block until a process ended and its output is flushed.
+    Wait(WaitRequest),
+    /// 1.1: run an extra process in a running container.
+    Exec(ExecRequest),
+    /// 1.1: a terminal's new window size.
+    Resize(ResizeRequest),
+    /// 1.1: freeze every process of the container.
+    Pause(ContainerRef),
+    /// 1.1: thaw a paused container.
+    Resume(ContainerRef),
+    /// 1.1: the container's processes.
+    Ps(PsRequest),
+    /// 1.1: the container's cgroup statistics.
+    Stats(ContainerRef),
+    /// 1.1: change the container's resources.
+    Update(UpdateRequest),
 }
+
+/// Every method name, in the order of [`Request`]'s variants.
+pub const METHODS: &[&str] = &[
+    "handshake",
+    "health",
+    "shutdown",
+    "attach_stream",
+    "create_container",
+    "resume_create",
+    "start_container",
+    "signal",
+    "wait",
+    "exec",
+    "resize",
+    "pause",
+    "resume",
+    "ps",
+    "stats",
+    "update",
+];
 
 impl Request {
     pub fn method(&self) -> &'static str {
@@ -62,6 +113,19 @@ impl Request {
             Request::Handshake(_) => "handshake",
             Request::Health => "health",
             Request::Shutdown(_) => "shutdown",
+            Request::AttachStream(_) => "attach_stream",
+            Request::CreateContainer(_) => "create_container",
+            Request::ResumeCreate(_) => "resume_create",
+            Request::StartContainer(_) => "start_container",
+            Request::Signal(_) => "signal",
+            Request::Wait(_) => "wait",
+            Request::Exec(_) => "exec",
+            Request::Resize(_) => "resize",
+            Request::Pause(_) => "pause",
+            Request::Resume(_) => "resume",
+            Request::Ps(_) => "ps",
+            Request::Stats(_) => "stats",
+            Request::Update(_) => "update",
         }
     }
 }
@@ -123,6 +187,19 @@ pub enum Response {
     Handshake(HandshakeResponse),
     Health(HealthResponse),
     Shutdown(ShutdownResponse),
+    AttachStream,
+    CreateContainer(CreateContainerResponse),
+    ResumeCreate(CreateContainerResponse),
+    StartContainer,
+    Signal,
+    Wait(ExitStatus),
+    Exec(ExecResponse),
+    Resize,
+    Pause,
+    Resume,
+    Ps(PsResponse),
+    Stats(StatsResponse),
+    Update,
 }
 
 impl Response {
@@ -131,6 +208,19 @@ impl Response {
             Response::Handshake(_) => "handshake",
             Response::Health(_) => "health",
             Response::Shutdown(_) => "shutdown",
+            Response::AttachStream => "attach_stream",
+            Response::CreateContainer(_) => "create_container",
+            Response::ResumeCreate(_) => "resume_create",
+            Response::StartContainer => "start_container",
+            Response::Signal => "signal",
+            Response::Wait(_) => "wait",
+            Response::Exec(_) => "exec",
+            Response::Resize => "resize",
+            Response::Pause => "pause",
+            Response::Resume => "resume",
+            Response::Ps(_) => "ps",
+            Response::Stats(_) => "stats",
+            Response::Update => "update",
         }
     }
 }
@@ -186,6 +276,22 @@ pub enum ErrorCode {
     ShutdownFailed,
     /// Reading guest state for `health` failed.
     HealthUnavailable,
+    /// 1.1: no container (or exec'd process) with that id in the guest.
+    NoSuchContainer,
+    /// 1.1: a container with that id exists already.
+    ContainerExists,
+    /// 1.1: the operation does not fit the container's state.
+    WrongState,
+    /// 1.1: the configuration (or process) is invalid.
+    InvalidConfig,
+    /// 1.1: valid, but not possible in this guest.
+    Unsupported,
+    /// 1.1: the guest runtime failed; the message carries its error chain.
+    ContainerFailed,
+    /// 1.1: the stdio streams named by a session did not all arrive in time.
+    StdioTimeout,
+    /// 1.1: the guest could not prepare (mount the share, write the bundle).
+    GuestSetupFailed,
 }
 
 impl ErrorCode {
@@ -199,6 +305,14 @@ impl ErrorCode {
             ErrorCode::AlreadyHandshaken => "already_handshaken",
             ErrorCode::ShutdownFailed => "shutdown_failed",
             ErrorCode::HealthUnavailable => "health_unavailable",
+            ErrorCode::NoSuchContainer => "no_such_container",
+            ErrorCode::ContainerExists => "container_exists",
+            ErrorCode::WrongState => "wrong_state",
+            ErrorCode::InvalidConfig => "invalid_config",
+            ErrorCode::Unsupported => "unsupported",
+            ErrorCode::ContainerFailed => "container_failed",
+            ErrorCode::StdioTimeout => "stdio_timeout",
+            ErrorCode::GuestSetupFailed => "guest_setup_failed",
         }
     }
 }
@@ -226,7 +340,7 @@ pub fn classify_bad_request(payload: &[u8]) -> (u64, AgentError) {
     };
     let id = value.get("id").and_then(|v| v.as_u64()).unwrap_or(0);
     match value.get("method").and_then(|m| m.as_str()) {
-        Some(m) if !["handshake", "health", "shutdown"].contains(&m) => {
+        Some(m) if !METHODS.contains(&m) => {
             (id, AgentError::new(ErrorCode::UnknownMethod, format!("method {m:?} is not known to this agent")))
         }
         _ => (id, AgentError::new(ErrorCode::MalformedRequest, "not a valid request envelope")),
@@ -246,7 +360,7 @@ mod tests {
         let v: serde_json::Value = serde_json::to_value(&r).unwrap();
         assert_eq!(
             v,
-            serde_json::json!({"id":3,"method":"handshake","params":{"protocol":{"major":1,"minor":0},"host_version":"0.1.0"}})
+            serde_json::json!({"id":3,"method":"handshake","params":{"protocol":{"major":1,"minor":1},"host_version":"0.1.0"}})
         );
         let h: serde_json::Value = serde_json::to_value(RequestEnvelope { id: 4, request: Request::Health }).unwrap();
         assert_eq!(h, serde_json::json!({"id":4,"method":"health"}));
@@ -283,6 +397,14 @@ mod tests {
             ErrorCode::AlreadyHandshaken,
             ErrorCode::ShutdownFailed,
             ErrorCode::HealthUnavailable,
+            ErrorCode::NoSuchContainer,
+            ErrorCode::ContainerExists,
+            ErrorCode::WrongState,
+            ErrorCode::InvalidConfig,
+            ErrorCode::Unsupported,
+            ErrorCode::ContainerFailed,
+            ErrorCode::StdioTimeout,
+            ErrorCode::GuestSetupFailed,
         ] {
             assert_eq!(serde_json::to_value(code).unwrap(), serde_json::Value::String(code.as_str().into()));
         }
@@ -290,7 +412,7 @@ mod tests {
 
     #[test]
     fn newer_minor_versions_are_compatible_other_majors_are_not() {
-        let v1_0 = ProtocolVersion { major: 1, minor: 0 };
+        let v1_0 = ProtocolVersion { major: 1, minor: 1 };
         assert!(v1_0.compatible_with(ProtocolVersion { major: 1, minor: 7 }));
         assert!(!v1_0.compatible_with(ProtocolVersion { major: 2, minor: 0 }));
     }
@@ -298,7 +420,7 @@ mod tests {
     #[test]
     fn bad_requests_are_classified() {
         assert_eq!(classify_bad_request(b"not json").1.code, ErrorCode::MalformedRequest);
-        let (id, e) = classify_bad_request(br#"{"id":9,"method":"exec","params":{}}"#);
+        let (id, e) = classify_bad_request(br#"{"id":9,"method":"checkpoint","params":{}}"#);
         assert_eq!((id, e.code), (9, ErrorCode::UnknownMethod));
         let (id, e) = classify_bad_request(br#"{"id":2,"method":"handshake","params":{"protocol":3}}"#);
         assert_eq!((id, e.code), (2, ErrorCode::MalformedRequest));

@@ -8,8 +8,10 @@
 //! [`message::ErrorCode::HandshakeRequired`]. docs/agent-protocol.md is the
 //! written specification; keep it in step with this module.
 
+pub mod container;
 pub mod frame;
 pub mod message;
+pub mod relay;
 
 pub use frame::{read_frame, write_frame, FrameError, FRAME_HEADER_LEN, FRAME_MAGIC, FRAME_VERSION, MAX_FRAME_LEN};
 pub use message::{
@@ -64,6 +66,14 @@ impl<S: Read + Write> Client<S> {
 
     pub fn get_ref(&self) -> &S {
         &self.stream
+    }
+
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.stream
+    }
+
+    pub fn into_inner(self) -> S {
+        self.stream
     }
 
     /// Sends one request and waits for its response.

@@ -88,6 +88,18 @@ pub enum Command {
     State(IdArgs),
     /// Send a signal to a container's init process (or all its processes).
     Kill(KillArgs),
+    /// Run another process in a running container.
+    Exec(ExecArgs),
+    /// List the processes of a container (ps(1) arguments may follow the id).
+    Ps(PsArgs),
+    /// Freeze every process of a container.
+    Pause(IdArgs),
+    /// Thaw a paused container.
+    Resume(IdArgs),
+    /// Change the resource limits of a running container.
+    Update(UpdateArgs),
+    /// Print resource statistics (and OOM events) of a container as JSON.
+    Events(EventsArgs),
     /// Delete a container and everything it holds on the host.
     Delete(DeleteArgs),
     /// List containers.
@@ -182,6 +194,181 @@ pub struct KillArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct ExecArgs {
+    /// AF_UNIX socket that receives the pseudoterminal master of the process.
+    #[arg(long = "console-socket", value_name = "PATH")]
+    pub console_socket: Option<PathBuf>,
+
+    /// Working directory in the container.
+    #[arg(long, value_name = "DIR")]
+    pub cwd: Option<PathBuf>,
+
+    /// Set an environment variable (NAME=value); may be repeated.
+    #[arg(short, long, value_name = "NAME=VALUE")]
+    pub env: Vec<String>,
+
+    /// Allocate a pseudo-terminal.
+    #[arg(short, long)]
+    pub tty: bool,
+
+    /// User as uid[:gid].
+    #[arg(short, long, value_name = "UID[:GID]")]
+    pub user: Option<String>,
+
+    /// An additional group id; may be repeated.
+    #[arg(short = 'g', long = "additional-gids", value_name = "GID", allow_negative_numbers = true)]
+    pub additional_gids: Vec<i64>,
+
+    /// The whole process as a runtime-spec process JSON file (the flags
+    /// describing the process are then ignored).
+    #[arg(short, long, value_name = "FILE")]
+    pub process: Option<PathBuf>,
+
+    /// Do not wait for the process.
+    #[arg(short, long)]
+    pub detach: bool,
+
+    /// File to write the process's pid to.
+    #[arg(long = "pid-file", value_name = "PATH")]
+    pub pid_file: Option<PathBuf>,
+
+    /// SELinux label of the process.
+    #[arg(long = "process-label", value_name = "LABEL")]
+    pub process_label: Option<String>,
+
+    /// AppArmor profile of the process.
+    #[arg(long, value_name = "PROFILE")]
+    pub apparmor: Option<String>,
+
+    /// Set no_new_privs for the process (--no-new-privs=false clears it).
+    #[arg(long = "no-new-privs", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    pub no_new_privs: Option<bool>,
+
+    /// Add a capability to the process's bounding, effective and permitted
+    /// sets; may be repeated.
+    #[arg(short, long = "cap", value_name = "CAP")]
+    pub cap: Vec<String>,
+
+    /// Pass N more file descriptors (from fd 3) to the process.
+    #[arg(long = "preserve-fds", default_value_t = 0, value_name = "N")]
+    pub preserve_fds: u32,
+
+    /// Allow exec into a paused container.
+    #[arg(long = "ignore-paused")]
+    pub ignore_paused: bool,
+
+    /// Container id.
+    pub id: String,
+
+    /// The command and its arguments (not needed with --process).
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, value_name = "COMMAND")]
+    pub command: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct PsArgs {
+    /// Output format: a ps(1) table, or the pids as a JSON array.
+    #[arg(short, long, value_enum, default_value_t = ListFormat::Table)]
+    pub format: ListFormat,
+
+    /// Container id.
+    pub id: String,
+
+    /// Arguments for ps(1) (default -ef).
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, value_name = "PS_ARGS")]
+    pub ps_args: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct UpdateArgs {
+    /// A linux.resources JSON file with the new limits, or - for stdin (the
+    /// other flags are then ignored).
+    #[arg(short, long, value_name = "FILE")]
+    pub resources: Option<PathBuf>,
+
+    /// Block I/O weight, 10 to 1000.
+    #[arg(long = "blkio-weight", value_name = "N")]
+    pub blkio_weight: Option<u16>,
+
+    /// CPU CFS period in microseconds.
+    #[arg(long = "cpu-period", value_name = "US")]
+    pub cpu_period: Option<u64>,
+
+    /// CPU CFS quota in microseconds per period.
+    #[arg(long = "cpu-quota", value_name = "US", allow_negative_numbers = true)]
+    pub cpu_quota: Option<i64>,
+
+    /// CPU shares (relative weight).
+    #[arg(long = "cpu-share", value_name = "N")]
+    pub cpu_share: Option<u64>,
+
+    /// CPU real-time period in microseconds.
+    #[arg(long = "cpu-rt-period", value_name = "US")]
+    pub cpu_rt_period: Option<u64>,
+
+    /// CPU real-time runtime in microseconds per period.
+    #[arg(long = "cpu-rt-runtime", value_name = "US", allow_negative_numbers = true)]
+    pub cpu_rt_runtime: Option<i64>,
+
+    /// CPUs to use (0-3,7).
+    #[arg(long = "cpuset-cpus", value_name = "LIST")]
+    pub cpuset_cpus: Option<String>,
+
+    /// Memory nodes to use.
+    #[arg(long = "cpuset-mems", value_name = "LIST")]
+    pub cpuset_mems: Option<String>,
+
+    /// Memory limit (bytes, or with a unit: 512m, 1g; -1 for none).
+    #[arg(long, value_name = "SIZE", allow_hyphen_values = true)]
+    pub memory: Option<String>,
+
+    /// Memory soft limit.
+    #[arg(long = "memory-reservation", value_name = "SIZE", allow_hyphen_values = true)]
+    pub memory_reservation: Option<String>,
+
+    /// Memory plus swap limit (-1 for unlimited swap).
+    #[arg(long = "memory-swap", value_name = "SIZE", allow_hyphen_values = true)]
+    pub memory_swap: Option<String>,
+
+    /// Obsolete, ignored by the kernel.
+    #[arg(long = "kernel-memory", value_name = "SIZE", hide = true)]
+    pub kernel_memory: Option<String>,
+
+    /// Obsolete, ignored by the kernel.
+    #[arg(long = "kernel-memory-tcp", value_name = "SIZE", hide = true)]
+    pub kernel_memory_tcp: Option<String>,
+
+    /// Maximum number of processes (-1 for unlimited).
+    #[arg(long = "pids-limit", value_name = "N", allow_negative_numbers = true)]
+    pub pids_limit: Option<i64>,
+
+    /// Intel RDT L3 cache schema (not supported: amphi does not manage RDT).
+    #[arg(long = "l3-cache-schema", value_name = "SCHEMA", hide = true)]
+    pub l3_cache_schema: Option<String>,
+
+    /// Intel RDT memory bandwidth schema (not supported).
+    #[arg(long = "mem-bw-schema", value_name = "SCHEMA", hide = true)]
+    pub mem_bw_schema: Option<String>,
+
+    /// Container id.
+    pub id: String,
+}
+
+#[derive(Debug, Args)]
+pub struct EventsArgs {
+    /// Time between two stats records (Go duration: 5s, 500ms, 1m).
+    #[arg(long, default_value = "5s", value_name = "DURATION")]
+    pub interval: String,
+
+    /// Print one stats record and exit.
+    #[arg(long)]
+    pub stats: bool,
+
+    /// Container id.
+    pub id: String,
+}
+
+#[derive(Debug, Args)]
 pub struct DeleteArgs {
     /// Kill the container first if it is still running (SIGKILL).
     #[arg(short, long)]
@@ -265,6 +452,92 @@ mod tests {
         assert_eq!(cli.global.rootless.as_deref(), Some("true"));
         match cli.command {
             Command::Spec(s) => assert!(s.rootless),
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn exec_takes_runcs_flags_and_leaves_the_commands_own_alone() {
+        let cli = Cli::try_parse_from([
+            "amphi",
+            "exec",
+            "-t",
+            "-e",
+            "A=1",
+            "--env",
+            "B=2",
+            "-u",
+            "1:2",
+            "-g",
+            "5",
+            "--cap",
+            "CAP_KILL",
+            "--no-new-privs",
+            "--preserve-fds",
+            "2",
+            "c1",
+            "sh",
+            "-c",
+            "echo -e x",
+        ])
+        .unwrap();
+        match cli.command {
+            Command::Exec(e) => {
+                assert!(e.tty);
+                assert_eq!(e.env, ["A=1", "B=2"]);
+                assert_eq!(e.user.as_deref(), Some("1:2"));
+                assert_eq!(e.additional_gids, [5]);
+                assert_eq!(e.no_new_privs, Some(true));
+                assert_eq!(e.preserve_fds, 2);
+                assert_eq!(e.id, "c1");
+                assert_eq!(e.command, ["sh", "-c", "echo -e x"]);
+            }
+            other => panic!("parsed as {other:?}"),
+        }
+        let cli = Cli::try_parse_from(["amphi", "exec", "--no-new-privs=false", "-p", "/p.json", "-d", "c1"]).unwrap();
+        match cli.command {
+            Command::Exec(e) => {
+                assert_eq!(e.no_new_privs, Some(false));
+                assert!(e.detach && e.command.is_empty());
+            }
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn ps_passes_its_arguments_to_ps() {
+        let cli = Cli::try_parse_from(["amphi", "ps", "--format", "json", "c1"]).unwrap();
+        match cli.command {
+            Command::Ps(p) => assert_eq!((p.format, p.ps_args.len()), (ListFormat::Json, 0)),
+            other => panic!("parsed as {other:?}"),
+        }
+        let cli = Cli::try_parse_from(["amphi", "ps", "c1", "-o", "pid,cmd"]).unwrap();
+        match cli.command {
+            Command::Ps(p) => assert_eq!(p.ps_args, ["-o", "pid,cmd"]),
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn update_takes_sizes_and_negative_limits() {
+        let cli = Cli::try_parse_from([
+            "amphi",
+            "update",
+            "--memory",
+            "512m",
+            "--memory-swap",
+            "-1",
+            "--pids-limit",
+            "-1",
+            "c",
+        ])
+        .unwrap();
+        match cli.command {
+            Command::Update(u) => {
+                assert_eq!(u.memory.as_deref(), Some("512m"));
+                assert_eq!(u.memory_swap.as_deref(), Some("-1"));
+                assert_eq!(u.pids_limit, Some(-1));
+            }
             other => panic!("parsed as {other:?}"),
         }
     }

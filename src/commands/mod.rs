@@ -2,13 +2,18 @@
 
 mod create;
 mod delete;
+mod events;
+mod exec;
 mod features;
 mod kill;
 mod list;
+mod pause;
+mod ps;
 mod run;
 mod spec;
 mod start;
 mod state;
+mod update;
 mod vm;
 
 use std::process::ExitCode;
@@ -39,6 +44,12 @@ pub fn dispatch(cli: Cli) -> ExitCode {
         Command::Run(a) => run::run(&global, a),
         Command::State(a) => state::run(&global, a),
         Command::Kill(a) => kill::run(&global, a),
+        Command::Exec(a) => exec::run(&global, a),
+        Command::Ps(a) => ps::run(&global, a),
+        Command::Pause(a) => pause::pause(&global, a),
+        Command::Resume(a) => pause::resume(&global, a),
+        Command::Update(a) => update::run(&global, a),
+        Command::Events(a) => events::run(&global, a),
         Command::Delete(a) => delete::run(&global, a),
         Command::List(a) => list::run(&global, a),
         Command::Features => features::run(),
@@ -57,6 +68,7 @@ pub fn dispatch(cli: Cli) -> ExitCode {
                 .downcast_ref::<ContainerError>()
                 .map(ContainerError::exit_code)
                 .or_else(|| e.downcast_ref::<amphi::vm::CheckError>().map(amphi::vm::CheckError::exit_code))
+                .or_else(|| e.downcast_ref::<amphi::container::stats::DurationError>().map(|_| amphi::exit::USAGE))
                 .unwrap_or(amphi::exit::GENERAL);
             ExitCode::from(code)
         }

@@ -52,6 +52,10 @@ pub enum HookError {
     Failed { kind: HookKind, index: usize, path: PathBuf, status: String },
     #[error("{kind} hook #{index} ({path}) did not finish within its timeout of {secs}s and was killed")]
     Timeout { kind: HookKind, index: usize, path: PathBuf, secs: i64 },
+    /// The runtime hooks ran elsewhere (the host, for a runtime inside a
+    /// VM guest) and failed there.
+    #[error("runtime hooks: {0}")]
+    Delegated(String),
 }
 
 /// Runs `hooks` in order and stops at the first failure.

@@ -6,27 +6,33 @@
 //! at how a container is isolated beyond picking the [`Sandbox`] that the
 //! state file (or, at create, the annotation or `--isolation`) names.
 
+pub mod exec;
 pub mod foreground;
 pub mod hooks;
 pub mod id;
 pub mod process;
+pub mod ps;
 pub mod sandbox;
 pub mod signal;
 pub mod state;
+pub mod stats;
 pub mod store;
+pub mod update;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use nix::sys::signal::Signal;
-
 use crate::spec::{Bundle, Isolation, SpecError};
+pub use exec::{ExecError, ExecOptions};
 use hooks::{HookError, HookKind};
 pub use id::{ContainerId, IdError};
 use process::Liveness;
-pub use sandbox::{CreateRequest, Created, LaunchMode, Sandbox, SandboxError, SandboxFor};
+pub use sandbox::{CreateRequest, Created, Exec, ExecRequest, LaunchMode, Sandbox, SandboxError, SandboxFor};
+use signal::Sig;
 pub use state::{OciState, Op, State, Status};
+pub use stats::{Event, Stats};
 use store::{ContainerDir, Store, StoreError};
+pub use update::{UpdateError, UpdateOptions};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ContainerError {
@@ -42,8 +48,23 @@ pub enum ContainerError {
     Hook(#[from] HookError),
     #[error(transparent)]
     Sandbox(#[from] SandboxError),
+    #[error(transparent)]
+    Exec(#[from] ExecError),
+    #[error(transparent)]
+    Update(#[from] UpdateError),
+    #[error(transparent)]
+    Ps(#[from] ps::PsError),
     #[error("cannot {op} container \"{id}\": it is {status}{hint}")]
     WrongState { id: String, op: Op, status: Status, hint: &'static str },
+    #[error(
+        "container \"{0}\" has no process to start (config.json has none, which create accepts and start \
+         cannot): it was stopped; delete it and create it from a config.json with a process"
+    )]
+    NoProcessAtStart(String),
+    #[error("config.json has no process: `run` needs one to run; add a process to config.json")]
+    NoProcessToRun,
+    #[error("--interval must be longer than zero")]
+    BadInterval,
     #[error(
         "--systemd-cgroup needs systemd, and systemd is not running on this host \
          (no /run/systemd/system): drop the flag and amphi manages cgroupfs itself"
@@ -61,6 +82,11 @@ pub enum ContainerError {
     KillTimeout { id: String, secs: u64 },
     #[error("cannot wait for the container's process")]
     Wait(#[source] nix::errno::Errno),
+    #[error("cannot write the output")]
+    Output {
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 impl ContainerError {
@@ -72,7 +98,9 @@ impl ContainerError {
             ContainerError::Store(StoreError::Exists(_)) => exit::CONFLICT,
             ContainerError::WrongState { .. } => exit::CONFLICT,
             ContainerError::Id(_) | ContainerError::Spec(_) | ContainerError::Signal(_) => exit::BAD_INPUT,
-            ContainerError::SystemdPath(_) => exit::BAD_INPUT,
+            ContainerError::SystemdPath(_) | ContainerError::BadInterval => exit::BAD_INPUT,
+            ContainerError::NoProcessAtStart(_) | ContainerError::NoProcessToRun => exit::BAD_INPUT,
+            ContainerError::Exec(_) | ContainerError::Update(_) => exit::BAD_INPUT,
             ContainerError::NoSystemd | ContainerError::Sandbox(SandboxError::Unsupported(_)) => exit::UNSUPPORTED,
             ContainerError::Sandbox(SandboxError::BadConfig(_)) => exit::BAD_INPUT,
             _ => exit::GENERAL,
@@ -98,7 +126,13 @@ pub struct Runtime {
     isolation: Option<Isolation>,
     systemd_cgroup: bool,
     sandboxes: SandboxFor,
+    hook_delegate: Option<HookDelegate>,
 }
+
+/// Runs the runtime-namespace hooks (prestart, createRuntime) somewhere
+/// else, given the container's pid: how the runtime inside a VM guest hands
+/// them to the host, where their paths and namespaces are.
+pub type HookDelegate = std::sync::Arc<dyn Fn(i32) -> Result<(), HookError> + Send + Sync>;
 
 impl std::fmt::Debug for Runtime {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -120,7 +154,14 @@ impl Runtime {
         systemd_cgroup: bool,
         sandboxes: SandboxFor,
     ) -> Runtime {
-        Runtime { store: Store::new(root), isolation, systemd_cgroup, sandboxes }
+        Runtime { store: Store::new(root), isolation, systemd_cgroup, sandboxes, hook_delegate: None }
+    }
+
+    /// The prestart and createRuntime hooks are not run here but handed to
+    /// `delegate` at the moment they are due.
+    pub fn with_hook_delegate(mut self, delegate: HookDelegate) -> Runtime {
+        self.hook_delegate = Some(delegate);
+        self
     }
 
     pub fn root(&self) -> &Path {
@@ -139,7 +180,15 @@ impl Runtime {
         let id = ContainerId::new(id)?;
         let dir = self.store.open(&id, true)?;
         let state = self.require(&dir, Op::Start)?;
-        (self.sandboxes)(state.isolation).start(&dir, &state)?;
+        let sandbox = (self.sandboxes)(state.isolation);
+        if state.no_process {
+            // Nothing to run: the container cannot be started, and a
+            // created container that can never start is stopped now.
+            let _ = sandbox.kill(&state, Sig::KILL, true);
+            process::wait_gone(state.pid, state.pid_start_time, KILL_WAIT);
+            return Err(ContainerError::NoProcessAtStart(id.to_string()));
+        }
+        sandbox.start(&dir, &state)?;
         crate::logging::debug_with(|| format!("start {id}: process {} released", state.pid));
         self.poststart(&state);
         Ok(())
@@ -153,6 +202,7 @@ impl Runtime {
         // watching it. The container's init unblocks them before exec.
         let guard = if detach { None } else { Some(foreground::SignalGuard::block()) };
         let (dir, state, created) = self.create_container(id, opts, LaunchMode::Attached, !detach)?;
+        debug_assert!(!state.no_process, "create_container refuses a run without process");
         let Created { console, launcher, .. } = created;
         if let Some(launcher) = launcher {
             if let Err(e) = launcher.launch() {
@@ -169,6 +219,7 @@ impl Runtime {
         }
         let guard = guard.expect("blocked for foreground runs");
         let code = foreground::supervise(&guard, state.pid, console).map_err(ContainerError::Wait)?;
+        crate::logging::timing("run:exited");
         drop(guard);
         crate::logging::debug_with(|| format!("run {id}: process {} ended, exit code {code}", state.pid));
         if !keep {
@@ -208,10 +259,171 @@ impl Runtime {
         Ok(())
     }
 
+    /// `exec`: runs another process in the container. Unless detached,
+    /// waits for it (forwarding signals and relaying its terminal) and
+    /// returns its exit code.
+    pub fn exec(&self, id: &str, opts: &ExecOptions) -> Result<i32, ContainerError> {
+        let id = ContainerId::new(id)?;
+        // Not locked: an exec into a paused container (--ignore-paused)
+        // waits until someone resumes it, which needs the lock; and delete
+        // or kill must reach the container meanwhile, as with runc.
+        let dir = self.store.open(&id, false)?;
+        let (state, status) = self.require_status(&dir, Op::Exec)?;
+        if status == Status::Paused && !opts.ignore_paused {
+            return Err(ContainerError::WrongState {
+                id: id.to_string(),
+                op: Op::Exec,
+                status,
+                hint: ": resume it first, or pass --ignore-paused",
+            });
+        }
+        let process = exec::build_process(opts, || Ok(Bundle::load(&state.bundle)?.spec.process().clone()))?;
+        exec::check_terminal(&process, opts)?;
+        let terminal = process.terminal().unwrap_or(false);
+        // As in `run`: the signals the foreground loop forwards stay blocked
+        // from before the process exists until it is reaped.
+        let guard = if opts.detach { None } else { Some(foreground::SignalGuard::block()) };
+        let req = ExecRequest {
+            process: &process,
+            console_socket: opts.console_socket.clone(),
+            keep_console: terminal && opts.console_socket.is_none() && !opts.detach,
+            preserve_fds: opts.preserve_fds,
+            detach: opts.detach,
+        };
+        let started = (self.sandboxes)(state.isolation).exec(&dir, &state, &req)?;
+        crate::logging::debug_with(|| format!("exec {id}: process {} started", started.pid));
+        if let Some(p) = &opts.pid_file {
+            if let Err(e) = write_pid_file(p, started.pid) {
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(started.pid), nix::sys::signal::SIGKILL);
+                if !opts.detach {
+                    let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(started.pid), None);
+                }
+                return Err(e);
+            }
+        }
+        drop(dir);
+        let Some(guard) = guard else { return Ok(0) };
+        let code = foreground::supervise(&guard, started.pid, started.console).map_err(ContainerError::Wait)?;
+        crate::logging::debug_with(|| format!("exec {id}: process {} ended, exit code {code}", started.pid));
+        Ok(code)
+    }
+
+    /// `pause`: freezes every process of a running container.
+    pub fn pause(&self, id: &str) -> Result<(), ContainerError> {
+        let id = ContainerId::new(id)?;
+        let dir = self.store.open(&id, true)?;
+        let mut state = self.require(&dir, Op::Pause)?;
+        let sandbox = (self.sandboxes)(state.isolation);
+        sandbox.pause(&state)?;
+        state.paused = true;
+        if let Err(e) = dir.write_state(&state) {
+            let _ = sandbox.resume(&state);
+            return Err(e.into());
+        }
+        Ok(())
+    }
+
+    /// `resume`: thaws a paused container.
+    pub fn resume(&self, id: &str) -> Result<(), ContainerError> {
+        let id = ContainerId::new(id)?;
+        let dir = self.store.open(&id, true)?;
+        let mut state = self.require(&dir, Op::Resume)?;
+        (self.sandboxes)(state.isolation).resume(&state)?;
+        state.paused = false;
+        dir.write_state(&state)?;
+        Ok(())
+    }
+
+    /// `update`: applies the given resource limits and keeps them in the
+    /// state. Zeros mean "unchanged" (runc's convention); nothing to change
+    /// is not an error.
+    pub fn update(&self, id: &str, opts: &UpdateOptions) -> Result<(), ContainerError> {
+        let id = ContainerId::new(id)?;
+        let requested = opts.resources(&mut std::io::stdin())?;
+        let delta = update::changes(&requested);
+        let dir = self.store.open(&id, true)?;
+        let mut state = self.require(&dir, Op::Update)?;
+        if update::is_empty(&delta) {
+            crate::logging::debug_with(|| format!("update {id}: nothing to change"));
+            return Ok(());
+        }
+        (self.sandboxes)(state.isolation).update(&state, &delta)?;
+        state.resources = Some(update::merge(&state.resources.clone().unwrap_or_default(), &delta));
+        dir.write_state(&state)?;
+        Ok(())
+    }
+
+    /// `ps`: the container's pids as JSON (`json`), or a ps(1) table run
+    /// with `args`.
+    pub fn ps(&self, id: &str, json: bool, args: &[String]) -> Result<String, ContainerError> {
+        let id = ContainerId::new(id)?;
+        let dir = self.store.open(&id, false)?;
+        let state = self.require(&dir, Op::Ps)?;
+        let sandbox = (self.sandboxes)(state.isolation);
+        if json {
+            let pids = sandbox.pids(&state)?;
+            return Ok(serde_json::to_string(&pids).unwrap_or_else(|_| "[]".into()));
+        }
+        Ok(sandbox.ps(&state, args)?)
+    }
+
+    /// `events`: with `stats_only`, one stats record; otherwise a stats
+    /// record every `interval`, and an "oom" record whenever the OOM killer
+    /// acted, until the container stops. Each record goes to `out`.
+    pub fn events(
+        &self,
+        id: &str,
+        stats_only: bool,
+        interval: Duration,
+        out: &mut dyn FnMut(&Event) -> std::io::Result<()>,
+    ) -> Result<(), ContainerError> {
+        if interval.is_zero() {
+            return Err(ContainerError::BadInterval);
+        }
+        let id = ContainerId::new(id)?;
+        let dir = self.store.open(&id, false)?;
+        let state = self.require(&dir, Op::Events)?;
+        let sandbox = (self.sandboxes)(state.isolation);
+        let emit = |out: &mut dyn FnMut(&Event) -> std::io::Result<()>, e: &Event| {
+            out(e).map_err(|source| ContainerError::Output { source })
+        };
+        if stats_only {
+            return emit(out, &Event::stats(id.as_str(), sandbox.stats(&state)?));
+        }
+        let mut ooms = None;
+        loop {
+            std::thread::sleep(interval);
+            let running = process::liveness(state.pid, state.pid_start_time) == Liveness::Alive;
+            match sandbox.stats(&state) {
+                Ok(stats) => {
+                    if let (Some(before), Some(now)) = (ooms, stats.oom_kills) {
+                        for _ in before..now {
+                            emit(out, &Event::oom(id.as_str()))?;
+                        }
+                    }
+                    ooms = stats.oom_kills.or(ooms);
+                    if running {
+                        emit(out, &Event::stats(id.as_str(), stats))?;
+                    }
+                }
+                Err(e) if running => crate::logging::error(&crate::logging::chain(&e)),
+                Err(_) => {}
+            }
+            if !running {
+                return Ok(());
+            }
+        }
+    }
+
     /// `delete`: removes a stopped container (with `force`, kills it first).
     pub fn delete(&self, id: &str, force: bool) -> Result<(), ContainerError> {
         let id = ContainerId::new(id)?;
-        let dir = self.store.open(&id, true)?;
+        let dir = match self.store.open(&id, true) {
+            // As runc: clients clean up with `delete --force` whether or
+            // not the container still exists.
+            Err(StoreError::NotFound(_)) if force => return Ok(()),
+            r => r?,
+        };
         let Some(state) = dir.read_state()? else {
             // The creating process died before recording anything: nothing
             // but the directory can exist.
@@ -237,7 +449,7 @@ impl Runtime {
                 });
             }
             let sandbox = (self.sandboxes)(state.isolation);
-            sandbox.kill(&state, Signal::SIGKILL, true)?;
+            sandbox.kill(&state, Sig::KILL, true)?;
             if !process::wait_gone(state.pid, state.pid_start_time, KILL_WAIT) {
                 return Err(ContainerError::KillTimeout { id: id.to_string(), secs: KILL_WAIT.as_secs() });
             }
@@ -264,20 +476,28 @@ impl Runtime {
     }
 
     fn require(&self, dir: &ContainerDir, op: Op) -> Result<State, ContainerError> {
+        self.require_status(dir, op).map(|(s, _)| s)
+    }
+
+    fn require_status(&self, dir: &ContainerDir, op: Op) -> Result<(State, Status), ContainerError> {
         let wrong = |status| ContainerError::WrongState {
             id: dir.id.clone(),
             op,
             status,
             hint: match (op, status) {
                 (Op::Start, Status::Running) => ": it was started already",
-                (Op::Start | Op::Kill, Status::Stopped) => ": its process has exited",
+                (Op::Start | Op::Kill | Op::Exec | Op::Events | Op::Update, Status::Stopped) => {
+                    ": its process has exited"
+                }
+                (Op::Pause, Status::Paused) => ": it is paused already",
+                (Op::Pause | Op::Resume, Status::Created) => ": start it first",
                 _ => "",
             },
         };
         let Some(state) = dir.read_state()? else { return Err(wrong(Status::Creating)) };
         let status = status_of(dir, &state);
         if state::allowed(op, status) {
-            Ok(state)
+            Ok((state, status))
         } else {
             Err(wrong(status))
         }
@@ -296,6 +516,9 @@ impl Runtime {
             None => std::env::current_dir().map_err(|e| SpecError::Read { path: PathBuf::from("."), source: e })?,
         };
         let bundle = Bundle::load(&bundle_dir)?;
+        if mode == LaunchMode::Attached && bundle.spec.process().is_none() {
+            return Err(ContainerError::NoProcessToRun);
+        }
         let isolation = match self.isolation {
             Some(i) => i,
             None => bundle.requested_isolation()?.unwrap_or(Isolation::Container),
@@ -323,6 +546,8 @@ impl Runtime {
             isolation,
             hooks: bundle.spec.hooks().clone(),
             paused: false,
+            no_process: bundle.spec.process().is_none(),
+            resources: bundle.spec.linux().as_ref().and_then(|l| l.resources().clone()),
             sandbox: serde_json::Value::Null,
         };
         let terminal = bundle.spec.process().as_ref().and_then(|p| p.terminal()).unwrap_or(false);
@@ -342,10 +567,14 @@ impl Runtime {
         let hooks = bundle.spec.hooks().clone();
         let created = {
             let state_for_hooks = &state;
+            let delegate = self.hook_delegate.clone();
             let mut run_hooks = |pid: i32| -> Result<(), HookError> {
                 let Some(h) = &hooks else { return Ok(()) };
                 if h.prestart().is_none() && h.create_runtime().is_none() {
                     return Ok(());
+                }
+                if let Some(d) = &delegate {
+                    return d(pid);
                 }
                 let json = |status| {
                     let mut s = state_for_hooks.to_oci(status);
@@ -380,7 +609,7 @@ impl Runtime {
             None => Ok(()),
         });
         if let Err(e) = recorded {
-            let _ = sandbox.kill(&state, Signal::SIGKILL, true);
+            let _ = sandbox.kill(&state, Sig::KILL, true);
             process::wait_gone(state.pid, state.pid_start_time, KILL_WAIT);
             let _ = sandbox.destroy(&state);
             let _ = dir.remove();
@@ -417,7 +646,7 @@ impl Runtime {
     fn teardown(&self, dir: ContainerDir, state: &State, kill_first: bool) -> Result<(), ContainerError> {
         let sandbox = (self.sandboxes)(state.isolation);
         if kill_first {
-            let _ = sandbox.kill(state, Signal::SIGKILL, true);
+            let _ = sandbox.kill(state, Sig::KILL, true);
             process::wait_gone(state.pid, state.pid_start_time, KILL_WAIT);
         }
         crate::logging::debug_with(|| format!("delete {}: releasing its resources", state.id));

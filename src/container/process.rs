@@ -5,7 +5,8 @@
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 use nix::errno::Errno;
-use nix::sys::signal::Signal;
+
+use super::signal::Sig;
 
 /// What /proc says about a pid we recorded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,11 +66,10 @@ pub fn pidfd(pid: i32, start_time: u64) -> Result<Option<OwnedFd>, Errno> {
     })
 }
 
-/// Sends `sig` through a pidfd.
-pub fn pidfd_signal(fd: &OwnedFd, sig: Signal) -> Result<(), Errno> {
-    // SAFETY: a valid pidfd, a valid signal number, no siginfo, no flags.
-    let r =
-        unsafe { libc::syscall(libc::SYS_pidfd_send_signal, fd.as_raw_fd(), sig as i32, std::ptr::null::<()>(), 0) };
+/// Sends signal number `sig` through a pidfd.
+pub fn pidfd_signal(fd: &OwnedFd, sig: i32) -> Result<(), Errno> {
+    // SAFETY: a valid pidfd, a signal number, no siginfo, no flags.
+    let r = unsafe { libc::syscall(libc::SYS_pidfd_send_signal, fd.as_raw_fd(), sig, std::ptr::null::<()>(), 0) };
     if r < 0 {
         Err(Errno::last())
     } else {
@@ -79,9 +79,9 @@ pub fn pidfd_signal(fd: &OwnedFd, sig: Signal) -> Result<(), Errno> {
 
 /// Signals the recorded process if it is still the same one. Returns false
 /// when it is already gone.
-pub fn signal(pid: i32, start_time: u64, sig: Signal) -> Result<bool, Errno> {
+pub fn signal(pid: i32, start_time: u64, sig: Sig) -> Result<bool, Errno> {
     match pidfd(pid, start_time)? {
-        Some(fd) => match pidfd_signal(&fd, sig) {
+        Some(fd) => match pidfd_signal(&fd, sig.number()) {
             Ok(()) => Ok(true),
             Err(Errno::ESRCH) => Ok(false),
             Err(e) => Err(e),
@@ -145,6 +145,6 @@ mod tests {
         let (start, _) = stat(pid).unwrap();
         child.wait().unwrap();
         assert_eq!(liveness(pid, start), Liveness::Gone);
-        assert!(!signal(pid, start, Signal::SIGTERM).unwrap());
+        assert!(!signal(pid, start, Sig::TERM).unwrap());
     }
 }

@@ -8,10 +8,12 @@
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 
-use nix::sys::signal::Signal;
+use oci_spec::runtime::{LinuxResources, Process};
 
 use super::hooks::HookError;
+use super::signal::Sig;
 use super::state::State;
+use super::stats::Stats;
 use super::store::ContainerDir;
 use crate::spec::Bundle;
 
@@ -73,6 +75,37 @@ pub trait Launch {
     fn launch(self: Box<Self>) -> Result<(), SandboxError>;
 }
 
+/// An extra process to start in a running container (`exec`). The pid
+/// file, `--detach` and the foreground wait are the lifecycle's business;
+/// the isolation only starts the process.
+#[derive(Debug)]
+pub struct ExecRequest<'a> {
+    /// The process to run, the exec flags already applied.
+    pub process: &'a Process,
+    /// Where the pty master goes when `process.terminal` is set.
+    pub console_socket: Option<PathBuf>,
+    /// A terminal without a console socket in the foreground: the pty
+    /// master comes back in [`Exec::console`] for the caller to relay.
+    pub keep_console: bool,
+    /// Descriptors from 3 on that the process inherits (stdio is always
+    /// inherited).
+    pub preserve_fds: u32,
+    /// The caller does not wait for the process (`exec --detach`).
+    pub detach: bool,
+}
+
+/// A started exec process.
+#[derive(Debug)]
+pub struct Exec {
+    /// The host pid that stands for the process: a child of the calling
+    /// process, which exits with the process's status (128+N when signal N
+    /// ended it) and passes on the signals it receives. In the container
+    /// isolation it is the process itself; in the VM isolation a relay.
+    pub pid: i32,
+    /// The pty master, when asked for with [`ExecRequest::keep_console`].
+    pub console: Option<OwnedFd>,
+}
+
 /// One isolation: everything that differs between a container and a VM.
 pub trait Sandbox {
     /// Builds the container up to the point where its process waits to be
@@ -82,12 +115,41 @@ pub trait Sandbox {
     /// Releases a created container's process (exec fifo).
     fn start(&self, dir: &ContainerDir, state: &State) -> Result<(), SandboxError>;
 
-    /// Signals the container's init, or every process in it.
-    fn kill(&self, state: &State, signal: Signal, all: bool) -> Result<(), SandboxError>;
+    /// Signals the container's init, or every process in it. SIGKILL
+    /// reaches a paused container too.
+    fn kill(&self, state: &State, signal: Sig, all: bool) -> Result<(), SandboxError>;
 
     /// Releases the host resources of a stopped container (cgroups, VMM
     /// leftovers). Idempotent.
     fn destroy(&self, state: &State) -> Result<(), SandboxError>;
+
+    /// Starts an extra process in the container's namespaces and cgroup,
+    /// with the container's seccomp filter and the process's own
+    /// capabilities, rlimits, user and no_new_privs. Returns once the
+    /// process runs its program, or fails with the reason it cannot.
+    fn exec(&self, dir: &ContainerDir, state: &State, req: &ExecRequest<'_>) -> Result<Exec, SandboxError>;
+
+    /// Freezes every process of the container.
+    fn pause(&self, state: &State) -> Result<(), SandboxError>;
+
+    /// Thaws a paused container.
+    fn resume(&self, state: &State) -> Result<(), SandboxError>;
+
+    /// Applies new resource limits to the running container. `resources`
+    /// holds only what changes (see [`super::update::changes`]).
+    fn update(&self, state: &State, resources: &LinuxResources) -> Result<(), SandboxError>;
+
+    /// The container's processes, as pids the caller's `ps` would show
+    /// (host pids for a container, guest pids for a VM), sorted.
+    fn pids(&self, state: &State) -> Result<Vec<i32>, SandboxError>;
+
+    /// `ps` as a table: ps(1) run with `args` (`-ef` when empty) where the
+    /// container's processes are visible, filtered to them
+    /// ([`super::ps::table`]).
+    fn ps(&self, state: &State, args: &[String]) -> Result<String, SandboxError>;
+
+    /// Resource statistics, in runc's `events --stats` shape.
+    fn stats(&self, state: &State) -> Result<Stats, SandboxError>;
 }
 
 /// Errors of an isolation. The lifecycle does not know the isolations'

@@ -44,6 +44,10 @@ pub enum Op {
     Delete,
     Pause,
     Resume,
+    Exec,
+    Update,
+    Ps,
+    Events,
 }
 
 impl std::fmt::Display for Op {
@@ -54,6 +58,10 @@ impl std::fmt::Display for Op {
             Op::Delete => "delete",
             Op::Pause => "pause",
             Op::Resume => "resume",
+            Op::Exec => "exec in",
+            Op::Update => "update",
+            Op::Ps => "list the processes of",
+            Op::Events => "watch",
         })
     }
 }
@@ -68,6 +76,10 @@ pub fn allowed(op: Op, status: Status) -> bool {
         Op::Delete => status == Stopped,
         Op::Pause => status == Running,
         Op::Resume => status == Paused,
+        // runc lets exec into a created container too (its namespaces
+        // exist); a paused one needs --ignore-paused, checked by the caller.
+        Op::Exec | Op::Update | Op::Events => matches!(status, Created | Running | Paused),
+        Op::Ps => status != Creating,
     }
 }
 
@@ -97,6 +109,13 @@ pub struct State {
     /// Set by pause, cleared by resume.
     #[serde(default)]
     pub paused: bool,
+    /// config.json had no process (accepted at create, refused at start).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub no_process: bool,
+    /// The container's resource limits: the spec's, with every `update`
+    /// laid over them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<oci_spec::runtime::LinuxResources>,
     /// Whatever the isolation needs to find its resources again (cgroup
     /// paths, VMM sockets).
     #[serde(default)]
@@ -201,6 +220,11 @@ mod tests {
         assert!(!allowed(Op::Delete, Created) && !allowed(Op::Delete, Running));
         assert!(allowed(Op::Pause, Running) && !allowed(Op::Pause, Created));
         assert!(allowed(Op::Resume, Paused) && !allowed(Op::Resume, Running));
+        for op in [Op::Exec, Op::Update, Op::Events] {
+            assert!(allowed(op, Running) && allowed(op, Paused) && allowed(op, Created), "{op}");
+            assert!(!allowed(op, Stopped) && !allowed(op, Creating), "{op}");
+        }
+        assert!(allowed(Op::Ps, Stopped) && !allowed(Op::Ps, Creating));
     }
 
     #[test]
@@ -225,6 +249,8 @@ mod tests {
             isolation: Isolation::Container,
             hooks: None,
             paused: false,
+            no_process: false,
+            resources: None,
             sandbox: serde_json::Value::Null,
         };
         assert_eq!(s.to_oci(Status::Running).pid, 42);

@@ -240,6 +240,8 @@ mod tests {
             isolation: Isolation::Container,
             hooks: None,
             paused: false,
+            no_process: false,
+            resources: None,
             sandbox: serde_json::Value::Null,
         }
     }

@@ -21,7 +21,22 @@ use nix::sys::stat::Mode;
 
 use super::LinuxError;
 
+/// Set across the re-exec, to the path of the binary that made the copy:
+/// it marks the copy (so it never re-executes again) and tells it where it
+/// came from (the VM isolation looks for amphi-agent next to amphi).
 const GUARD_ENV: &str = "_AMPHI_SEALED_EXE";
+
+/// The binary's own path, remembered by the sealed copy.
+static ORIGINAL: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+
+/// The path amphi was started from, even when it runs from its sealed copy
+/// (whose /proc/self/exe is a memfd).
+pub fn original_exe() -> std::path::PathBuf {
+    match ORIGINAL.get() {
+        Some(p) => p.clone(),
+        None => std::env::current_exe().unwrap_or_else(|_| "/proc/self/exe".into()),
+    }
+}
 
 const SEALS: SealFlag =
     SealFlag::F_SEAL_SEAL.union(SealFlag::F_SEAL_SHRINK).union(SealFlag::F_SEAL_GROW).union(SealFlag::F_SEAL_WRITE);
@@ -52,6 +67,9 @@ pub fn protection() -> Result<Option<Protection>, Errno> {
 /// Returns only when no re-exec was needed (or possible).
 pub fn ensure_protected() -> Result<(), LinuxError> {
     if protection().map_err(|e| LinuxError::sys("cannot inspect /proc/self/exe", e))?.is_some() {
+        if let Some(p) = std::env::var_os(GUARD_ENV).filter(|p| !p.is_empty() && p != "1") {
+            let _ = ORIGINAL.set(p.into());
+        }
         std::env::remove_var(GUARD_ENV);
         return Ok(());
     }
@@ -60,7 +78,7 @@ pub fn ensure_protected() -> Result<(), LinuxError> {
         return Err(LinuxError::Config("re-executed from a sealed memfd but /proc/self/exe is still writable".into()));
     }
     let copy = sealed_copy()?;
-    std::env::set_var(GUARD_ENV, "1");
+    std::env::set_var(GUARD_ENV, original_exe());
     let args: Vec<CString> = std::env::args_os().map(cstring).collect();
     let env: Vec<CString> = std::env::vars_os()
         .map(|(k, v)| {

@@ -10,23 +10,28 @@
 pub mod capabilities;
 pub mod cgroups;
 pub mod console;
+pub mod control;
 pub mod devices;
 pub mod exe;
+pub mod lsm;
 pub mod mounts;
 pub mod namespaces;
 pub mod process;
 pub mod rlimits;
 pub mod rootfs;
+pub mod scheduler;
 pub mod seccomp;
 pub mod user;
 
 use std::path::PathBuf;
 
 use nix::errno::Errno;
-use nix::sys::signal::Signal;
+use oci_spec::runtime::LinuxResources;
 
-use crate::container::sandbox::{CreateRequest, Created, RuntimeHooks, Sandbox, SandboxError};
+use crate::container::sandbox::{CreateRequest, Created, Exec, ExecRequest, RuntimeHooks, Sandbox, SandboxError};
+use crate::container::signal::Sig;
 use crate::container::state::State;
+use crate::container::stats::Stats;
 use crate::container::store::ContainerDir;
 
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +48,10 @@ pub enum LinuxError {
         #[source]
         source: std::io::Error,
     },
+    /// The program cannot be run (not found, not executable), in runc's
+    /// words; `errno` picks the exit code (127 or 126).
+    #[error("{msg}")]
+    Program { msg: String, errno: Errno },
     /// An error the container's init reported, already carrying its chain.
     #[error("container init: {0}")]
     Init(String),
@@ -54,6 +63,13 @@ pub enum LinuxError {
     Hook(#[from] crate::container::hooks::HookError),
     #[error("container process exited before it could be started")]
     ExitedBeforeStart,
+    #[error("the container's init has exited: there is nothing to exec into")]
+    ExitedBeforeExec,
+    /// The exec'd process could not be started; carries its error chain.
+    #[error("exec failed: {0}")]
+    ExecFailed(String),
+    #[error(transparent)]
+    Ps(#[from] crate::container::ps::PsError),
     #[error("exec fifo {0} is gone: the container was started already or is being deleted")]
     NoFifo(PathBuf),
     #[error("{0}")]
@@ -89,11 +105,40 @@ impl Sandbox for LinuxSandbox {
         Ok(process::fifo::release(dir, state)?)
     }
 
-    fn kill(&self, state: &State, signal: Signal, all: bool) -> Result<(), SandboxError> {
+    fn kill(&self, state: &State, signal: Sig, all: bool) -> Result<(), SandboxError> {
         Ok(process::parent::kill(state, signal, all)?)
     }
 
     fn destroy(&self, state: &State) -> Result<(), SandboxError> {
         Ok(process::parent::destroy(state)?)
+    }
+
+    fn exec(&self, dir: &ContainerDir, state: &State, req: &ExecRequest<'_>) -> Result<Exec, SandboxError> {
+        Ok(process::exec::exec(dir, state, req)?)
+    }
+
+    fn pause(&self, state: &State) -> Result<(), SandboxError> {
+        Ok(control::pause(state)?)
+    }
+
+    fn resume(&self, state: &State) -> Result<(), SandboxError> {
+        Ok(control::resume(state)?)
+    }
+
+    fn update(&self, state: &State, resources: &LinuxResources) -> Result<(), SandboxError> {
+        Ok(control::update(state, resources)?)
+    }
+
+    fn pids(&self, state: &State) -> Result<Vec<i32>, SandboxError> {
+        Ok(control::pids(state)?)
+    }
+
+    fn ps(&self, state: &State, args: &[String]) -> Result<String, SandboxError> {
+        let pids = control::pids(state)?;
+        Ok(crate::container::ps::table(args, &pids).map_err(LinuxError::from)?)
+    }
+
+    fn stats(&self, state: &State) -> Result<Stats, SandboxError> {
+        Ok(control::stats(state)?)
     }
 }

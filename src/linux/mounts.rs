@@ -73,7 +73,16 @@ pub fn parse_options(opts: &[String]) -> MountOptions {
         } else if let Some(p) = propagation_option(opt) {
             o.propagation.push(p);
         } else if let Some((set, attr)) = recursive_option(opt) {
-            if set {
+            if attr & MOUNT_ATTR__ATIME != 0 || opt == "rrelatime" {
+                // The access-time modes are one field: mount_setattr(2)
+                // wants the whole field cleared to set one (relatime is 0),
+                // and clearing one mode means going back to relatime.
+                o.recursive_attrs &= !MOUNT_ATTR__ATIME;
+                o.recursive_clear |= MOUNT_ATTR__ATIME;
+                if set {
+                    o.recursive_attrs |= attr;
+                }
+            } else if set {
                 o.recursive_attrs |= attr;
             } else {
                 o.recursive_clear |= attr;
@@ -145,8 +154,11 @@ pub const MOUNT_ATTR_RDONLY: u64 = 0x1;
 pub const MOUNT_ATTR_NOSUID: u64 = 0x2;
 pub const MOUNT_ATTR_NODEV: u64 = 0x4;
 pub const MOUNT_ATTR_NOEXEC: u64 = 0x8;
+pub const MOUNT_ATTR_RELATIME: u64 = 0x0;
 pub const MOUNT_ATTR_NOATIME: u64 = 0x10;
 pub const MOUNT_ATTR_STRICTATIME: u64 = 0x20;
+/// The access-time field (relatime, noatime, strictatime).
+pub const MOUNT_ATTR__ATIME: u64 = 0x70;
 pub const MOUNT_ATTR_NODIRATIME: u64 = 0x80;
 pub const MOUNT_ATTR_NOSYMFOLLOW: u64 = 0x0020_0000;
 
@@ -163,6 +175,9 @@ fn recursive_option(opt: &str) -> Option<(bool, u64)> {
         "rnoatime" => (true, MOUNT_ATTR_NOATIME),
         "ratime" => (false, MOUNT_ATTR_NOATIME),
         "rstrictatime" => (true, MOUNT_ATTR_STRICTATIME),
+        "rnostrictatime" => (false, MOUNT_ATTR_STRICTATIME),
+        "rrelatime" => (true, MOUNT_ATTR_RELATIME),
+        "rnorelatime" => (false, MOUNT_ATTR_RELATIME),
         "rnodiratime" => (true, MOUNT_ATTR_NODIRATIME),
         "rdiratime" => (false, MOUNT_ATTR_NODIRATIME),
         "rnosymfollow" => (true, MOUNT_ATTR_NOSYMFOLLOW),
@@ -209,10 +224,13 @@ pub fn known_options() -> Vec<&'static str> {
         "rnodev",
         "rnodiratime",
         "rnoexec",
+        "rnorelatime",
+        "rnostrictatime",
         "rnosuid",
         "rnosymfollow",
         "ro",
         "rprivate",
+        "rrelatime",
         "rro",
         "rrw",
         "rshared",
@@ -453,6 +471,13 @@ mod tests {
         let o = opts(&["rbind", "rro", "rnosuid", "rrw"]);
         assert_eq!(o.recursive_attrs, MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID);
         assert_eq!(o.recursive_clear, MOUNT_ATTR_RDONLY);
+        // Access-time modes clear the whole field, as mount_setattr(2) asks.
+        let o = opts(&["rbind", "rnoatime"]);
+        assert_eq!((o.recursive_attrs, o.recursive_clear), (MOUNT_ATTR_NOATIME, MOUNT_ATTR__ATIME));
+        let o = opts(&["rbind", "rnoatime", "rrelatime"]);
+        assert_eq!((o.recursive_attrs, o.recursive_clear), (0, MOUNT_ATTR__ATIME));
+        let o = opts(&["rbind", "rstrictatime", "rro"]);
+        assert_eq!(o.recursive_attrs, MOUNT_ATTR_STRICTATIME | MOUNT_ATTR_RDONLY);
     }
 
     #[test]

@@ -6,6 +6,11 @@
 //! skipped (profiles list syscalls of many kernels), rules whose action is
 //! the default action are dropped, and arguments that share an index become
 //! separate rules (OR), the others one rule (AND).
+//!
+//! SCMP_ACT_NOTIFY (seccomp user notification) loads the filter with a
+//! listener fd, which the runtime hands to the program at
+//! `linux.seccomp.listenerPath` together with the container's state, as
+//! runtime-spec's "seccomp notify" section describes ([`send_to_listener`]).
 
 use libseccomp::{ScmpAction, ScmpArch, ScmpArgCompare, ScmpCompareOp, ScmpFilterContext, ScmpSyscall};
 use oci_spec::runtime::{Arch, LinuxSeccomp, LinuxSeccompAction, LinuxSeccompFilterFlag, LinuxSeccompOperator};
@@ -26,13 +31,18 @@ fn action(a: LinuxSeccompAction, errno: Option<u32>) -> Result<ScmpAction, Linux
         ScmpActTrace => ScmpAction::Trace(errno.unwrap_or(libc::EPERM as u32) as u16),
         ScmpActLog => ScmpAction::Log,
         ScmpActAllow => ScmpAction::Allow,
-        ScmpActNotify => {
-            return Err(cfg("linux.seccomp: SCMP_ACT_NOTIFY (seccomp user notification) is not supported by this \
-                 build; use SCMP_ACT_ERRNO or SCMP_ACT_TRACE"
-                .into()))
-        }
+        ScmpActNotify => ScmpAction::Notify,
     })
 }
+
+/// seccomp(2)'s SECCOMP_FILTER_FLAG_NEW_LISTENER: loading returns the
+/// notification fd.
+const FLAG_NEW_LISTENER: libc::c_ulong = 1 << 3;
+
+/// Syscalls that may not notify: the process hands the listener fd over
+/// with sendmsg(2) after loading the filter, so a notified sendmsg would
+/// wait for a listener that has no fd yet.
+const NEVER_NOTIFY: &[&str] = &["sendmsg"];
 
 fn arch(a: Arch) -> Result<ScmpArch, LinuxError> {
     use Arch::*;
@@ -82,18 +92,34 @@ fn compare(arg: &oci_spec::runtime::LinuxSeccompArg) -> ScmpArgCompare {
 
 /// A compiled filter: the BPF program and the seccomp(2) flags to load it
 /// with. Loading needs no allocation, so the init can do it at any point.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Filter {
     bpf: Vec<u8>,
     flags: libc::c_ulong,
+    /// Some rule notifies a listener (SCMP_ACT_NOTIFY): loading returns the
+    /// listener fd.
+    pub notify: Option<Listener>,
     /// Syscall names the profile lists that libseccomp does not know.
     pub skipped: Vec<String>,
+}
+
+/// Where the notification fd goes.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Listener {
+    pub path: std::path::PathBuf,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub metadata: String,
 }
 
 /// Compiles the profile.
 pub fn compile(profile: &LinuxSeccomp) -> Result<Filter, LinuxError> {
     let lib = |what: String| move |e: libseccomp::error::SeccompError| cfg(format!("linux.seccomp: {what}: {e}"));
     let default = action(profile.default_action(), profile.default_errno_ret())?;
+    if default == ScmpAction::Notify {
+        return Err(cfg("linux.seccomp: SCMP_ACT_NOTIFY cannot be the default action (the kernel would stop \
+             every syscall of the container at the listener): use it for chosen syscalls only"
+            .into()));
+    }
     let mut ctx = ScmpFilterContext::new(default).map_err(lib("cannot create the filter".into()))?;
     // We set no_new_privs ourselves when the spec asks for it.
     ctx.set_ctl_nnp(false).map_err(lib("cannot clear the NNP attribute".into()))?;
@@ -113,10 +139,20 @@ pub fn compile(profile: &LinuxSeccomp) -> Result<Filter, LinuxError> {
         };
     }
     let mut skipped = Vec::new();
+    let mut notify = false;
     for rule in profile.syscalls().iter().flatten() {
         let act = action(rule.action(), rule.errno_ret())?;
         if act == default {
             continue;
+        }
+        if act == ScmpAction::Notify {
+            notify = true;
+            if let Some(n) = rule.names().iter().find(|n| NEVER_NOTIFY.contains(&n.as_str())) {
+                return Err(cfg(format!(
+                    "linux.seccomp: SCMP_ACT_NOTIFY cannot be used for {n}: the runtime needs it to hand the \
+                     listener its fd"
+                )));
+            }
         }
         let args = rule.args().as_deref().unwrap_or(&[]);
         let mut indexes: Vec<usize> = args.iter().map(|a| a.index()).collect();
@@ -142,14 +178,29 @@ pub fn compile(profile: &LinuxSeccomp) -> Result<Filter, LinuxError> {
             }
         }
     }
+    let notify = if notify {
+        let path = profile.listener_path().clone().ok_or_else(|| {
+            cfg("linux.seccomp: SCMP_ACT_NOTIFY needs listenerPath, the UNIX socket of the program that handles \
+                 the notifications: set it"
+                .into())
+        })?;
+        if !path.is_absolute() {
+            return Err(cfg(format!("linux.seccomp.listenerPath {} is not absolute", path.display())));
+        }
+        flags |= FLAG_NEW_LISTENER;
+        Some(Listener { path, metadata: profile.listener_metadata().clone().unwrap_or_default() })
+    } else {
+        None
+    };
     let bpf = export(&ctx)?;
-    Ok(Filter { bpf, flags, skipped })
+    Ok(Filter { bpf, flags, notify, skipped })
 }
 
 impl Filter {
     /// Installs the filter on the calling thread (and its future children).
     /// The caller either holds CAP_SYS_ADMIN or has set no_new_privs.
-    pub fn load(&self) -> Result<(), nix::errno::Errno> {
+    /// Returns the listener fd when the filter notifies.
+    pub fn load(&self) -> Result<Option<std::os::fd::OwnedFd>, nix::errno::Errno> {
         let prog = libc::sock_fprog {
             len: (self.bpf.len() / std::mem::size_of::<libc::sock_filter>()) as u16,
             filter: self.bpf.as_ptr() as *mut libc::sock_filter,
@@ -165,15 +216,103 @@ impl Filter {
             )
         };
         if r < 0 {
-            Err(nix::errno::Errno::last())
-        } else {
-            Ok(())
+            return Err(nix::errno::Errno::last());
         }
+        if self.flags & FLAG_NEW_LISTENER == 0 {
+            return Ok(None);
+        }
+        // SAFETY: with NEW_LISTENER the kernel returns a new fd, ours alone.
+        Ok(Some(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(r as i32) }))
     }
 
     /// The BPF program bytes.
     pub fn bpf(&self) -> &[u8] {
         &self.bpf
+    }
+}
+
+impl Filter {
+    /// The filter as saved for later `exec`s (the compiled program and the
+    /// flags; compiling again per exec would cost milliseconds).
+    pub fn to_saved(&self) -> Saved {
+        Saved { flags: self.flags, notify: self.notify.clone() }
+    }
+
+    /// Rebuilds a filter from what [`Filter::to_saved`] kept and the
+    /// program bytes.
+    pub fn from_saved(saved: &Saved, bpf: Vec<u8>) -> Result<Filter, LinuxError> {
+        if bpf.is_empty() || bpf.len() % std::mem::size_of::<libc::sock_filter>() != 0 {
+            return Err(cfg("the saved seccomp program is damaged: delete and recreate the container".into()));
+        }
+        Ok(Filter { bpf, flags: saved.flags as libc::c_ulong, notify: saved.notify.clone(), skipped: Vec::new() })
+    }
+}
+
+/// What the state keeps of a filter besides its program.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Saved {
+    pub flags: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notify: Option<Listener>,
+}
+
+/// Hands a notification fd to the listener: one message on a connection
+/// to its socket, runtime-spec's ContainerProcessState as JSON with the fd
+/// as SCM_RIGHTS. A listener that is not there fails at once (connect),
+/// never hangs.
+pub fn send_to_listener(
+    listener: &Listener,
+    fd: &std::os::fd::OwnedFd,
+    pid: i32,
+    state: &crate::container::state::OciState,
+) -> Result<(), LinuxError> {
+    use nix::sys::socket::{
+        connect, sendmsg, socket, AddressFamily, ControlMessage, MsgFlags, SockFlag, SockType, UnixAddr,
+    };
+    use std::os::fd::AsRawFd;
+    let what = |e| {
+        LinuxError::sys(
+            format!(
+                "cannot hand the seccomp notify fd to linux.seccomp.listenerPath {} (is the listener running?)",
+                listener.path.display()
+            ),
+            e,
+        )
+    };
+    let msg = serde_json::json!({
+        "ociVersion": state.oci_version,
+        "fds": ["seccompFd"],
+        "pid": pid,
+        "metadata": listener.metadata,
+        "state": state,
+    });
+    let bytes = serde_json::to_vec(&msg).unwrap_or_default();
+    let sock = socket(AddressFamily::Unix, SockType::Stream, SockFlag::SOCK_CLOEXEC, None).map_err(what)?;
+    connect(sock.as_raw_fd(), &UnixAddr::new(&listener.path).map_err(what)?).map_err(what)?;
+    let fds = [fd.as_raw_fd()];
+    let iov = [std::io::IoSlice::new(&bytes)];
+    sendmsg::<()>(sock.as_raw_fd(), &iov, &[ControlMessage::ScmRights(&fds)], MsgFlags::MSG_NOSIGNAL, None)
+        .map_err(what)?;
+    Ok(())
+}
+
+/// Fails early (before anything is created) when the listener's socket is
+/// not there.
+pub fn check_listener(listener: &Listener) -> Result<(), LinuxError> {
+    use std::os::unix::fs::FileTypeExt;
+    match std::fs::metadata(&listener.path) {
+        Ok(m) if m.file_type().is_socket() => Ok(()),
+        Ok(_) => Err(LinuxError::Config(format!(
+            "linux.seccomp.listenerPath {} is not a socket: start the seccomp agent first",
+            listener.path.display()
+        ))),
+        Err(e) => Err(LinuxError::io(
+            format!(
+                "linux.seccomp.listenerPath {} cannot be reached: start the seccomp agent first",
+                listener.path.display()
+            ),
+            e,
+        )),
     }
 }
 
@@ -202,6 +341,7 @@ pub fn supported() -> (Vec<&'static str>, Vec<&'static str>, Vec<&'static str>) 
             "SCMP_ACT_KILL_PROCESS",
             "SCMP_ACT_KILL_THREAD",
             "SCMP_ACT_LOG",
+            "SCMP_ACT_NOTIFY",
             "SCMP_ACT_TRACE",
             "SCMP_ACT_TRAP",
         ],
@@ -242,10 +382,80 @@ mod tests {
     }
 
     #[test]
-    fn notify_is_refused_clearly() {
-        let p = profile(r#"{"defaultAction":"SCMP_ACT_NOTIFY"}"#);
+    fn notify_as_default_or_without_listener_is_refused() {
+        let p = profile(r#"{"defaultAction":"SCMP_ACT_NOTIFY","listenerPath":"/run/l.sock"}"#);
         let e = compile(&p).unwrap_err().to_string();
-        assert!(e.contains("SCMP_ACT_NOTIFY"), "{e}");
+        assert!(e.contains("cannot be the default action"), "{e}");
+        let p = profile(
+            r#"{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[{"names":["mkdir"],"action":"SCMP_ACT_NOTIFY"}]}"#,
+        );
+        let e = compile(&p).unwrap_err().to_string();
+        assert!(e.contains("needs listenerPath"), "{e}");
+        let p = profile(
+            r#"{"defaultAction":"SCMP_ACT_ALLOW","listenerPath":"/l","syscalls":[{"names":["sendmsg"],"action":"SCMP_ACT_NOTIFY"}]}"#,
+        );
+        assert!(compile(&p).unwrap_err().to_string().contains("cannot be used for sendmsg"));
+    }
+
+    #[test]
+    fn notify_compiles_with_its_listener() {
+        let p = profile(
+            r#"{"defaultAction":"SCMP_ACT_ALLOW","listenerPath":"/run/agent.sock","listenerMetadata":"m",
+                "syscalls":[{"names":["mkdir"],"action":"SCMP_ACT_NOTIFY"}]}"#,
+        );
+        let f = compile(&p).unwrap();
+        let l = f.notify.as_ref().unwrap();
+        assert_eq!((l.path.to_str().unwrap(), l.metadata.as_str()), ("/run/agent.sock", "m"));
+        let back = Filter::from_saved(&f.to_saved(), f.bpf().to_vec()).unwrap();
+        assert_eq!(back.bpf(), f.bpf());
+        assert!(back.notify.is_some());
+        assert!(Filter::from_saved(&f.to_saved(), vec![1, 2, 3]).is_err());
+    }
+
+    #[test]
+    fn the_listener_gets_the_state_and_the_fd() {
+        use std::os::fd::AsRawFd;
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("agent.sock");
+        let listener = Listener { path: path.clone(), metadata: "meta".into() };
+        assert!(check_listener(&listener).unwrap_err().to_string().contains("start the seccomp agent"));
+        let l = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        check_listener(&listener).unwrap();
+        let t = std::thread::spawn(move || {
+            let (s, _) = l.accept().unwrap();
+            let mut buf = vec![0u8; 4096];
+            let mut cmsg = nix::cmsg_space!([std::os::fd::RawFd; 1]);
+            let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+            let m = nix::sys::socket::recvmsg::<()>(
+                s.as_raw_fd(),
+                &mut iov,
+                Some(&mut cmsg),
+                nix::sys::socket::MsgFlags::empty(),
+            )
+            .unwrap();
+            let fds = m.cmsgs().unwrap().count();
+            let n = m.bytes;
+            (String::from_utf8_lossy(&buf[..n]).into_owned(), fds)
+        });
+        let state = crate::container::state::OciState {
+            oci_version: "1.2.1".into(),
+            id: "c".into(),
+            pid: 7,
+            status: crate::container::state::Status::Creating,
+            bundle: "/b".into(),
+            rootfs: "/b/rootfs".into(),
+            created: String::new(),
+            owner: String::new(),
+            annotations: Default::default(),
+        };
+        let fd: std::os::fd::OwnedFd = std::fs::File::open("/dev/null").unwrap().into();
+        send_to_listener(&listener, &fd, 7, &state).unwrap();
+        let (text, fds) = t.join().unwrap();
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["fds"], serde_json::json!(["seccompFd"]));
+        assert_eq!((v["pid"].as_i64(), v["metadata"].as_str()), (Some(7), Some("meta")));
+        assert_eq!(v["state"]["status"], "creating");
+        assert_eq!(fds, 1);
     }
 
     #[test]

@@ -122,6 +122,37 @@ impl Bundle {
     }
 }
 
+/// Reads a process description (`exec --process FILE`, runtime-spec's
+/// `process` object on its own) and checks it as config.json's process is
+/// checked. `user` and `cwd` may be left out, as runc allows (uid 0; the
+/// missing cwd is then reported as such).
+pub fn load_process(path: &Path, text: &str) -> Result<oci_spec::runtime::Process, SpecError> {
+    let mut value: serde_json::Value = serde_json::from_str(text).map_err(|e| SpecError::Malformed {
+        path: path.to_path_buf(),
+        line: e.line(),
+        column: e.column(),
+        msg: strip_position(&e.to_string()),
+    })?;
+    if let Some(obj) = value.as_object_mut() {
+        obj.entry("user").or_insert_with(|| serde_json::json!({}));
+        obj.entry("cwd").or_insert_with(|| serde_json::json!(""));
+    }
+    let process: oci_spec::runtime::Process = serde_json::from_value(value).map_err(|e| SpecError::Invalid {
+        path: path.to_path_buf(),
+        line: 0,
+        column: 0,
+        msg: strip_position(&e.to_string()),
+    })?;
+    check_process(path, &process)?;
+    Ok(process)
+}
+
+/// The checks config.json's process gets, for a process given otherwise
+/// (`exec`). Errors name the fields without a `process.` prefix.
+pub fn check_process(path: &Path, process: &oci_spec::runtime::Process) -> Result<(), SpecError> {
+    validate::check_process(path, process, "")
+}
+
 /// Parses config.json text, mapping serde's errors to line/column messages.
 pub fn parse(path: &Path, text: &str) -> Result<Spec, SpecError> {
     serde_json::from_str::<Spec>(text).map_err(|e| {
@@ -258,6 +289,18 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let e = Bundle::load(d.path()).unwrap_err();
         assert!(matches!(e, SpecError::ConfigMissing { .. }), "{e}");
+    }
+
+    #[test]
+    fn a_process_file_may_leave_out_user_but_not_args() {
+        let p = load_process(Path::new("p.json"), r#"{"args":["sh"],"cwd":"/"}"#).unwrap();
+        assert_eq!(p.user().uid(), 0);
+        let e = load_process(Path::new("p.json"), r#"{"args":["sh"]}"#).unwrap_err().to_string();
+        assert!(e.contains("p.json: field `cwd`"), "{e}");
+        let e = load_process(Path::new("p.json"), r#"{"args":[],"cwd":"/"}"#).unwrap_err().to_string();
+        assert!(e.contains("field `args`"), "{e}");
+        let e = load_process(Path::new("p.json"), "{oops").unwrap_err().to_string();
+        assert!(e.contains("malformed JSON"), "{e}");
     }
 
     #[test]

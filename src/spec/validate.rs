@@ -5,7 +5,7 @@
 use std::collections::HashSet;
 use std::path::Path;
 
-use oci_spec::runtime::{LinuxNamespaceType, Spec};
+use oci_spec::runtime::{LinuxNamespaceType, Process, Spec};
 
 use super::{SpecError, OCI_VERSION_MIN};
 
@@ -18,36 +18,10 @@ pub(super) fn validate(config: &Path, spec: &Spec) -> Result<(), SpecError> {
 
     check_version(config, spec.version())?;
 
-    let process = spec
-        .process()
-        .as_ref()
-        .ok_or_else(|| field("process", "missing: the container needs a process to run".into()))?;
-    match process.args() {
-        Some(a) if !a.is_empty() && !a[0].is_empty() => {}
-        _ => return Err(field("process.args", "empty: give the program to run as args[0]".into())),
-    }
-    if !process.cwd().is_absolute() {
-        return Err(field("process.cwd", format!("{:?} is not absolute: use a path starting with /", process.cwd())));
-    }
-    if let Some(env) = process.env() {
-        if let Some(bad) = env.iter().find(|e| !e.contains('=')) {
-            return Err(field("process.env", format!("{bad:?} is not of the form NAME=value")));
-        }
-    }
-    if let Some(rlimits) = process.rlimits() {
-        let mut seen = Vec::new();
-        for r in rlimits {
-            if seen.contains(&r.typ()) {
-                return Err(field("process.rlimits", format!("{:?} is given twice", r.typ())));
-            }
-            seen.push(r.typ());
-            if r.soft() > r.hard() {
-                return Err(field(
-                    "process.rlimits",
-                    format!("{:?}: soft limit {} is above hard limit {}", r.typ(), r.soft(), r.hard()),
-                ));
-            }
-        }
+    // `process` may be absent at create (the runtime spec requires it at
+    // start only); when present it must be runnable.
+    if let Some(process) = spec.process() {
+        check_process(config, process, "process")?;
     }
 
     if let Some(mounts) = spec.mounts() {
@@ -158,13 +132,9 @@ pub(super) fn validate(config: &Path, spec: &Spec) -> Result<(), SpecError> {
         }
     }
 
-    for (name, list) in [("maskedPaths", linux.masked_paths()), ("readonlyPaths", linux.readonly_paths())] {
-        for p in list.iter().flatten() {
-            if !p.starts_with('/') {
-                return Err(field(&format!("linux.{name}"), format!("{p:?} is not absolute")));
-            }
-        }
-    }
+    // Relative maskedPaths and readonlyPaths are taken relative to the
+    // container's root, as runc does (it resolves them from "/" after
+    // pivot_root), rather than refused.
     for (i, d) in linux.devices().iter().flatten().enumerate() {
         if !d.path().is_absolute() {
             return Err(field(&format!("linux.devices[{i}].path"), format!("{:?} is not absolute", d.path())));
@@ -178,6 +148,47 @@ pub(super) fn validate(config: &Path, spec: &Spec) -> Result<(), SpecError> {
                 "linux.rootfsPropagation",
                 format!("unknown propagation {p:?}: use shared, slave, private or unbindable (r-prefixed too)"),
             ));
+        }
+    }
+    Ok(())
+}
+
+/// The checks a process (config.json's, or one given to `exec`) must pass.
+/// `name` is how errors call it ("process", or the file it came from).
+pub(crate) fn check_process(config: &Path, process: &Process, name: &str) -> Result<(), SpecError> {
+    let field = |f: &str, problem: String| SpecError::Field {
+        path: config.to_path_buf(),
+        field: if name.is_empty() { f.to_string() } else { format!("{name}.{f}") },
+        problem,
+    };
+    match process.args() {
+        Some(a) if !a.is_empty() && !a[0].is_empty() => {}
+        _ => return Err(field("args", "empty: give the program to run as args[0]".into())),
+    }
+    if process.cwd().as_os_str().is_empty() {
+        return Err(field("cwd", "missing: set the working directory, an absolute path such as \"/\"".into()));
+    }
+    if !process.cwd().is_absolute() {
+        return Err(field("cwd", format!("{:?} is not absolute: use a path starting with /", process.cwd())));
+    }
+    if let Some(env) = process.env() {
+        if let Some(bad) = env.iter().find(|e| !e.contains('=')) {
+            return Err(field("env", format!("{bad:?} is not of the form NAME=value")));
+        }
+    }
+    if let Some(rlimits) = process.rlimits() {
+        let mut seen = Vec::new();
+        for r in rlimits {
+            if seen.contains(&r.typ()) {
+                return Err(field("rlimits", format!("{:?} is given twice", r.typ())));
+            }
+            seen.push(r.typ());
+            if r.soft() > r.hard() {
+                return Err(field(
+                    "rlimits",
+                    format!("{:?}: soft limit {} is above hard limit {}", r.typ(), r.soft(), r.hard()),
+                ));
+            }
         }
     }
     Ok(())
@@ -264,6 +275,20 @@ mod tests {
             assert!(matches!(check_version(Path::new("c"), bad), Err(SpecError::UnsupportedVersion { .. })), "{bad}");
         }
         assert!(matches!(check_version(Path::new("c"), ""), Err(SpecError::Field { .. })));
+    }
+
+    #[test]
+    fn process_is_optional_at_create_but_checked_when_present() {
+        let s = spec(r#"{"ociVersion":"1.0.0","root":{"path":"rootfs"}}"#);
+        validate(Path::new("config.json"), &s).unwrap();
+        let s = spec(r#"{"ociVersion":"1.0.0","process":{"cwd":"/","args":[],"user":{"uid":0,"gid":0}}}"#);
+        let e = validate(Path::new("config.json"), &s).unwrap_err().to_string();
+        assert!(e.contains("process.args"), "{e}");
+    }
+
+    #[test]
+    fn relative_masked_and_readonly_paths_are_accepted() {
+        check(r#","linux":{"maskedPaths":["proc/kcore"],"readonlyPaths":["proc/sys"]}"#).unwrap();
     }
 
     #[test]

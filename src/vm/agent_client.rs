@@ -7,6 +7,11 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use crate::agent::container::{
+    AttachStreamRequest, ContainerRef, CreateContainerRequest, CreateContainerResponse, ExecRequest, ExecResponse,
+    ExitStatus, PsRequest, PsResponse, ResizeRequest, SignalRequest, StatsResponse, StreamKind, UpdateRequest,
+    WaitRequest,
+};
 use crate::agent::{
     self, Client, HandshakeRequest, HandshakeResponse, HealthResponse, ProtocolError, Request, Response,
     ShutdownAction, ShutdownRequest, PROTOCOL_VERSION,
@@ -72,23 +77,94 @@ pub fn connect(uds: &Path, port: u32, deadline: Instant) -> Result<UnixStream, A
     }
 }
 
+/// The control connection with a total deadline per call: every read and
+/// write gets only what is left of it, so a guest that answers one byte at
+/// a time cannot stretch a call past its deadline.
+pub struct Conn {
+    stream: UnixStream,
+    deadline: Option<Instant>,
+}
+
+impl Conn {
+    fn left(&self) -> std::io::Result<Option<Duration>> {
+        match self.deadline {
+            None => Ok(None),
+            Some(d) => match d.checked_duration_since(Instant::now()) {
+                Some(left) if !left.is_zero() => Ok(Some(left)),
+                _ => Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "the agent did not answer in time")),
+            },
+        }
+    }
+}
+
+impl Read for Conn {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let left = self.left()?;
+        self.stream.set_read_timeout(left)?;
+        self.stream.read(buf)
+    }
+}
+
+impl Write for Conn {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let left = self.left()?;
+        self.stream.set_write_timeout(left)?;
+        self.stream.write(buf)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.stream.flush()
+    }
+}
+
+/// The deadline of a call on a connection made by [`AgentClient::connect`],
+/// unless the caller sets another.
+pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
 pub struct AgentClient {
-    client: Client<UnixStream>,
+    client: Client<Conn>,
+    /// Applied to each call that does not give its own deadline.
+    timeout: Option<Duration>,
+}
+
+macro_rules! expect {
+    ($resp:expr, $sent:literal, $pat:pat => $val:expr) => {
+        match $resp {
+            $pat => Ok($val),
+            other => Err(AgentClientError::Protocol(ProtocolError::WrongResponse { sent: $sent, got: other.method() })),
+        }
+    };
 }
 
 impl AgentClient {
     pub fn new(stream: UnixStream) -> Self {
-        AgentClient { client: Client::new(stream) }
+        AgentClient { client: Client::new(Conn { stream, deadline: None }), timeout: None }
     }
 
-    pub fn set_timeout(&self, t: Duration) -> std::io::Result<()> {
-        self.client.get_ref().set_read_timeout(Some(t))?;
-        self.client.get_ref().set_write_timeout(Some(t))
+    /// Connects to the agent through the VMM's socket and shakes hands,
+    /// all before `deadline`.
+    pub fn connect(uds: &Path, deadline: Instant) -> Result<Self, AgentClientError> {
+        let stream = connect(uds, crate::agent::AGENT_VSOCK_PORT, deadline)?;
+        let mut c = AgentClient::new(stream);
+        c.timeout = Some(deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1)));
+        c.handshake()?;
+        c.timeout = Some(DEFAULT_CALL_TIMEOUT);
+        Ok(c)
+    }
+
+    /// Every later call must finish within `t` (`None`: calls may block,
+    /// as `wait` does by design).
+    pub fn set_timeout(&mut self, t: Option<Duration>) {
+        self.timeout = t;
+    }
+
+    fn call(&mut self, request: Request) -> Result<Response, AgentClientError> {
+        self.client.get_mut().deadline = self.timeout.map(|t| Instant::now() + t);
+        Ok(self.client.call(request)?)
     }
 
     pub fn handshake(&mut self) -> Result<HandshakeResponse, AgentClientError> {
         let req = HandshakeRequest { protocol: PROTOCOL_VERSION, host_version: env!("CARGO_PKG_VERSION").into() };
-        match self.client.call(Request::Handshake(req))? {
+        match self.call(Request::Handshake(req))? {
             Response::Handshake(h) if PROTOCOL_VERSION.compatible_with(h.protocol) => Ok(h),
             Response::Handshake(h) => {
                 Err(AgentClientError::IncompatibleVersion { host: PROTOCOL_VERSION, agent: h.protocol })
@@ -98,18 +174,88 @@ impl AgentClient {
     }
 
     pub fn health(&mut self) -> Result<HealthResponse, AgentClientError> {
-        match self.client.call(Request::Health)? {
-            Response::Health(h) => Ok(h),
-            other => Err(ProtocolError::WrongResponse { sent: "health", got: other.method() }.into()),
-        }
+        expect!(self.call(Request::Health)?, "health", Response::Health(h) => h)
     }
 
     pub fn shutdown(&mut self, action: ShutdownAction) -> Result<(), AgentClientError> {
-        match self.client.call(Request::Shutdown(ShutdownRequest { action }))? {
-            Response::Shutdown(_) => Ok(()),
-            other => Err(ProtocolError::WrongResponse { sent: "shutdown", got: other.method() }.into()),
-        }
+        expect!(self.call(Request::Shutdown(ShutdownRequest { action }))?, "shutdown", Response::Shutdown(_) => ())
     }
+
+    pub fn create_container(
+        &mut self,
+        req: CreateContainerRequest,
+    ) -> Result<CreateContainerResponse, AgentClientError> {
+        expect!(self.call(Request::CreateContainer(req))?, "create_container", Response::CreateContainer(r) => r)
+    }
+
+    pub fn resume_create(&mut self, id: &str) -> Result<CreateContainerResponse, AgentClientError> {
+        expect!(self.call(Request::ResumeCreate(ContainerRef { id: id.into() }))?, "resume_create",
+            Response::ResumeCreate(r) => r)
+    }
+
+    pub fn start_container(&mut self, id: &str) -> Result<(), AgentClientError> {
+        expect!(self.call(Request::StartContainer(ContainerRef { id: id.into() }))?, "start_container",
+            Response::StartContainer => ())
+    }
+
+    pub fn signal(&mut self, req: SignalRequest) -> Result<(), AgentClientError> {
+        expect!(self.call(Request::Signal(req))?, "signal", Response::Signal => ())
+    }
+
+    /// Blocks (whatever the timeout) until the process ended and its
+    /// output was flushed.
+    pub fn wait(&mut self, req: WaitRequest) -> Result<ExitStatus, AgentClientError> {
+        let saved = self.timeout.take();
+        let r = self.call(Request::Wait(req));
+        self.timeout = saved;
+        expect!(r?, "wait", Response::Wait(s) => s)
+    }
+
+    pub fn resize(&mut self, req: ResizeRequest) -> Result<(), AgentClientError> {
+        expect!(self.call(Request::Resize(req))?, "resize", Response::Resize => ())
+    }
+
+    pub fn exec(&mut self, req: ExecRequest) -> Result<ExecResponse, AgentClientError> {
+        expect!(self.call(Request::Exec(req))?, "exec", Response::Exec(r) => r)
+    }
+
+    pub fn pause(&mut self, id: &str) -> Result<(), AgentClientError> {
+        expect!(self.call(Request::Pause(ContainerRef { id: id.into() }))?, "pause", Response::Pause => ())
+    }
+
+    pub fn resume(&mut self, id: &str) -> Result<(), AgentClientError> {
+        expect!(self.call(Request::Resume(ContainerRef { id: id.into() }))?, "resume", Response::Resume => ())
+    }
+
+    pub fn ps(&mut self, req: PsRequest) -> Result<PsResponse, AgentClientError> {
+        expect!(self.call(Request::Ps(req))?, "ps", Response::Ps(r) => r)
+    }
+
+    pub fn stats(&mut self, id: &str) -> Result<StatsResponse, AgentClientError> {
+        expect!(self.call(Request::Stats(ContainerRef { id: id.into() }))?, "stats", Response::Stats(r) => r)
+    }
+
+    pub fn update(&mut self, req: UpdateRequest) -> Result<(), AgentClientError> {
+        expect!(self.call(Request::Update(req))?, "update", Response::Update => ())
+    }
+}
+
+/// Opens one stdio stream of `session` to the agent. The stream carries
+/// raw bytes once this returns.
+pub fn attach_stream(
+    uds: &Path,
+    session: &str,
+    stream: StreamKind,
+    deadline: Instant,
+) -> Result<UnixStream, AgentClientError> {
+    let s = connect(uds, crate::agent::AGENT_VSOCK_PORT, deadline)?;
+    let mut c = Client::new(Conn { stream: s, deadline: Some(deadline) });
+    let req = AttachStreamRequest { protocol: PROTOCOL_VERSION, session: session.into(), stream };
+    expect!(c.call(Request::AttachStream(req))?, "attach_stream", Response::AttachStream => ())?;
+    let conn = c.into_inner();
+    conn.stream.set_read_timeout(None).map_err(|e| ProtocolError::Frame(e.into()))?;
+    conn.stream.set_write_timeout(None).map_err(|e| ProtocolError::Frame(e.into()))?;
+    Ok(conn.stream)
 }
 
 #[cfg(test)]

@@ -16,16 +16,14 @@ use serde::Serialize;
 use crate::agent::{HandshakeResponse, HealthResponse, ShutdownAction, AGENT_VSOCK_PORT, PROTOCOL_VERSION};
 use crate::exit;
 use crate::vm::agent_client::{self, AgentClient, AgentClientError};
+use crate::vm::guest::{self, Guest, GuestError, GuestOptions};
 use crate::vm::host::{self, HostError, SystemHost};
-use crate::vm::image::{self, ImageError, InitramfsSpec};
-use crate::vm::kernel::{self, KernelError};
 use crate::vm::process::{self, ChildArgs, ChildEvent};
 use crate::vm::vmm::MIN_MEM_MIB;
 
 /// Default guest memory.
 pub const DEFAULT_MEMORY_MIB: u64 = 256;
-/// Default initramfs cache.
-pub const DEFAULT_CACHE_DIR: &str = "/var/lib/amphi/cache";
+pub use crate::vm::guest::DEFAULT_CACHE_DIR;
 /// How long the guest gets to power off after the agent acknowledged.
 const TEARDOWN_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -63,11 +61,7 @@ pub enum CheckError {
     #[error(transparent)]
     Host(#[from] HostError),
     #[error(transparent)]
-    Kernel(#[from] KernelError),
-    #[error("no guest agent found: looked for amphi-agent next to {exe} and in PATH; build it statically (see docs/vm.md) or pass --agent PATH")]
-    NoAgent { exe: PathBuf },
-    #[error("cannot assemble the guest image")]
-    Image(#[from] ImageError),
+    Guest(#[from] GuestError),
     #[error("{memory} MiB is too little guest memory: pass --memory {MIN_MEM_MIB} or more")]
     Memory { memory: u64 },
     #[error("--cpus must be between 1 and 254, not {0}")]
@@ -246,22 +240,6 @@ impl Drop for VmmChild {
     }
 }
 
-/// The agent: `--agent`, else next to the running binary, else in PATH.
-pub fn find_agent(given: Option<&Path>, exe: &Path) -> Result<PathBuf, CheckError> {
-    if let Some(p) = given {
-        return Ok(p.to_path_buf());
-    }
-    if let Some(dir) = exe.parent() {
-        let p = dir.join("amphi-agent");
-        if p.is_file() {
-            return Ok(p);
-        }
-    }
-    std::env::var_os("PATH")
-        .and_then(|path| std::env::split_paths(&path).map(|d| d.join("amphi-agent")).find(|p| p.is_file()))
-        .ok_or(CheckError::NoAgent { exe: exe.into() })
-}
-
 fn tail(path: Option<&Path>, n: usize) -> Vec<String> {
     let Some(text) = path.and_then(|p| std::fs::read(p).ok()) else {
         return Vec::new();
@@ -316,28 +294,17 @@ pub fn check(opts: &CheckOptions, progress: &mut dyn FnMut(&str)) -> Result<Chec
     if opts.cpus == 0 || opts.cpus == 255 {
         return Err(CheckError::Cpus(u32::from(opts.cpus)));
     }
-    let kernel_path = match &opts.kernel {
-        Some(k) if !k.is_file() => return Err(KernelError::NotFound { path: k.clone() }.into()),
-        Some(k) => k.clone(),
-        None => kernel::find_default(Path::new("/boot"), Path::new(kernel::AMPHI_KERNEL_DIR))?,
-    };
-    let release = kernel::release_of(&kernel_path)?;
-    let modules_dir = match &opts.modules {
-        Some(m) => m.clone(),
-        None => kernel::default_modules_dir(&kernel_path, &release, Path::new("/lib/modules"))?,
-    };
-    let agent = find_agent(opts.agent.as_deref(), &opts.vmm_binary)?;
-    let spec = InitramfsSpec {
-        agent: &agent,
-        modules_dir: &modules_dir,
-        kernel_release: &release,
-        modules: crate::vm::GUEST_MODULES,
-    };
-    let image = image::build_or_reuse(&spec, &opts.cache_dir, progress)?;
-    // A bzImage is booted from its cached, uncompressed vmlinux through the
-    // PVH entry: the guest then skips decompressing itself.
-    let boot_kernel =
-        image::vmlinux::uncompressed(&kernel_path, &opts.cache_dir, progress)?.unwrap_or_else(|| kernel_path.clone());
+    let guest = guest::resolve(
+        &GuestOptions {
+            kernel: opts.kernel.clone(),
+            modules: opts.modules.clone(),
+            agent: opts.agent.clone(),
+            cache_dir: opts.cache_dir.clone(),
+            exe: opts.vmm_binary.clone(),
+        },
+        progress,
+    )?;
+    let Guest { kernel: kernel_path, boot_kernel, release, initramfs, initramfs_cached } = guest;
 
     let tmp = TempDir::new().map_err(CheckError::TempDir)?;
     let uds = tmp.0.join("vsock.sock");
@@ -358,7 +325,7 @@ pub fn check(opts: &CheckOptions, progress: &mut dyn FnMut(&str)) -> Result<Chec
         .map_err(|e| CheckError::TempDir(e.into()))?;
     let args = ChildArgs {
         kernel: boot_kernel.clone(),
-        initrd: image.path.clone(),
+        initrd: initramfs.clone(),
         cmdline: match &opts.append {
             Some(extra) => format!("{} {extra}", crate::vm::GUEST_CMDLINE),
             None => crate::vm::GUEST_CMDLINE.into(),
@@ -445,9 +412,7 @@ pub fn check(opts: &CheckOptions, progress: &mut dyn FnMut(&str)) -> Result<Chec
     })?;
     let mut client = AgentClient::new(stream);
     let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(100));
-    client
-        .set_timeout(left)
-        .map_err(|e| CheckError::Agent(AgentClientError::Protocol(crate::agent::ProtocolError::Frame(e.into()))))?;
+    client.set_timeout(Some(left));
     let hello: HandshakeResponse = client.handshake().map_err(CheckError::Agent)?;
     let handshake_done = Instant::now();
     let health = client.health().map_err(CheckError::Agent)?;
@@ -495,8 +460,8 @@ pub fn check(opts: &CheckOptions, progress: &mut dyn FnMut(&str)) -> Result<Chec
         kernel: kernel_path,
         booted: boot_kernel,
         kernel_release: release,
-        initramfs: image.path,
-        initramfs_cached: image.from_cache,
+        initramfs,
+        initramfs_cached,
         host_protocol: PROTOCOL_VERSION.to_string(),
         agent_protocol: hello.protocol.to_string(),
         agent_version: hello.agent_version,
@@ -520,15 +485,6 @@ pub fn check(opts: &CheckOptions, progress: &mut dyn FnMut(&str)) -> Result<Chec
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_agent_is_found_next_to_the_binary_first() {
-        let d = tempfile::tempdir().unwrap();
-        let exe = d.path().join("amphi");
-        std::fs::write(d.path().join("amphi-agent"), b"x").unwrap();
-        assert_eq!(find_agent(None, &exe).unwrap(), d.path().join("amphi-agent"));
-        assert_eq!(find_agent(Some(Path::new("/x/a")), &exe).unwrap(), PathBuf::from("/x/a"));
-    }
 
     #[test]
     fn failures_map_to_stable_exit_codes() {

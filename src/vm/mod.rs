@@ -13,10 +13,12 @@ pub mod agent_client;
 pub mod boot;
 pub mod check;
 pub mod devices;
+pub mod guest;
 pub mod host;
 pub mod image;
 pub mod kernel;
 pub mod process;
+pub mod sandbox;
 pub mod vmm;
 
 pub use check::{check, CheckError, CheckOptions, CheckReport};

@@ -20,8 +20,21 @@ setup_file() {
 }
 
 teardown_file() {
-  podman rm -f amphi-bats-d >/dev/null 2>&1 || true
+  for c in amphi-bats-d amphi-bats-e amphi-bats-f amphi-bats-m; do
+    podman rm -f "$c" >/dev/null 2>&1 || true
+  done
   rm -rf "$ROOTFS"
+}
+
+# The cgroup directory of a podman container in one v1 hierarchy (cgroupfs
+# manager: /libpod_parent/libpod-<id>), or its cgroup2 directory.
+cgfile() {
+  local id file=$2 d
+  id=$($P inspect -f '{{.Id}}' "$1")
+  for d in /sys/fs/cgroup/*/libpod_parent/libpod-"$id" /sys/fs/cgroup/libpod_parent/libpod-"$id"; do
+    [ -f "$d/$file" ] && { cat "$d/$file"; return 0; }
+  done
+  return 1
 }
 
 @test "run --rm prints the workload's output" {
@@ -78,4 +91,111 @@ teardown_file() {
   run $P run --rm --network none --ulimit nofile=$((hard + 1000)):$((hard + 1000)) --ulimit nproc=4096:4096 --rootfs "$ROOTFS" /bin/true
   [ "$status" -ne 0 ]
   [[ "$output" == *"RLIMIT_NOFILE"*"CAP_SYS_RESOURCE"* ]]
+}
+
+@test "--annotation run.amphi.isolation=container runs a container" {
+  run $P run --rm --annotation run.amphi.isolation=container $O /bin/sh -c 'echo isolated; test -e /proc/1/exe'
+  [ "$status" -eq 0 ]
+  [ "$output" = "isolated" ]
+}
+
+@test "run --read-only, --cap-drop" {
+  run $P run --rm --read-only $O /bin/sh -c 'touch /x 2>&1 | grep -c Read-only'
+  [ "$status" -eq 0 ]
+  [ "$output" = "1" ]
+  run $P run --rm --cap-drop all --cap-add kill $O /bin/grep CapEff /proc/self/status
+  [ "$status" -eq 0 ]
+  [ "$output" = "$(printf 'CapEff:\t0000000000000020')" ]
+}
+
+@test "exec, exec -t, top, stats, logs on a running container" {
+  run $P run -d --name amphi-bats-e --cpus 0.5 --memory 64m --pids-limit 32 $O /bin/sh -c 'echo started; while :; do sleep 0.2; done'
+  [ "$status" -eq 0 ]
+  run $P exec amphi-bats-e /bin/sh -c 'echo in-container; exit 3'
+  [ "$status" -eq 3 ]
+  [ "$output" = "in-container" ]
+  run $P exec -t amphi-bats-e /bin/sh -c 'test -t 0 && test -t 1 && echo tty'
+  [ "$status" -eq 0 ]
+  [[ "$output" == *tty* ]]
+  run $P exec -u 65534 -w /tmp -e FOO=bar amphi-bats-e /bin/sh -c 'id -u; pwd; echo $FOO'
+  [ "$status" -eq 0 ]
+  [ "${lines[0]}" = "65534" ]
+  [ "${lines[1]}" = "/tmp" ]
+  [ "${lines[2]}" = "bar" ]
+  run $P top amphi-bats-e
+  [ "$status" -eq 0 ]
+  [[ "${lines[0]}" == *PID* ]]
+  [[ "$output" == *sleep* || "$output" == *"/bin/sh"* ]]
+  run $P stats --no-stream --format '{{.Name}} {{.MemUsage}} {{.PIDs}}' amphi-bats-e
+  [ "$status" -eq 0 ]
+  [[ "$output" == "amphi-bats-e "* ]]
+  [[ "$output" == *"64MB"* || "$output" == *"67.11MB"* || "$output" == *"64MiB"* ]]
+  run $P logs amphi-bats-e
+  [ "$status" -eq 0 ]
+  [ "${lines[0]}" = "started" ]
+  run cgfile amphi-bats-e pids.max
+  [ "$output" = "32" ]
+  run cgfile amphi-bats-e cpu.cfs_quota_us
+  [ "$output" = "50000" ]
+}
+
+@test "a missing program in exec is 127 with amphi's message" {
+  run -127 $P exec amphi-bats-e /no/such/program
+  [ "$status" -eq 127 ]
+  [[ "$output" == *"/no/such/program"* ]]
+}
+
+@test "pause and unpause" {
+  run $P pause amphi-bats-e
+  [ "$status" -eq 0 ]
+  run $P inspect -f '{{.State.Status}}' amphi-bats-e
+  [ "$output" = "paused" ]
+  run cgfile amphi-bats-e freezer.state
+  [ "$output" = "FROZEN" ]
+  run $P unpause amphi-bats-e
+  [ "$status" -eq 0 ]
+  run $P inspect -f '{{.State.Status}}' amphi-bats-e
+  [ "$output" = "running" ]
+}
+
+@test "update changes the limits; a limit the kernel refuses shows amphi's message" {
+  run $P update --cpu-quota 40000 --cpu-period 100000 amphi-bats-e
+  [ "$status" -eq 0 ]
+  run cgfile amphi-bats-e cpu.cfs_quota_us
+  [ "$output" = "40000" ]
+  run $P run -d --name amphi-bats-m --memory 64m --memory-swap 64m $O /bin/sh -c 'dd if=/dev/zero of=/dev/shm/fill bs=1M count=24 2>/dev/null; sleep 1000'
+  [ "$status" -eq 0 ]
+  for _ in $(seq 50); do
+    u=$(cgfile amphi-bats-m memory.usage_in_bytes || echo 0)
+    [ "$u" -gt 20000000 ] && break
+    sleep 0.1
+  done
+  run $P update --memory 8m --memory-swap 8m amphi-bats-m
+  [ "$status" -ne 0 ]
+  [[ "$output" == *"memory.limit"* ]]
+  [[ "$output" == *"already uses"* ]]
+}
+
+@test "stop, kill and rm -f" {
+  run $P stop -t 1 amphi-bats-e
+  [ "$status" -eq 0 ]
+  run $P rm amphi-bats-e
+  [ "$status" -eq 0 ]
+  run $P run -d --name amphi-bats-f $O /bin/sleep 1000
+  [ "$status" -eq 0 ]
+  run $P kill amphi-bats-f
+  [ "$status" -eq 0 ]
+  run $P wait amphi-bats-f
+  [ "$output" = "137" ]
+  run $P rm -f amphi-bats-f amphi-bats-m
+  [ "$status" -eq 0 ]
+  run $P ps -a --filter name=amphi-bats -q
+  echo "left: $output"
+  [ -z "$output" ]
+}
+
+@test "a bad --user is refused and named" {
+  run $P run --rm --user nosuchuser $O /bin/true
+  [ "$status" -ne 0 ]
+  [[ "$output" == *nosuchuser* ]]
 }

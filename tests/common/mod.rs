@@ -181,18 +181,17 @@ impl Drop for Amphi {
     }
 }
 
-/// cgroup directories named after `id` anywhere under /sys/fs/cgroup.
+/// cgroup directories named after `id` anywhere under /sys/fs/cgroup: below
+/// each controller's mount on a v1 or hybrid host, directly below it on a
+/// pure cgroup2 host (where /sys/fs/cgroup/amphi-<id> is the default).
 pub fn cgroups_of(id: &str) -> Vec<PathBuf> {
     let mut found = Vec::new();
-    let Ok(ctrls) = std::fs::read_dir("/sys/fs/cgroup") else { return found };
-    for c in ctrls.filter_map(|e| e.ok()) {
-        walk(&c.path(), id, 0, &mut found);
-    }
+    walk(Path::new("/sys/fs/cgroup"), id, 0, &mut found);
     found
 }
 
 fn walk(dir: &Path, id: &str, depth: usize, found: &mut Vec<PathBuf>) {
-    if depth > 4 {
+    if depth > 5 {
         return;
     }
     let Ok(entries) = std::fs::read_dir(dir) else { return };
@@ -217,6 +216,11 @@ pub fn mounts_under(dir: &Path) -> Vec<String> {
         .filter_map(|l| l.split(' ').nth(4).map(str::to_string))
         .filter(|m| m.starts_with(&d))
         .collect()
+}
+
+/// A program on PATH.
+pub fn which(bin: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")?.to_str()?.split(':').map(|d| Path::new(d).join(bin)).find(|p| p.exists())
 }
 
 /// Like Command::output, but through temporary files.

@@ -84,6 +84,24 @@ check "nothing is left behind after a timeout" no_leftovers
 pid=$!
 sleep 2
 kill -TERM $pid
+# Bounded: a check that ignores SIGTERM fails this test, with what every
+# process was doing, rather than hang the tier.
+n=0
+while [ $n -lt 60 ] && [ -e /proc/$pid ] && [ "$(cut -d' ' -f3 /proc/$pid/stat 2>/dev/null)" != Z ]; do
+  sleep 1; n=$((n + 1))
+done
+if [ $n -ge 60 ]; then
+  echo "# vm check still runs 60 s after SIGTERM; processes (pid state wchan args):"
+  for d in /proc/[0-9]*; do
+    echo "#   ${d#/proc/} $(cut -d' ' -f3 $d/stat 2>/dev/null) $(cat $d/wchan 2>/dev/null) $(tr '\0' ' ' < $d/cmdline 2>/dev/null | cut -c1-100)"
+  done | grep -v ' $'
+  for t in /proc/$pid/task/* $(ls -d /proc/[0-9]*/task/* 2>/dev/null | grep -v "^/proc/$pid/"); do
+    grep -q 'run-vmm' ${t%/task/*}/cmdline 2>/dev/null || [ "${t%/task/*}" = /proc/$pid ] || continue
+    echo "#   task $t: $(cat $t/comm 2>/dev/null), kernel stack:"
+    sed 's/^/#     /' $t/stack 2>/dev/null
+  done
+  kill -KILL $pid
+fi
 wait $pid; rc=$?
 out=$(cat /tmp/e2e-int.out)
 check "an interrupted check stops the VM and says so (exit 130)" '[ $rc = 130 ] && echo "$out" | grep -q "interrupted"'

@@ -778,7 +778,9 @@ impl<S: CgroupSys> CgroupManager<S> {
                 }
             }
         }
-        let frozen = self.freezer_node().is_ok() && self.freeze().is_ok();
+        // A paused container stays paused (SIGKILL's caller thaws it).
+        let paused = self.freezer_state().is_ok_and(|s| s == FreezerState::Frozen);
+        let frozen = !paused && self.freezer_node().is_ok() && self.freeze().is_ok();
         let r = self.pids().and_then(|pids| {
             for pid in pids {
                 match self.sys.kill(pid, signal) {
@@ -815,6 +817,24 @@ impl<S: CgroupSys> CgroupManager<S> {
             st.pids = Some(pids::stats(&n.path, n.v2));
         }
         Ok(st)
+    }
+
+    /// Every figure `events --stats` reports, read from the hierarchy that
+    /// hosts each controller.
+    pub fn runc_stats(&self) -> crate::container::stats::Stats {
+        let v2 = self.state.nodes.iter().find(|n| n.v2 && self.state.layout == LayoutKind::V2);
+        let v1 = |s: Subsystem| self.state.nodes.iter().find(|n| !n.v2 && n.hosts(&s)).map(|n| n.path.as_path());
+        let dirs = super::stats::Dirs {
+            v2: v2.map(|n| n.path.as_path()),
+            cpu: v1(Subsystem::Cpu),
+            cpuacct: v1(Subsystem::Cpuacct),
+            cpuset: v1(Subsystem::Cpuset),
+            memory: v1(Subsystem::Memory),
+            pids: v1(Subsystem::Pids),
+            blkio: v1(Subsystem::Blkio),
+            hugetlb: self.state.nodes.iter().find(|n| n.hosts(&Subsystem::Hugetlb)).map(|n| (n.path.as_path(), n.v2)),
+        };
+        super::stats::read_stats(&self.sys, &dirs)
     }
 
     /// Removes the container's cgroups (sub-cgroups first) and the parents

@@ -26,6 +26,7 @@ pub mod layout;
 mod log;
 pub mod manager;
 pub mod path;
+pub mod stats;
 pub mod sys;
 #[cfg(any(test, feature = "test-utils"))]
 pub mod testing;

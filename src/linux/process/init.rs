@@ -9,20 +9,18 @@
 
 use std::convert::Infallible;
 use std::ffi::CString;
-use std::os::fd::{AsRawFd, RawFd};
-use std::os::unix::ffi::OsStrExt;
-use std::path::{Path, PathBuf};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
 use nix::errno::Errno;
 use nix::sched::CloneFlags;
 use nix::unistd::{Gid, Uid};
-use oci_spec::runtime::{LinuxNamespaceType, Process, Spec};
+use oci_spec::runtime::{LinuxNamespaceType, Spec};
 
-use super::super::capabilities::{self, CapSets};
 use super::super::cgroups::Join;
 use super::super::namespaces::{self, NamespacePlan};
 use super::super::rootfs::{self, RootfsPlan};
-use super::super::{console, rlimits, seccomp, user, LinuxError};
+use super::super::{console, LinuxError};
+use super::prepare::{failure_code, ProcessPlan};
 use super::sync::{Channel, ToChild, ToParent};
 use crate::container::hooks::{self, HookKind};
 use crate::container::sandbox::LaunchMode;
@@ -33,7 +31,9 @@ use crate::container::state::{OciState, Status};
 pub struct InitPlan<'a> {
     pub id: &'a str,
     pub spec: &'a Spec,
-    pub process: &'a Process,
+    /// None for a config.json without process: the init sets the container
+    /// up and waits, but never runs anything.
+    pub process: Option<ProcessPlan<'a>>,
     pub ns: NamespacePlan,
     /// How the init joins its cgroups.
     pub cgroups: &'a Join,
@@ -43,18 +43,12 @@ pub struct InitPlan<'a> {
     pub dir_fd: RawFd,
     pub no_pivot: bool,
     pub no_new_keyring: bool,
-    pub caps: Option<CapSets>,
-    pub seccomp: Option<seccomp::Filter>,
     /// The parent has prestart/createRuntime hooks to run mid-setup.
     pub runtime_hooks: bool,
     /// State for hooks run inside the container (pid and status filled in).
     pub state: OciState,
     /// Content for /proc/self/timens_offsets.
     pub time_offsets: String,
-    /// First fd that the workload must not inherit (3 + LISTEN_FDS + preserved).
-    pub first_private_fd: u32,
-    pub env: Vec<CString>,
-    pub args: Vec<CString>,
 }
 
 fn errno_step(what: &str) -> impl FnOnce(Errno) -> LinuxError + '_ {
@@ -75,11 +69,7 @@ pub fn run(plan: &InitPlan<'_>, chan: &Channel) -> i32 {
     }
     // Conventional "command cannot be executed / not found" codes for exec
     // failures after Ready; 1 for setup failures, which `create` reports.
-    match &e {
-        LinuxError::Sys { errno: Errno::ENOENT, what } if what.starts_with("exec") => 127,
-        LinuxError::Sys { what, .. } if what.starts_with("exec") => 126,
-        _ => 1,
-    }
+    failure_code(&e)
 }
 
 /// The intermediate process of the joining path: joins namespaces in the
@@ -149,7 +139,8 @@ fn setup_and_exec(plan: &InitPlan<'_>, chan: &Channel) -> Result<Infallible, Lin
             "cannot become uid 0 in the user namespace: map container uid 0 in linux.uidMappings",
         ))?;
     }
-    if let Some(adj) = plan.process.oom_score_adj() {
+    let process = plan.process.as_ref().map(|p| p.process);
+    if let Some(adj) = process.and_then(|p| p.oom_score_adj()) {
         std::fs::write("/proc/self/oom_score_adj", adj.to_string()).map_err(|e| {
             LinuxError::io(format!("cannot set process.oomScoreAdj to {adj} (lowering it needs CAP_SYS_RESOURCE)"), e)
         })?;
@@ -165,6 +156,13 @@ fn setup_and_exec(plan: &InitPlan<'_>, chan: &Channel) -> Result<Infallible, Lin
             std::fs::write("/proc/self/timens_offsets", plan.time_offsets.as_bytes())
                 .map_err(|e| LinuxError::io("cannot write linux.timeOffsets", e))?;
         }
+        // unshare(2) puts only later children into the new namespace. Recent
+        // kernels also move a process there when it execs, 6.1 (Debian 12's)
+        // does not: the workload kept the host's clocks. Entering it here
+        // works on every kernel with time namespaces.
+        let ns = std::fs::File::open("/proc/self/ns/time_for_children")
+            .map_err(|e| LinuxError::io("cannot open the new time namespace", e))?;
+        namespaces::setns(LinuxNamespaceType::Time, &OwnedFd::from(ns))?;
     }
     if plan.ns.new.contains(CloneFlags::CLONE_NEWNET) {
         if let Err(e) = namespaces::loopback_up() {
@@ -204,9 +202,9 @@ fn setup_and_exec(plan: &InitPlan<'_>, chan: &Channel) -> Result<Infallible, Lin
         rootfs::set_root_propagation(linux.and_then(|l| l.rootfs_propagation().as_deref()))?;
     }
 
-    let terminal = plan.process.terminal().unwrap_or(false);
+    let terminal = process.and_then(|p| p.terminal()).unwrap_or(false);
     let master = if terminal {
-        let size = plan.process.console_size().as_ref().map(|b| (b.height() as u16, b.width() as u16));
+        let size = process.and_then(|p| p.console_size().as_ref().map(|b| (b.height() as u16, b.width() as u16)));
         let (master, slave) = console::setup(size)?;
         if mount_ns {
             console::bind_console(&slave)?;
@@ -236,7 +234,9 @@ fn setup_and_exec(plan: &InitPlan<'_>, chan: &Channel) -> Result<Infallible, Lin
             rootfs::mask_paths(l.masked_paths().as_deref().unwrap_or(&[]))?;
         }
     }
-    rootfs::make_cwd(plan.process.cwd())?;
+    if let Some(p) = process {
+        rootfs::make_cwd(p.cwd())?;
+    }
     if mount_ns && plan.spec.root().as_ref().and_then(|r| r.readonly()).unwrap_or(false) {
         rootfs::readonly_root()?;
     }
@@ -263,50 +263,11 @@ fn setup_and_exec(plan: &InitPlan<'_>, chan: &Channel) -> Result<Infallible, Lin
             return Err(LinuxError::sys("cannot set linux.personality", Errno::last()));
         }
     }
-    if let Some(r) = plan.process.rlimits() {
-        rlimits::apply(r)?;
-    }
-    if let Some(io) = plan.process.io_priority() {
-        let class: i64 = match io.class() {
-            oci_spec::runtime::IOPriorityClass::IoprioClassRt => 1,
-            oci_spec::runtime::IOPriorityClass::IoprioClassBe => 2,
-            oci_spec::runtime::IOPriorityClass::IoprioClassIdle => 3,
-        };
-        // SAFETY: ioprio_set(IOPRIO_WHO_PROCESS, self, prio) takes integers.
-        let r = unsafe { libc::syscall(libc::SYS_ioprio_set, 1, 0, (class << 13) | io.priority()) };
-        if r < 0 {
-            return Err(LinuxError::sys("cannot set process.ioPriority", Errno::last()));
-        }
-    }
+    let program = match &plan.process {
+        Some(p) => Some(p.drop_privileges(plan.ns.in_userns(), chan)?),
+        None => None,
+    };
 
-    // Before any seccomp filter: profiles may not allow close_range.
-    close_inherited(plan.first_private_fd)?;
-    let nnp = plan.process.no_new_privileges().unwrap_or(false);
-    if nnp {
-        prctl::set_no_new_privs().map_err(errno_step("cannot set no_new_privs"))?;
-    }
-    // Without no_new_privs a filter can only be loaded while we still hold
-    // CAP_SYS_ADMIN, i.e. before the capabilities are dropped.
-    if let (Some(f), false) = (&plan.seccomp, nnp) {
-        f.load().map_err(errno_step("cannot load the seccomp filter"))?;
-    }
-    if let Some(c) = &plan.caps {
-        capabilities::drop_bounding(c)?;
-        prctl::set_keepcaps(true).map_err(errno_step("prctl(PR_SET_KEEPCAPS)"))?;
-    }
-    let setgroups = !plan.ns.in_userns() || setgroups_allowed();
-    user::switch(plan.process.user(), setgroups)?;
-    if let Some(c) = &plan.caps {
-        prctl::set_keepcaps(false).map_err(errno_step("prctl(PR_SET_KEEPCAPS)"))?;
-        capabilities::apply(c)?;
-    }
-
-    let program = resolve_program(plan)?;
-    if let Err(e) = nix::unistd::chdir(plan.process.cwd()) {
-        return Err(LinuxError::sys(format!("cannot enter process.cwd {}", plan.process.cwd().display()), e));
-    }
-
-    reset_signals();
     prctl::set_pdeathsig(None).map_err(errno_step("prctl(PR_SET_PDEATHSIG)"))?;
 
     chan.send(&ToParent::Ready { console: master.is_some() }, master.as_ref().map(|m| m.as_raw_fd()))
@@ -324,95 +285,11 @@ fn setup_and_exec(plan: &InitPlan<'_>, chan: &Channel) -> Result<Infallible, Lin
     if let Some(list) = plan.spec.hooks().as_ref().and_then(|h| h.start_container().clone()) {
         hooks::run_all(HookKind::StartContainer, &list, &state_json(plan, host_pid, Status::Created))?;
     }
-    if let (Some(f), true) = (&plan.seccomp, nnp) {
-        // As late as possible: the filter then constrains the workload only.
-        f.load().map_err(errno_step("cannot load the seccomp filter"))?;
+    match (&plan.process, &program) {
+        (Some(p), Some(program)) => p.exec(program),
+        // Nothing to run (`start` refuses such a container, and stops it).
+        // SAFETY: ends this forked child without running the parent's
+        // atexit handlers.
+        _ => unsafe { libc::_exit(0) },
     }
-    let e = nix::unistd::execve(&program, &plan.args, &plan.env).unwrap_err();
-    Err(LinuxError::sys(format!("exec {:?}", program), e))
-}
-
-/// Whether setgroups(2) is allowed in our user namespace.
-fn setgroups_allowed() -> bool {
-    std::fs::read_to_string("/proc/self/setgroups").map(|s| s.trim() == "allow").unwrap_or(true)
-}
-
-/// Finds args[0] the way runc does: as given when it has a slash,
-/// otherwise along the container's PATH. The wording of the errors is
-/// runc's, which podman maps to exit codes 127 and 126.
-fn resolve_program(plan: &InitPlan<'_>) -> Result<CString, LinuxError> {
-    let arg0 = plan.args[0].to_bytes();
-    let name = String::from_utf8_lossy(arg0).into_owned();
-    let check = |p: &Path| -> Result<(), Errno> {
-        let md = std::fs::metadata(p).map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(libc::ENOENT)))?;
-        if md.is_dir() {
-            return Err(Errno::EACCES);
-        }
-        nix::unistd::access(p, nix::unistd::AccessFlags::X_OK)
-    };
-    if arg0.contains(&b'/') {
-        let p = if arg0.starts_with(b"/") {
-            PathBuf::from(std::ffi::OsStr::from_bytes(arg0))
-        } else {
-            plan.process.cwd().join(std::ffi::OsStr::from_bytes(arg0))
-        };
-        return match check(&p) {
-            Ok(()) => Ok(CString::new(p.as_os_str().as_bytes()).unwrap_or_default()),
-            Err(e) => Err(LinuxError::sys(format!("exec: {name:?}: cannot run it"), e)),
-        };
-    }
-    let path_var = plan
-        .env
-        .iter()
-        .find_map(|e| e.to_bytes().strip_prefix(b"PATH=").map(|p| String::from_utf8_lossy(p).into_owned()))
-        .unwrap_or_else(|| "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
-    let mut denied = None;
-    for dir in path_var.split(':') {
-        let dir = if dir.is_empty() { "." } else { dir };
-        let p = Path::new(dir).join(&name);
-        match check(&p) {
-            Ok(()) => return Ok(CString::new(p.as_os_str().as_bytes()).unwrap_or_default()),
-            Err(Errno::EACCES) => denied = Some(p),
-            Err(_) => {}
-        }
-    }
-    match denied {
-        Some(p) => Err(LinuxError::sys(format!("exec: {name:?}: permission denied ({})", p.display()), Errno::EACCES)),
-        None => Err(LinuxError::sys(format!("exec: {name:?}: executable file not found in $PATH"), Errno::ENOENT)),
-    }
-}
-
-/// Marks every fd from `first` up close-on-exec (CVE-2024-21626: no host
-/// fd, such as a directory of ours, may survive into the workload).
-fn close_inherited(first: u32) -> Result<(), LinuxError> {
-    // SAFETY: close_range with CLOSE_RANGE_CLOEXEC only changes fd flags.
-    let r = unsafe { libc::syscall(libc::SYS_close_range, first, u32::MAX, libc::CLOSE_RANGE_CLOEXEC) };
-    if r == 0 {
-        return Ok(());
-    }
-    // Older kernels: walk the open fds instead.
-    let fds: Vec<i32> = std::fs::read_dir("/proc/self/fd")
-        .map_err(|e| LinuxError::io("cannot list open fds", e))?
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-        .filter(|fd| *fd >= first as i32)
-        .collect();
-    for fd in fds {
-        // SAFETY: F_SETFD on a descriptor number; harmless if it is closed.
-        unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
-    }
-    Ok(())
-}
-
-/// Default dispositions and an empty mask: the workload must not inherit
-/// amphi's ignored SIGPIPE or its blocked signals.
-fn reset_signals() {
-    for sig in 1..=64 {
-        if sig == libc::SIGKILL || sig == libc::SIGSTOP || (32..=33).contains(&sig) {
-            continue;
-        }
-        // SAFETY: resetting a disposition to SIG_DFL is always sound.
-        unsafe { libc::signal(sig, libc::SIG_DFL) };
-    }
-    let empty = nix::sys::signal::SigSet::empty();
-    let _ = nix::sys::signal::pthread_sigmask(nix::sys::signal::SigmaskHow::SIG_SETMASK, Some(&empty), None);
 }

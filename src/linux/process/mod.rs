@@ -1,9 +1,11 @@
 //! The container's init process: how it is cloned, what it does, and how
 //! `create`, `start` and `run` talk to it.
 
+pub mod exec;
 pub mod fifo;
 pub mod init;
 pub mod parent;
+pub mod prepare;
 pub mod sync;
 
 use std::os::fd::RawFd;

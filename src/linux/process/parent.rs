@@ -2,42 +2,41 @@
 //! cgroups, run the runtime-namespace hooks when it asks, and wait until it
 //! is ready. Any failure kills the init and removes what was made.
 
-use std::ffi::CString;
 use std::os::fd::OwnedFd;
 
 use nix::sys::signal::Signal;
 use nix::sys::wait::waitpid;
 use nix::unistd::Pid;
 
-use super::super::capabilities::CapSets;
-use super::super::cgroups::{CgroupConfig, CgroupState, Manager};
+use super::super::cgroups::{CgroupConfig, CgroupState, FreezerState, Manager};
 use super::super::namespaces::{self, NamespacePlan};
 use super::super::rootfs::RootfsPlan;
 use super::super::{console, devices, seccomp, LinuxError};
 use super::init::{self, InitPlan};
+use super::prepare::ProcessPlan;
 use super::sync::{Channel, ToChild, ToParent};
 use super::{clone_child, fifo};
 use crate::container::process;
 use crate::container::sandbox::{CreateRequest, Created, Launch, LaunchMode, RuntimeHooks, SandboxError};
+use crate::container::signal::Sig;
 use crate::container::state::{OciState, State, Status};
 
 /// What the state file keeps for the Linux isolation.
 #[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct LinuxState {
     pub cgroup: CgroupState,
+    /// The container's seccomp filter, for `exec` (the program itself is
+    /// in [`SECCOMP_FILE`] in the container's directory).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seccomp: Option<seccomp::Saved>,
 }
 
-fn cstrings<'a>(items: impl Iterator<Item = &'a String>, what: &str) -> Result<Vec<CString>, LinuxError> {
-    items
-        .map(|s| {
-            CString::new(s.as_bytes()).map_err(|_| LinuxError::Config(format!("{what} contains a NUL byte: {s:?}")))
-        })
-        .collect()
-}
+/// The compiled seccomp program, in the container's state directory.
+pub const SECCOMP_FILE: &str = "seccomp.bpf";
 
 pub fn create(req: &CreateRequest<'_>, hooks: &mut RuntimeHooks<'_>) -> Result<Created, LinuxError> {
     let spec = &req.bundle.spec;
-    let process = spec.process().as_ref().ok_or_else(|| LinuxError::Config("config.json has no process".into()))?;
+    let process = spec.process().as_ref();
     let linux = spec.linux().clone().unwrap_or_default();
     let ns = NamespacePlan::from_spec(linux.namespaces().as_deref().unwrap_or(&[]));
     if ns.new_time && !namespaces::time_supported() {
@@ -45,7 +44,7 @@ pub fn create(req: &CreateRequest<'_>, hooks: &mut RuntimeHooks<'_>) -> Result<C
             "linux.namespaces asks for a time namespace, which this kernel lacks (needs Linux 5.6): remove it".into(),
         ));
     }
-    let terminal = process.terminal().unwrap_or(false);
+    let terminal = process.and_then(|p| p.terminal()).unwrap_or(false);
     match (&req.console_socket, terminal) {
         (Some(p), true) => console::check_socket(p)?,
         (Some(_), false) => {
@@ -76,32 +75,26 @@ pub fn create(req: &CreateRequest<'_>, hooks: &mut RuntimeHooks<'_>) -> Result<C
             crate::logging::debug(&format!("seccomp: syscalls unknown here, skipped: {}", f.skipped.join(" ")));
         }
     }
-    let caps = match process.capabilities() {
-        // Only what we hold can be granted (a host may withhold some
-        // capabilities from the runtime itself).
-        Some(c) => Some(CapSets::from_spec(c, &held_capabilities())?),
-        None => None,
-    };
-    if let Some(c) = caps.as_ref().filter(|c| !c.unsupported.is_empty()) {
-        crate::logging::warn(&format!(
-            "capabilities not available to amphi on this host, not granted: {}",
-            c.unsupported.join(" ")
-        ));
+    if let Some(l) = filter.as_ref().and_then(|f| f.notify.as_ref()) {
+        seccomp::check_listener(l)?;
     }
     let devices = devices::all_devices(linux.devices().as_deref().unwrap_or(&[]))?;
-    let env_strings = super::super::user::environment(process.env().as_deref().unwrap_or(&[]), || {
-        let passwd = std::fs::read_to_string(req.bundle.rootfs.join("etc/passwd")).ok();
-        super::super::user::home_of(passwd.as_deref(), process.user().uid())
-    });
-    let env = cstrings(env_strings.iter(), "process.env")?;
-    let args = cstrings(process.args().iter().flatten(), "process.args")?;
+    let listen_fds: u32 = std::env::var("LISTEN_FDS").ok().and_then(|v| v.parse().ok()).unwrap_or(0);
+    let process_plan = match process {
+        Some(p) => Some(ProcessPlan::new(
+            p,
+            filter.clone(),
+            || std::fs::read_to_string(req.bundle.rootfs.join("etc/passwd")).ok(),
+            3 + listen_fds + req.preserve_fds,
+        )?),
+        None => None,
+    };
     let time_offsets = linux
         .time_offsets()
         .iter()
         .flatten()
         .map(|(clock, o)| format!("{clock} {} {}\n", o.secs().unwrap_or(0), o.nanosecs().unwrap_or(0)))
         .collect::<String>();
-    let listen_fds: u32 = std::env::var("LISTEN_FDS").ok().and_then(|v| v.parse().ok()).unwrap_or(0);
     let runtime_hooks = spec.hooks().as_ref().is_some_and(|h| {
         h.prestart().as_ref().is_some_and(|l| !l.is_empty())
             || h.create_runtime().as_ref().is_some_and(|l| !l.is_empty())
@@ -121,7 +114,7 @@ pub fn create(req: &CreateRequest<'_>, hooks: &mut RuntimeHooks<'_>) -> Result<C
     let plan = InitPlan {
         id: req.id,
         spec,
-        process,
+        process: process_plan,
         rootfs: RootfsPlan {
             spec,
             rootfs: &req.bundle.rootfs,
@@ -138,8 +131,6 @@ pub fn create(req: &CreateRequest<'_>, hooks: &mut RuntimeHooks<'_>) -> Result<C
         dir_fd: req.dir.fd(),
         no_pivot: req.no_pivot,
         no_new_keyring: req.no_new_keyring,
-        caps,
-        seccomp: filter,
         runtime_hooks,
         state: OciState {
             oci_version: spec.version().clone(),
@@ -153,10 +144,13 @@ pub fn create(req: &CreateRequest<'_>, hooks: &mut RuntimeHooks<'_>) -> Result<C
             annotations: spec.annotations().clone().unwrap_or_default(),
         },
         time_offsets,
-        first_private_fd: 3 + listen_fds + req.preserve_fds,
-        env,
-        args,
     };
+    if let Some(f) = &filter {
+        // For `exec`, which loads the same program without compiling it.
+        let path = req.dir.path.join(SECCOMP_FILE);
+        crate::container::store::write_atomic(&path, f.bpf(), 0o600)
+            .map_err(|e| LinuxError::io(format!("cannot save the seccomp program in {}", path.display()), e))?;
+    }
     if req.mode == LaunchMode::Deferred {
         fifo::make(req.dir)?;
     }
@@ -175,6 +169,13 @@ pub fn create(req: &CreateRequest<'_>, hooks: &mut RuntimeHooks<'_>) -> Result<C
                 ours.send(&ToChild::HooksDone, None).map_err(|e| LinuxError::sys("sync with the init", e))?;
             }
             Ok(Some((ToParent::Ready { console }, fd))) => break if console { fd } else { None },
+            Ok(Some((ToParent::SeccompListener, Some(fd)))) => {
+                let listener = filter.as_ref().and_then(|f| f.notify.as_ref());
+                let l = listener.ok_or_else(|| LinuxError::Init("a seccomp listener fd nobody asked for".into()))?;
+                let mut state = plan.state.clone();
+                state.pid = pid;
+                seccomp::send_to_listener(l, &fd, pid, &state)?;
+            }
             Ok(Some((ToParent::Error(msg), _))) => return Err(LinuxError::Init(msg)),
             Ok(Some((other, _))) => return Err(LinuxError::Init(format!("unexpected message {other:?}"))),
             Ok(None) => return Err(LinuxError::InitDied(exit_status(pid))),
@@ -189,23 +190,15 @@ pub fn create(req: &CreateRequest<'_>, hooks: &mut RuntimeHooks<'_>) -> Result<C
         (_, c) => c,
     };
     let (start_time, _) = process::stat(pid).ok_or_else(|| LinuxError::InitDied(exit_status(pid)))?;
-    let sandbox_state = serde_json::to_value(LinuxState { cgroup: cgroups.state().clone() })
-        .map_err(|e| LinuxError::Config(format!("cannot record the cgroup state: {e}")))?;
+    let saved = LinuxState { cgroup: cgroups.state().clone(), seccomp: filter.as_ref().map(seccomp::Filter::to_saved) };
+    let sandbox_state =
+        serde_json::to_value(saved).map_err(|e| LinuxError::Config(format!("cannot record the cgroup state: {e}")))?;
     guard.disarm();
     let launcher: Option<Box<dyn Launch>> = match req.mode {
         LaunchMode::Attached => Some(Box::new(Attached { chan: ours })),
         LaunchMode::Deferred => None,
     };
     Ok(Created { pid, pid_start_time: start_time, sandbox_state, console, launcher })
-}
-
-/// Capabilities the kernel knows and our bounding set still contains.
-fn held_capabilities() -> std::collections::HashSet<caps::Capability> {
-    let all = caps::runtime::thread_all_supported();
-    match caps::read(None, caps::CapSet::Bounding) {
-        Ok(b) => all.intersection(&b).copied().collect(),
-        Err(_) => all,
-    }
 }
 
 /// Clones the init, directly (fast path) or through an intermediate that
@@ -323,22 +316,34 @@ impl Launch for Attached {
     }
 }
 
-fn manager(state: &State) -> Result<Manager, LinuxError> {
-    let s: LinuxState = serde_json::from_value(state.sandbox.clone()).unwrap_or_default();
-    Ok(Manager::from_state(s.cgroup))
+/// The container's cgroups, from the state file.
+pub fn manager(state: &State) -> Result<Manager, LinuxError> {
+    Ok(Manager::from_state(linux_state(state).cgroup))
 }
 
-/// `kill`: the init, or every process of the container's cgroup.
-pub fn kill(state: &State, signal: Signal, all: bool) -> Result<(), LinuxError> {
+/// What the Linux isolation recorded at create.
+pub fn linux_state(state: &State) -> LinuxState {
+    serde_json::from_value(state.sandbox.clone()).unwrap_or_default()
+}
+
+/// `kill`: the init, or every process of the container's cgroup. SIGKILL
+/// thaws a paused container afterwards, or the frozen processes would not
+/// die until someone resumed it (as runc does).
+pub fn kill(state: &State, signal: Sig, all: bool) -> Result<(), LinuxError> {
+    let cg = manager(state)?;
     if all {
         // Through the cgroup, frozen while it is signalled, so that no
         // process can fork a new one past the signal.
-        manager(state)?.signal_all(signal as i32)?;
+        cg.signal_all(signal.number())?;
     }
-    match process::signal(state.pid, state.pid_start_time, signal) {
+    let r = match process::signal(state.pid, state.pid_start_time, signal) {
         Ok(_) => Ok(()),
         Err(e) => Err(LinuxError::sys(format!("cannot send {signal} to the container"), e)),
+    };
+    if signal == Sig::KILL && state.paused && cg.freezer_state().is_ok_and(|s| s != FreezerState::Thawed) {
+        cg.thaw()?;
     }
+    r
 }
 
 /// `delete`: removes the container's cgroups. Processes still in them

@@ -22,6 +22,9 @@ pub enum ToParent {
     Pid(i32),
     /// Mounts are in place: run prestart/createRuntime hooks now.
     Hooks,
+    /// A seccomp filter with a listener is loaded: its fd rides along, for
+    /// the parent to hand to `linux.seccomp.listenerPath`.
+    SeccompListener,
     /// Setup is complete; the pty master rides along when `console`.
     Ready { console: bool },
     /// Setup failed; the message carries the whole error chain.

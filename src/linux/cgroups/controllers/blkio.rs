@@ -43,15 +43,21 @@ fn nonempty<T>(v: &Option<Vec<T>>) -> &[T] {
     v.as_deref().unwrap_or_default()
 }
 
+/// A weight, with 0 meaning "not set" as in runc: docker 20.10 sends
+/// `weight: 0` on hosts without blkio weights.
+fn set(w: Option<u16>) -> Option<u16> {
+    w.filter(|w| *w != 0)
+}
+
 impl Controller for Blkio {
     const SUBSYSTEM: Subsystem = Subsystem::Blkio;
 
     fn requested(res: &LinuxResources) -> Option<&'static str> {
         let b = res.block_io().as_ref()?;
-        if b.weight().is_some() {
+        if set(b.weight()).is_some() {
             return Some("blockIO.weight");
         }
-        if b.leaf_weight().is_some() {
+        if set(b.leaf_weight()).is_some() {
             return Some("blockIO.leafWeight");
         }
         if !nonempty(b.weight_device()).is_empty() {
@@ -62,10 +68,10 @@ impl Controller for Blkio {
 
     fn validate(res: &LinuxResources, v2: bool) -> Result<()> {
         let Some(b) = res.block_io() else { return Ok(()) };
-        if let Some(w) = b.weight() {
+        if let Some(w) = set(b.weight()) {
             check_range("blockIO.weight", w, 10, 1000)?;
         }
-        if let Some(w) = b.leaf_weight() {
+        if let Some(w) = set(b.leaf_weight()) {
             check_range("blockIO.leafWeight", w, 10, 1000)?;
             if v2 {
                 return Err(CgroupError::unsupported(
@@ -82,10 +88,10 @@ impl Controller for Blkio {
                     "not a device number",
                 ));
             }
-            if let Some(w) = d.weight() {
+            if let Some(w) = set(d.weight()) {
                 check_range("blockIO.weightDevice.weight", w, 10, 1000)?;
             }
-            if let Some(w) = d.leaf_weight() {
+            if let Some(w) = set(d.leaf_weight()) {
                 check_range("blockIO.weightDevice.leafWeight", w, 10, 1000)?;
                 if v2 {
                     return Err(CgroupError::unsupported(
@@ -151,7 +157,7 @@ fn no_weight_knob(field: &str, err: CgroupError) -> CgroupError {
 }
 
 fn apply_v1(ctx: &Ctx<'_>, b: &LinuxBlockIo) -> Result<()> {
-    if let Some(w) = b.weight() {
+    if let Some(w) = set(b.weight()) {
         let v = w.to_string();
         match ctx.write("blockIO.weight", "blkio.weight", &v) {
             Err(CgroupError::Apply { source, .. }) if source.raw_os_error() == Some(libc::ENOENT) => {
@@ -160,12 +166,12 @@ fn apply_v1(ctx: &Ctx<'_>, b: &LinuxBlockIo) -> Result<()> {
             other => other?,
         }
     }
-    if let Some(w) = b.leaf_weight() {
+    if let Some(w) = set(b.leaf_weight()) {
         ctx.write("blockIO.leafWeight", "blkio.leaf_weight", &w.to_string()).map_err(no_leaf_weights)?;
     }
     let devs = nonempty(b.weight_device());
     let weights: Vec<String> =
-        devs.iter().filter_map(|d| d.weight().map(|w| format!("{}:{} {w}", d.major(), d.minor()))).collect();
+        devs.iter().filter_map(|d| set(d.weight()).map(|w| format!("{}:{} {w}", d.major(), d.minor()))).collect();
     match ctx.write_lines("blockIO.weightDevice", "blkio.weight_device", &weights) {
         Err(CgroupError::Apply { source, .. }) if source.raw_os_error() == Some(libc::ENOENT) => ctx
             .write_lines("blockIO.weightDevice", "blkio.bfq.weight_device", &weights)
@@ -173,7 +179,7 @@ fn apply_v1(ctx: &Ctx<'_>, b: &LinuxBlockIo) -> Result<()> {
         other => other?,
     }
     let leaves: Vec<String> =
-        devs.iter().filter_map(|d| d.leaf_weight().map(|w| format!("{}:{} {w}", d.major(), d.minor()))).collect();
+        devs.iter().filter_map(|d| set(d.leaf_weight()).map(|w| format!("{}:{} {w}", d.major(), d.minor()))).collect();
     ctx.write_lines("blockIO.weightDevice", "blkio.leaf_weight_device", &leaves).map_err(no_leaf_weights)?;
     for (field, file, _, list) in throttles(b) {
         let lines: Vec<String> =
@@ -185,9 +191,9 @@ fn apply_v1(ctx: &Ctx<'_>, b: &LinuxBlockIo) -> Result<()> {
 
 fn apply_v2(ctx: &Ctx<'_>, b: &LinuxBlockIo) -> Result<()> {
     let devs = nonempty(b.weight_device());
-    let wants_weight = b.weight().is_some() || devs.iter().any(|d| d.weight().is_some());
+    let wants_weight = set(b.weight()).is_some() || devs.iter().any(|d| set(d.weight()).is_some());
     let bfq = wants_weight && ctx.has("io.bfq.weight");
-    if let Some(w) = b.weight() {
+    if let Some(w) = set(b.weight()) {
         if bfq {
             ctx.write("blockIO.weight", "io.bfq.weight", &w.to_string())?;
         } else {
@@ -197,7 +203,7 @@ fn apply_v2(ctx: &Ctx<'_>, b: &LinuxBlockIo) -> Result<()> {
     let lines: Vec<String> = devs
         .iter()
         .filter_map(|d| {
-            let w = d.weight()?;
+            let w = set(d.weight())?;
             let w = if bfq { u64::from(w) } else { weight_to_io_weight(w) };
             Some(format!("{}:{} {w}", d.major(), d.minor()))
         })
@@ -242,6 +248,19 @@ mod tests {
                 ("blkio.throttle.write_iops_device", ""),
             ],
         )
+    }
+
+    #[test]
+    fn weight_zero_means_unset_as_docker_sends_it() {
+        let r = res(r#"{"blockIO":{"weight":0,"leafWeight":0}}"#);
+        assert_eq!(Blkio::requested(&r), None);
+        for v2 in [false, true] {
+            Blkio::validate(&r, v2).unwrap();
+        }
+        // No blkio.weight file at all (no BFQ): still nothing to write.
+        let d = Dir::new(false, &[]);
+        d.apply::<Blkio>(&r).unwrap();
+        assert!(d.writes().is_empty());
     }
 
     #[test]
@@ -323,5 +342,18 @@ mod tests {
             Some("blockIO.throttleWriteIOPSDevice")
         );
         assert_eq!(Blkio::requested(&res(r#"{"blockIO":{}}"#)), None);
+    }
+
+    #[test]
+    fn zero_weights_are_unset_as_docker_sends_them() {
+        let r = res(r#"{"blockIO":{"weight":0,"leafWeight":0}}"#);
+        assert_eq!(Blkio::requested(&r), None);
+        // Neither out of range nor a leaf weight v2 lacks; nothing written.
+        let d = Dir::new(true, &[("io.weight", "default 100")]);
+        d.apply::<Blkio>(&r).unwrap();
+        assert!(d.writes().is_empty(), "{:?}", d.writes());
+        let d = v1_dir();
+        d.apply::<Blkio>(&r).unwrap();
+        assert!(d.writes().iter().all(|(f, _)| f != "blkio.weight" && f != "blkio.leaf_weight"), "{:?}", d.writes());
     }
 }

@@ -1,0 +1,249 @@
+//! The container half of the agent protocol (minor version 1): what the
+//! host asks the agent to do with OCI containers inside the guest, and the
+//! stdio streams that carry a container's (or an exec'd process's) standard
+//! input, output and error.
+//!
+//! A container's stdio never travels inside control frames: each pipe is a
+//! vsock stream of its own. The host opens those streams first (each starts
+//! with one [`super::Request::AttachStream`] frame naming a *session* and
+//! which stream it is, and is raw bytes after the agent's answer), then
+//! names the session in `create_container` or `exec`. The agent waits a
+//! bounded time for the session's streams to arrive, so output can never be
+//! produced before someone is there to read it.
+
+use serde::{Deserialize, Serialize};
+
+use super::message::ProtocolVersion;
+
+/// Where the agent mounts a virtio-fs share with tag T: `<dir>/T`.
+pub const GUEST_SHARE_DIR: &str = "/run/amphi/fs";
+/// The guest runtime's state root (the `--root` of amphi inside the guest).
+pub const GUEST_STATE_DIR: &str = "/run/amphi/state";
+/// Where the agent writes each container's guest bundle (`<dir>/<id>`).
+pub const GUEST_BUNDLE_DIR: &str = "/run/amphi/bundles";
+
+/// One standard stream of a process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StreamKind {
+    Stdin,
+    Stdout,
+    Stderr,
+    /// The terminal: both directions on one stream.
+    Tty,
+}
+
+impl StreamKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StreamKind::Stdin => "stdin",
+            StreamKind::Stdout => "stdout",
+            StreamKind::Stderr => "stderr",
+            StreamKind::Tty => "tty",
+        }
+    }
+}
+
+/// First frame of a stdio connection (it may come instead of a handshake,
+/// which is why it carries the host's protocol version).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttachStreamRequest {
+    pub protocol: ProtocolVersion,
+    pub session: String,
+    pub stream: StreamKind,
+}
+
+/// The streams a process gets, attached under `session` beforehand.
+/// `streams` is `[tty]` for a terminal, else any of stdin, stdout, stderr;
+/// a stream not listed is /dev/null in the guest.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StdioRequest {
+    pub session: String,
+    pub streams: Vec<StreamKind>,
+    /// Initial terminal size (rows, columns), for a tty.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window: Option<(u16, u16)>,
+}
+
+impl StdioRequest {
+    pub fn terminal(&self) -> bool {
+        self.streams.contains(&StreamKind::Tty)
+    }
+}
+
+/// Create a container up to the point where its process waits to be
+/// started (the guest side of `amphi create`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreateContainerRequest {
+    pub id: String,
+    /// The guest's config.json: the bundle's, with the root and bind-mount
+    /// sources pointing into the share and the host-only parts removed.
+    pub config: serde_json::Value,
+    /// The virtio-fs tag holding the rootfs and bind-mount sources; the
+    /// agent mounts it at `GUEST_SHARE_DIR/<tag>` if it is not yet.
+    pub share: String,
+    pub stdio: StdioRequest,
+    /// The bundle has prestart or createRuntime hooks: the host runs them.
+    /// The agent then answers `hooks_pending` at the point where they must
+    /// run and finishes the creation on `resume_create`.
+    #[serde(default)]
+    pub runtime_hooks: bool,
+    #[serde(default)]
+    pub no_pivot: bool,
+    #[serde(default)]
+    pub no_new_keyring: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreateContainerResponse {
+    /// The container's init, as a guest pid.
+    pub pid: i32,
+    /// True: the runtime hooks must run now, then `resume_create`.
+    #[serde(default)]
+    pub hooks_pending: bool,
+    /// Where the guest spent the time (absent from older agents).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timings: Option<CreateTimings>,
+}
+
+/// Milliseconds the guest took for the parts of a creation.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreateTimings {
+    /// Mounting the virtio-fs share (0 when it was mounted already).
+    pub share_ms: u64,
+    /// The runtime helper, from its start to the container waiting to be
+    /// started (hooks excluded).
+    pub runtime_ms: u64,
+}
+
+/// Names a container (start, resume_create, pause, resume, stats).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerRef {
+    pub id: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignalRequest {
+    pub id: String,
+    /// The signal number (guest and host share x86-64's numbering).
+    pub signal: i32,
+    /// Every process of the container, not only its init.
+    #[serde(default)]
+    pub all: bool,
+    /// An exec'd process instead of the container's init.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exec_id: Option<String>,
+}
+
+/// Block until the container's init (or an exec'd process) has exited and
+/// its output streams are flushed and closed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WaitRequest {
+    pub id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exec_id: Option<String>,
+}
+
+/// How a process ended, as a shell reports it: `code` is the exit code, or
+/// 128 + the signal when `signal` is set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExitStatus {
+    pub code: i32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signal: Option<i32>,
+}
+
+impl ExitStatus {
+    pub fn exited(code: i32) -> ExitStatus {
+        ExitStatus { code, signal: None }
+    }
+
+    pub fn signaled(signal: i32) -> ExitStatus {
+        ExitStatus { code: 128 + signal, signal: Some(signal) }
+    }
+}
+
+/// Run an extra process in a running container (`amphi exec`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecRequest {
+    pub id: String,
+    /// Chosen by the host, unique per container; names the process in
+    /// later `wait`, `signal` and `resize` requests.
+    pub exec_id: String,
+    /// The OCI `process` object, as `amphi exec --process` takes it.
+    pub process: serde_json::Value,
+    pub stdio: StdioRequest,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecResponse {
+    /// The exec'd process, as a guest pid.
+    pub pid: i32,
+}
+
+/// A terminal's new size.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResizeRequest {
+    pub id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exec_id: Option<String>,
+    pub rows: u16,
+    pub cols: u16,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PsRequest {
+    pub id: String,
+    /// ps(1) arguments for the table (`amphi ps -- ARGS`).
+    #[serde(default)]
+    pub args: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PsResponse {
+    /// Guest pids of the container's processes.
+    pub pids: Vec<i32>,
+    /// The table `amphi ps` prints (header and one line per process).
+    pub table: String,
+}
+
+/// runc-format resources (`amphi update --resources`), applied to the
+/// container's cgroup in the guest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpdateRequest {
+    pub id: String,
+    pub resources: serde_json::Value,
+}
+
+/// runc-format statistics of the container's guest cgroup.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatsResponse {
+    pub stats: serde_json::Value,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_status_reads_like_a_shell() {
+        assert_eq!(ExitStatus::exited(3).code, 3);
+        let s = ExitStatus::signaled(9);
+        assert_eq!((s.code, s.signal), (137, Some(9)));
+        assert_eq!(serde_json::to_value(ExitStatus::exited(0)).unwrap(), serde_json::json!({"code":0}));
+        assert_eq!(serde_json::to_value(s).unwrap(), serde_json::json!({"code":137,"signal":9}));
+    }
+
+    #[test]
+    fn stream_kinds_have_stable_names() {
+        for k in [StreamKind::Stdin, StreamKind::Stdout, StreamKind::Stderr, StreamKind::Tty] {
+            assert_eq!(serde_json::to_value(k).unwrap(), serde_json::Value::String(k.as_str().into()));
+        }
+        let s = StdioRequest { session: "s".into(), streams: vec![StreamKind::Tty], window: Some((24, 80)) };
+        assert!(s.terminal());
+        assert_eq!(
+            serde_json::to_value(&s).unwrap(),
+            serde_json::json!({"session":"s","streams":["tty"],"window":[24,80]})
+        );
+    }
+}

@@ -1,0 +1,671 @@
+//! The VM isolation as a [`Sandbox`]: a bundle runs inside a microVM of
+//! its own, set up by amphi's container code inside the guest (the agent
+//! runs it), behind the same state machine and CLI as a container.
+//!
+//! - `create` sizes the VM from the bundle ([`plan`]), resolves the guest
+//!   image, makes the container's cgroup on the host, forks the VMM
+//!   process ([`vmm_process`]) and, once the agent listens, asks it to
+//!   create the container; the runtime hooks run here on the host when
+//!   the guest says they are due. Any failure kills the VMM and removes
+//!   what was made.
+//! - `start`, `kill` go to the agent; SIGKILL ends the VMM itself when the
+//!   agent does not answer or the VM does not go.
+//! - `destroy` makes sure the VMM is gone and removes its cgroup. Its
+//!   mounts lived in its own mount namespace and went with it.
+
+pub mod exec_relay;
+pub mod plan;
+pub mod stdio;
+pub mod vmm_process;
+
+use std::io::{BufRead, BufReader};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use oci_spec::runtime::LinuxResources;
+use serde::{Deserialize, Serialize};
+
+use crate::agent::container::{CreateContainerRequest, PsRequest, SignalRequest, StdioRequest, UpdateRequest};
+use crate::agent::{AgentError, ErrorCode};
+use crate::container::process;
+use crate::container::sandbox::{
+    CreateRequest, Created, Exec, ExecRequest, Launch, LaunchMode, RuntimeHooks, Sandbox, SandboxError,
+};
+use crate::container::signal::Sig;
+use crate::container::state::State;
+use crate::container::stats::Stats;
+use crate::container::store::ContainerDir;
+use crate::linux::cgroups::{CgroupConfig, CgroupState, Manager};
+use crate::vm::agent_client::{AgentClient, AgentClientError};
+use crate::vm::guest::{self, GuestError, GuestOptions};
+use crate::vm::host::{self, HostError, SystemHost};
+use crate::vm::process::ChildEvent;
+use crate::vm::vmm::{FsShare, SerialOutput, VmmConfig, VsockConfig};
+use plan::{PlanError, VmSize};
+use stdio::Local;
+use vmm_process::VmmPlan;
+
+/// What the state file keeps for a VM container.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct VmState {
+    /// The VMM's hybrid vsock socket (agent connections).
+    pub vsock: PathBuf,
+    /// The host cgroup the VMM runs in.
+    pub cgroup: CgroupState,
+    /// The guest's serial console.
+    pub console_log: PathBuf,
+}
+
+/// Files in the container's state directory.
+const VSOCK: &str = "vsock";
+const CONSOLE_LOG: &str = "console.log";
+const SHARE_DIR: &str = "share";
+/// How long a call to the agent may take (`start`, `kill`).
+const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a VM has to go after its workload was SIGKILLed.
+const KILL_GRACE: Duration = Duration::from_secs(3);
+
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    #[error(transparent)]
+    Host(#[from] HostError),
+    #[error(transparent)]
+    Plan(#[from] PlanError),
+    #[error(transparent)]
+    Guest(#[from] GuestError),
+    #[error(transparent)]
+    Cgroup(#[from] crate::linux::cgroups::CgroupError),
+    #[error("{what}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Config(String),
+    #[error("the VM did not come up: {message}{}", tail(.console))]
+    Boot { message: String, console: Vec<String> },
+    #[error("talking to the guest agent failed")]
+    Agent(#[source] AgentClientError),
+    #[error("inside the VM: {0}")]
+    Guest2(AgentError),
+    #[error(transparent)]
+    Hook(#[from] crate::container::hooks::HookError),
+    #[error("exec: {0}")]
+    Relay(String),
+}
+
+fn tail(lines: &[String]) -> String {
+    if lines.is_empty() {
+        String::new()
+    } else {
+        format!("\nlast guest console lines:\n  {}", lines.join("\n  "))
+    }
+}
+
+impl From<AgentClientError> for VmError {
+    fn from(e: AgentClientError) -> VmError {
+        match e {
+            AgentClientError::Protocol(crate::agent::ProtocolError::Agent(a)) => VmError::Guest2(a),
+            e => VmError::Agent(e),
+        }
+    }
+}
+
+impl From<VmError> for SandboxError {
+    fn from(e: VmError) -> SandboxError {
+        match e {
+            VmError::Host(h) => SandboxError::Unsupported(h.to_string()),
+            VmError::Plan(PlanError::Unsupported(m)) => SandboxError::Unsupported(m),
+            VmError::Plan(p) => SandboxError::BadConfig(p.to_string()),
+            VmError::Config(m) => SandboxError::BadConfig(m),
+            VmError::Guest2(a) if a.code == ErrorCode::InvalidConfig => {
+                SandboxError::BadConfig(format!("inside the VM: {}", a.message))
+            }
+            VmError::Guest2(a) if a.code == ErrorCode::Unsupported => {
+                SandboxError::Unsupported(format!("inside the VM: {}", a.message))
+            }
+            VmError::Hook(h) => SandboxError::Hook(h),
+            e => SandboxError::isolation(e),
+        }
+    }
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> VmError {
+    let what = what.into();
+    move |source| VmError::Io { what, source }
+}
+
+/// The VM isolation.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct VmSandbox;
+
+fn vm_state(state: &State) -> VmState {
+    serde_json::from_value(state.sandbox.clone()).unwrap_or_default()
+}
+
+fn connect(state: &State, timeout: Duration) -> Result<AgentClient, VmError> {
+    let vs = vm_state(state);
+    let mut c = AgentClient::connect(&vs.vsock, Instant::now() + timeout)?;
+    c.set_timeout(Some(timeout));
+    Ok(c)
+}
+
+impl Sandbox for VmSandbox {
+    fn create(&self, req: &CreateRequest<'_>, hooks: &mut RuntimeHooks<'_>) -> Result<Created, SandboxError> {
+        Ok(create(req, hooks)?)
+    }
+
+    fn start(&self, dir: &ContainerDir, state: &State) -> Result<(), SandboxError> {
+        let mut c = connect(state, CALL_TIMEOUT)?;
+        c.start_container(&state.id).map_err(VmError::from)?;
+        crate::logging::timing("start:done");
+        // The container is running from here on (status: no marker).
+        let _ = std::fs::remove_file(dir.fifo_path());
+        Ok(())
+    }
+
+    fn kill(&self, state: &State, signal: Sig, all: bool) -> Result<(), SandboxError> {
+        let sent = connect(state, CALL_TIMEOUT).and_then(|mut c| {
+            c.signal(SignalRequest { id: state.id.clone(), signal: signal.number(), all, exec_id: None })
+                .map_err(VmError::from)
+        });
+        if signal != Sig::KILL {
+            return Ok(sent?);
+        }
+        // SIGKILL always works: if the agent did not take it, or the VM
+        // does not end soon after, the VMM itself is killed.
+        if sent.is_err() || !process::wait_gone(state.pid, state.pid_start_time, KILL_GRACE) {
+            crate::logging::debug_with(|| {
+                format!("kill {}: the VM did not end through its agent, killing the VMM {}", state.id, state.pid)
+            });
+            let _ = process::signal(state.pid, state.pid_start_time, Sig::KILL);
+        }
+        Ok(())
+    }
+
+    fn destroy(&self, state: &State) -> Result<(), SandboxError> {
+        if process::liveness(state.pid, state.pid_start_time) == process::Liveness::Alive {
+            let _ = process::signal(state.pid, state.pid_start_time, Sig::KILL);
+            process::wait_gone(state.pid, state.pid_start_time, KILL_GRACE);
+        }
+        let cg = Manager::from_state(vm_state(state).cgroup);
+        cg.destroy().map_err(VmError::from)?;
+        Ok(())
+    }
+
+    fn exec(&self, _dir: &ContainerDir, state: &State, req: &ExecRequest<'_>) -> Result<Exec, SandboxError> {
+        Ok(exec(state, req)?)
+    }
+
+    fn pause(&self, state: &State) -> Result<(), SandboxError> {
+        connect(state, CALL_TIMEOUT)?.pause(&state.id).map_err(VmError::from)?;
+        Ok(())
+    }
+
+    fn resume(&self, state: &State) -> Result<(), SandboxError> {
+        connect(state, CALL_TIMEOUT)?.resume(&state.id).map_err(VmError::from)?;
+        Ok(())
+    }
+
+    /// The guest's cgroup gets every change; the VMM's host cgroup the CPU
+    /// ones (they limit the vCPU threads). Guest RAM cannot change size
+    /// while the VM runs, so a memory change applies inside the guest only.
+    fn update(&self, state: &State, resources: &LinuxResources) -> Result<(), SandboxError> {
+        let json = serde_json::to_value(resources).map_err(|e| VmError::Config(e.to_string()))?;
+        connect(state, CALL_TIMEOUT)?
+            .update(UpdateRequest { id: state.id.clone(), resources: json })
+            .map_err(VmError::from)?;
+        if let Some(cpu) = resources.cpu() {
+            let host: LinuxResources = serde_json::from_value(serde_json::json!({ "cpu": cpu })).unwrap_or_default();
+            let mut cg = Manager::from_state(vm_state(state).cgroup);
+            cg.update(&host).map_err(VmError::from)?;
+        }
+        Ok(())
+    }
+
+    fn pids(&self, state: &State) -> Result<Vec<i32>, SandboxError> {
+        let r = connect(state, CALL_TIMEOUT)?
+            .ps(PsRequest { id: state.id.clone(), args: Vec::new() })
+            .map_err(VmError::from)?;
+        Ok(r.pids)
+    }
+
+    fn ps(&self, state: &State, args: &[String]) -> Result<String, SandboxError> {
+        let r = connect(state, CALL_TIMEOUT)?
+            .ps(PsRequest { id: state.id.clone(), args: args.to_vec() })
+            .map_err(VmError::from)?;
+        Ok(r.table)
+    }
+
+    fn stats(&self, state: &State) -> Result<Stats, SandboxError> {
+        let r = connect(state, CALL_TIMEOUT)?.stats(&state.id).map_err(VmError::from)?;
+        Ok(serde_json::from_value(r.stats).map_err(|e| VmError::Config(format!("the guest's stats: {e}")))?)
+    }
+}
+
+fn exec(state: &State, req: &ExecRequest<'_>) -> Result<Exec, VmError> {
+    if req.preserve_fds > 0 {
+        return Err(PlanError::Unsupported(
+            "--preserve-fds cannot pass host descriptors into a VM: drop it or use --isolation container".into(),
+        )
+        .into());
+    }
+    let vs = vm_state(state);
+    let terminal = req.process.terminal().unwrap_or(false);
+    let window = if req.keep_console { window_of_stdin() } else { None };
+    let (master, local) = if terminal {
+        let pty = nix::pty::openpty(
+            window.map(|(r, c)| nix::pty::Winsize { ws_row: r, ws_col: c, ws_xpixel: 0, ws_ypixel: 0 }).as_ref(),
+            None,
+        )
+        .map_err(|e| io("cannot open a host pty for the exec's terminal")(e.into()))?;
+        (Some(pty.master), Local::Tty(pty.slave))
+    } else {
+        (None, Local::Inherited)
+    };
+    let mut process = serde_json::to_value(req.process).map_err(|e| VmError::Config(e.to_string()))?;
+    if let (Some((rows, cols)), Some(p)) = (window, process.as_object_mut()) {
+        p.entry("consoleSize").or_insert(serde_json::json!({"height": rows, "width": cols}));
+    }
+    let (report_r, report_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| io("pipe")(e.into()))?;
+    let plan = exec_relay::ExecPlan {
+        id: state.id.clone(),
+        exec_id: session_name(),
+        uds: vs.vsock,
+        session: session_name(),
+        streams: stdio::streams(&local),
+        local,
+        window,
+        process,
+        report: report_w,
+    };
+    let report_r_raw = report_r.as_raw_fd();
+    let pid = crate::linux::process::clone_child(nix::sched::CloneFlags::empty(), None, move || {
+        // SAFETY: closing the child's copy of the parent's read end.
+        unsafe { libc::close(report_r_raw) };
+        exec_relay::run(plan)
+    })
+    .map_err(|e| io("cannot fork the exec relay")(e.into()))?;
+    let reap = || {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
+        let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
+    };
+    let mut line = String::new();
+    let read = BufReader::new(std::fs::File::from(report_r)).read_line(&mut line);
+    match read.ok().and_then(|_| serde_json::from_str::<exec_relay::Report>(line.trim_end()).ok()) {
+        Some(exec_relay::Report::Started(guest_pid)) => {
+            crate::logging::debug_with(|| format!("exec {}: guest pid {guest_pid}, relay {pid}", state.id));
+        }
+        Some(exec_relay::Report::Refused(a)) => {
+            reap();
+            return Err(VmError::Guest2(a));
+        }
+        Some(exec_relay::Report::Failed(m)) => {
+            reap();
+            return Err(VmError::Relay(m));
+        }
+        None => {
+            reap();
+            return Err(VmError::Relay("the relay process ended without saying why".into()));
+        }
+    }
+    if let (Some(m), Some(path)) = (&master, &req.console_socket) {
+        crate::linux::console::send_to_socket(path, m.as_raw_fd())
+            .map_err(|e| VmError::Config(crate::logging::chain(&e)))?;
+    }
+    Ok(Exec { pid, console: if req.keep_console { master } else { None } })
+}
+
+/// Host CPUs online, for the vCPU limit.
+fn host_cpus() -> u64 {
+    std::thread::available_parallelism().map(|n| n.get() as u64).unwrap_or(1)
+}
+
+/// A short random name for the stdio session.
+fn session_name() -> String {
+    let mut b = [0u8; 8];
+    if std::fs::File::open("/dev/urandom").and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b)).is_err() {
+        b = (std::process::id() as u64 ^ Instant::now().elapsed().as_nanos() as u64).to_le_bytes();
+    }
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn window_of_stdin() -> Option<(u16, u16)> {
+    let mut ws = libc::winsize { ws_row: 0, ws_col: 0, ws_xpixel: 0, ws_ypixel: 0 };
+    // SAFETY: TIOCGWINSZ writes one winsize into the struct we own.
+    let ok = unsafe { libc::ioctl(0, libc::TIOCGWINSZ, &mut ws) } == 0 && ws.ws_row > 0;
+    ok.then_some((ws.ws_row, ws.ws_col))
+}
+
+/// Undoes a half-made VM container: kills and reaps the VMM, removes the
+/// cgroup. Disarmed once `create` succeeds.
+struct Guard<'a> {
+    pid: Option<i32>,
+    cgroups: &'a Manager,
+    armed: bool,
+}
+
+impl Drop for Guard<'_> {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        if let Some(pid) = self.pid {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
+            let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
+        }
+        let _ = self.cgroups.destroy();
+    }
+}
+
+fn console_tail(path: &Path) -> Vec<String> {
+    let Ok(text) = std::fs::read(path) else { return Vec::new() };
+    let text = String::from_utf8_lossy(&text);
+    let lines: Vec<String> =
+        text.lines().map(|l| l.trim_end_matches('\r').to_string()).filter(|l| !l.trim().is_empty()).collect();
+    lines[lines.len().saturating_sub(15)..].to_vec()
+}
+
+fn create(req: &CreateRequest<'_>, hooks: &mut RuntimeHooks<'_>) -> Result<Created, VmError> {
+    crate::logging::timing("create:start");
+    let spec = &req.bundle.spec;
+    host::check(&SystemHost, Path::new(host::DEFAULT_KVM_PATH))?;
+    let size: VmSize = plan::size(spec, host_cpus())?;
+    if req.preserve_fds > 0 {
+        return Err(PlanError::Unsupported(
+            "--preserve-fds cannot pass host descriptors into a VM: drop it or use --isolation container".into(),
+        )
+        .into());
+    }
+    let process = spec.process().as_ref().ok_or_else(|| VmError::Config("config.json has no process".into()))?;
+    let terminal = process.terminal().unwrap_or(false);
+    match (&req.console_socket, terminal) {
+        (Some(_), false) => {
+            return Err(VmError::Config(
+                "--console-socket was given but process.terminal is false: drop the flag or set terminal".into(),
+            ))
+        }
+        (None, true) if !req.keep_console => {
+            return Err(VmError::Config(
+                "process.terminal is true but no --console-socket was given to receive the terminal: pass \
+                 --console-socket or set terminal to false"
+                    .into(),
+            ))
+        }
+        _ => {}
+    }
+    let window = if req.keep_console { window_of_stdin() } else { None };
+    let gplan = plan::guest_plan(spec, &req.bundle.dir, &req.bundle.rootfs, req.cgroups_path.as_deref(), window)?;
+    let exe = crate::linux::exe::original_exe();
+    let guest = guest::resolve(
+        &GuestOptions {
+            kernel: size.kernel.clone(),
+            modules: None,
+            agent: None,
+            cache_dir: PathBuf::from(guest::DEFAULT_CACHE_DIR),
+            exe,
+        },
+        &mut |m| crate::logging::debug(m),
+    )?;
+
+    // The host pty, when the process has a terminal: the master goes to the
+    // console socket (or back to `run`), the VMM keeps the slave.
+    let (master, local) = if terminal {
+        let pty = nix::pty::openpty(
+            window.map(|(r, c)| nix::pty::Winsize { ws_row: r, ws_col: c, ws_xpixel: 0, ws_ypixel: 0 }).as_ref(),
+            None,
+        )
+        .map_err(|e| io("cannot open a host pty for the container's terminal")(e.into()))?;
+        (Some(pty.master), Local::Tty(pty.slave))
+    } else {
+        (None, Local::Inherited)
+    };
+    let streams = stdio::streams(&local);
+
+    let host_res = plan::host_resources_typed(spec, &size);
+    let mut cgroups = Manager::new(&CgroupConfig {
+        id: req.id,
+        cgroups_path: req.cgroups_path.as_deref(),
+        resources: Some(&host_res),
+        linux_devices: None,
+    })?;
+    let join = cgroups.prepare()?;
+    let mut guard = Guard { pid: None, cgroups: &cgroups, armed: true };
+
+    let dir = &req.dir.path;
+    let uds = dir.join(VSOCK);
+    let console_log = dir.join(CONSOLE_LOG);
+    let share_root = dir.join(SHARE_DIR);
+    std::fs::create_dir(&share_root).map_err(io(format!("mkdir {}", share_root.display())))?;
+    let cmdline = match &size.kernel_args {
+        Some(extra) => format!("{} {extra}", crate::vm::GUEST_CMDLINE),
+        None => crate::vm::GUEST_CMDLINE.to_string(),
+    };
+    let config = VmmConfig {
+        kvm_path: PathBuf::from(host::DEFAULT_KVM_PATH),
+        kernel: guest.boot_kernel.clone(),
+        initrd: Some(guest.initramfs.clone()),
+        cmdline,
+        mem_mib: size.memory_mib,
+        vcpus: size.vcpus,
+        serial: SerialOutput::File(console_log.clone()),
+        vsock: Some(VsockConfig {
+            guest_cid: crate::vm::devices::virtio::vsock::DEFAULT_GUEST_CID,
+            uds_path: uds.clone(),
+        }),
+        // Read-only entries are read-only bind mounts inside the share
+        // (the host kernel enforces them); the share itself is writable.
+        shares: vec![FsShare { tag: plan::SHARE_TAG.into(), path: share_root.clone(), read_only: false }],
+    };
+    let session = session_name();
+    let pipe = || nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| io("pipe")(e.into()));
+    let (events_r, events_w) = pipe()?;
+    let (control_r, control_w) = pipe()?;
+    let into = join.clone_into.as_ref().map(|f| f.as_raw_fd());
+    let vplan = VmmPlan {
+        id: req.id.to_string(),
+        config,
+        uds: uds.clone(),
+        share_root,
+        entries: gplan.entries.clone(),
+        session: session.clone(),
+        streams: streams.clone(),
+        local,
+        events: events_w,
+        control: control_r,
+        join,
+    };
+    let (control_w_raw, events_r_raw) = (control_w.as_raw_fd(), events_r.as_raw_fd());
+    // In the parent the closure (and with it the VMM's ends of the pipes,
+    // the pty slave and the cgroup handles) is dropped on return.
+    let pid = crate::linux::process::clone_child(nix::sched::CloneFlags::empty(), into, move || {
+        // The child's copies of the parent's pipe ends: nothing in the
+        // child uses them, and an open write end would hide the parent's exit.
+        let _ = nix::unistd::close(control_w_raw);
+        let _ = nix::unistd::close(events_r_raw);
+        vmm_process::run(vplan)
+    })
+    .map_err(|e| io("cannot fork the VMM process")(e.into()))?;
+    guard.pid = Some(pid);
+    crate::logging::debug_with(|| {
+        format!(
+            "create {}: VMM {pid}, {} MiB, {} vCPU(s), kernel {}, initramfs {}",
+            req.id,
+            size.memory_mib,
+            size.vcpus,
+            guest.kernel.display(),
+            guest.initramfs.display()
+        )
+    });
+
+    crate::logging::timing("create:vmm_forked");
+    // Until the agent listens.
+    wait_for_agent(events_r, size.boot_timeout, &console_log)?;
+    crate::logging::timing("create:agent_listening");
+    let deadline = Instant::now() + size.boot_timeout;
+    let mut client = AgentClient::connect(&uds, deadline)?;
+    client.set_timeout(Some(Duration::from_secs(120)));
+    let runtime_hooks = spec.hooks().as_ref().is_some_and(|h| {
+        h.prestart().as_ref().is_some_and(|l| !l.is_empty())
+            || h.create_runtime().as_ref().is_some_and(|l| !l.is_empty())
+    });
+    let mut created = client.create_container(CreateContainerRequest {
+        id: req.id.to_string(),
+        config: gplan.config,
+        share: plan::SHARE_TAG.into(),
+        stdio: StdioRequest { session, streams, window },
+        runtime_hooks,
+        no_pivot: req.no_pivot,
+        no_new_keyring: req.no_new_keyring,
+    })?;
+    if created.hooks_pending {
+        hooks(pid)?;
+        created = client.resume_create(req.id)?;
+    }
+    crate::logging::timing("create:container_created");
+    crate::logging::debug_with(|| {
+        let t = created.timings.unwrap_or_default();
+        format!(
+            "create {}: guest init is pid {} in the VM (guest: share mounted in {} ms, runtime {} ms)",
+            req.id, created.pid, t.share_ms, t.runtime_ms
+        )
+    });
+    if let Some(t) = created.timings {
+        crate::logging::timing(&format!("guest:share_ms={}", t.share_ms));
+        crate::logging::timing(&format!("guest:runtime_ms={}", t.runtime_ms));
+    }
+
+    if let Some(m) = &master {
+        if let Some(path) = &req.console_socket {
+            crate::linux::console::send_to_socket(path, m.as_raw_fd())
+                .map_err(|e| VmError::Config(crate::logging::chain(&e)))?;
+        }
+    }
+    if req.mode == LaunchMode::Deferred {
+        std::fs::write(req.dir.fifo_path(), b"").map_err(io("cannot mark the container created"))?;
+    }
+    let (start_time, _) = process::stat(pid).ok_or_else(|| VmError::Boot {
+        message: "the VMM process ended".into(),
+        console: console_tail(&console_log),
+    })?;
+    // The VMM owns the container from here on.
+    nix::unistd::write(&control_w, b"g").map_err(|e| io("cannot hand the VM over")(e.into()))?;
+    drop(control_w);
+    guard.armed = false;
+    let sandbox_state = serde_json::to_value(VmState { vsock: uds, cgroup: cgroups.state().clone(), console_log })
+        .map_err(|e| VmError::Config(format!("cannot record the VM's state: {e}")))?;
+    let launcher: Option<Box<dyn Launch>> = match req.mode {
+        LaunchMode::Attached => Some(Box::new(Attached { client, id: req.id.to_string() })),
+        LaunchMode::Deferred => None,
+    };
+    let console = if req.keep_console { master } else { None };
+    Ok(Created { pid, pid_start_time: start_time, sandbox_state, console, launcher })
+}
+
+/// Reads the VMM's events until the agent listens; every other ending is
+/// an error that says what happened, with the guest console's last lines.
+fn wait_for_agent(events: OwnedFd, timeout: Duration, console: &Path) -> Result<(), VmError> {
+    let deadline = Instant::now() + timeout;
+    let mut reader = BufReader::new(std::fs::File::from(events));
+    let mut kernel_entered = false;
+    let mut panic_line = None;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let mut fds = [nix::poll::PollFd::new(reader.get_ref().as_fd(), nix::poll::PollFlags::POLLIN)];
+        let ready = reader.buffer().is_empty().then(|| {
+            nix::poll::poll(&mut fds, nix::poll::PollTimeout::try_from(left).unwrap_or(nix::poll::PollTimeout::MAX))
+        });
+        if let Some(Ok(0)) = ready {
+            let phase = if kernel_entered {
+                "the kernel booted but the agent never said it listens"
+            } else {
+                "the kernel was never entered"
+            };
+            let message = match panic_line {
+                Some(p) => format!("the guest kernel panicked: {p}"),
+                None => format!("no agent within {}s ({phase})", timeout.as_secs()),
+            };
+            return Err(VmError::Boot { message, console: console_tail(console) });
+        }
+        let mut line = String::new();
+        match reader.read_line(&mut line) {
+            Ok(0) | Err(_) => {
+                return Err(VmError::Boot {
+                    message: "the VMM process ended without saying why".into(),
+                    console: console_tail(console),
+                })
+            }
+            Ok(_) => {}
+        }
+        match serde_json::from_str::<ChildEvent>(line.trim_end()) {
+            Ok(ChildEvent::KernelEntry) => kernel_entered = true,
+            Ok(ChildEvent::AgentListening) => return Ok(()),
+            Ok(ChildEvent::GuestPanic { line }) => panic_line = Some(line),
+            Ok(ChildEvent::Error { message }) => return Err(VmError::Boot { message, console: console_tail(console) }),
+            Ok(ChildEvent::Exit { reason, panic, .. }) => {
+                let message = match panic.or(panic_line) {
+                    Some(p) => format!("the guest kernel panicked: {p}"),
+                    None if reason == "emulation_failure" => format!(
+                        "KVM could not emulate a guest instruction: this /dev/kvm cannot run a stock kernel. \
+                         What would work: {}",
+                        host::WHAT_WORKS
+                    ),
+                    None => format!("the guest ended ({reason}) before its agent answered"),
+                };
+                return Err(VmError::Boot { message, console: console_tail(console) });
+            }
+            Err(_) => {}
+        }
+    }
+}
+
+/// `run`'s in-process start, over the connection `create` used.
+struct Attached {
+    client: AgentClient,
+    id: String,
+}
+
+impl Launch for Attached {
+    fn launch(mut self: Box<Self>) -> Result<(), SandboxError> {
+        self.client.set_timeout(Some(CALL_TIMEOUT));
+        self.client.start_container(&self.id).map_err(VmError::from)?;
+        crate::logging::timing("start:done");
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn waiting_for_the_agent_times_out_and_reports_events() {
+        let d = tempfile::tempdir().unwrap();
+        let console = d.path().join("console.log");
+        std::fs::write(&console, "line one\nKernel says hi\n").unwrap();
+        let (r, w) = nix::unistd::pipe().unwrap();
+        let t = Instant::now();
+        let e = wait_for_agent(r, Duration::from_millis(300), &console).unwrap_err();
+        assert!(t.elapsed() < Duration::from_secs(5));
+        assert!(e.to_string().contains("kernel was never entered"), "{e}");
+        assert!(e.to_string().contains("Kernel says hi"), "{e}");
+        drop(w);
+
+        let (r, w) = nix::unistd::pipe().unwrap();
+        nix::unistd::write(&w, b"{\"event\":\"kernel_entry\"}\n{\"event\":\"agent_listening\"}\n").unwrap();
+        wait_for_agent(r, Duration::from_secs(5), &console).unwrap();
+        drop(w);
+
+        let (r, w) = nix::unistd::pipe().unwrap();
+        nix::unistd::write(&w, b"{\"event\":\"error\",\"message\":\"no kvm\"}\n").unwrap();
+        let e = wait_for_agent(r, Duration::from_secs(5), &console).unwrap_err();
+        assert!(e.to_string().contains("no kvm"), "{e}");
+        let (r, w) = nix::unistd::pipe().unwrap();
+        drop(w);
+        let e = wait_for_agent(r, Duration::from_secs(5), &console).unwrap_err();
+        assert!(e.to_string().contains("ended without saying why"), "{e}");
+    }
+}

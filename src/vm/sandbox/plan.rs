@@ -1,0 +1,391 @@
+//! Turning a bundle into a VM: how big the guest is, which host paths it
+//! sees through its virtio-fs share and where, the config.json the guest's
+//! runtime gets, and the limits of the VMM's own cgroup on the host. Pure
+//! logic, decided before anything is started, so every bad value is a
+//! clear error at `create` and is tested without KVM.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use oci_spec::runtime::{LinuxNamespaceType, LinuxResources, Spec};
+use serde_json::{json, Value};
+
+use crate::agent::container::GUEST_SHARE_DIR;
+
+/// Annotations that configure one VM container (docs/vm.md).
+pub const ANNOTATION_MEMORY: &str = "run.amphi.vm.memory";
+pub const ANNOTATION_CPUS: &str = "run.amphi.vm.cpus";
+pub const ANNOTATION_KERNEL: &str = "run.amphi.vm.kernel";
+pub const ANNOTATION_KERNEL_ARGS: &str = "run.amphi.vm.kernel_args";
+pub const ANNOTATION_BOOT_TIMEOUT: &str = "run.amphi.vm.boot_timeout";
+
+/// Guest RAM when the bundle sets no memory limit.
+pub const DEFAULT_MEMORY_MIB: u64 = 512;
+/// Guest RAM added to a bundle's memory limit for the guest kernel, the
+/// agent and the page cache, so the workload's cgroup in the guest can use
+/// its whole limit.
+pub const MEMORY_OVERHEAD_MIB: u64 = 128;
+/// Smallest guest amphi boots a container in.
+pub const MIN_MEMORY_MIB: u64 = 128;
+/// vCPUs when the bundle sets no CPU quota or cpuset.
+pub const DEFAULT_VCPUS: u8 = 1;
+/// The VMM's own memory on top of guest RAM, for the host cgroup's limit.
+pub const VMM_OVERHEAD_MIB: u64 = 64;
+/// How long the guest has to boot to its agent.
+pub const DEFAULT_BOOT_TIMEOUT: Duration = Duration::from_secs(60);
+/// The virtio-fs tag of a container's share.
+pub const SHARE_TAG: &str = "amphi";
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum PlanError {
+    #[error("annotation {key}={value:?}: {problem}")]
+    Annotation { key: &'static str, value: String, problem: String },
+    #[error("{0}")]
+    Unsupported(String),
+    #[error("mount #{index} ({destination}): bind source {source_path} does not exist: create it or fix the mount")]
+    MissingSource { index: usize, destination: String, source_path: PathBuf },
+}
+
+/// The VM a bundle gets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmSize {
+    pub memory_mib: u64,
+    pub vcpus: u8,
+    pub kernel: Option<PathBuf>,
+    pub kernel_args: Option<String>,
+    pub boot_timeout: Duration,
+}
+
+fn annotation<'a>(spec: &'a Spec, key: &str) -> Option<&'a str> {
+    spec.annotations().as_ref().and_then(|a| a.get(key)).map(String::as_str)
+}
+
+fn parse_number(spec: &Spec, key: &'static str, host_max: Option<u64>) -> Result<Option<u64>, PlanError> {
+    let Some(v) = annotation(spec, key) else { return Ok(None) };
+    let bad = |problem: String| PlanError::Annotation { key, value: v.to_string(), problem };
+    let n: u64 = v.trim().parse().map_err(|_| bad("not a whole number".into()))?;
+    if n == 0 {
+        return Err(bad("must be at least 1".into()));
+    }
+    if let Some(max) = host_max.filter(|m| n > *m) {
+        return Err(bad(format!("this host has {max}; use at most that")));
+    }
+    Ok(Some(n))
+}
+
+/// Number of CPUs in a cpuset list such as "0-3,6".
+pub fn cpuset_count(list: &str) -> Option<u64> {
+    let mut n = 0u64;
+    for part in list.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        match part.split_once('-') {
+            Some((a, b)) => {
+                let (a, b): (u64, u64) = (a.trim().parse().ok()?, b.trim().parse().ok()?);
+                n += b.checked_sub(a)? + 1;
+            }
+            None => {
+                part.parse::<u64>().ok()?;
+                n += 1;
+            }
+        }
+    }
+    (n > 0).then_some(n)
+}
+
+/// Sizes the VM from the bundle: annotations first, then the resources
+/// (memory limit plus overhead; CPU quota/period rounded up, or the
+/// cpuset's size), then the defaults. `host_cpus` caps derived vCPU
+/// counts; an annotation asking for more is an error.
+pub fn size(spec: &Spec, host_cpus: u64) -> Result<VmSize, PlanError> {
+    let res = spec.linux().as_ref().and_then(|l| l.resources().as_ref());
+    let memory_mib = match parse_number(spec, ANNOTATION_MEMORY, None)? {
+        Some(m) if m < MIN_MEMORY_MIB => {
+            return Err(PlanError::Annotation {
+                key: ANNOTATION_MEMORY,
+                value: m.to_string(),
+                problem: format!("a guest needs at least {MIN_MEMORY_MIB} MiB"),
+            })
+        }
+        Some(m) => m,
+        None => match res.and_then(|r| r.memory().as_ref()).and_then(|m| m.limit()) {
+            Some(limit) if limit > 0 => (limit as u64).div_ceil(1 << 20) + MEMORY_OVERHEAD_MIB,
+            _ => DEFAULT_MEMORY_MIB,
+        },
+    };
+    let vcpus = match parse_number(spec, ANNOTATION_CPUS, Some(host_cpus.min(254)))? {
+        Some(n) => n,
+        None => {
+            let cpu = res.and_then(|r| r.cpu().as_ref());
+            let quota = cpu.and_then(|c| c.quota()).filter(|q| *q > 0);
+            let period = cpu.and_then(|c| c.period()).filter(|p| *p > 0).unwrap_or(100_000);
+            let from_quota = quota.map(|q| (q as u64).div_ceil(period));
+            let from_set = cpu.and_then(|c| c.cpus().as_deref()).and_then(cpuset_count);
+            from_quota.or(from_set).unwrap_or(u64::from(DEFAULT_VCPUS)).clamp(1, host_cpus.clamp(1, 254))
+        }
+    };
+    let kernel = annotation(spec, ANNOTATION_KERNEL).map(PathBuf::from);
+    if let Some(k) = &kernel {
+        if !k.is_file() {
+            return Err(PlanError::Annotation {
+                key: ANNOTATION_KERNEL,
+                value: k.display().to_string(),
+                problem: "no such kernel file: give the path of a bzImage or ELF vmlinux".into(),
+            });
+        }
+    }
+    let boot_timeout =
+        parse_number(spec, ANNOTATION_BOOT_TIMEOUT, None)?.map(Duration::from_secs).unwrap_or(DEFAULT_BOOT_TIMEOUT);
+    Ok(VmSize {
+        memory_mib,
+        vcpus: vcpus as u8,
+        kernel,
+        kernel_args: annotation(spec, ANNOTATION_KERNEL_ARGS).map(str::to_string),
+        boot_timeout,
+    })
+}
+
+/// One host path the guest sees through the share: `<share>/<name>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShareEntry {
+    pub name: String,
+    pub source: PathBuf,
+    pub read_only: bool,
+    /// rbind: submounts of the source come along.
+    pub recursive: bool,
+}
+
+/// What the VM gets: the entries of its share and the guest's config.json.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GuestPlan {
+    pub entries: Vec<ShareEntry>,
+    pub config: Value,
+}
+
+fn is_bind(m: &oci_spec::runtime::Mount) -> bool {
+    m.typ().as_deref() == Some("bind")
+        || m.options().as_ref().is_some_and(|o| o.iter().any(|x| x == "bind" || x == "rbind"))
+}
+
+/// The guest's view of the bundle. The rootfs and every bind-mount source
+/// become entries of the share (`rootfs`, `m<index>`); the guest config
+/// points at them under [`GUEST_SHARE_DIR`]. Host-only parts go: the
+/// poststart and poststop hooks (the host runs them, as it runs prestart
+/// and createRuntime when the guest hands them over), and the path of the
+/// network namespace (the VMM lives in it; the guest gets its own).
+/// Joining any other existing namespace cannot work across the VM
+/// boundary and is refused.
+pub fn guest_plan(
+    spec: &Spec,
+    bundle_dir: &Path,
+    rootfs: &Path,
+    cgroups_path: Option<&Path>,
+    window: Option<(u16, u16)>,
+) -> Result<GuestPlan, PlanError> {
+    let share = Path::new(GUEST_SHARE_DIR).join(SHARE_TAG);
+    let read_only_root = spec.root().as_ref().and_then(|r| r.readonly()).unwrap_or(false);
+    let mut entries = vec![ShareEntry {
+        name: "rootfs".into(),
+        source: rootfs.to_path_buf(),
+        read_only: read_only_root,
+        recursive: true,
+    }];
+    let mut config = serde_json::to_value(spec).map_err(|e| PlanError::Unsupported(e.to_string()))?;
+    config["root"]["path"] = json!(share.join("rootfs"));
+
+    if let Some(mounts) = spec.mounts() {
+        for (i, m) in mounts.iter().enumerate() {
+            if !is_bind(m) {
+                continue;
+            }
+            let Some(src) = m.source() else { continue };
+            let source = if src.is_absolute() { src.clone() } else { bundle_dir.join(src) };
+            if std::fs::symlink_metadata(&source).is_err() {
+                return Err(PlanError::MissingSource {
+                    index: i,
+                    destination: m.destination().display().to_string(),
+                    source_path: source,
+                });
+            }
+            let opts = m.options().clone().unwrap_or_default();
+            let name = format!("m{i}");
+            config["mounts"][i]["source"] = json!(share.join(&name));
+            entries.push(ShareEntry {
+                name,
+                source,
+                read_only: opts.iter().any(|o| o == "ro"),
+                recursive: opts.iter().any(|o| o == "rbind"),
+            });
+        }
+    }
+
+    if let Some(hooks) = config.get_mut("hooks").and_then(Value::as_object_mut) {
+        hooks.remove("poststart");
+        hooks.remove("poststop");
+    }
+    if let Some(nss) = spec.linux().as_ref().and_then(|l| l.namespaces().as_ref()) {
+        for (i, ns) in nss.iter().enumerate() {
+            if ns.path().is_none() {
+                continue;
+            }
+            if ns.typ() == LinuxNamespaceType::Network {
+                if let Some(n) = config["linux"]["namespaces"][i].as_object_mut() {
+                    n.remove("path");
+                }
+            } else {
+                return Err(PlanError::Unsupported(format!(
+                    "linux.namespaces asks to join the existing {:?} namespace {}: in VM isolation the \
+                     container runs in its own kernel and cannot join host namespaces; drop the path \
+                     (a new namespace) or use --isolation container",
+                    ns.typ(),
+                    ns.path().as_ref().map(|p| p.display().to_string()).unwrap_or_default()
+                )));
+            }
+        }
+    }
+    if let Some(p) = cgroups_path {
+        config["linux"]["cgroupsPath"] = json!(p);
+    }
+    if let (Some((rows, cols)), Some(process)) = (window, config.get_mut("process").and_then(Value::as_object_mut)) {
+        if !process.contains_key("consoleSize") {
+            process.insert("consoleSize".into(), json!({"height": rows, "width": cols}));
+        }
+    }
+    Ok(GuestPlan { entries, config })
+}
+
+/// The host cgroup of the VMM: the bundle's CPU settings (they limit the
+/// vCPU threads) and, when the bundle limits memory, room for the guest's
+/// RAM and the VMM itself. Every device is allowed: the VMM needs /dev/kvm
+/// and friends, and the bundle's device rules apply inside the guest.
+pub fn host_resources(spec: &Spec, size: &VmSize) -> Value {
+    let res = spec.linux().as_ref().and_then(|l| l.resources().as_ref());
+    let mut out = json!({"devices": [{"allow": true, "access": "rwm"}]});
+    if let Some(cpu) = res.and_then(|r| r.cpu().as_ref()) {
+        out["cpu"] = serde_json::to_value(cpu).unwrap_or(Value::Null);
+    }
+    if res.and_then(|r| r.memory().as_ref()).and_then(|m| m.limit()).is_some_and(|l| l > 0) {
+        out["memory"] = json!({"limit": ((size.memory_mib + VMM_OVERHEAD_MIB) << 20) as i64});
+    }
+    out
+}
+
+/// [`host_resources`] as oci-spec's type.
+pub fn host_resources_typed(spec: &Spec, size: &VmSize) -> LinuxResources {
+    serde_json::from_value(host_resources(spec, size)).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(json: Value) -> Spec {
+        let mut base = json!({"ociVersion": "1.0.2", "root": {"path": "rootfs"}, "process": {"args": ["true"], "cwd": "/", "user": {"uid": 0, "gid": 0}}});
+        if let (Some(b), Some(j)) = (base.as_object_mut(), json.as_object()) {
+            for (k, v) in j {
+                b.insert(k.clone(), v.clone());
+            }
+        }
+        serde_json::from_value(base).unwrap()
+    }
+
+    #[test]
+    fn defaults_without_limits() {
+        let s = size(&spec(json!({})), 8).unwrap();
+        assert_eq!((s.memory_mib, s.vcpus), (DEFAULT_MEMORY_MIB, DEFAULT_VCPUS));
+        assert_eq!(s.boot_timeout, DEFAULT_BOOT_TIMEOUT);
+    }
+
+    #[test]
+    fn memory_limit_plus_overhead_and_cpu_quota_rounded_up() {
+        let s = spec(json!({"linux": {"resources": {
+            "memory": {"limit": 100 * 1024 * 1024 + 1},
+            "cpu": {"quota": 150000, "period": 100000}}}}));
+        let z = size(&s, 8).unwrap();
+        assert_eq!(z.memory_mib, 101 + MEMORY_OVERHEAD_MIB);
+        assert_eq!(z.vcpus, 2);
+        // Derived counts are capped by the host.
+        assert_eq!(size(&s, 1).unwrap().vcpus, 1);
+    }
+
+    #[test]
+    fn cpusets_count() {
+        assert_eq!(cpuset_count("0-3,6"), Some(5));
+        assert_eq!(cpuset_count("2"), Some(1));
+        assert_eq!(cpuset_count(""), None);
+        assert_eq!(cpuset_count("3-1"), None);
+        let s = spec(json!({"linux": {"resources": {"cpu": {"cpus": "0-1"}}}}));
+        assert_eq!(size(&s, 8).unwrap().vcpus, 2);
+    }
+
+    #[test]
+    fn annotations_override_and_bad_values_are_named() {
+        let s = spec(json!({"annotations": {ANNOTATION_MEMORY: "1024", ANNOTATION_CPUS: "2"}}));
+        let z = size(&s, 4).unwrap();
+        assert_eq!((z.memory_mib, z.vcpus), (1024, 2));
+        for (k, v, needle) in [
+            (ANNOTATION_MEMORY, "0", "at least 1"),
+            (ANNOTATION_MEMORY, "64", "at least 128"),
+            (ANNOTATION_MEMORY, "lots", "whole number"),
+            (ANNOTATION_CPUS, "9", "this host has 4"),
+            (ANNOTATION_KERNEL, "/no/such/vmlinuz", "no such kernel"),
+        ] {
+            let e = size(&spec(json!({"annotations": {k: v}})), 4).unwrap_err().to_string();
+            assert!(e.contains(k) && e.contains(needle), "{e}");
+        }
+    }
+
+    #[test]
+    fn the_guest_config_points_into_the_share() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir(d.path().join("vol")).unwrap();
+        std::fs::write(d.path().join("hosts"), "").unwrap();
+        let s = spec(json!({
+            "root": {"path": "rootfs", "readonly": true},
+            "mounts": [
+                {"destination": "/proc", "type": "proc", "source": "proc"},
+                {"destination": "/data", "type": "bind", "source": d.path().join("vol"), "options": ["rbind", "ro"]},
+                {"destination": "/etc/hosts", "source": "hosts", "options": ["bind"]}
+            ],
+            "hooks": {"poststart": [{"path": "/bin/true"}], "prestart": [{"path": "/bin/true"}]},
+            "linux": {"namespaces": [{"type": "network", "path": "/run/netns/x"}, {"type": "pid"}]}
+        }));
+        let p = guest_plan(&s, d.path(), &d.path().join("rootfs"), Some(Path::new("/c/x")), None).unwrap();
+        assert_eq!(p.config["root"]["path"], "/run/amphi/fs/amphi/rootfs");
+        assert_eq!(p.config["mounts"][0]["source"], "proc");
+        assert_eq!(p.config["mounts"][1]["source"], "/run/amphi/fs/amphi/m1");
+        assert_eq!(p.config["mounts"][2]["source"], "/run/amphi/fs/amphi/m2");
+        assert!(p.config["hooks"].get("poststart").is_none());
+        assert!(p.config["hooks"].get("prestart").is_some());
+        assert!(p.config["linux"]["namespaces"][0].get("path").is_none());
+        assert_eq!(p.config["linux"]["cgroupsPath"], "/c/x");
+        assert_eq!(p.entries.len(), 3);
+        assert!(p.entries[0].read_only, "root.readonly holds on the host side too");
+        assert_eq!(
+            p.entries[1],
+            ShareEntry { name: "m1".into(), source: d.path().join("vol"), read_only: true, recursive: true }
+        );
+        assert_eq!(p.entries[2].source, d.path().join("hosts"));
+    }
+
+    #[test]
+    fn missing_sources_and_foreign_namespaces_are_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let s = spec(json!({"mounts": [{"destination": "/x", "type": "bind", "source": "/no/such/dir"}]}));
+        let e = guest_plan(&s, d.path(), d.path(), None, None).unwrap_err();
+        assert!(e.to_string().contains("/no/such/dir"), "{e}");
+        let s = spec(json!({"linux": {"namespaces": [{"type": "ipc", "path": "/proc/1/ns/ipc"}]}}));
+        let e = guest_plan(&s, d.path(), d.path(), None, None).unwrap_err();
+        assert!(e.to_string().contains("cannot join host namespaces"), "{e}");
+    }
+
+    #[test]
+    fn the_host_cgroup_gets_cpu_and_room_for_the_guest() {
+        let s = spec(json!({"linux": {"resources": {"memory": {"limit": 256 << 20}, "cpu": {"shares": 512}}}}));
+        let z = size(&s, 4).unwrap();
+        let r = host_resources(&s, &z);
+        assert_eq!(r["memory"]["limit"], ((z.memory_mib + VMM_OVERHEAD_MIB) << 20) as i64);
+        assert_eq!(r["cpu"]["shares"], 512);
+        let typed = host_resources_typed(&s, &z);
+        assert!(typed.devices().as_ref().is_some_and(|d| d[0].allow()));
+        assert!(host_resources(&spec(json!({})), &z).get("memory").is_none());
+    }
+}

@@ -1,0 +1,354 @@
+//! The VMM process of one VM container: what it does besides running the
+//! VM. `create` forks it (no exec: the fork is cheap and needs no path to
+//! a binary); it is the container's pid in `state` and outlives `create`.
+//!
+//! Before the VM starts, still single-threaded, it
+//! - leaves the caller's session (signals for the workload reach it
+//!   through `kill`, or through `run`'s forwarding, and it forwards them
+//!   to the guest),
+//! - joins the container's cgroup on the host,
+//! - closes every descriptor it does not need (a client's sync pipe must
+//!   not be held open by the VMM, nor the container's lock),
+//! - makes a private mount namespace holding the virtio-fs share: a small
+//!   tmpfs with the rootfs and each bind-mount source bind-mounted into it,
+//!   so nothing is mounted on the host and nothing is left when it ends,
+//! - takes the host pty as its controlling terminal, so window size
+//!   changes reach it as SIGWINCH.
+//!
+//! Then it runs the VM, relays stdio, waits (through the agent) for the
+//! workload to end and exits with the workload's status: its code, or the
+//! same signal, so conmon, containerd and `amphi run` see what they would
+//! see with runc.
+
+use std::io::Write;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use nix::mount::{mount, MsFlags};
+use nix::sys::signal::{SigSet, Signal};
+
+use super::plan::ShareEntry;
+use super::stdio::{self, Local};
+use crate::agent::container::{ExitStatus, ResizeRequest, SignalRequest, StreamKind, WaitRequest};
+use crate::linux::cgroups::Join;
+use crate::vm::agent_client::AgentClient;
+use crate::vm::process::{self, ChildEvent};
+use crate::vm::vmm::{self, VmmConfig, VmmEvent};
+
+/// Everything the VMM process needs, prepared by `create`.
+pub struct VmmPlan {
+    pub id: String,
+    pub config: VmmConfig,
+    pub uds: PathBuf,
+    pub share_root: PathBuf,
+    pub entries: Vec<ShareEntry>,
+    pub session: String,
+    pub streams: Vec<StreamKind>,
+    pub local: Local,
+    /// Write end of the event pipe to `create` (JSON lines).
+    pub events: OwnedFd,
+    /// Read end of the control pipe from `create`: one byte once the
+    /// container exists; EOF before it means `create` failed or died.
+    pub control: OwnedFd,
+    pub join: Join,
+}
+
+/// The signals the VMM forwards to the workload (those `run` forwards to
+/// it, and those clients send to the container's pid directly).
+pub const FORWARDED: &[Signal] = &[
+    Signal::SIGHUP,
+    Signal::SIGINT,
+    Signal::SIGQUIT,
+    Signal::SIGUSR1,
+    Signal::SIGUSR2,
+    Signal::SIGTERM,
+    Signal::SIGALRM,
+    Signal::SIGCONT,
+    Signal::SIGPWR,
+    Signal::SIGWINCH,
+];
+
+/// How long the stdio streams may take to open once the agent listens.
+const ATTACH_DEADLINE: Duration = Duration::from_secs(30);
+/// How long the output relays may take to copy what is left after the
+/// workload ended.
+const FLUSH_LIMIT: Duration = Duration::from_secs(5);
+
+struct Events(Mutex<std::fs::File>);
+
+impl Events {
+    fn send(&self, e: &ChildEvent) {
+        if let Ok(mut line) = serde_json::to_vec(e) {
+            line.push(b'\n');
+            let mut f = self.0.lock().unwrap_or_else(|e| e.into_inner());
+            let _ = f.write_all(&line);
+        }
+    }
+}
+
+/// Closes every descriptor above 2 except `keep`.
+pub(super) fn close_others(keep: &[RawFd]) {
+    let fds: Vec<RawFd> = match std::fs::read_dir("/proc/self/fd") {
+        Ok(d) => d.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect(),
+        Err(_) => return,
+    };
+    for fd in fds {
+        if fd > 2 && !keep.contains(&fd) {
+            // SAFETY: closing a descriptor nothing else in this (still
+            // single-threaded) process uses; the directory handle used
+            // for the listing is gone already.
+            unsafe { libc::close(fd) };
+        }
+    }
+}
+
+/// The share: a private tmpfs with each entry bind-mounted into it, in a
+/// mount namespace of our own.
+fn mount_share(root: &Path, entries: &[ShareEntry]) -> Result<(), String> {
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS)
+        .map_err(|e| format!("unshare the mount namespace: {e}"))?;
+    mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_SLAVE, None::<&str>)
+        .map_err(|e| format!("make / a slave mount: {e}"))?;
+    mount(Some("amphi-share"), root, Some("tmpfs"), MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some("mode=0755,size=1m"))
+        .map_err(|e| format!("mount the share's tmpfs on {}: {e}", root.display()))?;
+    for e in entries {
+        let target = root.join(&e.name);
+        let is_dir = std::fs::metadata(&e.source).map(|m| m.is_dir()).unwrap_or(false);
+        let made = if is_dir { std::fs::create_dir(&target) } else { std::fs::write(&target, b"") };
+        made.map_err(|err| format!("create {}: {err}", target.display()))?;
+        let mut flags = MsFlags::MS_BIND;
+        if e.recursive {
+            flags |= MsFlags::MS_REC;
+        }
+        mount(Some(&e.source), &target, None::<&str>, flags, None::<&str>)
+            .map_err(|err| format!("bind {} into the share: {err}", e.source.display()))?;
+        if e.read_only {
+            mount(
+                None::<&str>,
+                &target,
+                None::<&str>,
+                MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY,
+                None::<&str>,
+            )
+            .map_err(|err| format!("make {} read-only: {err}", e.source.display()))?;
+        }
+    }
+    Ok(())
+}
+
+/// Makes the pty slave our controlling terminal, in raw mode: the guest's
+/// pty does the line discipline, this one only carries bytes.
+pub(super) fn take_terminal(slave: &OwnedFd) -> Result<(), String> {
+    // SAFETY: TIOCSCTTY with argument 0 on a terminal fd; we are a session
+    // leader without a controlling terminal.
+    if unsafe { libc::ioctl(slave.as_raw_fd(), libc::TIOCSCTTY, 0) } < 0 {
+        return Err(format!("TIOCSCTTY: {}", std::io::Error::last_os_error()));
+    }
+    let mut t = nix::sys::termios::tcgetattr(slave.as_fd()).map_err(|e| format!("tcgetattr: {e}"))?;
+    nix::sys::termios::cfmakeraw(&mut t);
+    nix::sys::termios::tcsetattr(slave.as_fd(), nix::sys::termios::SetArg::TCSANOW, &t)
+        .map_err(|e| format!("tcsetattr: {e}"))
+}
+
+pub(super) fn window_of(fd: &OwnedFd) -> Option<(u16, u16)> {
+    let mut ws = libc::winsize { ws_row: 0, ws_col: 0, ws_xpixel: 0, ws_ypixel: 0 };
+    // SAFETY: TIOCGWINSZ writes one winsize into the struct we own.
+    (unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCGWINSZ, &mut ws) } == 0).then_some((ws.ws_row, ws.ws_col))
+}
+
+/// Ends this process the way the workload ended.
+pub(super) fn exit_like(status: ExitStatus) -> ! {
+    if let Some(sig) = status.signal.and_then(|s| Signal::try_from(s).ok()) {
+        // No core dump of the VMM (it would hold guest memory).
+        let _ = nix::sys::prctl::set_dumpable(false);
+        let _ = nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_CORE, 0, 0);
+        // SAFETY: restoring the default action of a signal.
+        let _ = unsafe { nix::sys::signal::signal(sig, nix::sys::signal::SigHandler::SigDfl) };
+        let mut set = SigSet::empty();
+        set.add(sig);
+        let _ = set.thread_unblock();
+        let _ = nix::sys::signal::kill(nix::unistd::getpid(), sig);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::process::exit(status.code & 0xff)
+}
+
+/// Body of the forked VMM process. Never returns into the caller's code.
+pub fn run(plan: VmmPlan) -> i32 {
+    let VmmPlan { id, config, uds, share_root, entries, session, streams, local, events, control, join } = plan;
+    let events = Arc::new(Events(Mutex::new(std::fs::File::from(events))));
+    let fail = |what: &str, e: String| {
+        events.send(&ChildEvent::Error { message: format!("{what}: {e}") });
+        1
+    };
+    crate::logging::timing("vmm:forked");
+    let _ = nix::unistd::setsid();
+    if let Err(e) = join.join_self() {
+        return fail("cannot join the container's cgroup", crate::logging::chain(&e));
+    }
+    let mut keep = vec![events.0.lock().unwrap_or_else(|e| e.into_inner()).as_raw_fd(), control.as_raw_fd()];
+    if let Local::Tty(t) = &local {
+        keep.push(t.as_raw_fd());
+    }
+    drop(join);
+    close_others(&keep);
+    process::limit_open_files();
+    if let Err(e) = mount_share(&share_root, &entries) {
+        return fail("cannot prepare the container's virtio-fs share", e);
+    }
+    if let Local::Tty(t) = &local {
+        if let Err(e) = take_terminal(t) {
+            return fail("cannot take the container's terminal", e);
+        }
+    }
+    let sigs = forwarded_set();
+    // Blocked here, before any thread exists, so every thread inherits it
+    // and only the forwarder takes them.
+    let _ = sigs.thread_block();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let status: Arc<Mutex<Option<ExitStatus>>> = Arc::new(Mutex::new(None));
+    let (tx, rx) = mpsc::channel::<VmmEvent>();
+
+    // create's verdict: a byte means the container exists; EOF first means
+    // create failed or was killed, and the VM must go.
+    {
+        let stop = stop.clone();
+        let _ = std::thread::Builder::new().name("control".into()).spawn(move || {
+            let mut b = [0u8; 1];
+            let ok = matches!(nix::unistd::read(control.as_fd(), &mut b), Ok(1));
+            if !ok {
+                stop.store(true, Ordering::Release);
+            }
+        });
+    }
+    let tty = match &local {
+        Local::Tty(t) => t.try_clone().ok(),
+        Local::Inherited => None,
+    };
+    {
+        let (uds, session, id, stop, status) = (uds.clone(), session, id.clone(), stop.clone(), status.clone());
+        let _ = std::thread::Builder::new().name("supervisor".into()).spawn(move || {
+            if !rx.iter().any(|e| e == VmmEvent::AgentListening) {
+                return;
+            }
+            let deadline = Instant::now() + ATTACH_DEADLINE;
+            let relays = match stdio::attach(&uds, &session, &streams, local, deadline) {
+                Ok(r) => r,
+                Err(_) => return,
+            };
+            let Ok(mut client) = AgentClient::connect(&uds, deadline) else { return };
+            if let Ok(s) = client.wait(WaitRequest { id, exec_id: None }) {
+                crate::logging::timing("vmm:exit_seen");
+                relays.finish(FLUSH_LIMIT);
+                *status.lock().unwrap_or_else(|e| e.into_inner()) = Some(s);
+                stop.store(true, Ordering::Release);
+            }
+        });
+    }
+    {
+        let (uds, id) = (uds.clone(), id.clone());
+        let _ = std::thread::Builder::new()
+            .name("signals".into())
+            .spawn(move || forward_signals(&uds, &id, None, sigs, tty));
+    }
+
+    let on_event = {
+        let events = events.clone();
+        let tx = Mutex::new(tx);
+        Arc::new(move |e: VmmEvent| {
+            match &e {
+                VmmEvent::KernelEntry => crate::logging::timing("vmm:kernel_entry"),
+                VmmEvent::AgentListening => crate::logging::timing("vmm:agent_listening"),
+                VmmEvent::GuestPanic(_) => {}
+            }
+            events.send(&match &e {
+                VmmEvent::KernelEntry => ChildEvent::KernelEntry,
+                VmmEvent::AgentListening => ChildEvent::AgentListening,
+                VmmEvent::GuestPanic(line) => ChildEvent::GuestPanic { line: line.clone() },
+            });
+            let _ = tx.lock().unwrap_or_else(|e| e.into_inner()).send(e);
+        })
+    };
+    let outcome = vmm::run(&config, on_event, stop);
+    let known = *status.lock().unwrap_or_else(|e| e.into_inner());
+    crate::logging::timing("vmm:vm_stopped");
+    if std::env::var_os(crate::logging::TIMING_ENV).is_some() {
+        crate::logging::timing(&format!("vmm:peak_rss_kib={}", process::peak_rss_kib()));
+        let guest = outcome.as_ref().map(|o| o.guest_resident_kib).unwrap_or(0);
+        crate::logging::timing(&format!("vmm:guest_rss_kib={guest}"));
+    }
+    if let Some(s) = known {
+        exit_like(s);
+    }
+    // The VM ended before the workload was seen to end: say why, on the
+    // container's stderr as runc reports its own failures there.
+    let (message, code) = match outcome {
+        Ok(o) => {
+            events.send(&ChildEvent::Exit {
+                reason: process::reason_name(&o.reason),
+                panic: o.panic.clone(),
+                peak_rss_kib: process::peak_rss_kib(),
+                guest_rss_kib: o.guest_resident_kib,
+            });
+            let code = process::exit_code(&o.reason, o.panic.is_some());
+            let why = match &o.panic {
+                Some(p) => format!("the guest kernel panicked: {p}"),
+                None => format!("the VM ended ({})", process::reason_name(&o.reason)),
+            };
+            (why, code)
+        }
+        Err(e) => {
+            let m = crate::logging::chain(&e);
+            events.send(&ChildEvent::Error { message: m.clone() });
+            (format!("the VMM failed: {m}"), crate::exit::GENERAL)
+        }
+    };
+    let _ = writeln!(std::io::stderr(), "amphi: container {id}: {message}");
+    i32::from(code)
+}
+
+/// The set of [`FORWARDED`] signals.
+pub(super) fn forwarded_set() -> SigSet {
+    let mut sigs = SigSet::empty();
+    for s in FORWARDED {
+        sigs.add(*s);
+    }
+    sigs
+}
+
+/// Takes the forwarded signals and hands them to the workload (or to the
+/// exec'd process `exec_id`) through the agent; SIGWINCH becomes a window
+/// size change.
+pub(super) fn forward_signals(uds: &Path, id: &str, exec_id: Option<&str>, set: SigSet, tty: Option<OwnedFd>) {
+    let mut client: Option<AgentClient> = None;
+    loop {
+        let Ok(sig) = set.wait() else { continue };
+        if client.is_none() {
+            client = AgentClient::connect(uds, Instant::now() + Duration::from_secs(5)).ok();
+        }
+        let Some(c) = client.as_mut() else { continue };
+        let sent = if sig == Signal::SIGWINCH {
+            match tty.as_ref().and_then(window_of) {
+                Some((rows, cols)) => {
+                    c.resize(ResizeRequest { id: id.into(), exec_id: exec_id.map(str::to_string), rows, cols })
+                }
+                None => Ok(()),
+            }
+        } else {
+            c.signal(SignalRequest {
+                id: id.into(),
+                signal: sig as i32,
+                all: false,
+                exec_id: exec_id.map(str::to_string),
+            })
+        };
+        if sent.is_err() {
+            client = None;
+        }
+    }
+}

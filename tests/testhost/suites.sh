@@ -1,0 +1,180 @@
+#!/usr/bin/env bash
+# The testhost tier's suites, run INSIDE the full test host (pure cgroup2,
+# /dev/kvm, real clients) by tests/testhost/run-tests.sh; see that script
+# and docs/testing.md. Lean on purpose: under TCG every program start
+# costs tens of milliseconds.
+#
+# Usage: suites.sh RESULTS_DIR SUITE...
+#   selfcheck   the test host is what the tests need: cgroup2 alone with
+#               every controller delegated, /dev/kvm where amphi vm check
+#               boots a guest, a writable overlay, podman's bridge network
+#               (with amphi as the runtime)
+#   podman      bats tests/clients/podman.bats      (AMPHI=$TH_BIN/amphi)
+#   containerd  tests/clients/containerd.sh         (SHIM_DIR=$TH_BIN)
+#   docker      dockerd with amphi as a runtime: run (bridge network),
+#               exit code, run -d + stop + rm
+#   cgroups     the root tests that need a pure cgroup2 host: the cargo
+#               test binaries named in TH_TESTS, run with --ignored
+# Env: TH_BIN (static amphi, amphi-agent, containerd-shim-amphi-v2 side by
+# side), TH_TESTS ("name=path ..."). Each suite's whole output goes to
+# RESULTS_DIR/<suite>.log and to stdout; then one line per suite
+#   # testhost SUITE: N passed, M failed, K skipped (Ts)
+# and last
+#   testhost: N passed, M failed, K skipped
+# Exits non-zero if anything failed.
+set -u
+results=${1:?usage: suites.sh RESULTS_DIR SUITE...}
+shift
+repo=$(cd "$(dirname "$0")/../.." && pwd)
+cd "$repo"
+mkdir -p "$results"
+
+# --- counting -----------------------------------------------------------------
+# TAP-ish lines ("ok ...", "not ok ...", "ok ... # skip why"): "P F S".
+tap_counts() {
+  awk '/^ok / { if (tolower($0) ~ /# skip/) s++; else p++ } /^not ok / { f++ } END { print p + 0, f + 0, s + 0 }' "$1"
+}
+# The last "N passed, M failed[, K skipped]" line: "P F S", or nothing.
+total_counts() {
+  grep -a -E '[0-9]+ passed, [0-9]+ failed' "$1" | tail -n 1 |
+    sed -E 's/^(.*[^0-9])?([0-9]+) passed, ([0-9]+) failed(, ([0-9]+) skipped)?.*/\2 \3 \5/' |
+    awk '{ print $1, $2, $3 + 0 }'
+}
+
+# --- suites ---------------------------------------------------------------------
+check_n=0
+check() { # NAME COMMAND...: one ok/not ok line
+  local name=$1 out
+  shift
+  if out=$("$@" 2>&1); then
+    echo "ok - $name"
+  else
+    echo "not ok - $name"
+    printf '%s\n' "$out" | tail -n 15 | sed 's/^/#   /'
+    return 1
+  fi
+}
+only_cgroup2() {
+  local m
+  m=$(awk '$3 ~ /^cgroup/ {print $3, $2}' /proc/self/mounts)
+  [ "$m" = "cgroup2 /sys/fs/cgroup" ] || { echo "cgroup mounts: $m"; return 1; }
+}
+delegated() {
+  local have on
+  have=$(tr ' ' '\n' < /sys/fs/cgroup/cgroup.controllers | sort)
+  on=$(tr ' ' '\n' < /sys/fs/cgroup/cgroup.subtree_control | sort)
+  [ -n "$have" ] && [ "$have" = "$on" ] || { echo "offered: $have; enabled: $on"; return 1; }
+}
+kvm() { [ -c /dev/kvm ] && grep -q '^kvm_amd ' /proc/modules; }
+# A stock guest boots under the test host's KVM (the guest kernel from
+# /var/lib/amphi/kernels, as amphi finds it by default).
+vm_check() { "$TH_BIN/amphi" vm check --cache-dir /tmp/amphi-vm-cache --timeout 120; }
+overlay_writes() {
+  mkdir -p /var/lib/amphi/cache && touch /var/lib/amphi/cache/.testhost "$repo/target/.testhost" &&
+    rm /var/lib/amphi/cache/.testhost "$repo/target/.testhost"
+}
+# podman's default network (a CNI bridge, veth, iptables through nftables)
+# with amphi as the runtime: the container gets an address on the bridge,
+# and the test host reaches it there.
+bridge_network() {
+  local rootfs name=testhost-net-$$ ip
+  rootfs=$(mktemp -d)
+  cp -a bundles/hello/rootfs/. "$rootfs/"
+  podman --runtime "$TH_BIN/amphi" run -d --name "$name" --ulimit nofile=1024:1024 --rootfs "$rootfs" \
+    /bin/sleep 600 >/dev/null || return 1
+  ip=$(podman inspect -f '{{.NetworkSettings.IPAddress}}' "$name")
+  echo "container address: $ip"
+  busybox ping -c 1 -W 5 "$ip" || { podman rm -f -t 0 "$name"; return 1; }
+  podman rm -f -t 0 "$name" >/dev/null && rm -rf "$rootfs"
+}
+suite_selfcheck() {
+  check "cgroup2 alone is mounted at /sys/fs/cgroup" only_cgroup2
+  check "every cgroup2 controller is enabled for children" delegated
+  check "/dev/kvm is there (kvm_amd)" kvm
+  check "amphi vm check boots a stock guest on it" vm_check
+  check "writes land in the tmpfs overlay (/var/lib/amphi/cache, target/)" overlay_writes
+  check "podman's bridge network works with amphi as the runtime" bridge_network
+}
+suite_podman() { AMPHI=$TH_BIN/amphi bats --tap tests/clients/podman.bats; }
+# dockerd 20.10 with amphi as an added runtime (containerd's runc shim
+# drives it as its runtime binary), an image imported from the hello
+# bundle (no registry: the test host has no network).
+docker_up() {
+  dockerd --add-runtime "amphi=$TH_BIN/amphi" > "$results/dockerd.log" 2>&1 &
+  for _ in $(seq 300); do docker version > /dev/null 2>&1 && break; sleep 0.2; done
+  docker version > /dev/null || { tail -n 5 "$results/dockerd.log"; return 1; }
+  tar -C bundles/hello/rootfs -c . | docker import - amphi-hello > /dev/null
+}
+docker_run() {
+  local out
+  out=$(docker run --rm --runtime amphi amphi-hello /bin/sh -c 'echo hello from docker; ip -4 -o addr show eth0') || return 1
+  echo "$out"
+  [[ $out == "hello from docker"*"inet 172."* ]]
+}
+docker_exit() {
+  docker run --rm --runtime amphi --network none amphi-hello /bin/sh -c 'exit 5'
+  [ $? = 5 ]
+}
+docker_detached() {
+  docker run -d --name testhost-d --runtime amphi amphi-hello /bin/sleep 1000 > /dev/null &&
+    [ "$(docker inspect -f '{{.State.Status}}' testhost-d)" = running ] &&
+    docker stop -t 1 testhost-d > /dev/null &&
+    [ "$(docker inspect -f '{{.State.ExitCode}}' testhost-d)" = 137 ] &&
+    docker rm testhost-d > /dev/null &&
+    [ -z "$(ls /run/docker/runtime-*/moby 2>/dev/null)" ] # amphi's state for docker's containers
+}
+docker_down() {
+  local pid
+  pid=$(cat /run/docker.pid 2>/dev/null) || return 0
+  kill "$pid"
+  while [ -e "/proc/$pid" ]; do sleep 0.2; done
+}
+suite_docker() {
+  check "dockerd starts with amphi as a runtime" docker_up || { docker_down; return 0; }
+  check "docker run --rm prints the output; the container is on docker0" docker_run
+  check "docker run --rm reports the exit code" docker_exit
+  check "docker run -d, stop (137) and rm leave nothing behind" docker_detached
+  docker_down
+}
+suite_containerd() { SHIM_DIR=$TH_BIN tests/clients/containerd.sh; }
+suite_cgroups() {
+  local t name bin rc=0
+  for t in $TH_TESTS; do
+    name=${t%%=*} bin=${t#*=}
+    echo "# $name: $bin --ignored"
+    "$bin" --ignored --show-output --test-threads=2 > "$results/cgroups-$name.raw" 2>&1 || rc=1
+    # The failures and the result line; passing tests' output stays in the raw log.
+    awk '/^failures:$/ {p = 1} /^test result:/ {print; p = 0} p' "$results/cgroups-$name.raw"
+    awk -v prefix="$name" -f tests/libtest-summary.awk "$results/cgroups-$name.raw"
+  done
+  return $rc
+}
+
+# --- run --------------------------------------------------------------------------
+tp=0 tf=0 ts=0
+lines=()
+for s in "$@"; do
+  declare -F "suite_$s" >/dev/null || { echo "suites: unknown suite $s" >&2; exit 2; }
+  echo "=== testhost suite $s"
+  t0=$SECONDS
+  "suite_$s" 2>&1 | tee "$results/$s.log"
+  rc=${PIPESTATUS[0]}
+  if [ "$s" = cgroups ]; then
+    read -r p f k < <(grep -h -E '^[a-z_0-9]+: [0-9]+ passed' "$results/$s.log" |
+      awk '{ p += $2; f += $4; s += $6 } END { print p + 0, f + 0, s + 0 }')
+  else
+    counts=$(total_counts "$results/$s.log")
+    [ -n "$counts" ] || counts=$(tap_counts "$results/$s.log")
+    read -r p f k <<< "$counts"
+  fi
+  # A suite that failed without a failed test still counts as one failure.
+  [ "$rc" != 0 ] && [ "$f" = 0 ] && f=1
+  # A suite that skipped as a whole says so ("SKIPPED: why"): one skip.
+  [ "$p$f$k" = 000 ] && grep -q 'SKIPPED:' "$results/$s.log" && k=1
+  tp=$((tp + p)) tf=$((tf + f)) ts=$((ts + k))
+  lines+=("# testhost $s: $p passed, $f failed, $k skipped ($((SECONDS - t0))s)")
+done
+echo
+printf '%s\n' "${lines[@]}" | tee "$results/summary"
+echo "testhost: $tp passed, $tf failed, $ts skipped" | tee -a "$results/summary"
+[ "$tf" = 0 ]

@@ -1,0 +1,254 @@
+#!/usr/bin/env bats
+# VM isolation end to end: OCI bundles run inside amphi's microVM through
+# the runc command line. Needs a /dev/kvm that runs stock kernels, so CI
+# runs it inside the nested test host (tests/vm/run-tests.sh); elsewhere
+# every test says why it skips.
+#
+# AMPHI: a static amphi with a static amphi-agent beside it (what
+# scripts/setup.sh installs, or tests/vm/build-static.sh builds).
+
+bats_require_minimum_version 1.5.0
+
+setup_file() {
+  export AMPHI=${AMPHI:-$(command -v amphi)}
+  [ -x "$AMPHI" ] || skip "amphi is not installed (scripts/setup.sh)"
+  export REPO=$(cd "$BATS_TEST_DIRNAME/../.." && pwd)
+  export ROOT=$(mktemp -d /tmp/amphi-vmc-root.XXXXXX)
+  export WORK=$(mktemp -d /tmp/amphi-vmc-work.XXXXXX)
+}
+
+teardown_file() {
+  for id in $("$AMPHI" --root "$ROOT" list -q 2>/dev/null); do
+    "$AMPHI" --root "$ROOT" delete --force "$id" >/dev/null 2>&1 || true
+  done
+  rm -rf "$ROOT" "$WORK"
+}
+
+setup() {
+  if [ -e /sys/module/kvm_pvm ] || ! grep -qwE 'vmx|svm' /proc/cpuinfo || [ ! -c /dev/kvm ]; then
+    skip "no /dev/kvm that runs stock kernels here (run through tests/vm/run-tests.sh)"
+  fi
+}
+
+A() { "$AMPHI" --root "$ROOT" "$@"; }
+
+# What a `run` gave, shown by bats when the test fails.
+trace() { echo "status=$status"; echo "output=$output"; [ -z "${stderr:-}" ] || echo "stderr=$stderr"; }
+
+# mkbundle NAME JQ-FILTER: a copy of bundles/hello in VM isolation, with its
+# config.json passed through the jq filter; prints the bundle path.
+mkbundle() {
+  local b=$WORK/$1
+  rm -rf "$b"; mkdir -p "$b"
+  cp -a "$REPO/bundles/hello/rootfs" "$b/rootfs"
+  jq '.annotations["run.amphi.isolation"] = "vm" | .root.readonly = false | '"$2" \
+    "$REPO/bundles/hello/config.json" > "$b/config.json"
+  echo "$b"
+}
+
+args() { # JSON array of the process arguments ("--": jq would take "-c" for itself)
+  jq -cn '$ARGS.positional' --args -- "$@"
+}
+
+# Nothing of container ID is left: no state, no process, no cgroup.
+nothing_left() {
+  [ ! -e "$ROOT/$1" ]
+  ! pgrep -f "amphi-vmc.*$1" >/dev/null
+  [ -z "$(find /sys/fs/cgroup -maxdepth 3 -name "amphi-$1" 2>/dev/null)" ]
+}
+
+@test "run: the workload's output and exit code come back" {
+  b=$(mkbundle out ".process.args = $(args /bin/sh -c 'echo out; echo err >&2; exit 7')")
+  run --separate-stderr A run --bundle "$b" vmc-out
+  trace
+  [ "$status" -eq 7 ]
+  [ "$output" = out ]
+  [ "$stderr" = err ]
+  nothing_left vmc-out
+}
+
+@test "run: the guest is a VM with its own kernel" {
+  b=$(mkbundle kern ".process.args = $(args /bin/sh -c 'uname -r; cat /proc/1/cmdline | tr "\0" " "')")
+  run A run --bundle "$b" vmc-kern
+  trace
+  [ "$status" -eq 0 ]
+  [[ "${lines[0]}" == *cloud-amd64 ]]
+}
+
+@test "a file the workload writes appears in the host's rootfs" {
+  b=$(mkbundle write ".process.args = $(args /bin/sh -c 'echo written-in-vm > /tmp/from-guest')")
+  run A run --bundle "$b" vmc-write
+  trace
+  [ "$status" -eq 0 ]
+  [ "$(cat "$b/rootfs/tmp/from-guest")" = written-in-vm ]
+}
+
+@test "a bind-mounted host directory is readable and writable" {
+  mkdir -p "$WORK/vol"; echo from-host > "$WORK/vol/in"
+  b=$(mkbundle bind ".process.args = $(args /bin/sh -c 'cat /data/in; echo from-guest > /data/out') |
+      .mounts += [{destination: \"/data\", type: \"bind\", source: \"$WORK/vol\", options: [\"rbind\", \"rw\"]}]")
+  run A run --bundle "$b" vmc-bind
+  trace
+  [ "$status" -eq 0 ]
+  [ "$output" = from-host ]
+  [ "$(cat "$WORK/vol/out")" = from-guest ]
+}
+
+@test "a read-only rootfs stays read-only in the guest" {
+  b=$(mkbundle ro ".root.readonly = true | .process.args = $(args /bin/sh -c 'touch /x 2>&1; echo rc=$?')")
+  run A run --bundle "$b" vmc-ro
+  trace
+  [[ "$output" == *"Read-only file system"* ]]
+  [[ "$output" == *"rc=1"* ]]
+  [ ! -e "$b/rootfs/x" ]
+}
+
+@test "stdin reaches the workload and EOF ends it" {
+  b=$(mkbundle stdin ".process.args = $(args /bin/sh -c 'tr a-z A-Z')")
+  run bash -c "printf 'piped through\n' | '$AMPHI' --root '$ROOT' run --bundle '$b' vmc-stdin"
+  trace
+  [ "$status" -eq 0 ]
+  [ "$output" = "PIPED THROUGH" ]
+}
+
+@test "create, start, state, kill, delete: the same state machine" {
+  b=$(mkbundle life ".process.args = $(args /bin/sleep 1000)")
+  A create --bundle "$b" vmc-life </dev/null >/dev/null 2>&1
+  run A state vmc-life
+  trace
+  [ "$(echo "$output" | jq -r .status)" = created ]
+  pid=$(echo "$output" | jq -r .pid)
+  [ "$pid" -gt 0 ]
+  A start vmc-life
+  [ "$(A state vmc-life | jq -r .status)" = running ]
+  A kill vmc-life KILL
+  for _ in $(seq 100); do [ "$(A state vmc-life | jq -r .status)" = stopped ] && break; sleep 0.1; done
+  [ "$(A state vmc-life | jq -r .status)" = stopped ]
+  A delete vmc-life
+  nothing_left vmc-life
+}
+
+@test "SIGTERM to a foreground run reaches the workload" {
+  b=$(mkbundle term ".process.args = $(args /bin/sh -c 'trap "echo got-term; exit 3" TERM; echo ready; while :; do sleep 0.1; done')")
+  "$AMPHI" --root "$ROOT" run --bundle "$b" vmc-term > "$WORK/term.out" 2>&1 &
+  runner=$!
+  for _ in $(seq 200); do grep -q ready "$WORK/term.out" && break; sleep 0.1; done
+  kill -TERM $runner
+  wait $runner || rc=$?
+  [ "${rc:-0}" -eq 3 ]
+  grep -q got-term "$WORK/term.out"
+}
+
+@test "a workload killed by a signal is reported as 128+N" {
+  # (A container's init cannot SIGKILL itself: it is PID 1 of its pid
+  # namespace, in the VM as on a host. The signal comes from outside.)
+  b=$(mkbundle sig ".process.args = $(args /bin/sh -c 'echo ready; exec sleep 1000')")
+  "$AMPHI" --root "$ROOT" run --bundle "$b" vmc-sig > "$WORK/sig.out" 2>&1 &
+  runner=$!
+  for _ in $(seq 200); do grep -q ready "$WORK/sig.out" && break; sleep 0.1; done
+  A kill vmc-sig KILL
+  wait $runner || rc=$?
+  [ "${rc:-0}" -eq 137 ]
+  nothing_left vmc-sig
+}
+
+@test "delete --force of a running VM and of a SIGKILLed VMM leaves nothing" {
+  b=$(mkbundle force ".process.args = $(args /bin/sleep 1000)")
+  A run -d --bundle "$b" vmc-force </dev/null >/dev/null 2>&1
+  A delete --force vmc-force
+  nothing_left vmc-force
+  A run -d --bundle "$b" vmc-force2 </dev/null >/dev/null 2>&1
+  kill -9 "$(A state vmc-force2 | jq -r .pid)"
+  sleep 0.5
+  [ "$(A state vmc-force2 | jq -r .status)" = stopped ]
+  A delete --force vmc-force2
+  nothing_left vmc-force2
+}
+
+@test "a terminal works with run in the foreground" {
+  b=$(mkbundle tty ".process.terminal = true | .process.args = $(args /bin/sh -c 'tty; stty size')")
+  run script -qec "stty rows 33 cols 101; '$AMPHI' --root '$ROOT' run --bundle '$b' vmc-tty" /dev/null
+  trace
+  [ "$status" -eq 0 ]
+  [[ "$output" == */dev/pts/* ]]
+  [[ "$output" == *"33 101"* ]]
+}
+
+@test "bad VM settings are refused at create and leave nothing" {
+  b=$(mkbundle bad '.annotations["run.amphi.vm.memory"] = "0"')
+  run A create --bundle "$b" vmc-bad
+  trace
+  [ "$status" -eq 5 ]
+  [[ "$output" == *run.amphi.vm.memory* ]]
+  b=$(mkbundle bad2 '.annotations["run.amphi.vm.kernel"] = "/no/such/kernel"')
+  run A create --bundle "$b" vmc-bad
+  trace
+  [ "$status" -eq 5 ]
+  [[ "$output" == */no/such/kernel* ]]
+  b=$(mkbundle bad3 '.annotations["run.amphi.vm.cpus"] = "999"')
+  run A create --bundle "$b" vmc-bad
+  trace
+  [ "$status" -eq 5 ]
+  nothing_left vmc-bad
+}
+
+@test "an error inside the guest reaches create with its cause" {
+  b=$(mkbundle missing ".process.args = $(args /no/such/program)")
+  run A run --bundle "$b" vmc-missing
+  trace
+  [ "$status" -ne 0 ]
+  [[ "$output" == *"/no/such/program"* ]]
+  nothing_left vmc-missing
+}
+
+@test "exec runs a process in the running VM container, with its own exit code" {
+  b=$(mkbundle exec ".process.args = $(args /bin/sleep 1000)")
+  A run -d --bundle "$b" vmc-exec </dev/null >/dev/null 2>&1
+  run --separate-stderr A exec vmc-exec /bin/sh -c 'echo in-guest $(hostname); echo to-stderr >&2; exit 5'
+  trace
+  [ "$status" -eq 5 ]
+  [ "$output" = "in-guest hello" ]
+  [ "$stderr" = to-stderr ]
+  run bash -c "echo via-stdin | '$AMPHI' --root '$ROOT' exec vmc-exec /bin/cat"
+  trace
+  [ "$output" = via-stdin ]
+  run script -qec "stty rows 21 cols 77; '$AMPHI' --root '$ROOT' exec -t vmc-exec /bin/sh -c 'tty; stty size'" /dev/null
+  trace
+  [ "$status" -eq 0 ]
+  [[ "$output" == */dev/pts/* ]]
+  [[ "$output" == *"21 77"* ]]
+  A exec -d --pid-file "$WORK/exec.pid" vmc-exec /bin/sleep 1000 </dev/null >/dev/null 2>&1
+  relay=$(cat "$WORK/exec.pid")
+  kill -0 "$relay"
+  kill -TERM "$relay"
+  for _ in $(seq 100); do kill -0 "$relay" 2>/dev/null || break; sleep 0.1; done
+  ! kill -0 "$relay" 2>/dev/null
+  A delete --force vmc-exec
+  nothing_left vmc-exec
+}
+
+@test "ps, pause, resume, update and events --stats reach the guest" {
+  b=$(mkbundle ops ".process.args = $(args /bin/sh -c 'sleep 1000 & exec sleep 999')")
+  A run -d --bundle "$b" vmc-ops </dev/null >/dev/null 2>&1
+  run A ps --format json vmc-ops
+  trace
+  [ "$status" -eq 0 ]
+  [ "$(echo "$output" | jq length)" -eq 2 ]
+  run A ps vmc-ops
+  trace
+  [[ "${lines[0]}" == *PID*CMD* ]]
+  [[ "$output" == *"sleep 999"* ]]
+  A pause vmc-ops
+  [ "$(A state vmc-ops | jq -r .status)" = paused ]
+  A resume vmc-ops
+  [ "$(A state vmc-ops | jq -r .status)" = running ]
+  A update --pids-limit 50 vmc-ops
+  run A events --stats vmc-ops
+  trace
+  [ "$status" -eq 0 ]
+  [ "$(echo "$output" | jq -r .type)" = stats ]
+  [ "$(echo "$output" | jq -r .data.pids.limit)" = 50 ]
+  [ "$(echo "$output" | jq -r .data.pids.current)" -ge 2 ]
+  A delete --force vmc-ops
+  nothing_left vmc-ops
+}
