@@ -10,7 +10,7 @@
 //! guest printed last (what a failure report quotes), and the cost is
 //! one extra copy of each byte past the head. Nothing is kept in memory.
 
-use std::fs::File;
+use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
@@ -42,11 +42,14 @@ pub struct CappedLog {
 }
 
 impl CappedLog {
-    /// Creates (truncates) `path`.
+    /// Creates (truncates) `path`. It is opened for reading too: cutting
+    /// the tail back reads it.
     pub fn create(path: &Path, head: u64, tail: u64) -> io::Result<Self> {
-        Ok(Self::new(File::create(path)?, head, tail))
+        let file = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(path)?;
+        Ok(Self::new(file, head, tail))
     }
 
+    /// `file` must be empty and open for reading and writing.
     pub fn new(file: File, head: u64, tail: u64) -> Self {
         CappedLog { file, head, tail: tail.max(1), len: 0, tail_start: None, dropped: 0 }
     }
