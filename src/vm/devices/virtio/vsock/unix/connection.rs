@@ -416,7 +416,11 @@ impl<S: HostStream> VsockConnection<S> {
             }
             return None;
         }
-        let room = pkt.data_slice().map_or(0, |d| d.len()).min(credit as usize);
+        // A one-descriptor RX buffer may be as large as guest memory (the
+        // packet parser bounds only a separate data descriptor), and the
+        // credit is the guest's to set: the host buffer is sized by
+        // neither beyond one packet's worth.
+        let room = pkt.data_slice().map_or(0, |d| d.len()).min(credit as usize).min(MAX_PKT_DATA as usize);
         if room == 0 {
             return None;
         }
@@ -635,6 +639,30 @@ pub(crate) mod tests {
         c.send_pkt(&TestPkt::guest(OP_RW, 1024, 1 << 30, 0, b"early").pkt());
         assert!(c.recv_pkt(&mut out.pkt()));
         assert_eq!(out.pkt().op(), OP_RST);
+    }
+
+    /// An RX buffer of 1 MiB in one descriptor and all the credit there
+    /// is: the host reads at most one packet's worth (MAX_PKT_DATA) into
+    /// a buffer of that size, not whatever the guest offers.
+    #[test]
+    fn a_huge_rx_buffer_gets_one_packet_of_data() {
+        let (mut c, b) = established();
+        let mut upd = TestPkt::guest(OP_CREDIT_UPDATE, 1024, 1 << 30, 0, &[]);
+        upd.pkt().set_buf_alloc(u32::MAX);
+        c.send_pkt(&upd.pkt());
+        let block = vec![9u8; 256 * 1024];
+        let mut sent = 0;
+        while let Ok(n) = (&b).write(&block) {
+            sent += n;
+            if sent >= 2 << 20 {
+                break;
+            }
+        }
+        c.notify(EventSet::IN);
+        let mut out = TestPkt::new(1 << 20);
+        assert!(c.recv_pkt(&mut out.pkt()));
+        assert_eq!(out.pkt().op(), OP_RW);
+        assert_eq!(out.pkt().len(), MAX_PKT_DATA.min(sent as u32));
     }
 
     #[test]
