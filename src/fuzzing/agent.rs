@@ -5,10 +5,8 @@
 use std::io::{Read, Write};
 
 use super::Input;
-use crate::agent::{
-    classify_bad_request, read_frame, Client, Request, RequestEnvelope, ResponseEnvelope,
-    MAX_FRAME_LEN,
-};
+use crate::agent::message::classify_bad_request;
+use crate::agent::{read_frame, Client, Request, RequestEnvelope, ResponseEnvelope, MAX_FRAME_LEN};
 
 /// A stream that hands out its bytes in pieces of the sizes given, as a
 /// socket may; writes are kept.
@@ -81,7 +79,8 @@ fn host_side(stream: Chunked<'_>) {
 pub fn frames(data: &[u8]) {
     let mut input = Input::new(data);
     let mode = input.u8();
-    let sizes = input.bytes(usize::from(input_len_byte(&mut input)));
+    let n_sizes = usize::from(input.u8() % 16);
+    let sizes = input.bytes(n_sizes);
     let rest = input.bytes(usize::MAX);
     let stream = || Chunked { data: rest, sizes, turn: 0, written: Vec::new() };
     match mode % 3 {
@@ -93,8 +92,4 @@ pub fn frames(data: &[u8]) {
             let _ = serde_json::from_slice::<ResponseEnvelope>(rest).map(|r| r.into_result());
         }
     }
-}
-
-fn input_len_byte(input: &mut Input<'_>) -> u8 {
-    input.u8() % 16
 }

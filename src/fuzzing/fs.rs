@@ -215,7 +215,12 @@ impl Harness {
                 let cut = u32::from(input.u16()) % n.max(1);
                 self.drivers[q].add(
                     &self.mem,
-                    &[(inp, cut, 0), (inp + u64::from(cut), n - cut, 0), (out, reply / 2, F_WRITE), (out, reply, F_WRITE)],
+                    &[
+                        (inp, cut, 0),
+                        (inp + u64::from(cut), n - cut, 0),
+                        (out, reply / 2, F_WRITE),
+                        (out, reply, F_WRITE),
+                    ],
                 );
             }
             3 => {

@@ -1,6 +1,7 @@
 //! The guest image's parsers and writer: a kernel module's `.modinfo`
-//! (any bytes as an ELF file), and the newc cpio writer, whose output
-//! must read back entry for entry through a strict newc reader.
+//! (any bytes as an ELF file), and newc cpio: any bytes through the strict
+//! newc reader, and archives the writer builds from the input, which must
+//! read back entry for entry.
 
 use std::path::Path;
 
@@ -17,6 +18,13 @@ pub fn modinfo(data: &[u8]) {
 }
 
 pub fn cpio(data: &[u8]) {
+    // The reader on raw bytes: an error or entries, never a panic; what it
+    // accepts is made of entries the writer would write the same way.
+    if let Ok(entries) = cpio::parse(data) {
+        for e in &entries {
+            assert!(!e.name.is_empty() && !e.name.contains('\0'), "entry name {:?}", e.name);
+        }
+    }
     let mut input = Input::new(data);
     let mut w = CpioWriter::new();
     let mut want = Vec::new();

@@ -112,16 +112,8 @@ impl Harness {
         listener.set_nonblocking(true).ok()?;
         let dev = Vsock::new(GUEST_CID, muxer).ok()?;
         let queues = QUEUE_AT.map(|at| GuestQueue { at, next_desc: 0, avail_idx: 0 });
-        let mut h = Harness {
-            mem,
-            dev,
-            queues,
-            next_buf: DATA_START,
-            dir,
-            listener,
-            hosts: Vec::new(),
-            peers: Vec::new(),
-        };
+        let mut h =
+            Harness { mem, dev, queues, next_buf: DATA_START, dir, listener, hosts: Vec::new(), peers: Vec::new() };
         h.activate();
         Some(h)
     }

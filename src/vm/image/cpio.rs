@@ -97,7 +97,8 @@ pub fn parse(archive: &[u8]) -> Result<Vec<Entry>, String> {
         };
         let (mode, size, namesize) = (field(1)?, field(6)? as usize, field(11)? as usize);
         let rdev = (field(9)?, field(10)?);
-        if namesize == 0 {
+        // The name's NUL is counted: 1 would be an empty name.
+        if namesize < 2 {
             return Err(format!("empty name at {off}"));
         }
         let name = archive.get(off + 110..off + 110 + namesize).ok_or("truncated name")?;
@@ -137,7 +138,10 @@ mod tests {
         assert_eq!(e.len(), 4);
         assert_eq!((e[0].name.as_str(), e[0].mode), ("dev", S_IFDIR | 0o755));
         assert_eq!((e[1].name.as_str(), e[1].mode, e[1].rdev), ("dev/console", S_IFCHR | 0o600, (5, 1)));
-        assert_eq!((e[2].name.as_str(), e[2].mode, e[2].data.as_slice()), ("init", S_IFREG | 0o755, &b"\x7fELF123"[..]));
+        assert_eq!(
+            (e[2].name.as_str(), e[2].mode, e[2].data.as_slice()),
+            ("init", S_IFREG | 0o755, &b"\x7fELF123"[..])
+        );
         assert_eq!(e[3].data.len(), 0);
     }
 
