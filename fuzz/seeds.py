@@ -40,6 +40,14 @@ full["linux"] = {"namespaces": [{"type": "pid"}, {"type": "mount"}, {"type": "us
                  "readonlyPaths": ["/proc/sys"], "seccomp": {"defaultAction": "SCMP_ACT_ALLOW",
                  "syscalls": [{"names": ["ptrace"], "action": "SCMP_ACT_ERRNO"}]}}
 put("spec_config", "full.json", json.dumps(full))
+# The VM isolation's annotations and the resources its size comes from.
+vmfull = dict(full, annotations={"run.amphi.isolation": "vm", "run.amphi.vm.memory": "256",
+                                 "run.amphi.vm.cpus": "1", "run.amphi.vm.boot_timeout": "30"})
+vmfull["linux"] = dict(full["linux"], resources={"memory": {"limit": 268435456},
+                                                 "cpu": {"quota": 150000, "period": 100000, "cpus": "0-3,6"}})
+vmfull["mounts"] = full["mounts"] + [{"destination": "/data", "type": "bind", "source": "/tmp",
+                                      "options": ["rbind", "ro"]}]
+put("spec_config", "vm-full.json", json.dumps(vmfull))
 
 
 # agent_frames: mode, chunk-size count, chunk sizes, then the stream.
