@@ -34,12 +34,7 @@ pub const MAX_LINE: usize = 1024;
 
 impl ConsoleWatcher {
     pub fn new(notify: Arc<dyn Fn(ConsoleEvent) + Send + Sync>) -> Self {
-        ConsoleWatcher {
-            line: Vec::with_capacity(MAX_LINE),
-            notify,
-            listening_seen: false,
-            panic_seen: false,
-        }
+        ConsoleWatcher { line: Vec::with_capacity(MAX_LINE), notify, listening_seen: false, panic_seen: false }
     }
 
     pub fn feed(&mut self, bytes: &[u8]) {

@@ -14,11 +14,11 @@ use std::time::Duration;
 
 use fuse_backend_rs::abi::fuse_abi::{stat64, statvfs64, CreateIn};
 use fuse_backend_rs::abi::virtio_fs::RemovemappingOne;
-use fuse_backend_rs::api::server::MAX_BUFFER_SIZE;
 use fuse_backend_rs::api::filesystem::{
     Context, DirEntry, Entry, FileSystem, FsOptions, GetxattrReply, ListxattrReply, OpenOptions, SetattrValid,
     ZeroCopyReader, ZeroCopyWriter,
 };
+use fuse_backend_rs::api::server::MAX_BUFFER_SIZE;
 use fuse_backend_rs::passthrough::{CachePolicy, Config, PassthroughFs};
 use fuse_backend_rs::transport::FsCacheReqHandler;
 

@@ -14,9 +14,9 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use fuse_backend_rs::abi::fuse_abi::{
-    AttrOut, CreateIn, EntryOut, GetattrIn, GetxattrIn, InHeader, InitIn, IoctlIn, InitOut, MkdirIn, Opcode, OpenIn, OpenOut,
-    OutHeader, ReadIn, ReleaseIn, SetattrIn, SetxattrIn, WriteIn, WriteOut, KERNEL_MINOR_VERSION, KERNEL_VERSION,
-    ROOT_ID,
+    AttrOut, CreateIn, EntryOut, GetattrIn, GetxattrIn, InHeader, InitIn, InitOut, IoctlIn, MkdirIn, Opcode, OpenIn,
+    OpenOut, OutHeader, ReadIn, ReleaseIn, SetattrIn, SetxattrIn, WriteIn, WriteOut, KERNEL_MINOR_VERSION,
+    KERNEL_VERSION, ROOT_ID,
 };
 use fuse_vm_memory::ByteValued;
 use virtio_bindings::bindings::virtio_ring::{VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
