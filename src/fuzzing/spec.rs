@@ -23,7 +23,10 @@ pub fn config_json(data: &[u8]) {
         if let Ok(size) = plan::size(&spec, host_cpus) {
             assert!(size.vcpus >= 1 && u64::from(size.vcpus) <= host_cpus, "{} vCPUs on {host_cpus}", size.vcpus);
             assert!(size.memory_mib >= plan::MIN_MEMORY_MIB, "{} MiB", size.memory_mib);
-            let _ = plan::host_resources(&spec, &size);
+            let host = plan::host_resources(&spec, &size);
+            if let Some(limit) = host["memory"]["limit"].as_i64() {
+                assert!(limit > 0, "the VMM's cgroup gets a memory limit of {limit}");
+            }
             let _ = plan::host_resources_typed(&spec, &size);
         }
     }
