@@ -48,6 +48,8 @@ const MAX_CONNECT_LINE: usize = 32;
 /// can be made to buffer at 64 MiB (reached only when that many host
 /// peers all stop reading).
 pub const MAX_CONNECTIONS: usize = 256;
+/// Rounds of 32 epoll events one `notify` handles at most.
+const NOTIFY_ROUNDS: usize = 8;
 /// RSTs for packets that matched no connection, waiting for the guest to
 /// post RX buffers. Each distinct (host port, guest port) pair is queued
 /// once; past this many, further RSTs are dropped.
@@ -428,7 +430,11 @@ impl VsockBackend for VsockMuxer {
 
     fn notify(&mut self, _events: EventSet) {
         let mut events = vec![EpollEvent::default(); 32];
-        loop {
+        // A bounded number of rounds: an fd that stays ready after it was
+        // handled (a listener out of fds, say) must not keep this call
+        // going; the muxer's own fd is level-triggered, so whatever is left
+        // brings the event loop back after its other events.
+        for _ in 0..NOTIFY_ROUNDS {
             let n = match self.epoll.wait(0, &mut events) {
                 Ok(n) => n,
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
