@@ -88,6 +88,8 @@ for t in "${targets[@]}"; do
   rm -rf "$seeds"
   mkdir -p "$seeds"
   cp "$here/corpus/$t"/* "$seeds"/
+  # Inputs that once broke something stay in the mix.
+  if [ -d "$here/regressions/$t" ]; then cp "$here/regressions/$t"/* "$seeds"/; fi
   if [ -d "$out/default/queue" ]; then
     find "$out/default/queue" -maxdepth 1 -type f -name 'id:*' -size -64k -exec cp {} "$seeds"/ \; 2>/dev/null
   fi
@@ -95,10 +97,15 @@ for t in "${targets[@]}"; do
   dict=()
   [ -f "$here/dict/$t.dict" ] && dict=(-x "$here/dict/$t.dict")
   say "$t: ${secs}s"
-  AFL_FORKSRV_INIT_TMOUT=20000 timeout $((secs + 120)) \
+  # The harnesses' temporary directories: an input AFL kills on a timeout
+  # cannot remove its own, so they all go in one place, emptied after.
+  rm -rf "$out/tmp"
+  mkdir -p "$out/tmp"
+  TMPDIR=$out/tmp AFL_FORKSRV_INIT_TMOUT=20000 timeout $((secs + 120)) \
     nice cargo afl fuzz -i "$seeds" -o "$out" -V "$secs" -t "$timeout_ms" "${dict[@]}" -- "$here/target/release/$t" \
     >"$out/afl.log" 2>&1
   rc=$?
+  rm -rf "$out/tmp"
   stats=$out/default/fuzzer_stats
   if [ ! -f "$stats" ]; then
     echo "fuzz: $t did not start (rc $rc); the end of $out/afl.log:" >&2

@@ -10,7 +10,8 @@ pub mod agent;
 pub mod container;
 pub mod exit;
 pub mod features;
-#[cfg(feature = "fuzzing")]
+// The fuzz harnesses; the unit tests replay the corpora through them.
+#[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;
 pub mod isolation;
 pub mod linux;

@@ -6,7 +6,10 @@
 //!
 //! They live in the library rather than in the fuzz crate because they
 //! reach crate-internal state (a device's queues, the muxer's limits)
-//! without making it public.
+//! without making it public. The unit tests below replay every seed
+//! (`fuzz/corpus/<target>/`) and every input that once broke something
+//! (`fuzz/regressions/<target>/`) through the harnesses, so the unit tier
+//! keeps the fixes without a fuzzer.
 
 pub mod agent;
 pub mod fs;
@@ -61,5 +64,67 @@ impl<'a> Input<'a> {
     /// One of `choices`, picked by the next byte.
     pub fn pick<T: Copy>(&mut self, choices: &[T]) -> T {
         choices[usize::from(self.u8()) % choices.len()]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    /// The seeds and regression inputs of `target`, by file name.
+    fn inputs(target: &str) -> Vec<(String, Vec<u8>)> {
+        let fuzz = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz");
+        let mut out = Vec::new();
+        for dir in ["corpus", "regressions"] {
+            let Ok(entries) = std::fs::read_dir(fuzz.join(dir).join(target)) else { continue };
+            for e in entries.flatten() {
+                out.push((
+                    format!("{dir}/{target}/{}", e.file_name().to_string_lossy()),
+                    std::fs::read(e.path()).unwrap(),
+                ));
+            }
+        }
+        out.sort();
+        out
+    }
+
+    fn replay(target: &str, harness: fn(&[u8])) {
+        let inputs = inputs(target);
+        assert!(!inputs.is_empty(), "fuzz/corpus/{target} has no seeds");
+        for (name, data) in inputs {
+            // Shown with the panic, should one input break the harness.
+            println!("replaying fuzz/{name}");
+            harness(&data);
+        }
+    }
+
+    #[test]
+    fn spec_config_inputs_replay() {
+        replay("spec_config", super::spec::config_json);
+    }
+
+    #[test]
+    fn agent_frames_inputs_replay() {
+        replay("agent_frames", super::agent::frames);
+    }
+
+    #[test]
+    fn vsock_device_inputs_replay() {
+        replay("vsock_device", super::vsock::device);
+    }
+
+    #[test]
+    fn virtio_fs_inputs_replay() {
+        replay("virtio_fs", super::fs::requests);
+    }
+
+    #[test]
+    fn modinfo_inputs_replay() {
+        replay("modinfo", super::image::modinfo);
+    }
+
+    #[test]
+    fn cpio_inputs_replay() {
+        replay("cpio", super::image::cpio);
     }
 }
