@@ -41,7 +41,9 @@ declare -A result=()
 order=()
 tp=0 tf=0 ts=0 tk=0
 
-# verdict LOG STATUS SECONDS: "PASS (...)", "FAIL (...)" or "SKIP (reason)".
+# verdict LOG STATUS SECONDS: sets V to "PASS (...)", "FAIL (...)" or
+# "SKIP (reason)" and adds the counts to the totals (not in a subshell, or
+# the totals would be lost).
 # Counts come from the log's last "N passed, M failed[, K skipped]" line,
 # else from TAP lines (bats); a skip's reason from its first "SKIPPED: why"
 # (or TAP "# skip why").
@@ -59,11 +61,11 @@ verdict() {
     if [ "$rc" = 0 ]; then tk=$((tk + f)); else tf=$((tf + f)); fi
   fi
   if [ "$rc" = 0 ] && [ -n "$counts" ] && [ "$p" = 0 ] && [ "$f" = 0 ] && { [ "${k:-0}" -gt 0 ] || [ -n "$reason" ]; }; then
-    echo "SKIP (${reason:-no reason given}; ${secs}s)"
+    V="SKIP (${reason:-no reason given}; ${secs}s)"
     return
   fi
   if [ "$rc" = 0 ] && [ -z "$counts" ] && [ -n "$reason" ]; then
-    echo "SKIP ($reason; ${secs}s)"
+    V="SKIP ($reason; ${secs}s)"
     return
   fi
   what=
@@ -75,7 +77,7 @@ verdict() {
     [ "${k:-0}" != 0 ] && what="$what, $k skipped"
     what="$what, "
   fi
-  if [ "$rc" = 0 ]; then echo "PASS (${what}${secs}s)"; else echo "FAIL (${what}${secs}s)"; fi
+  if [ "$rc" = 0 ]; then V="PASS (${what}${secs}s)"; else V="FAIL (${what}${secs}s)"; fi
 }
 
 run_tier() { # name, command...
@@ -86,7 +88,8 @@ run_tier() { # name, command...
   echo "=== tier $name: $*"
   "$@" 2>&1 | tee "$log/$name.log"
   rc=${PIPESTATUS[0]}
-  result[$name]=$(verdict "$log/$name.log" "$rc" $((SECONDS - t0)))
+  verdict "$log/$name.log" "$rc" $((SECONDS - t0))
+  result[$name]=$V
 }
 want() { [[ " ${tiers[*]} " == *" $1 "* ]]; }
 

@@ -3,7 +3,7 @@
 # counted as skipped, not passed (libtest alone counts it as passed).
 #
 # Usage: tests/cargo-test.sh NAME [CARGO_TEST_ARGS...] [-- LIBTEST_ARGS...]
-# Runs `cargo test -q CARGO_TEST_ARGS -- --show-output LIBTEST_ARGS`, keeps
+# Runs `cargo test -q --no-fail-fast CARGO_TEST_ARGS -- --show-output LIBTEST_ARGS`, keeps
 # its whole output in $CARGO_TEST_LOG (default: a temporary file, removed
 # unless something failed), and prints cargo's progress and errors, the
 # failures, each skipped test with its reason, and a last line
@@ -22,7 +22,7 @@ done
 log=${CARGO_TEST_LOG:-}
 keep=1
 [ -n "$log" ] || { log=$(mktemp /tmp/amphi-cargo-test.XXXXXX); keep=0; }
-cargo test -q "${cargo_args[@]}" -- --show-output ${test_args[@]+"${test_args[@]}"} > "$log" 2>&1
+cargo test -q --no-fail-fast "${cargo_args[@]}" -- --show-output ${test_args[@]+"${test_args[@]}"} > "$log" 2>&1
 rc=$?
 # What a reader needs: compiler and cargo messages, failures, the per-binary
 # result lines; not the output of every passing test.

@@ -164,8 +164,15 @@ fn exec_does_not_leak_host_fds_but_keeps_preserved_ones() {
         let mut cmd = r.a.cmd();
         cmd.arg("exec").args(extra).args([&r.id, "/bin/sh", "-c", "ls /proc/self/fd | sort -n | tr '\\n' ' '"]);
         let onto_fd3 = move || {
-            // SAFETY: dup2 of an open fd, in the pre-exec child: async-signal-safe.
-            if unsafe { libc::dup2(raw, 3) } < 0 {
+            // dup2 onto itself would keep close-on-exec: clear the flag then.
+            let r = if raw == 3 {
+                // SAFETY: F_SETFD on an open fd, in the pre-exec child: async-signal-safe.
+                unsafe { libc::fcntl(3, libc::F_SETFD, 0) }
+            } else {
+                // SAFETY: dup2 of an open fd, in the pre-exec child: async-signal-safe.
+                unsafe { libc::dup2(raw, 3) }
+            };
+            if r < 0 {
                 return Err(std::io::Error::last_os_error());
             }
             Ok(())
@@ -461,6 +468,8 @@ fn exec_into_a_container_with_a_user_namespace() {
     let mut b = Bundle::new(&["/bin/sleep", "600"]);
     std::process::Command::new("chown").args(["-R", "100000:100000"]).arg(b.rootfs()).status().unwrap();
     std::process::Command::new("chmod").arg("755").arg(b.path()).status().unwrap();
+    // A user other than the namespace's root writes to /tmp.
+    std::process::Command::new("chmod").arg("1777").arg(b.rootfs().join("tmp")).status().unwrap();
     b.edit(|c| {
         c["linux"]["namespaces"].as_array_mut().unwrap().push(serde_json::json!({"type": "user"}));
         c["linux"]["uidMappings"] = serde_json::json!([{"containerID": 0, "hostID": 100000, "size": 65536}]);

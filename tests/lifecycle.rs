@@ -645,3 +645,18 @@ fn a_refused_seccomp_profile_leaves_no_cgroups() {
     assert!(a.leftovers().is_empty());
     assert!(cgroups_of(&id).is_empty(), "cgroups left: {:?}", cgroups_of(&id));
 }
+
+#[test]
+#[ignore = "needs root and busybox-static: run by scripts/test.sh"]
+fn the_state_names_the_isolation_that_runs_when_the_flag_overrides_the_annotation() {
+    require_root!();
+    let a = Amphi::new();
+    let mut b = Bundle::new(&["/bin/sleep", "60"]);
+    b.edit(|c| c["annotations"] = serde_json::json!({"run.amphi.isolation": "vm", "other": "kept"}));
+    let id = unique_id("isoflag");
+    a.ok(&["--isolation", "container", "create", "--bundle", b.path().to_str().unwrap(), &id]);
+    let state = a.state(&id);
+    a.ok(&["delete", "--force", &id]);
+    assert_eq!(state["annotations"]["run.amphi.isolation"], "container", "{state}");
+    assert_eq!(state["annotations"]["other"], "kept", "{state}");
+}

@@ -16,7 +16,7 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -170,7 +170,7 @@ impl Containers {
             .map_err(|e| setup(format!("cannot write the guest config.json: {e}")))?;
 
         let streams = self.sessions.take(&req.stdio.session, &req.stdio.streams, STDIO_WAIT)?;
-        let (stdio, child_fds) = prepare_stdio(&id, streams, req.stdio.terminal())?;
+        let (stdio, child_fds) = prepare_stdio(streams, req.stdio.terminal())?;
         let mut args: Vec<String> = vec!["runtime".into(), "create".into(), "--bundle".into()];
         args.push(bundle.display().to_string());
         if let Some((_, path)) = &stdio.console {
@@ -338,7 +338,7 @@ impl Containers {
         std::fs::write(&process, serde_json::to_vec(&req.process).map_err(|e| setup(e.to_string()))?)
             .map_err(|e| setup(format!("cannot write the process file: {e}")))?;
         let streams = self.sessions.take(&req.stdio.session, &req.stdio.streams, STDIO_WAIT)?;
-        let (stdio, child_fds) = prepare_stdio(&format!("{}-{}", req.id, req.exec_id), streams, req.stdio.terminal())?;
+        let (stdio, child_fds) = prepare_stdio(streams, req.stdio.terminal())?;
         let mut args: Vec<String> = vec!["runtime".into(), "exec".into(), "--process".into()];
         args.push(process.display().to_string());
         args.push("--pid-file".into());
@@ -445,13 +445,22 @@ pub fn set_window(fd: std::os::fd::BorrowedFd<'_>, rows: u16, cols: u16) -> nix:
     nix::errno::Errno::result(r).map(drop)
 }
 
+/// A fresh console socket path. Named by a counter, not by the ids: a
+/// container id and an exec id may each be 64 characters (podman's are),
+/// which would not fit in a socket address (108 bytes).
+fn console_socket_path() -> std::io::Result<PathBuf> {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let dir = Path::new(CONSOLE_DIR);
+    std::fs::create_dir_all(dir)?;
+    Ok(dir.join(format!("{}.sock", NEXT.fetch_add(1, Ordering::Relaxed))))
+}
+
+/// Where the agent's console sockets live (short, for the address limit).
+const CONSOLE_DIR: &str = "/run/amphi/console";
+
 /// Pipes (or a console socket) for a process's stdio: the agent's ends and
 /// the helper's fds 0, 1, 2.
-fn prepare_stdio(
-    id: &str,
-    streams: HashMap<StreamKind, File>,
-    terminal: bool,
-) -> Result<(Stdio3, [OwnedFd; 3]), AgentError> {
+fn prepare_stdio(streams: HashMap<StreamKind, File>, terminal: bool) -> Result<(Stdio3, [OwnedFd; 3]), AgentError> {
     let setup = |what: &str, e: std::io::Error| err(ErrorCode::GuestSetupFailed, format!("{what}: {e}"));
     let null = || -> Result<OwnedFd, AgentError> {
         File::options().read(true).write(true).open("/dev/null").map(OwnedFd::from).map_err(|e| setup("/dev/null", e))
@@ -459,7 +468,7 @@ fn prepare_stdio(
     let mut ends = HashMap::new();
     let mut console = None;
     let fds = if terminal {
-        let path = Path::new(GUEST_BUNDLE_DIR).join(format!("{id}.console"));
+        let path = console_socket_path().map_err(|e| setup("console socket directory", e))?;
         let _ = std::fs::remove_file(&path);
         let l = UnixListener::bind(&path).map_err(|e| setup("console socket", e))?;
         console = Some((l, path));

@@ -533,6 +533,12 @@ impl Runtime {
             )
         });
 
+        // The state says what runs: a config's isolation annotation that
+        // --isolation overrode would name the other one.
+        let mut annotations = bundle.spec.annotations().clone().unwrap_or_default();
+        if let Some(v) = annotations.get_mut(crate::spec::ISOLATION_ANNOTATION) {
+            *v = isolation.to_string();
+        }
         let mut state = State {
             oci_version: bundle.spec.version().clone(),
             id: id.to_string(),
@@ -542,7 +548,7 @@ impl Runtime {
             rootfs: bundle.rootfs.clone(),
             created: state::now_rfc3339(),
             owner: nix::unistd::geteuid().as_raw(),
-            annotations: bundle.spec.annotations().clone().unwrap_or_default(),
+            annotations,
             isolation,
             hooks: bundle.spec.hooks().clone(),
             paused: false,

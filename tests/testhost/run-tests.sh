@@ -2,10 +2,11 @@
 # The testhost tier, as CI runs it (scripts/test.sh testhost): real clients
 # and the root tests that need a pure cgroup v2 host, inside the full test
 # host (tests/testhost/test-host.sh: this machine's / over 9p, cgroup2
-# alone, /dev/kvm), with amphi in container isolation.
+# alone, /dev/kvm), in both isolations: VM isolation needs the test host's
+# /dev/kvm, which runs stock kernels where this machine's PVM one cannot.
 #
 # Usage: tests/testhost/run-tests.sh [SUITE...]
-#   suites (default: all, in this order): selfcheck podman containerd docker cgroups
+#   suites (default: all, in this order): selfcheck podman containerd docker cgroups vm
 #   (tests/testhost/suites.sh says what each runs)
 # On the host first: the static amphi, amphi-agent and containerd-shim-amphi-v2
 # ($AMPHI's directory when it holds all three static, as scripts/setup.sh
@@ -19,7 +20,7 @@ set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
 . "$repo/tests/vm/lib.sh"
-all=(selfcheck podman containerd docker cgroups)
+all=(selfcheck podman containerd docker cgroups vm)
 suites=("$@")
 [ ${#suites[@]} -gt 0 ] || suites=("${all[@]}")
 for s in "${suites[@]}"; do
@@ -65,7 +66,7 @@ results=$repo/target/testhost
 rm -rf "$results"
 mkdir -p "$results"
 echo "# testhost: suites ${suites[*]}; binaries from $bindir; logs in $results"
-"$here/test-host.sh" --quiet --timeout 900 --share "$results" --cwd "$repo" \
+"$here/test-host.sh" --quiet --timeout 2400 --share "$results" --cwd "$repo" \
   --env "TH_BIN=$bindir" --env "TH_TESTS=${tests# }" --console-log "$results/console.log" \
   "tests/testhost/suites.sh $results ${suites[*]}"
 rc=$?

@@ -152,7 +152,7 @@ nothing_left() {
   nothing_left vmc-sig
 }
 
-@test "delete --force of a running VM and of a SIGKILLed VMM leaves nothing" {
+@test "delete --force of a running VM, a SIGKILLed VMM and a VM that does not answer leaves nothing" {
   b=$(mkbundle force ".process.args = $(args /bin/sleep 1000)")
   A run -d --bundle "$b" vmc-force </dev/null >/dev/null 2>&1
   A delete --force vmc-force
@@ -163,6 +163,11 @@ nothing_left() {
   [ "$(A state vmc-force2 | jq -r .status)" = stopped ]
   A delete --force vmc-force2
   nothing_left vmc-force2
+  # An agent that does not answer: the whole VMM stopped.
+  A run -d --bundle "$b" vmc-force3 </dev/null >/dev/null 2>&1
+  kill -STOP "$(A state vmc-force3 | jq -r .pid)"
+  A delete --force vmc-force3
+  nothing_left vmc-force3
 }
 
 @test "a terminal works with run in the foreground" {

@@ -58,14 +58,17 @@ pub fn wait_for_start(dir_fd: i32) -> Result<OwnedFd, LinuxError> {
 /// started, as the spec wants.
 pub fn release(dir: &ContainerDir, state: &State) -> Result<(), LinuxError> {
     let path = dir.fifo_path();
+    // The pidfd first: opening the fifo releases the init, and a workload
+    // that exits at once may be reaped (by a shim, a subreaper) before a
+    // pidfd taken afterwards could name it.
+    let pidfd = process::pidfd(state.pid, state.pid_start_time)
+        .map_err(|e| LinuxError::sys("cannot watch the container process", e))?
+        .ok_or(LinuxError::ExitedBeforeStart)?;
     let fifo = match nix::fcntl::open(&path, OFlag::O_RDONLY | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC, Mode::empty()) {
         Ok(f) => f,
         Err(Errno::ENOENT) => return Err(LinuxError::NoFifo(path)),
         Err(e) => return Err(LinuxError::sys(format!("cannot open {}", path.display()), e)),
     };
-    let pidfd = process::pidfd(state.pid, state.pid_start_time)
-        .map_err(|e| LinuxError::sys("cannot watch the container process", e))?
-        .ok_or(LinuxError::ExitedBeforeStart)?;
     loop {
         let mut fds = [
             libc::pollfd { fd: fifo.as_raw_fd(), events: libc::POLLIN, revents: 0 },

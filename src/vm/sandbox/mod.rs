@@ -66,6 +66,8 @@ const SHARE_DIR: &str = "share";
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a VM has to go after its workload was SIGKILLed.
 const KILL_GRACE: Duration = Duration::from_secs(3);
+/// How long SIGKILL waits for the agent before killing the VMM.
+const KILL_CALL_TIMEOUT: Duration = Duration::from_secs(2);
 
 #[derive(Debug, thiserror::Error)]
 pub enum VmError {
@@ -168,7 +170,10 @@ impl Sandbox for VmSandbox {
     }
 
     fn kill(&self, state: &State, signal: Sig, all: bool) -> Result<(), SandboxError> {
-        let sent = connect(state, CALL_TIMEOUT).and_then(|mut c| {
+        // SIGKILL has a fallback, so an agent that does not answer (a hung
+        // or stopped VM) is given less time before the VMM is killed.
+        let deadline = if signal == Sig::KILL { KILL_CALL_TIMEOUT } else { CALL_TIMEOUT };
+        let sent = connect(state, deadline).and_then(|mut c| {
             c.signal(SignalRequest { id: state.id.clone(), signal: signal.number(), all, exec_id: None })
                 .map_err(VmError::from)
         });

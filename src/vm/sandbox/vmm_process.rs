@@ -141,12 +141,23 @@ fn mount_share(root: &Path, entries: &[ShareEntry]) -> Result<(), String> {
 }
 
 /// Makes the pty slave our controlling terminal, in raw mode: the guest's
-/// pty does the line discipline, this one only carries bytes.
+/// pty does the line discipline, this one only carries bytes. It also
+/// becomes our stdin, stdout and stderr, as runc's init gets the pty for
+/// its stdio: the ones inherited from `create` may be a pipe its caller
+/// reads to EOF (go-runc does, for containerd's runc shim), which must not
+/// stay open for the container's whole life.
 pub(super) fn take_terminal(slave: &OwnedFd) -> Result<(), String> {
     // SAFETY: TIOCSCTTY with argument 0 on a terminal fd; we are a session
     // leader without a controlling terminal.
     if unsafe { libc::ioctl(slave.as_raw_fd(), libc::TIOCSCTTY, 0) } < 0 {
         return Err(format!("TIOCSCTTY: {}", std::io::Error::last_os_error()));
+    }
+    for fd in 0..=2 {
+        // SAFETY: dup2 of an fd we own onto a standard descriptor, which
+        // nothing in this process holds a handle to.
+        if unsafe { libc::dup2(slave.as_raw_fd(), fd) } < 0 {
+            return Err(format!("dup2 onto fd {fd}: {}", std::io::Error::last_os_error()));
+        }
     }
     let mut t = nix::sys::termios::tcgetattr(slave.as_fd()).map_err(|e| format!("tcgetattr: {e}"))?;
     nix::sys::termios::cfmakeraw(&mut t);
