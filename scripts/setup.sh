@@ -8,7 +8,8 @@
 #   2. A static release build of amphi, amphi-agent and
 #      containerd-shim-amphi-v2, installed under /usr/local.
 #   3. The example bundles' root filesystems.
-#   4. The guest kernel for the VM isolation and the full test host's kernel
+#   4. cargo-afl for the fuzz tier (crates.io, into ~/.cargo/bin).
+#   5. The guest kernel for the VM isolation and the full test host's kernel
 #      (both downloaded and unpacked into /var/lib/amphi, not installed).
 #
 # Options: --no-build (packages only), --quiet.
@@ -60,6 +61,11 @@ if [ "$build" = 1 ]; then
     cargo build --release --locked --target x86_64-unknown-linux-gnu --workspace $([ "$quiet" = 1 ] && echo -q))
   out=$root/target/x86_64-unknown-linux-gnu/release
   "$root/scripts/install.sh" "$out"
+fi
+
+# The fuzz tier's tool: cargo-afl (AFL++ for stable Rust) into ~/.cargo/bin.
+if command -v cargo >/dev/null && ! "$root/fuzz/run.sh" --install >/dev/null 2>&1; then
+  say "could not install cargo-afl (the fuzz tier will say why it skips)"
 fi
 
 say "building the example bundles' root filesystems"

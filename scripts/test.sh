@@ -7,16 +7,18 @@
 #   vm          VM end to end                           tests/vm/run-tests.sh
 #   testhost    real clients and the pure-cgroup2 root tests in the full
 #               test host                               tests/testhost/run-tests.sh
+#   fuzz        each fuzz target briefly (FUZZ_SECONDS, default 20 s each)
+#                                                       fuzz/run.sh
 #   +  leak check: nothing the suite made (containers, cgroups, mounts,
 #      processes) may remain afterwards.
 # Usage: scripts/test.sh [--no-setup] [TIER...]
-#   (tiers: lint unit root oci podman containerd docker vm testhost; default all)
+#   (tiers: lint unit root oci podman containerd docker vm testhost fuzz; default all)
 # The summary shows each tier as PASS, FAIL or SKIP (reason) with its
 # counts; a test that could not run is counted as skipped, never passed.
 set -uo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
-all=(lint unit root oci podman containerd docker vm testhost)
+all=(lint unit root oci podman containerd docker vm testhost fuzz)
 setup=1
 tiers=()
 for a in "$@"; do
@@ -115,6 +117,7 @@ want containerd && run_tier containerd tests/clients/containerd.sh
 want docker && run_tier docker tests/clients/docker.sh
 want vm && run_tier vm tests/vm/run-tests.sh
 want testhost && run_tier testhost tests/testhost/run-tests.sh
+want fuzz && run_tier fuzz fuzz/run.sh "${FUZZ_SECONDS:-20}"
 
 order+=("leaks")
 echo

@@ -10,6 +10,9 @@ pub mod agent;
 pub mod container;
 pub mod exit;
 pub mod features;
+// The fuzz harnesses; the unit tests replay the corpora through them.
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzzing;
 pub mod isolation;
 pub mod linux;
 pub mod logging;

@@ -100,8 +100,7 @@ impl Bundle {
             }
             Err(source) => return Err(SpecError::Read { path: config, source }),
         };
-        let spec = parse(&config, &text)?;
-        validate::validate(&config, &spec)?;
+        let spec = parse_valid(&config, &text)?;
         let root = spec.root().as_ref().ok_or_else(|| SpecError::Field {
             path: config.clone(),
             field: "root".into(),
@@ -162,6 +161,21 @@ pub fn parse(path: &Path, text: &str) -> Result<Spec, SpecError> {
             _ => SpecError::Malformed { path: path.to_path_buf(), line, column, msg },
         }
     })
+}
+
+/// Parses config.json text and validates it: everything [`Bundle::load`]
+/// checks short of the file system (the rootfs). `path` only names the
+/// file in errors.
+pub fn parse_valid(path: &Path, text: &str) -> Result<Spec, SpecError> {
+    let spec = parse(path, text)?;
+    validate::validate(path, &spec)?;
+    Ok(spec)
+}
+
+/// The isolation `spec` asks for through its annotation, if any (`path`
+/// names the file in errors).
+pub fn isolation_of(path: &Path, spec: &Spec) -> Result<Option<Isolation>, SpecError> {
+    isolation_from_annotations(spec, path)
 }
 
 /// serde_json appends " at line L column C"; we print the position ourselves.

@@ -324,5 +324,44 @@ mod tests {
         t.join().unwrap();
     }
 
+    /// A guest agent that answers one byte at a time, each well within
+    /// any per-read timeout, with a frame announcing the largest payload
+    /// there is: the call still ends at its total deadline, with a
+    /// timeout error, however long the guest would go on.
+    #[test]
+    fn a_slow_agent_cannot_stretch_a_call_past_its_deadline() {
+        let (host, guest) = UnixStream::pair().unwrap();
+        let agent = std::thread::spawn(move || {
+            let mut r = std::io::BufReader::new(guest.try_clone().unwrap());
+            let _: RequestEnvelope = receive(&mut r).unwrap().unwrap();
+            let mut w = guest;
+            let mut frame = crate::agent::frame::encode_header(crate::agent::MAX_FRAME_LEN).unwrap().to_vec();
+            frame.extend(std::iter::repeat_n(b' ', crate::agent::MAX_FRAME_LEN));
+            // Until the host hangs up (EPIPE).
+            for b in frame {
+                if w.write_all(&[b]).is_err() {
+                    return true;
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            false
+        });
+        let mut c = AgentClient::new(host);
+        c.set_timeout(Some(Duration::from_millis(300)));
+        let t0 = Instant::now();
+        let e = c.health().unwrap_err();
+        let waited = t0.elapsed();
+        match &e {
+            AgentClientError::Protocol(ProtocolError::Frame(agent::FrameError::Io(io))) => {
+                assert!(matches!(io.kind(), std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock), "{io:?}");
+            }
+            other => panic!("expected a timeout, got {other:?}"),
+        }
+        // The trickle would take over an hour; the deadline cut it.
+        assert!(waited < Duration::from_secs(30), "the call took {waited:?}");
+        drop(c);
+        assert!(agent.join().unwrap(), "the agent saw the host hang up");
+    }
+
     const AGENT_PORT_FOR_TEST: u32 = crate::agent::AGENT_VSOCK_PORT;
 }

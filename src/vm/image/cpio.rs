@@ -1,9 +1,9 @@
 //! A minimal writer for the "newc" cpio format the kernel unpacks as an
 //! initramfs (Documentation/driver-api/early-userspace/buffer-format.rst).
 
-const S_IFDIR: u32 = 0o040000;
-const S_IFREG: u32 = 0o100000;
-const S_IFCHR: u32 = 0o020000;
+pub const S_IFDIR: u32 = 0o040000;
+pub const S_IFREG: u32 = 0o100000;
+pub const S_IFCHR: u32 = 0o020000;
 
 pub struct CpioWriter {
     out: Vec<u8>,
@@ -43,6 +43,7 @@ impl CpioWriter {
         self.pad4();
     }
 
+    /// Names are file names: not empty, no NUL (newc ends them with one).
     pub fn dir(&mut self, name: &str) {
         self.entry(name, S_IFDIR | 0o755, (0, 0), &[]);
     }
@@ -65,32 +66,64 @@ impl CpioWriter {
     }
 }
 
+/// One entry read back by [`parse`].
+#[cfg(any(test, feature = "fuzzing"))]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub name: String,
+    pub mode: u32,
+    pub rdev: (u32, u32),
+    pub data: Vec<u8>,
+}
+
+/// A strict newc reader, to check what the writer produces (tests and the
+/// fuzz target): every entry up to the trailer, then only zero padding.
+#[cfg(any(test, feature = "fuzzing"))]
+pub fn parse(archive: &[u8]) -> Result<Vec<Entry>, String> {
+    let mut out = Vec::new();
+    let mut off = 0usize;
+    let align = |o: usize| o.next_multiple_of(4);
+    loop {
+        let header = archive.get(off..off + 110).ok_or(format!("truncated header at {off}"))?;
+        if &header[..6] != b"070701" {
+            return Err(format!("bad magic at {off}"));
+        }
+        let field = |i: usize| -> Result<u32, String> {
+            let text = std::str::from_utf8(&header[6 + i * 8..14 + i * 8]).map_err(|_| "field not ASCII")?;
+            if !text.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(format!("field {i} is not hex: {text:?}"));
+            }
+            u32::from_str_radix(text, 16).map_err(|e| e.to_string())
+        };
+        let (mode, size, namesize) = (field(1)?, field(6)? as usize, field(11)? as usize);
+        let rdev = (field(9)?, field(10)?);
+        // The name's NUL is counted: 1 would be an empty name.
+        if namesize < 2 {
+            return Err(format!("empty name at {off}"));
+        }
+        let name = archive.get(off + 110..off + 110 + namesize).ok_or("truncated name")?;
+        let (name, nul) = name.split_at(namesize - 1);
+        if nul != [0] || name.contains(&0) {
+            return Err(format!("name at {off} is not NUL-terminated"));
+        }
+        let name = String::from_utf8(name.to_vec()).map_err(|_| "name not UTF-8")?;
+        let data_at = align(off + 110 + namesize);
+        let data = archive.get(data_at..data_at + size).ok_or(format!("data of {name:?} past the end"))?;
+        off = align(data_at + size);
+        if name == "TRAILER!!!" {
+            let rest = archive.get(off.min(archive.len())..).unwrap_or(&[]);
+            if rest.iter().any(|&b| b != 0) {
+                return Err("bytes after the trailer".into());
+            }
+            return Ok(out);
+        }
+        out.push(Entry { name, mode, rdev, data: data.to_vec() });
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Parses newc entries back: (name, mode, data).
-    pub fn parse(mut b: &[u8]) -> Vec<(String, u32, Vec<u8>)> {
-        let mut out = Vec::new();
-        let base = b.as_ptr() as usize;
-        loop {
-            assert_eq!(&b[..6], b"070701");
-            let field =
-                |i: usize| u32::from_str_radix(std::str::from_utf8(&b[6 + i * 8..14 + i * 8]).unwrap(), 16).unwrap();
-            let (mode, size, namesize) = (field(1), field(6) as usize, field(11) as usize);
-            let name = String::from_utf8(b[110..110 + namesize - 1].to_vec()).unwrap();
-            let mut off = 110 + namesize;
-            off += (4 - ((b.as_ptr() as usize - base + off) % 4)) % 4;
-            let data = b[off..off + size].to_vec();
-            off += size;
-            off += (4 - ((b.as_ptr() as usize - base + off) % 4)) % 4;
-            b = &b[off..];
-            if name == "TRAILER!!!" {
-                return out;
-            }
-            out.push((name, mode, data));
-        }
-    }
 
     #[test]
     fn entries_round_trip_with_alignment() {
@@ -101,12 +134,15 @@ mod tests {
         w.file("a/b", 0o644, b"");
         let bytes = w.finish();
         assert_eq!(bytes.len() % 512, 0);
-        let e = parse(&bytes);
+        let e = parse(&bytes).unwrap();
         assert_eq!(e.len(), 4);
-        assert_eq!((e[0].0.as_str(), e[0].1), ("dev", S_IFDIR | 0o755));
-        assert_eq!((e[1].0.as_str(), e[1].1), ("dev/console", S_IFCHR | 0o600));
-        assert_eq!((e[2].0.as_str(), e[2].1, e[2].2.as_slice()), ("init", S_IFREG | 0o755, &b"\x7fELF123"[..]));
-        assert_eq!(e[3].2.len(), 0);
+        assert_eq!((e[0].name.as_str(), e[0].mode), ("dev", S_IFDIR | 0o755));
+        assert_eq!((e[1].name.as_str(), e[1].mode, e[1].rdev), ("dev/console", S_IFCHR | 0o600, (5, 1)));
+        assert_eq!(
+            (e[2].name.as_str(), e[2].mode, e[2].data.as_slice()),
+            ("init", S_IFREG | 0o755, &b"\x7fELF123"[..])
+        );
+        assert_eq!(e[3].data.len(), 0);
     }
 
     #[test]
@@ -115,5 +151,23 @@ mod tests {
         w.char_dev("dev/console", 0o600, 5, 1);
         let b = w.finish();
         assert_eq!(&b[6 + 9 * 8..6 + 11 * 8], b"0000000500000001");
+    }
+
+    #[test]
+    fn the_reader_refuses_broken_archives() {
+        let mut w = CpioWriter::new();
+        w.file("init", 0o755, b"data");
+        let good = w.finish();
+        assert!(parse(&good).is_ok());
+        assert!(parse(&good[..50]).is_err(), "truncated");
+        let mut bad = good.clone();
+        bad[0] = b'1';
+        assert!(parse(&bad).is_err(), "magic");
+        let mut bad = good.clone();
+        bad[6 + 6 * 8] = b'z';
+        assert!(parse(&bad).is_err(), "a field that is not hex");
+        let mut bad = good.clone();
+        bad[6 + 6 * 8..6 + 7 * 8].copy_from_slice(b"ffffffff");
+        assert!(parse(&bad).is_err(), "a size past the end");
     }
 }

@@ -100,9 +100,13 @@ pub fn read_module(path: &Path) -> Result<Vec<u8>, ModuleError> {
 /// The `depends=` list from the module's `.modinfo` section.
 pub fn depends(path: &Path, elf: &[u8]) -> Result<Vec<String>, ModuleError> {
     let bad = |reason| ModuleError::BadElf { path: path.into(), reason };
-    let u16_at = |o: usize| elf.get(o..o + 2).map(|b| u16::from_le_bytes([b[0], b[1]]) as usize);
-    let u32_at = |o: usize| elf.get(o..o + 4).map(|b| u32::from_le_bytes(b.try_into().unwrap_or([0; 4])) as usize);
-    let u64_at = |o: usize| elf.get(o..o + 8).map(|b| u64::from_le_bytes(b.try_into().unwrap_or([0; 8])) as usize);
+    // Offsets come from the file: every sum is checked (a section header
+    // offset near usize::MAX overflowed here, found by the modinfo fuzz
+    // target).
+    let bytes = |o: usize, n: usize| elf.get(o..o.checked_add(n)?);
+    let u16_at = |o: usize| bytes(o, 2).map(|b| u16::from_le_bytes([b[0], b[1]]) as usize);
+    let u32_at = |o: usize| bytes(o, 4).map(|b| u32::from_le_bytes(b.try_into().unwrap_or([0; 4])) as usize);
+    let u64_at = |o: usize| bytes(o, 8).map(|b| u64::from_le_bytes(b.try_into().unwrap_or([0; 8])) as usize);
     if elf.len() < 64 || &elf[..4] != b"\x7fELF" || elf[4] != 2 {
         return Err(bad("not a 64-bit ELF file"));
     }
@@ -112,7 +116,7 @@ pub fn depends(path: &Path, elf: &[u8]) -> Result<Vec<String>, ModuleError> {
     let shstrndx = u16_at(0x3e).ok_or(bad("truncated header"))?;
     let section = |i: usize| -> Option<(usize, usize, usize)> {
         let h = shoff.checked_add(i.checked_mul(shentsize)?)?;
-        Some((u32_at(h)?, u64_at(h + 0x18)?, u64_at(h + 0x20)?))
+        Some((u32_at(h)?, u64_at(h.checked_add(0x18)?)?, u64_at(h.checked_add(0x20)?)?))
     };
     let (_, stroff, strsize) = section(shstrndx).ok_or(bad("no section name table"))?;
     let names = elf.get(stroff..stroff.saturating_add(strsize)).ok_or(bad("section names out of range"))?;
@@ -260,6 +264,27 @@ pub(crate) mod tests {
         let none = fake_module("license=GPL;depends=");
         assert!(depends(Path::new("m.ko"), &none).unwrap().is_empty());
         assert!(depends(Path::new("m.ko"), b"not elf at all, definitely not").is_err());
+    }
+
+    /// Section header offsets and sizes near usize::MAX are errors, not
+    /// overflows (the modinfo fuzz target's first finding; its inputs are
+    /// in fuzz/regressions/modinfo/).
+    #[test]
+    fn offsets_near_the_end_of_the_address_space_are_errors() {
+        for shoff in [u64::MAX, u64::MAX - 0x17, u64::MAX - 0x40, 0xffff_ffff_ffff_ff00] {
+            let mut elf = fake_module("depends=virtio");
+            elf[0x28..0x30].copy_from_slice(&shoff.to_le_bytes());
+            assert!(depends(Path::new("m.ko"), &elf).is_err(), "shoff {shoff:#x}");
+        }
+        // A .modinfo section whose offset plus size wraps.
+        let mut elf = fake_module("depends=virtio");
+        let shoff = u64::from_le_bytes(elf[0x28..0x30].try_into().unwrap()) as usize;
+        elf[shoff + 64 + 0x18..shoff + 64 + 0x20].copy_from_slice(&u64::MAX.to_le_bytes());
+        assert!(depends(Path::new("m.ko"), &elf).is_err());
+        for name in ["section-offset-overflow-1", "section-offset-overflow-2"] {
+            let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/regressions/modinfo").join(name);
+            assert!(depends(Path::new("m.ko"), &std::fs::read(path).unwrap()).is_err());
+        }
     }
 
     #[test]

@@ -27,6 +27,10 @@ pub const DEFAULT_MEMORY_MIB: u64 = 512;
 pub const MEMORY_OVERHEAD_MIB: u64 = 128;
 /// Smallest guest amphi boots a container in.
 pub const MIN_MEMORY_MIB: u64 = 128;
+/// Largest guest amphi sizes (1 TiB). Beyond it a size is a mistake (or
+/// "unlimited" written as a huge number), and the byte counts derived
+/// from it would no longer fit their types.
+pub const MAX_MEMORY_MIB: u64 = 1 << 20;
 /// vCPUs when the bundle sets no CPU quota or cpuset.
 pub const DEFAULT_VCPUS: u8 = 1;
 /// The VMM's own memory on top of guest RAM, for the host cgroup's limit.
@@ -99,11 +103,12 @@ pub fn cpuset_count(list: &str) -> Option<u64> {
         match part.split_once('-') {
             Some((a, b)) => {
                 let (a, b): (u64, u64) = (a.trim().parse().ok()?, b.trim().parse().ok()?);
-                n += b.checked_sub(a)? + 1;
+                // Checked: "0-18446744073709551615" is a list too.
+                n = n.checked_add(b.checked_sub(a)?.checked_add(1)?)?;
             }
             None => {
                 part.parse::<u64>().ok()?;
-                n += 1;
+                n = n.checked_add(1)?;
             }
         }
     }
@@ -124,9 +129,26 @@ pub fn size(spec: &Spec, host_cpus: u64) -> Result<VmSize, PlanError> {
                 problem: format!("a guest needs at least {MIN_MEMORY_MIB} MiB"),
             })
         }
+        Some(m) if m > MAX_MEMORY_MIB => {
+            return Err(PlanError::Annotation {
+                key: ANNOTATION_MEMORY,
+                value: m.to_string(),
+                problem: format!("a guest can have at most {MAX_MEMORY_MIB} MiB"),
+            })
+        }
         Some(m) => m,
         None => match res.and_then(|r| r.memory().as_ref()).and_then(|m| m.limit()) {
-            Some(limit) if limit > 0 => (limit as u64).div_ceil(1 << 20) + MEMORY_OVERHEAD_MIB,
+            Some(limit) if limit > 0 => {
+                let mib = (limit as u64).div_ceil(1 << 20) + MEMORY_OVERHEAD_MIB;
+                if mib > MAX_MEMORY_MIB {
+                    return Err(PlanError::Unsupported(format!(
+                        "linux.resources.memory.limit {limit} needs a guest of {mib} MiB, more than the \
+                         {MAX_MEMORY_MIB} MiB a VM can have: set a smaller limit or the {ANNOTATION_MEMORY} \
+                         annotation"
+                    )));
+                }
+                mib
+            }
             _ => DEFAULT_MEMORY_MIB,
         },
     };
@@ -299,7 +321,9 @@ pub fn host_resources(spec: &Spec, size: &VmSize) -> Value {
         out["cpu"] = serde_json::to_value(cpu).unwrap_or(Value::Null);
     }
     if res.and_then(|r| r.memory().as_ref()).and_then(|m| m.limit()).is_some_and(|l| l > 0) {
-        out["memory"] = json!({"limit": ((size.memory_mib + VMM_OVERHEAD_MIB) << 20) as i64});
+        // Saturating: a VmSize built by hand may be larger than size() allows.
+        let bytes = size.memory_mib.saturating_add(VMM_OVERHEAD_MIB).saturating_mul(1 << 20);
+        out["memory"] = json!({"limit": i64::try_from(bytes).unwrap_or(i64::MAX)});
     }
     out
 }
@@ -348,6 +372,10 @@ mod tests {
         assert_eq!(cpuset_count("2"), Some(1));
         assert_eq!(cpuset_count(""), None);
         assert_eq!(cpuset_count("3-1"), None);
+        // Ranges whose size does not fit a u64 count as no cpuset (found
+        // while writing the spec_config fuzz target: they overflowed).
+        assert_eq!(cpuset_count("0-18446744073709551615"), None);
+        assert_eq!(cpuset_count("0-9223372036854775807,0-9223372036854775807"), None);
         let s = spec(json!({"linux": {"resources": {"cpu": {"cpus": "0-1"}}}}));
         assert_eq!(size(&s, 8).unwrap().vcpus, 2);
     }
@@ -361,12 +389,28 @@ mod tests {
             (ANNOTATION_MEMORY, "0", "at least 1"),
             (ANNOTATION_MEMORY, "64", "at least 128"),
             (ANNOTATION_MEMORY, "lots", "whole number"),
+            (ANNOTATION_MEMORY, "18446744073709551615", "at most 1048576"),
             (ANNOTATION_CPUS, "9", "this host has 4"),
             (ANNOTATION_KERNEL, "/no/such/vmlinuz", "no such kernel"),
         ] {
             let e = size(&spec(json!({"annotations": {k: v}})), 4).unwrap_err().to_string();
             assert!(e.contains(k) && e.contains(needle), "{e}");
         }
+    }
+
+    /// A memory limit meaning "unlimited" written as a huge number: a
+    /// clear error, not a guest size whose byte count overflows (the VMM's
+    /// host cgroup limit came out negative).
+    #[test]
+    fn huge_memory_limits_are_refused_not_wrapped() {
+        let s = spec(json!({"linux": {"resources": {"memory": {"limit": i64::MAX}}}}));
+        let e = size(&s, 4).unwrap_err().to_string();
+        assert!(e.contains("linux.resources.memory.limit") && e.contains("1048576 MiB"), "{e}");
+        let s = spec(json!({"linux": {"resources": {"memory": {"limit": 1i64 << 30}}}}));
+        let z = size(&s, 4).unwrap();
+        assert_eq!(z.memory_mib, 1024 + MEMORY_OVERHEAD_MIB);
+        let huge = VmSize { memory_mib: u64::MAX, ..z };
+        assert_eq!(host_resources(&s, &huge)["memory"]["limit"], i64::MAX);
     }
 
     #[test]

@@ -9,7 +9,6 @@ pub mod cpuid;
 pub mod memory;
 pub mod vcpu;
 
-use std::fs::File;
 use std::io::Write;
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
@@ -26,7 +25,8 @@ use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 
 use crate::vm::boot::{self, acpi, layout, params, regs, BootError, EntryPoint};
 use crate::vm::devices::power::{PowerDevice, PowerEvent, PowerPort};
-use crate::vm::devices::serial::{ConsoleEvent, ConsoleOutput, ConsoleWatcher, SerialDevice};
+use crate::vm::devices::serial::log as serial_log;
+use crate::vm::devices::serial::{CappedLog, ConsoleEvent, ConsoleOutput, ConsoleWatcher, SerialDevice};
 use crate::vm::devices::virtio::fs::{ShareError, VirtioFs};
 use crate::vm::devices::virtio::mmio::{MmioTransport, NOTIFY_REG_OFFSET};
 use crate::vm::devices::virtio::vsock::{Vsock, VsockMuxer};
@@ -37,6 +37,8 @@ use crate::vm::devices::{Bus, IrqTrigger};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SerialOutput {
     Stdout,
+    /// A log file, capped (`devices::serial::log`): the first 256 KiB and
+    /// the latest 256 to 512 KiB of output.
     File(PathBuf),
     Discard,
 }
@@ -328,9 +330,11 @@ pub fn run(
     };
     let sink: Box<dyn Write + Send> = match &config.serial {
         SerialOutput::Stdout => Box::new(std::io::stdout()),
-        SerialOutput::File(path) => {
-            Box::new(File::create(path).map_err(|source| VmmError::SerialLog { path: path.clone(), source })?)
-        }
+        // Capped: a guest printing without end must not fill the host's disk.
+        SerialOutput::File(path) => Box::new(
+            CappedLog::create(path, serial_log::DEFAULT_HEAD, serial_log::DEFAULT_TAIL)
+                .map_err(|source| VmmError::SerialLog { path: path.clone(), source })?,
+        ),
         SerialOutput::Discard => Box::new(std::io::sink()),
     };
     let serial_irq = IrqTrigger::new().map_err(|e| VmmError::Device("serial", e))?;

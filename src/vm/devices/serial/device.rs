@@ -19,17 +19,22 @@ pub enum ConsoleEvent {
     KernelPanic(String),
 }
 
-/// Splits console output into lines and reports the interesting ones.
+/// Splits console output into lines and reports the interesting ones,
+/// each once (a guest that prints them again and again must not flood
+/// whoever listens to the events). Memory is bounded whatever the guest
+/// prints: only the first [`MAX_LINE`] bytes of a line are looked at.
 pub struct ConsoleWatcher {
     line: Vec<u8>,
     notify: Arc<dyn Fn(ConsoleEvent) + Send + Sync>,
+    listening_seen: bool,
+    panic_seen: bool,
 }
 
-const MAX_LINE: usize = 1024;
+pub const MAX_LINE: usize = 1024;
 
 impl ConsoleWatcher {
     pub fn new(notify: Arc<dyn Fn(ConsoleEvent) + Send + Sync>) -> Self {
-        ConsoleWatcher { line: Vec::new(), notify }
+        ConsoleWatcher { line: Vec::with_capacity(MAX_LINE), notify, listening_seen: false, panic_seen: false }
     }
 
     pub fn feed(&mut self, bytes: &[u8]) {
@@ -46,9 +51,15 @@ impl ConsoleWatcher {
         let line = String::from_utf8_lossy(&self.line);
         let line = line.trim_end_matches('\r');
         if line.contains(LISTENING_MARKER) {
-            (self.notify)(ConsoleEvent::AgentListening);
+            if !self.listening_seen {
+                self.listening_seen = true;
+                (self.notify)(ConsoleEvent::AgentListening);
+            }
         } else if let Some(pos) = line.find(PANIC_MARKER) {
-            (self.notify)(ConsoleEvent::KernelPanic(line[pos..].to_string()));
+            if !self.panic_seen {
+                self.panic_seen = true;
+                (self.notify)(ConsoleEvent::KernelPanic(line[pos..].to_string()));
+            }
         }
         self.line.clear();
     }
@@ -135,6 +146,33 @@ mod tests {
         assert_eq!(
             *seen.lock().unwrap(),
             vec![ConsoleEvent::KernelPanic("Kernel panic - not syncing: No working init found.".into())]
+        );
+    }
+
+    /// An endless line without a newline: the watcher keeps at most
+    /// MAX_LINE bytes of it, and still sees the lines that follow.
+    #[test]
+    fn an_endless_line_keeps_memory_bounded() {
+        let (mut w, seen) = watcher();
+        let junk = [b'A'; 4096];
+        for _ in 0..2560 {
+            w.feed(&junk);
+            assert!(w.line.len() <= MAX_LINE && w.line.capacity() <= MAX_LINE);
+        }
+        w.feed(b"\r\n[    2.0] amphi-agent: listening on vsock port 1024\n");
+        assert_eq!(*seen.lock().unwrap(), vec![ConsoleEvent::AgentListening]);
+    }
+
+    /// A guest printing the interesting lines over and over is reported once.
+    #[test]
+    fn repeated_marker_lines_are_reported_once() {
+        let (mut w, seen) = watcher();
+        for _ in 0..10_000 {
+            w.feed(b"amphi-agent: listening on vsock port 1024\nKernel panic - not syncing: fake\n");
+        }
+        assert_eq!(
+            *seen.lock().unwrap(),
+            vec![ConsoleEvent::AgentListening, ConsoleEvent::KernelPanic("Kernel panic - not syncing: fake".into())]
         );
     }
 

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use fuse_backend_rs::api::server::Server;
+use fuse_backend_rs::api::server::{Server, MAX_BUFFER_SIZE};
 use fuse_backend_rs::passthrough::PassthroughFs;
 use fuse_backend_rs::transport::{Reader, VirtioFsWriter, Writer};
 use fuse_virtio_queue::QueueT as _;
@@ -71,15 +71,34 @@ impl Active {
     }
 }
 
+/// The most a request or a reply can hold: the server's message limit
+/// (1 MiB of data, what FUSE_INIT announces as max_write and max_pages)
+/// plus a page for headers. The server refuses a header length over it.
+pub const MAX_MESSAGE: usize = MAX_BUFFER_SIZE as usize + 4096;
+
 /// Answers one FUSE request; returns the bytes written for the guest.
 /// Whatever the guest put in the chain, the worst outcome is 0: nothing
 /// written, the request dropped (the guest's request then never
 /// completes, which only a broken or hostile driver causes).
-fn serve(server: &ShareServer, mem: &FuseMemory, chain: fuse_virtio_queue::DescriptorChain<&FuseMemory>) -> u32 {
+pub(crate) fn serve(
+    server: &ShareServer,
+    mem: &FuseMemory,
+    chain: fuse_virtio_queue::DescriptorChain<&FuseMemory>,
+) -> u32 {
     // Both fail on descriptors outside guest memory or lengths that
     // overflow; neither allocates more than one entry per descriptor.
-    let Ok(reader) = Reader::from_descriptor_chain(mem, chain.clone()) else { return 0 };
-    let Ok(writer) = VirtioFsWriter::new(mem, chain) else { return 0 };
+    let Ok(mut reader) = Reader::from_descriptor_chain(mem, chain.clone()) else { return 0 };
+    let Ok(mut writer) = VirtioFsWriter::new(mem, chain) else { return 0 };
+    // Descriptors may all point at the same guest pages, so a chain can
+    // claim far more bytes than guest memory holds, and parts of the
+    // server size host buffers by what the chain offers (an IOCTL copies
+    // its whole input into one): neither side is let past a message.
+    if reader.available_bytes() > MAX_MESSAGE && reader.split_at(MAX_MESSAGE).is_err() {
+        return 0;
+    }
+    if writer.available_bytes() > MAX_MESSAGE && writer.split_at(MAX_MESSAGE).is_err() {
+        return 0;
+    }
     let room = writer.available_bytes();
     match server.handle_message(reader, Writer::from(writer), None, None) {
         Ok(n) => u32::try_from(n.min(room)).unwrap_or(u32::MAX),

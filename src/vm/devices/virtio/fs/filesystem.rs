@@ -18,6 +18,7 @@ use fuse_backend_rs::api::filesystem::{
     Context, DirEntry, Entry, FileSystem, FsOptions, GetxattrReply, ListxattrReply, OpenOptions, SetattrValid,
     ZeroCopyReader, ZeroCopyWriter,
 };
+use fuse_backend_rs::api::server::MAX_BUFFER_SIZE;
 use fuse_backend_rs::passthrough::{CachePolicy, Config, PassthroughFs};
 use fuse_backend_rs::transport::FsCacheReqHandler;
 
@@ -56,6 +57,11 @@ pub enum ShareError {
         source: io::Error,
     },
 }
+
+/// Linux's limits on one xattr value and on an xattr name list: the
+/// kernel never fills more, whatever size a caller passes.
+pub const XATTR_SIZE_MAX: u32 = 65536;
+pub const XATTR_LIST_MAX: u32 = 65536;
 
 /// The longest tag the virtio-fs config space holds.
 pub const TAG_MAX: usize = 36;
@@ -371,12 +377,16 @@ impl<F: FileSystem> FileSystem for ShareFs<F> {
         self.inner.setxattr(ctx, inode, name, value, flags)
     }
 
+    /// The size is the guest's and the passthrough allocates a buffer of
+    /// that size up front: it is cut to what the kernel would use anyway
+    /// (XATTR_SIZE_MAX), so a guest asking for 4 GiB costs 64 KiB.
     fn getxattr(&self, ctx: &Context, inode: Self::Inode, name: &CStr, size: u32) -> io::Result<GetxattrReply> {
-        self.inner.getxattr(ctx, inode, name, size)
+        self.inner.getxattr(ctx, inode, name, size.min(XATTR_SIZE_MAX))
     }
 
+    /// As for getxattr (XATTR_LIST_MAX).
     fn listxattr(&self, ctx: &Context, inode: Self::Inode, size: u32) -> io::Result<ListxattrReply> {
-        self.inner.listxattr(ctx, inode, size)
+        self.inner.listxattr(ctx, inode, size.min(XATTR_LIST_MAX))
     }
 
     fn removexattr(&self, ctx: &Context, inode: Self::Inode, name: &CStr) -> io::Result<()> {
@@ -403,7 +413,8 @@ impl<F: FileSystem> FileSystem for ShareFs<F> {
         offset: u64,
         add_entry: &mut dyn FnMut(DirEntry) -> io::Result<usize>,
     ) -> io::Result<()> {
-        self.inner.readdir(ctx, inode, handle, size, offset, add_entry)
+        // The passthrough allocates `size` up front; no reply is larger.
+        self.inner.readdir(ctx, inode, handle, size.min(MAX_BUFFER_SIZE), offset, add_entry)
     }
 
     fn readdirplus(
@@ -415,7 +426,7 @@ impl<F: FileSystem> FileSystem for ShareFs<F> {
         offset: u64,
         add_entry: &mut dyn FnMut(DirEntry, Entry) -> io::Result<usize>,
     ) -> io::Result<()> {
-        self.inner.readdirplus(ctx, inode, handle, size, offset, add_entry)
+        self.inner.readdirplus(ctx, inode, handle, size.min(MAX_BUFFER_SIZE), offset, add_entry)
     }
 
     fn fsyncdir(&self, ctx: &Context, inode: Self::Inode, datasync: bool, handle: Self::Handle) -> io::Result<()> {
@@ -466,5 +477,75 @@ impl<F: FileSystem> FileSystem for ShareFs<F> {
         whence: u32,
     ) -> io::Result<u64> {
         self.inner.lseek(ctx, inode, handle, offset, whence)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    /// Records the sizes the layer above passes down.
+    #[derive(Default)]
+    struct Sizes(Mutex<Vec<u32>>);
+
+    impl FileSystem for Sizes {
+        type Inode = u64;
+        type Handle = u64;
+
+        fn getxattr(&self, _: &Context, _: u64, _: &CStr, size: u32) -> io::Result<GetxattrReply> {
+            self.0.lock().unwrap().push(size);
+            Ok(GetxattrReply::Count(0))
+        }
+
+        fn listxattr(&self, _: &Context, _: u64, size: u32) -> io::Result<ListxattrReply> {
+            self.0.lock().unwrap().push(size);
+            Ok(ListxattrReply::Count(0))
+        }
+
+        fn readdir(
+            &self,
+            _: &Context,
+            _: u64,
+            _: u64,
+            size: u32,
+            _: u64,
+            _: &mut dyn FnMut(DirEntry) -> io::Result<usize>,
+        ) -> io::Result<()> {
+            self.0.lock().unwrap().push(size);
+            Ok(())
+        }
+
+        fn readdirplus(
+            &self,
+            _: &Context,
+            _: u64,
+            _: u64,
+            size: u32,
+            _: u64,
+            _: &mut dyn FnMut(DirEntry, Entry) -> io::Result<usize>,
+        ) -> io::Result<()> {
+            self.0.lock().unwrap().push(size);
+            Ok(())
+        }
+    }
+
+    /// The passthrough allocates the guest's size before the call: a guest
+    /// asking for 4 GiB gets what the kernel would fill at most.
+    #[test]
+    fn guest_sizes_that_size_host_buffers_are_cut() {
+        let fs = ShareFs::new(Sizes::default(), false);
+        let ctx = Context::default();
+        fs.getxattr(&ctx, 1, c"user.x", u32::MAX).unwrap();
+        fs.listxattr(&ctx, 1, u32::MAX).unwrap();
+        fs.readdir(&ctx, 1, 0, u32::MAX, 0, &mut |_| Ok(0)).unwrap();
+        fs.readdirplus(&ctx, 1, 0, u32::MAX, 0, &mut |_, _| Ok(0)).unwrap();
+        // Sizes within the limits go through unchanged, 0 (ask for the size) too.
+        fs.getxattr(&ctx, 1, c"user.x", 0).unwrap();
+        fs.getxattr(&ctx, 1, c"user.x", 100).unwrap();
+        assert_eq!(
+            *fs.inner.0.lock().unwrap(),
+            vec![XATTR_SIZE_MAX, XATTR_LIST_MAX, MAX_BUFFER_SIZE, MAX_BUFFER_SIZE, 0, 100]
+        );
     }
 }

@@ -1,5 +1,14 @@
 //! The vsock device: three queues (rx, tx, event), the guest CID in config
 //! space, packets moved between the queues and the backend.
+//!
+//! The guest is hostile (DEVELOPERS.md rule 9): a chain that does not
+//! parse is used with length 0 and dropped, an RX buffer without room for
+//! data is dropped the same way (a header-only buffer could never carry
+//! the data a connection waits to send, and handing it back would leave
+//! the queue stuck on it while the host stream keeps the event loop
+//! awake), and one call serves at most [`BUDGET`] chains per queue, then
+//! re-arms the queue's kick, so a guest that refills a queue as fast as it
+//! is served cannot keep the event loop to itself.
 
 use std::sync::Arc;
 
@@ -17,6 +26,9 @@ pub const RXQ: usize = 0;
 pub const TXQ: usize = 1;
 pub const EVQ: usize = 2;
 const QUEUE_SIZES: [u16; 3] = [256, 256, 256];
+/// Chains served from one queue per call before the event loop gets to
+/// its other events.
+pub const BUDGET: usize = 64;
 
 pub(crate) struct Active {
     pub mem: GuestMemoryMmap,
@@ -78,6 +90,7 @@ impl<B: VsockBackend> Vsock<B> {
         };
         let mem = &active.mem;
         let mut used = false;
+        let mut served = 0;
         while let Some(mut chain) = active.queues[TXQ].pop_descriptor_chain(mem) {
             let head = chain.head_index();
             // A malformed chain is consumed and dropped, as a NIC drops a bad frame.
@@ -86,6 +99,12 @@ impl<B: VsockBackend> Vsock<B> {
             }
             let _ = active.queues[TXQ].add_used(mem, head, 0);
             used = true;
+            served += 1;
+            if served == BUDGET {
+                // Maybe more: come back after the loop's other events.
+                let _ = self.queue_evts[TXQ].write(1);
+                break;
+            }
         }
         if used {
             self.signal();
@@ -100,12 +119,20 @@ impl<B: VsockBackend> Vsock<B> {
         };
         let mem = &active.mem;
         let mut used = false;
+        let mut served = 0;
         while self.backend.has_pending_rx() {
+            if served == BUDGET {
+                let _ = self.queue_evts[RXQ].write(1);
+                break;
+            }
+            served += 1;
             let Some(mut chain) = active.queues[RXQ].pop_descriptor_chain(mem) else {
                 break;
             };
             let head = chain.head_index();
             let len = match VsockPacket::from_rx_virtq_chain(mem, &mut chain, MAX_PKT_DATA) {
+                // No room for data: dropped (see the module comment).
+                Ok(pkt) if pkt.data_slice().is_none_or(|d| d.is_empty()) => 0,
                 Ok(mut pkt) => {
                     if self.backend.recv_pkt(&mut pkt) {
                         PKT_HEADER_SIZE as u32 + pkt.len()
@@ -186,7 +213,7 @@ pub(crate) mod tests {
     use event_manager::EventSet;
     use std::collections::VecDeque;
     use std::os::fd::{AsRawFd, RawFd};
-    use virtio_bindings::bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
+    use virtio_bindings::bindings::virtio_ring::{VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
     use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
     use virtio_queue::mock::MockSplitQueue;
     use vm_memory::bitmap::BitmapSlice;
@@ -335,6 +362,186 @@ pub(crate) mod tests {
         dev.activate(mem.clone(), irq, qs.iter().map(|q| q.create_queue().unwrap()).collect()).unwrap();
         assert!(!dev.process_rx());
         assert!(dev.backend.has_pending_rx());
+    }
+
+    /// Guest memory and a device activated on three queues of `size`
+    /// entries (rx, tx, event at 64 KiB, 128 KiB, 192 KiB).
+    fn activated<'a>(
+        mem: &'a GuestMemoryMmap,
+        size: u16,
+        backend: FakeBackend,
+    ) -> (Vec<MockSplitQueue<'a, GuestMemoryMmap>>, Vsock<FakeBackend>) {
+        let qs: Vec<_> = (0..3).map(|i| MockSplitQueue::create(mem, GuestAddress(0x1_0000 * (i + 1)), size)).collect();
+        let mut dev = Vsock::new(3, backend).unwrap();
+        let irq = Arc::new(VirtioInterrupt::new(IrqTrigger::new().unwrap()));
+        dev.activate(mem.clone(), irq, qs.iter().map(|q| q.create_queue().unwrap()).collect()).unwrap();
+        let _ = dev.activate_evt.read();
+        (qs, dev)
+    }
+
+    fn memory() -> GuestMemoryMmap {
+        GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x100_0000)]).unwrap()
+    }
+
+    /// A packet for the guest: an RW with `data`.
+    fn to_guest(data: &[u8]) -> (Header, Vec<u8>) {
+        let h = Header {
+            src_cid: 2,
+            dst_cid: 3,
+            src_port: 1024,
+            dst_port: 5000,
+            op: OP_RW,
+            flags: 0,
+            buf_alloc: 4096,
+            fwd_cnt: 0,
+        };
+        (h, data.to_vec())
+    }
+
+    fn used(q: &MockSplitQueue<'_, GuestMemoryMmap>) -> Vec<(u32, u32)> {
+        (0..q.used().idx().load())
+            .map(|i| {
+                let e = q.used().ring().ref_at(usize::from(i)).unwrap().load();
+                (e.id(), e.len())
+            })
+            .collect()
+    }
+
+    /// Chains no driver would build: a descriptor that is its own next,
+    /// addresses and lengths past guest memory, an indirect table outside
+    /// it, a next index past the queue. Each is consumed (used with length
+    /// 0) in one bounded pass, nothing of it reaches the backend, and a
+    /// good packet behind them still does.
+    #[test]
+    fn looping_and_out_of_bounds_tx_chains_are_consumed() {
+        let mem = memory();
+        let (qs, mut dev) = activated(&mem, 16, FakeBackend::new());
+        mem.write_slice(&tx_header(OP_RW, 5), GuestAddress(0x10_0000)).unwrap();
+        mem.write_slice(&tx_header(OP_CREDIT_REQUEST, 0), GuestAddress(0x11_0000)).unwrap();
+        let beyond = 0x1_0000_0000u64;
+        let chains: [&[RawDescriptor]; 6] = [
+            // 0 -> 1 -> 0 -> ...: the header, then data that loops back.
+            &[desc(0x10_0000, 44, VRING_DESC_F_NEXT, 1), desc(0x10_1000, 2, VRING_DESC_F_NEXT, 0)],
+            // Outside guest memory.
+            &[desc(beyond, 44, 0, 0)],
+            // A header running past the end of guest memory, and a length
+            // of 4 GiB.
+            &[desc(0xff_fff0, u32::MAX, 0, 0)],
+            // An indirect table outside guest memory.
+            &[desc(beyond, 64, VRING_DESC_F_INDIRECT, 0)],
+            // A next index past the queue's size.
+            &[desc(0x10_0000, 44, VRING_DESC_F_NEXT, 300)],
+            // Finally a good packet.
+            &[desc(0x11_0000, 44, 0, 0)],
+        ];
+        let mut at = 0;
+        for chain in chains {
+            qs[TXQ].add_desc_chains(chain, at).unwrap();
+            at += chain.len() as u16;
+        }
+        assert!(dev.process_tx());
+        assert_eq!(dev.backend.sent, vec![(OP_CREDIT_REQUEST, 5000, 1024, vec![])]);
+        let used = used(&qs[TXQ]);
+        assert_eq!(used.len(), 6, "every chain is used once: {used:?}");
+        assert!(used.iter().all(|&(_, len)| len == 0));
+        assert!(!dev.process_tx(), "nothing is left to serve");
+    }
+
+    /// RX buffers with no room for data (a zero-length data descriptor, a
+    /// header alone, a header descriptor shorter than a header, a
+    /// read-only buffer) are used empty and dropped: handing them back
+    /// unused would leave the queue stuck on them while the backend keeps
+    /// the event loop awake. The packet waits for a real buffer.
+    #[test]
+    fn zero_length_and_header_only_rx_buffers_are_dropped() {
+        let mem = memory();
+        let mut backend = FakeBackend::new();
+        backend.to_guest.push_back(to_guest(b"hi"));
+        let (qs, mut dev) = activated(&mem, 16, backend);
+        let w = VRING_DESC_F_WRITE;
+        qs[RXQ]
+            .add_desc_chains(
+                &[
+                    desc(0x20_0000, 44, w | VRING_DESC_F_NEXT, 1),
+                    desc(0x20_1000, 0, w, 0),
+                    desc(0x20_2000, 44, w, 0),
+                    desc(0x20_3000, 0, w, 0),
+                    desc(0x20_4000, 44 + 4096, 0, 0),
+                ],
+                0,
+            )
+            .unwrap();
+        assert!(dev.process_rx());
+        assert_eq!(used(&qs[RXQ]), vec![(0, 0), (2, 0), (3, 0), (4, 0)]);
+        assert!(dev.backend.has_pending_rx(), "the packet waits for a buffer with room");
+        assert!(dev.queue_evts[RXQ].read().is_err(), "no re-kick: nothing more can be done now");
+        assert!(!dev.process_rx(), "no buffers: nothing to do, no spinning");
+
+        qs[RXQ].add_desc_chains(&[desc(0x20_5000, 44 + 4096, w, 0)], 5).unwrap();
+        assert!(dev.process_rx());
+        assert_eq!(used(&qs[RXQ]).last(), Some(&(5, 44 + 2)));
+        assert!(!dev.backend.has_pending_rx());
+    }
+
+    /// An avail index the guest moved further than the queue holds: the
+    /// queue is broken and serves nothing, at once, every time.
+    #[test]
+    fn an_avail_index_past_the_queue_size_serves_nothing() {
+        let mem = memory();
+        let mut backend = FakeBackend::new();
+        backend.to_guest.push_back(to_guest(b"x"));
+        let (qs, mut dev) = activated(&mem, 16, backend);
+        for q in [RXQ, TXQ] {
+            qs[q].avail().idx().store(1000);
+        }
+        assert!(!dev.process_tx());
+        assert!(!dev.process_rx());
+        assert!(dev.backend.sent.is_empty());
+        assert_eq!(qs[TXQ].used().idx().load(), 0);
+        assert!(dev.queue_evts[TXQ].read().is_err() && dev.queue_evts[RXQ].read().is_err());
+    }
+
+    /// A guest that refills its TX queue as fast as it is served, or has
+    /// many packets waiting for RX: each pass serves at most BUDGET chains
+    /// and kicks the queue again, so the event loop gets to its other
+    /// events in between.
+    #[test]
+    fn floods_are_served_a_budget_at_a_time() {
+        let mem = memory();
+        let mut backend = FakeBackend::new();
+        for i in 0..200u8 {
+            backend.to_guest.push_back(to_guest(&[i]));
+        }
+        let (qs, mut dev) = activated(&mem, 256, backend);
+        mem.write_slice(&tx_header(OP_CREDIT_UPDATE, 0), GuestAddress(0x10_0000)).unwrap();
+        let tx: Vec<_> = (0..200).map(|_| desc(0x10_0000, 44, 0, 0)).collect();
+        qs[TXQ].add_desc_chains(&tx, 0).unwrap();
+        let rx: Vec<_> = (0..200).map(|i| desc(0x20_0000 + i * 0x1000, 44 + 64, VRING_DESC_F_WRITE, 0)).collect();
+        qs[RXQ].add_desc_chains(&rx, 0).unwrap();
+
+        assert!(dev.process_tx());
+        assert_eq!(dev.backend.sent.len(), BUDGET);
+        assert_eq!(dev.queue_evts[TXQ].read().unwrap(), 1, "the TX queue is kicked again");
+        assert!(dev.process_rx());
+        assert_eq!(qs[RXQ].used().idx().load() as usize, BUDGET);
+        assert_eq!(dev.queue_evts[RXQ].read().unwrap(), 1, "the RX queue is kicked again");
+
+        // The event loop comes back for the kicks until both run dry.
+        let mut passes = 1;
+        loop {
+            dev.process_tx();
+            dev.process_rx();
+            passes += 1;
+            let tx = dev.queue_evts[TXQ].read().is_ok();
+            let rx = dev.queue_evts[RXQ].read().is_ok();
+            if !tx && !rx {
+                break;
+            }
+        }
+        assert_eq!(passes, 200usize.div_ceil(BUDGET));
+        assert_eq!(dev.backend.sent.len(), 200);
+        assert_eq!(qs[RXQ].used().idx().load(), 200);
+        assert!(!dev.backend.has_pending_rx());
     }
 
     #[test]

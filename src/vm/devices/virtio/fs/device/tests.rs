@@ -14,9 +14,9 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use fuse_backend_rs::abi::fuse_abi::{
-    AttrOut, CreateIn, EntryOut, GetattrIn, GetxattrIn, InHeader, InitIn, InitOut, MkdirIn, Opcode, OpenIn, OpenOut,
-    OutHeader, ReadIn, ReleaseIn, SetattrIn, SetxattrIn, WriteIn, WriteOut, KERNEL_MINOR_VERSION, KERNEL_VERSION,
-    ROOT_ID,
+    AttrOut, CreateIn, EntryOut, GetattrIn, GetxattrIn, InHeader, InitIn, InitOut, IoctlIn, MkdirIn, Opcode, OpenIn,
+    OpenOut, OutHeader, ReadIn, ReleaseIn, SetattrIn, SetxattrIn, WriteIn, WriteOut, KERNEL_MINOR_VERSION,
+    KERNEL_VERSION, ROOT_ID,
 };
 use fuse_vm_memory::ByteValued;
 use virtio_bindings::bindings::virtio_ring::{VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
@@ -642,6 +642,93 @@ fn looping_and_out_of_range_descriptor_chains_end() {
         s.req.publish(a);
         s.serve();
         assert_eq!(s.req.used().iter().map(|u| u.1).collect::<Vec<_>>(), vec![0, 0]);
+        s.still_works();
+    });
+}
+
+/// Descriptors may all point at the same guest pages, so a chain can
+/// claim gigabytes. An IOCTL sizes a host buffer by its `in_size` when the
+/// chain holds that much, and a WRITE copies whatever the chain holds:
+/// both are cut to one message (MAX_MESSAGE), whatever the chain claims.
+#[test]
+fn chains_claiming_more_than_guest_memory_are_cut_to_one_message() {
+    let dir = share_dir();
+    let mem = guest_memory();
+    isolated(|| {
+        let mut s = Session::new(&mem, dir.path(), false);
+        s.init();
+        // 40 readable descriptors over the same 2 MiB: 80 MiB "of input".
+        let alias = s.req.alloc(2 << 20);
+        let ioctl = IoctlIn { in_size: 64 << 20, out_size: 0, ..Default::default() };
+        let msg = message(Opcode::Ioctl, 500, ROOT_ID, &[ioctl.as_slice()]);
+        let inp = s.req.alloc(msg.len());
+        mem.write_slice(&msg, GuestAddress(inp)).unwrap();
+        let out = s.req.alloc(256);
+        let mut bufs = vec![Buf { addr: inp, len: msg.len() as u32, write: false }];
+        bufs.extend(std::iter::repeat_n(Buf { addr: alias, len: 2 << 20, write: false }, 40));
+        bufs.push(Buf { addr: out, len: 256, write: true });
+        let used = serve_raw(&mut s, &bufs);
+        let reply = s.req.read_reply(out, used[0].1);
+        // The input the IOCTL claims is not in the (cut) chain: refused
+        // before anything is allocated for it.
+        assert_eq!(reply.error(), -libc::ENOTTY);
+        s.still_works();
+
+        // A WRITE whose header and chain both claim 80 MiB.
+        let c = s.create(ROOT_ID, "big", libc::O_RDWR | libc::O_CREAT);
+        let entry = EntryOut::from_slice(&c.body[..std::mem::size_of::<EntryOut>()]).copied().unwrap();
+        let open = OpenOut::from_slice(&c.body[std::mem::size_of::<EntryOut>()..][..16]).copied().unwrap();
+        let w = WriteIn { fh: open.fh, size: 80 << 20, ..Default::default() };
+        let msg = message(Opcode::Write, 501, entry.nodeid, &[w.as_slice()]);
+        let inp = s.req.alloc(msg.len());
+        mem.write_slice(&msg, GuestAddress(inp)).unwrap();
+        let mut bufs = vec![Buf { addr: inp, len: msg.len() as u32, write: false }];
+        bufs.extend(std::iter::repeat_n(Buf { addr: alias, len: 2 << 20, write: false }, 40));
+        bufs.push(Buf { addr: out, len: 256, write: true });
+        serve_raw(&mut s, &bufs);
+        let len = std::fs::metadata(dir.path().join("big")).unwrap().len();
+        assert!(len <= MAX_MESSAGE as u64, "wrote {len} bytes");
+        s.still_works();
+
+        // A reply chain claiming 80 MiB: a READ of 64 MiB gets at most a
+        // message's worth (here the file is smaller anyway), a READDIR of
+        // 4 GiB is refused for want of room.
+        let r = ReadIn { fh: open.fh, size: 64 << 20, ..Default::default() };
+        let msg = message(Opcode::Read, 502, entry.nodeid, &[r.as_slice()]);
+        let inp = s.req.alloc(msg.len());
+        mem.write_slice(&msg, GuestAddress(inp)).unwrap();
+        let mut bufs = vec![Buf { addr: inp, len: msg.len() as u32, write: false }];
+        bufs.extend(std::iter::repeat_n(Buf { addr: alias, len: 2 << 20, write: true }, 40));
+        let used = serve_raw(&mut s, &bufs);
+        assert!(used[0].1 as usize <= MAX_MESSAGE, "{}", used[0].1);
+        s.still_works();
+    });
+}
+
+/// Sizes in the requests themselves, far beyond anything a kernel sends.
+#[test]
+fn huge_sizes_in_requests_are_refused_or_cut() {
+    let dir = share_dir();
+    let mem = guest_memory();
+    isolated(|| {
+        let mut s = Session::new(&mem, dir.path(), false);
+        s.init();
+        let e: EntryOut = s.lookup(ROOT_ID, "hello.txt").body();
+        let o: OpenOut = s.open(e.nodeid, libc::O_RDONLY).body();
+        // READ of 4 GiB into a 4 KiB reply: an error, nothing read.
+        let r = ReadIn { fh: o.fh, size: u32::MAX, ..Default::default() };
+        let reply = s.call(Opcode::Read, e.nodeid, &[r.as_slice()], 4096);
+        assert!(reply.used_len == 0 || reply.error() != 0);
+        // GETXATTR and LISTXATTR of 4 GiB: answered like a normal size.
+        let get = GetxattrIn { size: u32::MAX, padding: 0 };
+        let reply = s.call(Opcode::Getxattr, e.nodeid, &[get.as_slice(), &cstr("user.none")], 4096);
+        assert!(reply.error() == -libc::ENODATA || reply.error() == -libc::EOPNOTSUPP, "{}", reply.error());
+        let reply = s.call(Opcode::Listxattr, e.nodeid, &[get.as_slice()], 4096);
+        assert!(reply.error() == 0 || reply.error() == -libc::EOPNOTSUPP, "{}", reply.error());
+        // READDIR of 4 GiB with a 4 KiB reply buffer: refused.
+        let d: OpenOut = s.call(Opcode::Opendir, ROOT_ID, &[OpenIn::default().as_slice()], 256).body();
+        let r = ReadIn { fh: d.fh, size: u32::MAX, ..Default::default() };
+        assert_eq!(s.call(Opcode::Readdir, ROOT_ID, &[r.as_slice()], 4096).error(), -libc::ENOMEM);
         s.still_works();
     });
 }

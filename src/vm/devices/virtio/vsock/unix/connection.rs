@@ -79,6 +79,11 @@ pub struct VsockConnection<S: HostStream> {
     peer_no_rx: bool,
     peer_no_tx: bool,
     host_eof: bool,
+    /// Writing to the host stream failed: it is gone for good, and what
+    /// was still buffered for it was dropped.
+    host_write_failed: bool,
+    /// epoll reported a hang-up or an error on the host stream.
+    hangup_seen: bool,
     /// We asked for credit and have not heard back.
     credit_requested: bool,
 }
@@ -118,6 +123,8 @@ impl<S: HostStream> VsockConnection<S> {
             peer_no_rx: false,
             peer_no_tx: false,
             host_eof: false,
+            host_write_failed: false,
+            hangup_seen: false,
             credit_requested: false,
         }
     }
@@ -151,14 +158,40 @@ impl<S: HostStream> VsockConnection<S> {
         if can_read {
             e |= EventSet::IN;
         }
-        if !self.ctrl_out.is_empty() || !self.tx_buf.is_empty() {
+        if !self.host_write_failed && (!self.ctrl_out.is_empty() || !self.tx_buf.is_empty()) {
             e |= EventSet::OUT;
         }
         e
     }
 
+    /// Whether the host stream can still tell us anything we would act on.
+    /// epoll reports hang-ups and errors whatever the interest, so a
+    /// connection that wants nothing (`interest()` empty) from a stream
+    /// that hung up must leave the epoll set: otherwise the muxer's fd
+    /// stays readable and the VMM's event loop wakes for it forever.
+    pub fn watches_hangup(&self) -> bool {
+        !(self.hangup_seen || self.host_eof || self.host_write_failed || self.state == ConnState::Killed)
+    }
+
+    /// Bytes of guest data buffered for the host stream.
+    pub fn buffered(&self) -> usize {
+        self.tx_buf.len()
+    }
+
+    /// Ends the connection abortively: a RST for the guest, and nothing
+    /// buffered for the host is delivered any more.
     fn kill(&mut self) {
         self.pending = pending::RST;
+        self.tx_buf = VecDeque::new();
+        self.ctrl_out = Vec::new();
+    }
+
+    /// Ends the connection with a RST to the guest (a protocol violation
+    /// the muxer saw, such as a second REQUEST).
+    pub fn reset(&mut self) {
+        if self.state != ConnState::Killed {
+            self.kill();
+        }
     }
 
     /// Handles a packet from the guest addressed to this connection.
@@ -191,6 +224,11 @@ impl<S: HostStream> VsockConnection<S> {
                         self.kill();
                         return;
                     }
+                    if self.host_write_failed {
+                        // Nowhere to deliver it; the guest hears SHUTDOWN.
+                        return;
+                    }
+                    self.reserve_tx(len);
                     self.tx_buf.extend(buf);
                 }
                 self.flush();
@@ -212,8 +250,31 @@ impl<S: HostStream> VsockConnection<S> {
         }
     }
 
+    /// Makes room for `more` bytes in the buffer for the host, growing it
+    /// at most to [`CONN_BUF_SIZE`] (the caller checked the total), so a
+    /// connection never holds more than that however the guest sends.
+    fn reserve_tx(&mut self, more: usize) {
+        let need = self.tx_buf.len() + more;
+        if need > self.tx_buf.capacity() {
+            let target = need.max(self.tx_buf.capacity() * 2).min(CONN_BUF_SIZE as usize).max(need);
+            self.tx_buf.reserve_exact(target - self.tx_buf.len());
+        }
+    }
+
+    /// Writing to the host stream failed: nothing buffered for it can be
+    /// delivered any more.
+    fn host_write_gone(&mut self) {
+        self.host_write_failed = true;
+        self.ctrl_out = Vec::new();
+        self.tx_buf = VecDeque::new();
+        self.host_gone();
+    }
+
     /// Writes buffered bytes to the host stream without blocking.
     fn flush(&mut self) {
+        if self.host_write_failed {
+            return;
+        }
         while !self.ctrl_out.is_empty() {
             match self.stream.write(&self.ctrl_out) {
                 Ok(n) => {
@@ -221,26 +282,31 @@ impl<S: HostStream> VsockConnection<S> {
                 }
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return,
-                Err(_) => return self.host_gone(),
+                Err(_) => return self.host_write_gone(),
             }
         }
         while !self.tx_buf.is_empty() {
             let (front, _) = self.tx_buf.as_slices();
             match self.stream.write(front) {
-                Ok(0) => return self.host_gone(),
+                Ok(0) => return self.host_write_gone(),
                 Ok(n) => {
                     self.tx_buf.drain(..n);
                     self.fwd_cnt += Wrapping(n as u32);
                 }
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
                 Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                Err(_) => return self.host_gone(),
+                Err(_) => return self.host_write_gone(),
             }
         }
         if (self.fwd_cnt - self.last_fwd_cnt_sent).0 >= CREDIT_UPDATE_THRESHOLD {
             self.pending |= pending::CREDIT_UPDATE;
         }
         if self.tx_buf.is_empty() {
+            // A drained buffer gives its memory back: only streams whose
+            // host side is slow right now hold any.
+            if self.tx_buf.capacity() > 64 * 1024 {
+                self.tx_buf = VecDeque::new();
+            }
             if self.peer_no_tx {
                 self.stream.shutdown_write();
             }
@@ -262,6 +328,9 @@ impl<S: HostStream> VsockConnection<S> {
 
     /// The host stream is ready.
     pub fn notify(&mut self, events: EventSet) {
+        if events.intersects(EventSet::HANG_UP | EventSet::ERROR) {
+            self.hangup_seen = true;
+        }
         if events.contains(EventSet::OUT) {
             self.flush();
         }
@@ -347,7 +416,11 @@ impl<S: HostStream> VsockConnection<S> {
             }
             return None;
         }
-        let room = pkt.data_slice().map_or(0, |d| d.len()).min(credit as usize);
+        // A one-descriptor RX buffer may be as large as guest memory (the
+        // packet parser bounds only a separate data descriptor), and the
+        // credit is the guest's to set: the host buffer is sized by
+        // neither beyond one packet's worth.
+        let room = pkt.data_slice().map_or(0, |d| d.len()).min(credit as usize).min(MAX_PKT_DATA as usize);
         if room == 0 {
             return None;
         }
@@ -566,6 +639,30 @@ pub(crate) mod tests {
         c.send_pkt(&TestPkt::guest(OP_RW, 1024, 1 << 30, 0, b"early").pkt());
         assert!(c.recv_pkt(&mut out.pkt()));
         assert_eq!(out.pkt().op(), OP_RST);
+    }
+
+    /// An RX buffer of 1 MiB in one descriptor and all the credit there
+    /// is: the host reads at most one packet's worth (MAX_PKT_DATA) into
+    /// a buffer of that size, not whatever the guest offers.
+    #[test]
+    fn a_huge_rx_buffer_gets_one_packet_of_data() {
+        let (mut c, b) = established();
+        let mut upd = TestPkt::guest(OP_CREDIT_UPDATE, 1024, 1 << 30, 0, &[]);
+        upd.pkt().set_buf_alloc(u32::MAX);
+        c.send_pkt(&upd.pkt());
+        let block = vec![9u8; 256 * 1024];
+        let mut sent = 0;
+        while let Ok(n) = (&b).write(&block) {
+            sent += n;
+            if sent >= 2 << 20 {
+                break;
+            }
+        }
+        c.notify(EventSet::IN);
+        let mut out = TestPkt::new(1 << 20);
+        assert!(c.recv_pkt(&mut out.pkt()));
+        assert_eq!(out.pkt().op(), OP_RW);
+        assert_eq!(out.pkt().len(), MAX_PKT_DATA.min(sent as u32));
     }
 
     #[test]

@@ -2,6 +2,15 @@
 //! that have not yet said which port they want, and the established
 //! connections, all watched by one epoll fd that the VMM's event loop
 //! watches in turn.
+//!
+//! The guest is hostile (DEVELOPERS.md rule 9), so everything it can make
+//! the muxer hold is bounded: at most [`MAX_CONNECTIONS`] connections
+//! (each buffering at most `CONN_BUF_SIZE` of guest data), at most
+//! [`MAX_QUEUED_RSTS`] RSTs waiting for an RX buffer (one per connection
+//! key; beyond that they are dropped, which costs a guest that posts no RX
+//! buffers nothing but its own answers), and no fd stays in the epoll set
+//! when nothing it can report would be acted on (the level-triggered
+//! event loop would otherwise spin).
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::io::{ErrorKind, Read};
@@ -33,6 +42,18 @@ use crate::vm::devices::virtio::vsock::HOST_CID;
 const LOCAL_PORT_BASE: u32 = 1 << 30;
 /// A `CONNECT <port>\n` line is never longer than this.
 const MAX_CONNECT_LINE: usize = 32;
+/// Connections at once, both directions together. A guest REQUEST beyond
+/// it gets a RST, a host `CONNECT` has its stream closed. With
+/// `CONN_BUF_SIZE` per connection this bounds the guest data the muxer
+/// can be made to buffer at 64 MiB (reached only when that many host
+/// peers all stop reading).
+pub const MAX_CONNECTIONS: usize = 256;
+/// Rounds of 32 epoll events one `notify` handles at most.
+const NOTIFY_ROUNDS: usize = 8;
+/// RSTs for packets that matched no connection, waiting for the guest to
+/// post RX buffers. Each distinct (host port, guest port) pair is queued
+/// once; past this many, further RSTs are dropped.
+pub const MAX_QUEUED_RSTS: usize = 256;
 
 #[derive(Debug, thiserror::Error)]
 pub enum MuxerError {
@@ -77,9 +98,21 @@ pub struct VsockMuxer {
     watched: HashMap<RawFd, Watched>,
     pending_hosts: HashMap<RawFd, PendingHost>,
     conns: HashMap<ConnKey, VsockConnection<UnixStream>>,
+    /// Connection fds currently in the epoll set (see `refresh`).
+    registered: HashSet<RawFd>,
     rxq: VecDeque<RxItem>,
+    /// Connections with an `RxItem::Conn` in `rxq`.
     queued: HashSet<ConnKey>,
+    /// Keys with an `RxItem::Rst` in `rxq`.
+    queued_rsts: HashSet<ConnKey>,
+    /// RSTs dropped because `MAX_QUEUED_RSTS` were already waiting.
+    dropped_rsts: u64,
     next_local_port: u32,
+    max_connections: usize,
+    /// An fd kept in reserve so that a listener whose accept fails for
+    /// want of fds (EMFILE) can still take the waiting stream off its
+    /// backlog and close it, instead of staying readable forever.
+    spare_fd: Option<std::fs::File>,
 }
 
 /// Parses `CONNECT <port>\n`.
@@ -103,9 +136,14 @@ impl VsockMuxer {
             watched: HashMap::new(),
             pending_hosts: HashMap::new(),
             conns: HashMap::new(),
+            registered: HashSet::new(),
             rxq: VecDeque::new(),
             queued: HashSet::new(),
+            queued_rsts: HashSet::new(),
+            dropped_rsts: 0,
             next_local_port: LOCAL_PORT_BASE,
+            max_connections: MAX_CONNECTIONS,
+            spare_fd: std::fs::File::open("/dev/null").ok(),
         };
         let fd = m.listener.as_raw_fd();
         m.watch(fd, Watched::Listener, EventSet::IN).map_err(MuxerError::Epoll)?;
@@ -114,6 +152,28 @@ impl VsockMuxer {
 
     pub fn connection_count(&self) -> usize {
         self.conns.len()
+    }
+
+    /// Lowers the connection limit (tests and fuzzing: a smaller limit
+    /// is reached with fewer fds).
+    pub fn set_max_connections(&mut self, max: usize) {
+        self.max_connections = max.min(MAX_CONNECTIONS);
+    }
+
+    /// Packets waiting for guest RX buffers (connections with something
+    /// to send count once).
+    pub fn queued_rx(&self) -> usize {
+        self.rxq.len()
+    }
+
+    /// RSTs dropped since the start because too many were waiting.
+    pub fn dropped_rsts(&self) -> u64 {
+        self.dropped_rsts
+    }
+
+    /// Guest data buffered for host streams, all connections together.
+    pub fn buffered_bytes(&self) -> usize {
+        self.conns.values().map(|c| c.buffered()).sum()
     }
 
     fn watch(&mut self, fd: RawFd, what: Watched, events: EventSet) -> std::io::Result<()> {
@@ -125,6 +185,7 @@ impl VsockMuxer {
     fn unwatch(&mut self, fd: RawFd) {
         let _ = self.epoll.ctl(ControlOperation::Delete, fd, EpollEvent::default());
         self.watched.remove(&fd);
+        self.registered.remove(&fd);
     }
 
     fn enqueue(&mut self, key: ConnKey) {
@@ -147,7 +208,26 @@ impl VsockMuxer {
         }
         let interest = conn.interest();
         let pending = conn.has_pending_rx();
-        let _ = self.epoll.ctl(ControlOperation::Modify, fd, EpollEvent::new(to_epoll(interest), fd as u64));
+        // In the epoll set only while it can report something we act on:
+        // with an empty interest, epoll still reports a hang-up, level
+        // triggered, for as long as the stream exists.
+        let wanted = !interest.is_empty() || conn.watches_hangup();
+        let event = EpollEvent::new(to_epoll(interest), fd as u64);
+        match (wanted, self.registered.contains(&fd)) {
+            (true, true) => {
+                let _ = self.epoll.ctl(ControlOperation::Modify, fd, event);
+            }
+            (true, false) => {
+                if self.epoll.ctl(ControlOperation::Add, fd, event).is_ok() {
+                    self.registered.insert(fd);
+                }
+            }
+            (false, true) => {
+                let _ = self.epoll.ctl(ControlOperation::Delete, fd, EpollEvent::default());
+                self.registered.remove(&fd);
+            }
+            (false, false) => {}
+        }
         if pending {
             self.enqueue(key);
         }
@@ -155,9 +235,7 @@ impl VsockMuxer {
 
     fn add_conn(&mut self, key: ConnKey, conn: VsockConnection<UnixStream>) {
         let fd = conn.stream().as_raw_fd();
-        if self.watch(fd, Watched::Conn(key), EventSet::empty()).is_err() {
-            return;
-        }
+        self.watched.insert(fd, Watched::Conn(key));
         self.conns.insert(key, conn);
         self.refresh(key);
     }
@@ -173,7 +251,23 @@ impl VsockMuxer {
     }
 
     fn accept_all(&mut self) {
-        while let Ok((stream, _)) = self.listener.accept() {
+        loop {
+            let stream = match self.listener.accept() {
+                Ok((stream, _)) => stream,
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
+                    // Out of fds (a guest can hold many through virtio-fs):
+                    // take the stream off the backlog with the spare fd and
+                    // close it, or the listener stays readable forever.
+                    if self.spare_fd.take().is_none() {
+                        return;
+                    }
+                    drop(self.listener.accept());
+                    self.spare_fd = std::fs::File::open("/dev/null").ok();
+                    continue;
+                }
+                Err(_) => return,
+            };
             if stream.set_nonblocking(true).is_err() {
                 continue;
             }
@@ -212,7 +306,11 @@ impl VsockMuxer {
         let Some(p) = self.pending_hosts.remove(&fd) else {
             return;
         };
-        // A malformed request just gets the stream closed, as Firecracker does.
+        // A malformed request just gets the stream closed, as Firecracker
+        // does; so does one past the connection limit.
+        if self.conns.len() >= self.max_connections {
+            return;
+        }
         if let Ok(peer_port) = outcome {
             let local_port = self.alloc_local_port();
             let conn = VsockConnection::new_local(p.stream, self.guest_cid, local_port, peer_port);
@@ -220,7 +318,18 @@ impl VsockMuxer {
         }
     }
 
+    /// Queues a RST for a packet that matched no connection: once per key,
+    /// and at most [`MAX_QUEUED_RSTS`] at a time.
     fn rst(&mut self, local_port: u32, peer_port: u32) {
+        let key = (local_port, peer_port);
+        if self.queued_rsts.contains(&key) {
+            return;
+        }
+        if self.queued_rsts.len() >= MAX_QUEUED_RSTS {
+            self.dropped_rsts += 1;
+            return;
+        }
+        self.queued_rsts.insert(key);
         self.rxq.push_back(RxItem::Rst { local_port, peer_port });
     }
 }
@@ -258,7 +367,8 @@ impl VsockBackend for VsockMuxer {
         if let Some(conn) = self.conns.get_mut(&key) {
             if pkt.op() == OP_REQUEST {
                 // A second REQUEST on a live connection: reset it.
-                self.rst(key.0, key.1);
+                conn.reset();
+                self.refresh(key);
                 return;
             }
             conn.send_pkt(pkt);
@@ -266,6 +376,7 @@ impl VsockBackend for VsockMuxer {
             return;
         }
         match pkt.op() {
+            OP_REQUEST if self.conns.len() >= self.max_connections => self.rst(key.0, key.1),
             OP_REQUEST => {
                 let mut path = self.host_path.clone().into_os_string();
                 path.push(format!("_{}", pkt.dst_port()));
@@ -286,6 +397,7 @@ impl VsockBackend for VsockMuxer {
         while let Some(item) = self.rxq.pop_front() {
             match item {
                 RxItem::Rst { local_port, peer_port } => {
+                    self.queued_rsts.remove(&(local_port, peer_port));
                     let h = Header {
                         src_cid: HOST_CID,
                         dst_cid: self.guest_cid,
@@ -321,7 +433,11 @@ impl VsockBackend for VsockMuxer {
 
     fn notify(&mut self, _events: EventSet) {
         let mut events = vec![EpollEvent::default(); 32];
-        loop {
+        // A bounded number of rounds: an fd that stays ready after it was
+        // handled (a listener out of fds, say) must not keep this call
+        // going; the muxer's own fd is level-triggered, so whatever is left
+        // brings the event loop back after its other events.
+        for _ in 0..NOTIFY_ROUNDS {
             let n = match self.epoll.wait(0, &mut events) {
                 Ok(n) => n,
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
@@ -361,6 +477,7 @@ impl Drop for VsockMuxer {
 #[cfg(test)]
 mod tests {
     use super::super::connection::tests::TestPkt;
+    use super::super::connection::CONN_BUF_SIZE;
     use super::*;
     use std::io::Write;
     use std::time::Duration;
@@ -602,6 +719,247 @@ mod tests {
         assert!(m.has_pending_rx());
         drop(m);
         assert!(!path.exists());
+    }
+
+    /// Whether the muxer's fd would wake the VMM's event loop right now.
+    fn wakes_the_event_loop(m: &VsockMuxer) -> bool {
+        use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+        // SAFETY: the fd belongs to `m`, which outlives this call.
+        let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(m.as_raw_fd()) };
+        let mut fds = [PollFd::new(fd, PollFlags::POLLIN)];
+        poll(&mut fds, PollTimeout::ZERO).unwrap() > 0
+    }
+
+    /// Everything the muxer has for the guest: (op, src port, dst port).
+    fn drain(m: &mut VsockMuxer) -> Vec<(u16, u32, u32)> {
+        let mut out = Vec::new();
+        while m.has_pending_rx() {
+            let mut p = TestPkt::new(4096);
+            if m.recv_pkt(&mut p.pkt()) {
+                out.push(p.pkt_ro());
+            }
+        }
+        out
+    }
+
+    /// A host client that asked for guest port 1024, and the guest's
+    /// RESPONSE: an established host-initiated connection.
+    fn established(m: &mut VsockMuxer, dir: &Path) -> (UnixStream, u32) {
+        let mut host = UnixStream::connect(dir.join("v.sock")).unwrap();
+        host.write_all(b"CONNECT 1024\n").unwrap();
+        pump(m);
+        let req = next(m);
+        let local = req.pkt_ro().1;
+        m.send_pkt(&TestPkt::guest(OP_RESPONSE, 1024, local, 0, &[]).pkt());
+        host.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let mut line = [0u8; 32];
+        let n = host.read(&mut line).unwrap();
+        assert_eq!(&line[..n], format!("OK {local}\n").as_bytes());
+        (host, local)
+    }
+
+    /// A guest that posts no RX buffers while sending packets that each
+    /// deserve a RST: the queue of RSTs stays bounded, duplicates are
+    /// coalesced, and what was queued still goes out once buffers come.
+    #[test]
+    fn an_rst_flood_without_rx_buffers_stays_bounded() {
+        let (mut m, _dir) = muxer();
+        for i in 0..20_000u32 {
+            m.send_pkt(&TestPkt::guest(OP_RW, 10_000 + i, 7, 0, b"x").pkt());
+            assert!(m.queued_rx() <= MAX_QUEUED_RSTS);
+        }
+        assert_eq!(m.queued_rx(), MAX_QUEUED_RSTS);
+        assert_eq!(m.dropped_rsts(), 20_000 - MAX_QUEUED_RSTS as u64);
+        // The same offending packet many times: one RST.
+        let (mut m2, _dir2) = muxer();
+        for _ in 0..1000 {
+            m2.send_pkt(&TestPkt::guest(OP_CREDIT_UPDATE, 5, 6, 0, &[]).pkt());
+        }
+        assert_eq!(m2.queued_rx(), 1);
+        // The guest finally posts buffers: the queued RSTs go out, in order.
+        let mut got = 0;
+        while m.has_pending_rx() {
+            let p = next(&mut m);
+            assert_eq!(p.pkt_ro(), (OP_RST, 7, 10_000 + got));
+            got += 1;
+        }
+        assert_eq!(got as usize, MAX_QUEUED_RSTS);
+        // With the queue drained, new RSTs are queued again.
+        m.send_pkt(&TestPkt::guest(OP_RW, 1, 2, 0, b"x").pkt());
+        assert_eq!(next(&mut m).pkt_ro(), (OP_RST, 2, 1));
+    }
+
+    /// Thousands of connection requests to ports nobody listens on: each
+    /// is refused at once, nothing is kept but a bounded queue of RSTs.
+    #[test]
+    fn a_request_flood_to_closed_ports_keeps_nothing() {
+        let (mut m, _dir) = muxer();
+        for i in 0..5000u32 {
+            m.send_pkt(&TestPkt::guest(OP_REQUEST, 20_000 + i, 9000 + (i % 50), 0, &[]).pkt());
+        }
+        assert_eq!(m.connection_count(), 0);
+        assert!(m.queued_rx() <= MAX_QUEUED_RSTS);
+        assert!(!wakes_the_event_loop(&m));
+    }
+
+    /// Past the connection limit a guest REQUEST gets a RST and a host
+    /// CONNECT has its stream closed; a freed slot is usable again.
+    #[test]
+    fn connections_are_capped() {
+        let (mut m, dir) = muxer();
+        m.set_max_connections(4);
+        let listener = UnixListener::bind(dir.path().join("v.sock_52")).unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let mut accepted = Vec::new();
+        for i in 0..10u32 {
+            m.send_pkt(&TestPkt::guest(OP_REQUEST, 40_000 + i, 52, 0, &[]).pkt());
+            let p = next(&mut m);
+            let want = if i < 4 { OP_RESPONSE } else { OP_RST };
+            assert_eq!(p.pkt_ro(), (want, 52, 40_000 + i), "request {i}");
+            if let Ok((s, _)) = listener.accept() {
+                accepted.push(s);
+            }
+        }
+        assert_eq!(m.connection_count(), 4);
+        // A host CONNECT at the limit: closed without an OK line.
+        let mut host = UnixStream::connect(dir.path().join("v.sock")).unwrap();
+        host.write_all(b"CONNECT 1024\n").unwrap();
+        for _ in 0..20 {
+            m.notify(EventSet::IN);
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        host.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let mut b = [0u8; 8];
+        assert_eq!(host.read(&mut b).unwrap(), 0);
+        assert!(!m.has_pending_rx());
+        // The guest resets one: a new request fits again.
+        m.send_pkt(&TestPkt::guest(OP_RST, 40_000, 52, 0, &[]).pkt());
+        assert_eq!(m.connection_count(), 3);
+        m.send_pkt(&TestPkt::guest(OP_REQUEST, 50_000, 52, 0, &[]).pkt());
+        assert_eq!(next(&mut m).pkt_ro(), (OP_RESPONSE, 52, 50_000));
+    }
+
+    /// Guest data for host peers that never read is held only up to each
+    /// connection's buffer (the guest's credit), so with the connection
+    /// limit the total is bounded; a guest ignoring its credit is reset.
+    #[test]
+    fn guest_data_for_stalled_host_peers_is_bounded() {
+        let (mut m, dir) = muxer();
+        m.set_max_connections(3);
+        let listener = UnixListener::bind(dir.path().join("v.sock_52")).unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let mut peers = Vec::new();
+        let chunk = vec![0x5au8; MAX_PKT_DATA as usize];
+        let per_conn = CONN_BUF_SIZE / MAX_PKT_DATA;
+        for i in 0..5u32 {
+            m.send_pkt(&TestPkt::guest(OP_REQUEST, 40_000 + i, 52, 0, &[]).pkt());
+            let want = if i < 3 { OP_RESPONSE } else { OP_RST };
+            assert!(drain(&mut m).contains(&(want, 52, 40_000 + i)));
+            if let Ok((s, _)) = listener.accept() {
+                peers.push(s);
+            }
+            // All the credit the guest has: the host socket takes part of
+            // it, the muxer buffers the rest.
+            for _ in 0..per_conn {
+                m.send_pkt(&TestPkt::guest(OP_RW, 40_000 + i, 52, 0, &chunk).pkt());
+            }
+        }
+        assert_eq!(peers.len(), 3);
+        assert_eq!(m.connection_count(), 3);
+        assert!(m.buffered_bytes() > 0, "the host peers do not read");
+        assert!(m.buffered_bytes() <= 3 * CONN_BUF_SIZE as usize);
+        // Past its credit: the connection is reset and its buffer freed.
+        let before = m.buffered_bytes();
+        for _ in 0..per_conn {
+            m.send_pkt(&TestPkt::guest(OP_RW, 40_000, 52, 0, &chunk).pkt());
+        }
+        assert!(m.buffered_bytes() < before);
+        assert!(drain(&mut m).contains(&(OP_RST, 52, 40_000)));
+        assert_eq!(m.connection_count(), 2);
+    }
+
+    /// The guest stops consuming RX while the host keeps sending and then
+    /// hangs up: nothing is buffered in the VMM (host data waits in the
+    /// socket), and once the muxer has handled what it can, its fd does not
+    /// stay readable (a level-triggered hang-up used to wake the event
+    /// loop forever).
+    #[test]
+    fn a_guest_that_stops_consuming_does_not_spin_the_event_loop() {
+        let (mut m, dir) = muxer();
+        let (mut host, _local) = established(&mut m, dir.path());
+        host.set_nonblocking(true).unwrap();
+        let block = vec![1u8; 64 * 1024];
+        let mut sent = 0;
+        while sent < 4 << 20 {
+            match host.write(&block) {
+                Ok(n) => sent += n,
+                Err(_) => break,
+            }
+            m.notify(EventSet::IN);
+        }
+        assert_eq!(m.buffered_bytes(), 0);
+        assert!(m.queued_rx() <= 1, "one entry for the connection");
+        assert!(!wakes_the_event_loop(&m), "nothing to do until the guest posts buffers");
+        drop(host);
+        for _ in 0..3 {
+            if wakes_the_event_loop(&m) {
+                m.notify(EventSet::IN);
+            }
+        }
+        assert!(!wakes_the_event_loop(&m), "a hang-up nobody can act on must not keep the fd readable");
+        // The guest comes back: the data, then the SHUTDOWN.
+        let mut ops = Vec::new();
+        for _ in 0..10_000 {
+            if m.has_pending_rx() {
+                let p = next(&mut m);
+                ops.push(p.pkt_ro().0);
+                if ops.last() == Some(&OP_SHUTDOWN) {
+                    break;
+                }
+                // Keep the guest's credit open.
+                let mut upd = TestPkt::guest(OP_CREDIT_UPDATE, 1024, LOCAL_PORT_BASE, 0, &[]);
+                upd.pkt().set_buf_alloc(u32::MAX).set_fwd_cnt(0);
+                m.send_pkt(&upd.pkt());
+            } else {
+                m.notify(EventSet::IN);
+            }
+        }
+        assert_eq!(ops.last(), Some(&OP_SHUTDOWN));
+        assert!(ops.iter().filter(|&&o| o == OP_RW).count() > 1);
+    }
+
+    /// A guest that never answers a host CONNECT, then the host gives up:
+    /// the connection is reset and dropped once the guest takes the RST,
+    /// and the dead stream does not keep the event loop awake meanwhile.
+    #[test]
+    fn a_host_giving_up_on_a_silent_guest_does_not_spin() {
+        let (mut m, dir) = muxer();
+        let mut host = UnixStream::connect(dir.path().join("v.sock")).unwrap();
+        host.write_all(b"CONNECT 1024\n").unwrap();
+        pump(&mut m);
+        next(&mut m); // the REQUEST the guest ignores
+        drop(host);
+        for _ in 0..3 {
+            if wakes_the_event_loop(&m) {
+                m.notify(EventSet::IN);
+            }
+        }
+        assert!(!wakes_the_event_loop(&m));
+        assert_eq!(m.connection_count(), 1);
+        assert_eq!(next(&mut m).pkt_ro().0, OP_RST);
+        assert_eq!(m.connection_count(), 0);
+    }
+
+    /// A second REQUEST on a live connection ends that connection.
+    #[test]
+    fn a_second_request_resets_the_connection() {
+        let (mut m, dir) = muxer();
+        let _l = UnixListener::bind(dir.path().join("v.sock_52")).unwrap();
+        m.send_pkt(&TestPkt::guest(OP_REQUEST, 40_000, 52, 0, &[]).pkt());
+        assert_eq!(next(&mut m).pkt_ro().0, OP_RESPONSE);
+        m.send_pkt(&TestPkt::guest(OP_REQUEST, 40_000, 52, 0, &[]).pkt());
+        assert_eq!(next(&mut m).pkt_ro(), (OP_RST, 52, 40_000));
+        assert_eq!(m.connection_count(), 0);
     }
 
     #[test]
