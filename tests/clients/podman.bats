@@ -222,10 +222,17 @@ vm_or_skip() {
   fi
   VM="--annotation run.amphi.isolation=vm"
 }
+# Every podman call below has a time limit, so a hang fails its test (and
+# shows what was running) instead of stalling the suite.
+teardown() {
+  if [ -n "${VM:-}" ] && [ "${status:-0}" = 124 ]; then
+    ps -eo pid,ppid,stat,pcpu,etimes,args | grep -E 'amphi|conmon|podman' | grep -v grep | cut -c1-200
+  fi
+}
 
 @test "vm: run --rm prints the output of a workload in its own kernel, and its exit code" {
   vm_or_skip
-  run $P run --rm $VM $O /bin/sh -c 'uname -r; exit 7'
+  run timeout 240 $P run --rm $VM $O /bin/sh -c 'uname -r; exit 7'
   [ "$status" -eq 7 ]
   [[ "${lines[0]}" == *cloud-amd64 ]]
   [ "${lines[0]}" != "$(uname -r)" ]
@@ -233,27 +240,27 @@ vm_or_skip() {
 
 @test "vm: run -d, exec (own stdio and exit code), stop (137) and rm" {
   vm_or_skip
-  run $P run -d --name amphi-bats-vm $VM $O /bin/sleep 1000
+  run timeout 240 $P run -d --name amphi-bats-vm $VM $O /bin/sleep 1000
   [ "$status" -eq 0 ]
-  run $P inspect -f '{{.State.Status}}' amphi-bats-vm
+  run timeout 240 $P inspect -f '{{.State.Status}}' amphi-bats-vm
   [ "$output" = "running" ]
-  run $P exec amphi-bats-vm /bin/sh -c 'echo in-vm; exit 3'
+  run timeout 240 $P exec amphi-bats-vm /bin/sh -c 'echo in-vm; exit 3'
   [ "$status" -eq 3 ]
   [ "$output" = "in-vm" ]
-  run $P exec -t amphi-bats-vm /bin/sh -c 'test -t 1 && echo tty'
+  run timeout 240 $P exec -t amphi-bats-vm /bin/sh -c 'test -t 1 && echo tty'
   [ "$status" -eq 0 ]
   [[ "$output" == *tty* ]]
-  run $P stop -t 1 amphi-bats-vm
+  run timeout 240 $P stop -t 1 amphi-bats-vm
   [ "$status" -eq 0 ]
-  run $P inspect -f '{{.State.Status}} {{.State.ExitCode}}' amphi-bats-vm
+  run timeout 240 $P inspect -f '{{.State.Status}} {{.State.ExitCode}}' amphi-bats-vm
   [ "$output" = "exited 137" ]
-  run $P rm amphi-bats-vm
+  run timeout 240 $P rm amphi-bats-vm
   [ "$status" -eq 0 ]
 }
 
 @test "vm: a bad VM setting is refused with amphi's message" {
   vm_or_skip
-  run $P run --rm $VM --annotation run.amphi.vm.memory=12x $O /bin/true
+  run timeout 240 $P run --rm $VM --annotation run.amphi.vm.memory=12x $O /bin/true
   [ "$status" -ne 0 ]
   [[ "$output" == *run.amphi.vm.memory* ]]
 }
