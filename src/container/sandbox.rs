@@ -180,3 +180,21 @@ impl SandboxError {
 /// Picks the [`Sandbox`] for an isolation. The binary passes the real one
 /// (`amphi::isolation::sandbox_for`); tests pass fakes.
 pub type SandboxFor = fn(crate::spec::Isolation) -> Box<dyn Sandbox>;
+
+/// The console socket and process.terminal must agree, in either
+/// isolation: a socket without a terminal, or a terminal with nowhere to
+/// send it (unless the caller keeps it, as `run` in the foreground does).
+pub fn check_terminal(
+    console_socket: Option<&std::path::Path>,
+    terminal: bool,
+    keep_console: bool,
+) -> Result<(), &'static str> {
+    match (console_socket, terminal) {
+        (Some(_), false) => {
+            Err("--console-socket was given but process.terminal is false: drop the flag or set terminal")
+        }
+        (None, true) if !keep_console => Err("process.terminal is true but no --console-socket was given to receive \
+             the terminal: pass --console-socket or set terminal to false"),
+        _ => Ok(()),
+    }
+}

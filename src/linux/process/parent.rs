@@ -45,21 +45,10 @@ pub fn create(req: &CreateRequest<'_>, hooks: &mut RuntimeHooks<'_>) -> Result<C
         ));
     }
     let terminal = process.and_then(|p| p.terminal()).unwrap_or(false);
-    match (&req.console_socket, terminal) {
-        (Some(p), true) => console::check_socket(p)?,
-        (Some(_), false) => {
-            return Err(LinuxError::Config(
-                "--console-socket was given but process.terminal is false: drop the flag or set terminal".into(),
-            ))
-        }
-        (None, true) if !req.keep_console => {
-            return Err(LinuxError::Config(
-                "process.terminal is true but no --console-socket was given to receive the terminal: pass \
-                 --console-socket or set terminal to false"
-                    .into(),
-            ))
-        }
-        _ => {}
+    crate::container::sandbox::check_terminal(req.console_socket.as_deref(), terminal, req.keep_console)
+        .map_err(|m| LinuxError::Config(m.into()))?;
+    if let (Some(p), true) = (&req.console_socket, terminal) {
+        console::check_socket(p)?;
     }
 
     let mut cgroups = Manager::new(&CgroupConfig {

@@ -387,21 +387,8 @@ fn create(req: &CreateRequest<'_>, hooks: &mut RuntimeHooks<'_>) -> Result<Creat
     }
     let process = spec.process().as_ref().ok_or_else(|| VmError::Config("config.json has no process".into()))?;
     let terminal = process.terminal().unwrap_or(false);
-    match (&req.console_socket, terminal) {
-        (Some(_), false) => {
-            return Err(VmError::Config(
-                "--console-socket was given but process.terminal is false: drop the flag or set terminal".into(),
-            ))
-        }
-        (None, true) if !req.keep_console => {
-            return Err(VmError::Config(
-                "process.terminal is true but no --console-socket was given to receive the terminal: pass \
-                 --console-socket or set terminal to false"
-                    .into(),
-            ))
-        }
-        _ => {}
-    }
+    crate::container::sandbox::check_terminal(req.console_socket.as_deref(), terminal, req.keep_console)
+        .map_err(|m| VmError::Config(m.into()))?;
     let window = if req.keep_console { window_of_stdin() } else { None };
     let gplan = plan::guest_plan(spec, &req.bundle.dir, &req.bundle.rootfs, req.cgroups_path.as_deref(), window)?;
     let exe = crate::linux::exe::original_exe();
