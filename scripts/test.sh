@@ -3,6 +3,10 @@
 #   lint        cargo fmt --check; cargo clippy --all-targets -D warnings
 #   unit        unit and no-root black-box tests        cargo test --workspace
 #   root        root integration tests                   cargo test --workspace -- --ignored
+#   crash       kill -9 of every command at named points and random
+#               moments; torn state files              tests/crash/kill9.sh
+#   load        200 lifecycles 16 at a time; 1,000 containers in one store
+#                                                       tests/load/lifecycles.sh
 #   oci podman containerd docker   conformance and real clients on this host
 #   vm          VM end to end                           tests/vm/run-tests.sh
 #   testhost    real clients and the pure-cgroup2 root tests in the full
@@ -12,13 +16,13 @@
 #   +  leak check: nothing the suite made (containers, cgroups, mounts,
 #      processes) may remain afterwards.
 # Usage: scripts/test.sh [--no-setup] [TIER...]
-#   (tiers: lint unit root oci podman containerd docker vm testhost fuzz; default all)
+#   (tiers: lint unit root crash load oci podman containerd docker vm testhost fuzz; default all)
 # The summary shows each tier as PASS, FAIL or SKIP (reason) with its
 # counts; a test that could not run is counted as skipped, never passed.
 set -uo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
-all=(lint unit root oci podman containerd docker vm testhost fuzz)
+all=(lint unit root crash load oci podman containerd docker vm testhost fuzz)
 setup=1
 tiers=()
 for a in "$@"; do
@@ -111,6 +115,8 @@ tests/leaks.sh snapshot "$log/before"
 want lint && run_tier lint lint
 want unit && run_tier unit tests/cargo-test.sh unit --workspace --locked
 want root && run_tier root tests/cargo-test.sh root --workspace --locked -- --ignored --test-threads=2
+want crash && run_tier crash tests/crash/kill9.sh 100
+want load && run_tier load tests/load/lifecycles.sh 200 16 1000
 want oci && run_tier oci tests/oci/validation.sh --known tests/oci/known-failures.txt "$AMPHI"
 want podman && run_tier podman bats tests/clients/podman.bats
 want containerd && run_tier containerd tests/clients/containerd.sh

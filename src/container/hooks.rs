@@ -99,12 +99,19 @@ fn run_one(kind: HookKind, index: usize, hook: &Hook, state_json: &[u8]) -> Resu
         });
     }
     let mut child = cmd.spawn().map_err(|source| HookError::Spawn { kind, index, path: path.clone(), source })?;
-    if let Some(mut stdin) = child.stdin.take() {
-        // A hook that ignores its stdin closes the pipe early: EPIPE is fine.
-        let _ = stdin.write_all(state_json);
+    // The timeout covers feeding stdin too: a hook that never reads a
+    // state larger than the pipe would otherwise block us before it starts.
+    let timeout = hook.timeout().filter(|s| *s > 0).map(|s| (s, Instant::now() + Duration::from_secs(s as u64)));
+    if let Some(stdin) = child.stdin.take() {
+        if !feed(stdin, state_json, timeout.map(|(_, d)| d)) {
+            let _ = child.kill();
+            let _ = child.wait();
+            let secs = timeout.map(|(s, _)| s).unwrap_or_default();
+            return Err(HookError::Timeout { kind, index, path, secs });
+        }
     }
-    let status = match hook.timeout() {
-        Some(secs) if secs > 0 => match wait_timeout(&mut child, Duration::from_secs(secs as u64)) {
+    let status = match timeout {
+        Some((secs, deadline)) => match wait_timeout(&mut child, deadline.saturating_duration_since(Instant::now())) {
             Some(s) => s,
             None => {
                 let _ = child.kill();
@@ -124,6 +131,38 @@ fn run_one(kind: HookKind, index: usize, hook: &Hook, state_json: &[u8]) -> Resu
         };
         Err(HookError::Failed { kind, index, path, status })
     }
+}
+
+/// Writes the state to a hook's stdin and closes it; false when `deadline`
+/// passed first. A hook that closes its stdin early (EPIPE) is fine.
+fn feed(stdin: std::process::ChildStdin, data: &[u8], deadline: Option<Instant>) -> bool {
+    let Some(deadline) = deadline else {
+        let mut stdin = stdin;
+        let _ = stdin.write_all(data);
+        return true;
+    };
+    let fd = OwnedFd::from(stdin);
+    if nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK)).is_err() {
+        return true;
+    }
+    let mut off = 0;
+    while off < data.len() {
+        match nix::unistd::write(&fd, &data[off..]) {
+            Ok(n) => off += n,
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(nix::errno::Errno::EAGAIN) => {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return false;
+                }
+                let mut pfd = libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLOUT, revents: 0 };
+                // SAFETY: one valid pollfd for the duration of the call.
+                unsafe { libc::poll(&mut pfd, 1, left.as_millis().clamp(1, i32::MAX as u128) as i32) };
+            }
+            Err(_) => return true,
+        }
+    }
+    true
 }
 
 /// Waits for `child` for at most `timeout`; `None` when it is still running.
@@ -186,6 +225,17 @@ mod tests {
     fn timeout_kills_the_hook() {
         let h = hook(r#"{"path":"/bin/sleep","args":["sleep","30"],"timeout":1}"#);
         let e = run_all(HookKind::Poststart, &[h], b"{}").unwrap_err();
+        assert!(matches!(e, HookError::Timeout { secs: 1, .. }), "{e}");
+    }
+
+    #[test]
+    fn a_hook_that_never_reads_a_large_state_times_out() {
+        // More than a pipe holds: writing it used to block until the hook
+        // exited (after 30 s, successfully, since the timeout only started
+        // after the write).
+        let h = hook(r#"{"path":"/bin/sleep","args":["sleep","30"],"timeout":1}"#);
+        let state = vec![b' '; 1 << 20];
+        let e = run_all(HookKind::CreateRuntime, &[h], &state).unwrap_err();
         assert!(matches!(e, HookError::Timeout { secs: 1, .. }), "{e}");
     }
 

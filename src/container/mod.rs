@@ -7,6 +7,7 @@
 //! state file (or, at create, the annotation or `--isolation`) names.
 
 pub mod exec;
+pub mod fault;
 pub mod foreground;
 pub mod hooks;
 pub mod id;
@@ -29,7 +30,7 @@ pub use id::{ContainerId, IdError};
 use process::Liveness;
 pub use sandbox::{CreateRequest, Created, Exec, ExecRequest, LaunchMode, Sandbox, SandboxError, SandboxFor};
 use signal::Sig;
-pub use state::{OciState, Op, State, Status};
+pub use state::{Creator, OciState, Op, State, Status};
 pub use stats::{Event, Stats};
 use store::{ContainerDir, Store, StoreError};
 pub use update::{UpdateError, UpdateOptions};
@@ -189,6 +190,7 @@ impl Runtime {
             return Err(ContainerError::NoProcessAtStart(id.to_string()));
         }
         sandbox.start(&dir, &state)?;
+        fault::point("start:released");
         crate::logging::debug_with(|| format!("start {id}: process {} released", state.pid));
         self.poststart(&state);
         Ok(())
@@ -424,22 +426,34 @@ impl Runtime {
             Err(StoreError::NotFound(_)) if force => return Ok(()),
             r => r?,
         };
-        let Some(state) = dir.read_state()? else {
-            // The creating process died before recording anything: nothing
-            // but the directory can exist.
-            if force {
-                dir.remove()?;
-                return Ok(());
+        let state = match dir.read_state() {
+            Ok(Some(state)) => state,
+            // A directory without a state file: made by an amphi older than
+            // the early record, or a `create` killed before writing it.
+            Ok(None) if force => return self.salvage(dir),
+            Ok(None) => {
+                return Err(ContainerError::WrongState {
+                    id: id.to_string(),
+                    op: Op::Delete,
+                    status: Status::Creating,
+                    hint: ": use --force to remove it",
+                })
             }
+            Err(StoreError::Corrupt { .. }) if force => return self.salvage(dir),
+            Err(e) => return Err(e.into()),
+        };
+        let status = status_of(&dir, &state);
+        if status != Status::Stopped && state.pid == 0 && !force {
             return Err(ContainerError::WrongState {
                 id: id.to_string(),
                 op: Op::Delete,
-                status: Status::Creating,
+                status,
                 hint: ": use --force to remove it",
             });
-        };
-        let status = status_of(&dir, &state);
-        if status != Status::Stopped {
+        }
+        // pid 0: never created (its `create` died or is still running);
+        // its cgroups are killed and removed by the teardown.
+        if status != Status::Stopped && state.pid != 0 {
             if !force {
                 return Err(ContainerError::WrongState {
                     id: id.to_string(),
@@ -453,8 +467,31 @@ impl Runtime {
             if !process::wait_gone(state.pid, state.pid_start_time, KILL_WAIT) {
                 return Err(ContainerError::KillTimeout { id: id.to_string(), secs: KILL_WAIT.as_secs() });
             }
+            fault::point("delete:killed");
         }
         self.teardown(dir, &state, false)
+    }
+
+    /// `delete --force` of a container whose state file is missing or
+    /// unreadable: whatever either isolation makes for this id at its
+    /// default places (cgroups named after the id, files in the
+    /// directory) is killed and removed, then the directory.
+    fn salvage(&self, dir: ContainerDir) -> Result<(), ContainerError> {
+        crate::logging::debug_with(|| format!("delete {}: no usable state, removing what the id names", dir.id));
+        for isolation in [Isolation::Container, Isolation::Vm] {
+            let sandbox = (self.sandboxes)(isolation);
+            let plan = match sandbox.plan(&dir.id, None, &dir.path) {
+                Ok(p) => p,
+                Err(e) => {
+                    crate::logging::debug(&format!("delete {}: {isolation}: {}", dir.id, crate::logging::chain(&e)));
+                    continue;
+                }
+            };
+            let state = State { sandbox: plan, ..State::bare(&dir.id, isolation) };
+            sandbox.destroy(&state)?;
+        }
+        dir.remove()?;
+        Ok(())
     }
 
     /// `list`: every container with its status, sorted by id.
@@ -469,7 +506,14 @@ impl Runtime {
                     out.push(state.to_oci(status));
                 }
                 Ok(None) => out.push(creating_state(&dir)),
-                Err(_) => continue,
+                // Listed all the same (as stopped: nothing amphi can vouch
+                // for runs), with the reason on stderr.
+                Err(e) => {
+                    crate::logging::warn(&crate::logging::chain(&e));
+                    let mut s = creating_state(&dir);
+                    s.status = Status::Stopped;
+                    out.push(s);
+                }
             }
         }
         Ok(out)
@@ -524,6 +568,7 @@ impl Runtime {
             None => bundle.requested_isolation()?.unwrap_or(Isolation::Container),
         };
         let cgroups_path = self.cgroups_path(&bundle)?;
+        let sandbox = (self.sandboxes)(isolation);
         let dir = self.store.create(&id)?;
         crate::logging::debug_with(|| {
             format!(
@@ -555,7 +600,23 @@ impl Runtime {
             no_process: bundle.spec.process().is_none(),
             resources: bundle.spec.linux().as_ref().and_then(|l| l.resources().clone()),
             sandbox: serde_json::Value::Null,
+            creator: Some(Creator::this_process()),
         };
+        // Recorded before anything exists: should this process be killed
+        // from here on, the state names what to clean up (pid 0: nothing
+        // was handed over) and reads as stopped once this process is gone.
+        let planned = sandbox
+            .plan(id.as_str(), cgroups_path.as_deref(), &dir.path)
+            .map_err(ContainerError::from)
+            .and_then(|plan| {
+                state.sandbox = plan;
+                dir.write_state(&state).map_err(ContainerError::from)
+            });
+        if let Err(e) = planned {
+            let _ = dir.remove();
+            return Err(e);
+        }
+        fault::point("create:planned");
         let terminal = bundle.spec.process().as_ref().and_then(|p| p.terminal()).unwrap_or(false);
         let req = CreateRequest {
             id: id.as_str(),
@@ -569,7 +630,6 @@ impl Runtime {
             mode,
             keep_console: foreground && terminal && opts.console_socket.is_none(),
         };
-        let sandbox = (self.sandboxes)(isolation);
         let hooks = bundle.spec.hooks().clone();
         let created = {
             let state_for_hooks = &state;
@@ -605,15 +665,29 @@ impl Runtime {
                 }
             }
         };
+        let mut created = created;
+        fault::point("create:sandbox-made");
         state.pid = created.pid;
+        state.creator = None;
         state.pid_start_time = created.pid_start_time;
         crate::logging::debug_with(|| format!("create {id}: created, pid {}", state.pid));
         state.sandbox = created.sandbox_state.clone();
 
-        let recorded = dir.write_state(&state).map_err(ContainerError::from).and_then(|()| match &opts.pid_file {
-            Some(p) => write_pid_file(p, state.pid),
-            None => Ok(()),
-        });
+        let recorded = dir
+            .write_state(&state)
+            .map_err(ContainerError::from)
+            .and_then(|()| match &opts.pid_file {
+                Some(p) => write_pid_file(p, state.pid),
+                None => Ok(()),
+            })
+            .and_then(|()| {
+                fault::point("create:recorded");
+                match created.commit.take() {
+                    Some(c) => c.commit().map_err(ContainerError::from),
+                    None => Ok(()),
+                }
+            });
+        fault::point("create:committed");
         if let Err(e) = recorded {
             let _ = sandbox.kill(&state, Sig::KILL, true);
             process::wait_gone(state.pid, state.pid_start_time, KILL_WAIT);
@@ -657,7 +731,9 @@ impl Runtime {
         }
         crate::logging::debug_with(|| format!("delete {}: releasing its resources", state.id));
         let destroyed = sandbox.destroy(state);
-        if let Some(list) = state.hooks.as_ref().and_then(|h| h.poststop().clone()) {
+        fault::point("delete:destroyed");
+        // pid 0: the container was never created, so it never started.
+        if let Some(list) = state.hooks.as_ref().filter(|_| state.pid != 0).and_then(|h| h.poststop().clone()) {
             let json = serde_json::to_vec(&state.to_oci(Status::Stopped)).unwrap_or_default();
             for e in hooks::run_all_collect(HookKind::Poststop, &list, &json) {
                 crate::logging::warn(&crate::logging::chain(&e));
@@ -671,6 +747,14 @@ impl Runtime {
 
 /// Derives the status from the recorded process and the exec fifo.
 pub fn status_of(dir: &ContainerDir, state: &State) -> Status {
+    if state.pid == 0 {
+        // Recorded by a `create` that has not finished: creating while it
+        // runs, stopped once it died without finishing.
+        return match state.creator {
+            Some(c) if process::liveness(c.pid, c.start_time) == Liveness::Alive => Status::Creating,
+            _ => Status::Stopped,
+        };
+    }
     match process::liveness(state.pid, state.pid_start_time) {
         Liveness::Gone => Status::Stopped,
         Liveness::Alive if dir.has_fifo() => Status::Created,
@@ -773,6 +857,37 @@ mod tests {
         assert!(e.to_string().contains("does not exist"), "{e}");
         assert_eq!(e.exit_code(), crate::exit::NOT_FOUND);
         assert!(rt.list().unwrap().is_empty());
+    }
+
+    fn planned(id: &str, creator: Option<Creator>) -> State {
+        State { creator, ..State::bare(id, Isolation::Container) }
+    }
+
+    #[test]
+    fn a_state_recorded_before_create_finished_reads_truthfully() {
+        let root = tempfile::tempdir().unwrap();
+        let store = Store::new(root.path());
+        let dir = store.create(&ContainerId::new("c").unwrap()).unwrap();
+        // Its creator still runs (this process): creating.
+        assert_eq!(status_of(&dir, &planned("c", Some(Creator::this_process()))), Status::Creating);
+        // Its creator is gone (a start time that cannot match): stopped.
+        let dead = Creator { pid: std::process::id() as i32, start_time: u64::MAX };
+        assert_eq!(status_of(&dir, &planned("c", Some(dead))), Status::Stopped);
+        assert_eq!(status_of(&dir, &planned("c", None)), Status::Stopped);
+    }
+
+    #[test]
+    fn a_corrupt_state_is_listed_as_stopped_and_named_by_state() {
+        let root = tempfile::tempdir().unwrap();
+        let rt = Runtime::new(root.path(), None, false, no_sandbox);
+        let dir = Store::new(root.path()).create(&ContainerId::new("torn").unwrap()).unwrap();
+        std::fs::write(dir.state_path(), b"{\"ociVersion\": \"1.2").unwrap();
+        drop(dir);
+        let listed = rt.list().unwrap();
+        assert_eq!(listed.len(), 1);
+        assert_eq!((listed[0].id.as_str(), listed[0].status), ("torn", Status::Stopped));
+        let e = rt.state("torn").unwrap_err().to_string();
+        assert!(e.contains("torn/state.json") && e.contains("--force"), "{e}");
     }
 
     #[test]

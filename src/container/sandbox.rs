@@ -58,6 +58,10 @@ pub struct Created {
     pub console: Option<OwnedFd>,
     /// Present in [`LaunchMode::Attached`]: releases the process.
     pub launcher: Option<Box<dyn Launch>>,
+    /// Called once the state file records the container: until then the
+    /// container dies with the process that creates it, so that a `create`
+    /// killed before recording it leaves nothing running.
+    pub commit: Option<Box<dyn Commit>>,
 }
 
 impl std::fmt::Debug for Created {
@@ -66,6 +70,7 @@ impl std::fmt::Debug for Created {
             .field("pid", &self.pid)
             .field("console", &self.console)
             .field("launcher", &self.launcher.is_some())
+            .field("commit", &self.commit.is_some())
             .finish()
     }
 }
@@ -73,6 +78,12 @@ impl std::fmt::Debug for Created {
 /// Releases an attached container's process (the in-process `start`).
 pub trait Launch {
     fn launch(self: Box<Self>) -> Result<(), SandboxError>;
+}
+
+/// Hands a created container over to itself: from here on it outlives the
+/// process that created it.
+pub trait Commit {
+    fn commit(self: Box<Self>) -> Result<(), SandboxError>;
 }
 
 /// An extra process to start in a running container (`exec`). The pid
@@ -108,6 +119,18 @@ pub struct Exec {
 
 /// One isolation: everything that differs between a container and a VM.
 pub trait Sandbox {
+    /// What [`Created::sandbox_state`] will hold, as far as it names host
+    /// resources (cgroups, sockets), known before any of them exists:
+    /// recorded first, so that [`Sandbox::destroy`] finds them even when
+    /// `create` is killed half-way. `cgroups_path` as in
+    /// [`CreateRequest::cgroups_path`]; `dir` is the state directory.
+    fn plan(
+        &self,
+        id: &str,
+        cgroups_path: Option<&std::path::Path>,
+        dir: &std::path::Path,
+    ) -> Result<serde_json::Value, SandboxError>;
+
     /// Builds the container up to the point where its process waits to be
     /// started. On error, everything this call made is gone again.
     fn create(&self, req: &CreateRequest<'_>, hooks: &mut RuntimeHooks<'_>) -> Result<Created, SandboxError>;
@@ -120,7 +143,8 @@ pub trait Sandbox {
     fn kill(&self, state: &State, signal: Sig, all: bool) -> Result<(), SandboxError>;
 
     /// Releases the host resources of a stopped container (cgroups, VMM
-    /// leftovers). Idempotent.
+    /// leftovers), killing whatever still runs in its cgroups. Idempotent;
+    /// with a state from [`Sandbox::plan`] (pid 0) too.
     fn destroy(&self, state: &State) -> Result<(), SandboxError>;
 
     /// Starts an extra process in the container's namespaces and cgroup,

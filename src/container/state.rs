@@ -120,6 +120,29 @@ pub struct State {
     /// paths, VMM sockets).
     #[serde(default)]
     pub sandbox: serde_json::Value,
+    /// Set while `create` runs: the process creating the container. The
+    /// state is written once before anything exists (pid 0, `sandbox` the
+    /// paths the isolation is about to make) and again when the container
+    /// is created; a `create` killed in between leaves a state that says
+    /// what to clean up, and reads as stopped once its creator is gone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub creator: Option<Creator>,
+}
+
+/// The process running `create` (pid and start time, as for [`State::pid`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Creator {
+    pub pid: i32,
+    pub start_time: u64,
+}
+
+impl Creator {
+    /// This process.
+    pub fn this_process() -> Creator {
+        let pid = std::process::id() as i32;
+        let start_time = super::process::stat(pid).map(|(t, _)| t).unwrap_or(0);
+        Creator { pid, start_time }
+    }
 }
 
 /// The state document the OCI runtime spec defines (`amphi state`), with
@@ -140,6 +163,29 @@ pub struct OciState {
 }
 
 impl State {
+    /// A state naming nothing but the id and isolation (pid 0, no bundle):
+    /// where a state is built rather than read (a salvage, tests).
+    pub fn bare(id: &str, isolation: Isolation) -> State {
+        State {
+            oci_version: crate::spec::OCI_VERSION_MAX.to_string(),
+            id: id.to_string(),
+            pid: 0,
+            pid_start_time: 0,
+            bundle: PathBuf::new(),
+            rootfs: PathBuf::new(),
+            created: String::new(),
+            owner: 0,
+            annotations: HashMap::new(),
+            isolation,
+            hooks: None,
+            paused: false,
+            no_process: false,
+            resources: None,
+            sandbox: serde_json::Value::Null,
+            creator: None,
+        }
+    }
+
     /// The OCI view of this state for a given status (pid 0 once stopped,
     /// as runc reports it).
     pub fn to_oci(&self, status: Status) -> OciState {
@@ -236,23 +282,7 @@ mod tests {
 
     #[test]
     fn stopped_state_reports_pid_zero() {
-        let s = State {
-            oci_version: "1.2.1".into(),
-            id: "c".into(),
-            pid: 42,
-            pid_start_time: 1,
-            bundle: "/b".into(),
-            rootfs: "/b/rootfs".into(),
-            created: rfc3339(0, 0),
-            owner: 0,
-            annotations: HashMap::new(),
-            isolation: Isolation::Container,
-            hooks: None,
-            paused: false,
-            no_process: false,
-            resources: None,
-            sandbox: serde_json::Value::Null,
-        };
+        let s = State { pid: 42, pid_start_time: 1, created: rfc3339(0, 0), ..State::bare("c", Isolation::Container) };
         assert_eq!(s.to_oci(Status::Running).pid, 42);
         let stopped = s.to_oci(Status::Stopped);
         assert_eq!(stopped.pid, 0);

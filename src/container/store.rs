@@ -8,7 +8,9 @@ use std::io::{ErrorKind, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
+use nix::errno::Errno;
 use nix::fcntl::{Flock, FlockArg};
 
 use super::id::ContainerId;
@@ -35,6 +37,85 @@ pub enum StoreError {
         #[source]
         source: serde_json::Error,
     },
+    #[error(
+        "container \"{id}\" is still locked by another amphi command{by} after {secs}s: let it finish, or stop it \
+         and run `amphi delete --force {id}` ({LOCK_TIMEOUT_ENV} sets the wait)"
+    )]
+    Locked { id: String, by: String, secs: u64 },
+}
+
+/// Seconds a command waits for the container's lock (default
+/// [`LOCK_TIMEOUT`]).
+pub const LOCK_TIMEOUT_ENV: &str = "AMPHI_LOCK_TIMEOUT";
+/// Long enough for the slowest holder: a VM `create` that boots a guest
+/// under emulation, then `delete --force` that waits for a SIGKILLed VMM.
+pub const LOCK_TIMEOUT: Duration = Duration::from_secs(180);
+
+fn lock_timeout() -> Duration {
+    std::env::var(LOCK_TIMEOUT_ENV)
+        .ok()
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .filter(|s| s.is_finite() && *s >= 0.0)
+        .map(Duration::from_secs_f64)
+        .unwrap_or(LOCK_TIMEOUT)
+}
+
+/// Takes the container's lock, waiting at most [`lock_timeout`]. Polled
+/// rather than blocking, so the wait has a limit without a signal.
+fn lock(file: File, path: &Path, id: &str) -> Result<Flock<File>, StoreError> {
+    lock_within(file, path, id, lock_timeout())
+}
+
+fn lock_within(file: File, path: &Path, id: &str, limit: Duration) -> Result<Flock<File>, StoreError> {
+    let deadline = Instant::now() + limit;
+    let mut file = file;
+    let mut pause = Duration::from_millis(1);
+    loop {
+        match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(l) => return Ok(l),
+            Err((f, Errno::EWOULDBLOCK | Errno::EINTR)) => file = f,
+            Err((_, e)) => return Err(io(path)(std::io::Error::from(e))),
+        }
+        if Instant::now() >= deadline {
+            let by = lock_holder(&file).map(|p| format!(" (pid {p}: {})", command_line(p))).unwrap_or_default();
+            return Err(StoreError::Locked { id: id.to_string(), by, secs: limit.as_secs() });
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(50));
+    }
+}
+
+/// Who holds the flock on `file`, from /proc/locks (a pid in our pid
+/// namespace, when the holder is visible there).
+fn lock_holder(file: &File) -> Option<i32> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = file.metadata().ok()?;
+    let text = fs::read_to_string("/proc/locks").ok()?;
+    holder_in(&text, nix::sys::stat::major(meta.dev()), nix::sys::stat::minor(meta.dev()), meta.ino())
+}
+
+/// The pid holding a FLOCK on (major, minor, inode) in /proc/locks text;
+/// waiters (lines with "->") do not count.
+fn holder_in(text: &str, major: u64, minor: u64, ino: u64) -> Option<i32> {
+    let want = format!("{major:02x}:{minor:02x}:{ino}");
+    text.lines().find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        if f.len() < 6 || f[1] != "FLOCK" {
+            return None;
+        }
+        (f[5] == want).then(|| f[4].parse().ok()).flatten()
+    })
+}
+
+fn command_line(pid: i32) -> String {
+    let raw = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let args: Vec<String> =
+        raw.split(|b| *b == 0).filter(|a| !a.is_empty()).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
+    if args.is_empty() {
+        "gone".into()
+    } else {
+        args.join(" ")
+    }
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
@@ -101,7 +182,7 @@ impl Store {
             Err(e) => return Err(io(&path)(e)),
         }
         let file = open_dir(&path).map_err(io(&path))?;
-        let lock = Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, e)| io(&path)(std::io::Error::from(e)))?;
+        let lock = lock(file, &path, id.as_str())?;
         Ok(ContainerDir { id: id.to_string(), path, dir: DirHandle::Locked(lock) })
     }
 
@@ -114,8 +195,7 @@ impl Store {
             Err(e) => return Err(io(&path)(e)),
         };
         let dir = if lock {
-            let locked =
-                Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, e)| io(&path)(std::io::Error::from(e)))?;
+            let locked = self::lock(file, &path, id.as_str())?;
             // Whoever held the lock before us may have deleted the container.
             let meta = locked.metadata().map_err(io(&path))?;
             if std::os::unix::fs::MetadataExt::nlink(&meta) == 0 {
@@ -227,23 +307,7 @@ mod tests {
     use crate::spec::Isolation;
 
     fn state(id: &str) -> State {
-        State {
-            oci_version: "1.2.1".into(),
-            id: id.into(),
-            pid: 1,
-            pid_start_time: 2,
-            bundle: "/b".into(),
-            rootfs: "/b/rootfs".into(),
-            created: rfc3339(0, 0),
-            owner: 0,
-            annotations: Default::default(),
-            isolation: Isolation::Container,
-            hooks: None,
-            paused: false,
-            no_process: false,
-            resources: None,
-            sandbox: serde_json::Value::Null,
-        }
+        State { pid: 1, pid_start_time: 2, created: rfc3339(0, 0), ..State::bare(id, Isolation::Container) }
     }
 
     #[test]
@@ -275,6 +339,33 @@ mod tests {
         dir.remove().unwrap();
         let r = waiter.join().unwrap();
         assert!(matches!(r, Err(StoreError::NotFound(_))), "{r:?}");
+    }
+
+    #[test]
+    fn a_lock_wait_ends_with_the_holder_named() {
+        let root = tempfile::tempdir().unwrap();
+        let store = Store::new(root.path());
+        let held = store.create(&ContainerId::new("busy").unwrap()).unwrap();
+        let file = open_dir(&held.path).unwrap();
+        let t0 = Instant::now();
+        let e = lock_within(file, &held.path, "busy", Duration::from_millis(100)).unwrap_err();
+        assert!(t0.elapsed() >= Duration::from_millis(100));
+        let msg = e.to_string();
+        assert!(msg.contains("\"busy\" is still locked by another amphi command"), "{msg}");
+        assert!(msg.contains(&format!("(pid {}: ", std::process::id())), "{msg}");
+        assert!(msg.contains("amphi delete --force busy"), "{msg}");
+        drop(held);
+    }
+
+    #[test]
+    fn lock_holders_are_read_from_proc_locks() {
+        let text = "1: FLOCK  ADVISORY  WRITE 2410 00:1a:5678 0 EOF\n\
+                    1: -> FLOCK  ADVISORY  WRITE 2411 00:1a:5678 0 EOF\n\
+                    2: POSIX  ADVISORY  WRITE 99 fd:01:77 0 EOF\n\
+                    3: FLOCK  ADVISORY  WRITE 3000 fd:01:77 0 EOF\n";
+        assert_eq!(holder_in(text, 0, 0x1a, 5678), Some(2410));
+        assert_eq!(holder_in(text, 0xfd, 1, 77), Some(3000));
+        assert_eq!(holder_in(text, 0, 0x1a, 1), None);
     }
 
     #[test]

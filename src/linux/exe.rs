@@ -118,8 +118,20 @@ fn sealed_copy() -> Result<OwnedFd, LinuxError> {
         }
         left -= n as usize;
     }
-    fcntl(mfd.as_fd(), FcntlArg::F_ADD_SEALS(SEALS)).map_err(err)?;
-    Ok(mfd)
+    // F_SEAL_WRITE fails with EBUSY while any page still has an extra
+    // reference, which the page cache's per-CPU LRU batches can hold for a
+    // moment after the copy (seen under load): those go away, so retry.
+    let mut pause = std::time::Duration::from_millis(1);
+    loop {
+        match fcntl(mfd.as_fd(), FcntlArg::F_ADD_SEALS(SEALS)) {
+            Ok(_) => return Ok(mfd),
+            Err(Errno::EBUSY) if pause <= std::time::Duration::from_millis(64) => {
+                std::thread::sleep(pause);
+                pause *= 2;
+            }
+            Err(e) => return Err(err(e)),
+        }
+    }
 }
 
 #[cfg(test)]

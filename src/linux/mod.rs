@@ -97,6 +97,15 @@ impl From<LinuxError> for SandboxError {
 pub struct LinuxSandbox;
 
 impl Sandbox for LinuxSandbox {
+    fn plan(
+        &self,
+        id: &str,
+        cgroups_path: Option<&std::path::Path>,
+        _dir: &std::path::Path,
+    ) -> Result<serde_json::Value, SandboxError> {
+        Ok(process::parent::plan(id, cgroups_path)?)
+    }
+
     fn create(&self, req: &CreateRequest<'_>, hooks: &mut RuntimeHooks<'_>) -> Result<Created, SandboxError> {
         Ok(process::parent::create(req, hooks)?)
     }

@@ -17,6 +17,7 @@ pub mod devices;
 pub mod guest;
 pub mod host;
 pub mod image;
+pub mod jail;
 pub mod kernel;
 pub mod process;
 pub mod sandbox;

@@ -40,6 +40,9 @@
 #   --boot-timeout SECS limit from launch to the real root's first step
 #                       (default 180): a test host that hangs while booting
 #                       is stopped early
+#   --stall-timeout SECS once booted, the test host's PID 1 sends a heartbeat
+#                       every 15 s; none for SECS (default 150, 0: no check)
+#                       means its kernel is stuck, and it is stopped early
 #   --modules "m1 m2"   more modules to load (modprobe, with dependencies)
 #   --share DIR         DIR is writable inside, at the same path (9p), for
 #                       results the caller keeps; repeatable
@@ -52,8 +55,10 @@
 #                       fetched when there is none)
 #   --append ARGS       more kernel arguments (e.g. loglevel=7 to see the
 #                       boot with --console-log)
-# Exit status: COMMAND's; 125 when the test host never reported one (boot
-# failure, crash, --boot-timeout, --timeout: stderr says which); 130 when interrupted
+# Exit status: COMMAND's; 124 when the test host stalled (--stall-timeout:
+# a fresh test host may well succeed, see docs/testing.md); 125 when it
+# never reported one otherwise (boot failure, crash, --boot-timeout,
+# --timeout: stderr says which); 130 when interrupted
 # (SIGINT, SIGTERM, SIGHUP); 2 for bad usage. Nothing outlives a run: QEMU
 # is killed and its temporary directory removed on every exit.
 # On stderr at the end: "test-host: ... launch -> command Ns, command Ns".
@@ -64,7 +69,7 @@ set -euo pipefail
 main() {
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
-mem=4096 smp=2 timeout_s=1800 boot_timeout=180 modules= quiet=0 console_log= kroot= cwd= append=
+mem=4096 smp=2 timeout_s=1800 boot_timeout=180 stall_timeout=150 modules= quiet=0 console_log= kroot= cwd= append=
 shares=() envs=()
 usage() { sed -n '/^# Usage:/,/^# Needs/p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 while [ $# -gt 0 ]; do
@@ -73,6 +78,7 @@ while [ $# -gt 0 ]; do
     --smp) smp=$2; shift 2 ;;
     --timeout) timeout_s=$2; shift 2 ;;
     --boot-timeout) boot_timeout=$2; shift 2 ;;
+    --stall-timeout) stall_timeout=$2; shift 2 ;;
     --append) append="$append $2"; shift 2 ;;
     --modules) modules="$modules $2"; shift 2 ;;
     --share) shares+=("$(cd "$2" && pwd)") || exit 2; shift 2 ;;
@@ -91,7 +97,7 @@ done
 cmd=$1
 [[ $smp =~ ^[12]$ ]] || { echo "test-host: --smp $smp: this machine has 2 cores, use 1 or 2" >&2; exit 2; }
 [[ $mem =~ ^[0-9]+$ ]] && [ "$mem" -ge 1024 ] || { echo "test-host: --mem $mem: give 1024 MiB or more" >&2; exit 2; }
-[[ $timeout_s =~ ^[0-9]+$ ]] && [[ $boot_timeout =~ ^[0-9]+$ ]] || usage
+[[ $timeout_s =~ ^[0-9]+$ ]] && [[ $boot_timeout =~ ^[0-9]+$ ]] && [[ $stall_timeout =~ ^[0-9]+$ ]] || usage
 [ "$(id -u)" = 0 ] || { echo "test-host: run as root (the test host's root is this machine's /, shared by QEMU)" >&2; exit 2; }
 for tool in qemu-system-x86_64 busybox modprobe cpio; do
   command -v "$tool" >/dev/null || { echo "test-host: $tool is missing (apt-get install qemu-system-x86 busybox-static kmod cpio)" >&2; exit 2; }
@@ -242,13 +248,29 @@ modprobe -a $(cat $T/modules) || echo "test-host: some modules did not load"
 [ -c /dev/kvm ] || echo "test-host: no /dev/kvm (kvm_amd did not load)"
 ip link set lo up
 echo "start $(cut -d' ' -f1 /proc/uptime)" >&3
+# The heartbeat the host's --stall-timeout watches: only bash builtins (a
+# read that times out on a FIFO nobody writes), so it needs neither the 9p
+# root nor a fork per beat; it stops when the test host's kernel does.
+mkfifo $T/heartbeat
+(
+  exec 4<>$T/heartbeat </dev/null >/dev/null 2>&1
+  while :; do
+    read -r -t 15 -u 4 _
+    read -r up _ < /proc/uptime
+    echo "alive $up" >&3
+  done
+) &
+heartbeat=$!
 (
   exec </dev/null >$T/port.stdout 2>$T/port.stderr 3>&-
   set +e
   . $T/env
   exec /bin/bash $T/cmd
 )
-echo "exit $? $(cut -d' ' -f1 /proc/uptime)" >&3
+rc=$?
+kill $heartbeat
+wait $heartbeat 2>/dev/null
+echo "exit $rc $(cut -d' ' -f1 /proc/uptime)" >&3
 exec 3>&-
 sync
 # poweroff(2); should it fail, PID 1 exiting panics and QEMU stops (-no-reboot).
@@ -294,12 +316,17 @@ done
 # in a throw-away test host, and they cost under emulation); no KASLR, so
 # the addresses a hang report shows can be looked up in any test host's
 # /proc/kallsyms.
+# tsc=reliable: TCG's vCPUs start their TSCs at slightly different moments,
+# so the kernel would call them unsynchronized and read the emulated HPET
+# for every clock read, an MMIO exit that takes QEMU's global lock. The
+# TSC is read without it, and the nested guests' kvmclock gets a stable
+# master clock; read_hpet was on a vCPU in the hung test hosts we saw.
 qemu-system-x86_64 -M pc -accel tcg -cpu qemu64,+svm -smp "$smp" -m "$mem" \
   -nodefaults -no-user-config -display none -no-reboot -pidfile "$work/qemu.pid" \
   -chardev "pipe,id=mon,path=$work/mon" -mon chardev=mon,mode=readline \
   -chardev "pipe,id=con,path=$work/con" -serial chardev:con \
   -kernel "$kroot/vmlinux" -initrd "$work/initrd" \
-  -append "console=ttyS0 panic=-1 quiet mitigations=off apparmor=0 nokaslr rdinit=/init$append" \
+  -append "console=ttyS0 panic=-1 quiet mitigations=off apparmor=0 nokaslr tsc=reliable rdinit=/init$append" \
   "${fsdevs[@]}" \
   -device virtio-serial-pci \
   -chardev "pipe,id=stdout,path=$work/stdout" -device virtserialport,chardev=stdout,name=stdout \
@@ -307,16 +334,21 @@ qemu-system-x86_64 -M pc -accel tcg -cpu qemu64,+svm -smp "$smp" -m "$mem" \
   -chardev "pipe,id=status,path=$work/status" -device virtserialport,chardev=status,name=status \
   </dev/null >"$work/qemu.log" 2>&1 &
 tpid=$!
-# The deadlines: --boot-timeout to the real root, --timeout in all. On
-# either, the vCPUs' registers go to the log before QEMU is stopped.
+# The deadlines: --boot-timeout to the real root, --stall-timeout between
+# two status lines (the heartbeat) once booted, --timeout in all. On any,
+# the vCPUs' registers go to the log before QEMU is stopped.
 (
   trap - EXIT INT TERM HUP
-  booted=0
+  booted=0 size=0 last=0
   for ((i = 1; i <= timeout_s; i++)); do
     sleep 1
     kill -0 "$tpid" 2>/dev/null || exit 0
-    [ "$booted" = 1 ] || ! grep -q ' booted ' "$work/status" 2>/dev/null || booted=1
+    [ "$booted" = 1 ] || ! grep -q ' booted ' "$work/status" 2>/dev/null || booted=1 last=$i
     if [ "$booted" = 0 ] && [ "$i" -ge "$boot_timeout" ]; then touch "$work/boot-timeout"; break; fi
+    [ "$booted" = 1 ] && [ "$stall_timeout" -gt 0 ] || continue
+    now=$(stat -c %s "$work/status" 2>/dev/null || echo 0)
+    [ "$now" = "$size" ] || size=$now last=$i
+    if [ $((i - last)) -ge "$stall_timeout" ]; then touch "$work/stalled"; break; fi
   done
   touch "$work/timed-out"
   printf 'info cpus\ninfo registers -a\n' > "$work/mon.in"
@@ -344,13 +376,15 @@ read -r t_exit status < <(awk '$2 == "exit" {print $1, $3}' "$work/status") || t
 if [ -z "${status:-}" ]; then
   if [ -e "$work/boot-timeout" ]; then
     log "the test host did not boot within ${boot_timeout}s (--boot-timeout)"
+  elif [ -e "$work/stalled" ]; then
+    log "the test host stalled: no heartbeat from its PID 1 for ${stall_timeout}s (--stall-timeout), after $(secs "$t0" "$t_end")s; its kernel stopped scheduling (docs/testing.md: a stalled test host)"
   elif [ -e "$work/timed-out" ]; then
     log "the test host did not finish within ${timeout_s}s (--timeout)"
   else
     log "the test host stopped without reporting COMMAND's status (QEMU exit $qrc)"
   fi
   [ -s "$work/qemu.log" ] && sed 's/^/test-host: qemu: /' "$work/qemu.log" >&2
-  if [ -e "$work/timed-out" ]; then
+  if [ -e "$work/timed-out" ] || [ -e "$work/stalled" ]; then
     log "where its vCPUs were (kernel addresses: no KASLR, look them up in a test host's /proc/kallsyms):"
     tr -d '\r' < "$work/monitor.log" | grep -E '^ *(\* )?CPU ?#|^RIP=' | sed 's/^/  /' >&2
   fi
@@ -358,6 +392,7 @@ if [ -z "${status:-}" ]; then
     log "last console lines:"
     tail -n 30 "$work/console.log" | sed 's/^/  /' >&2
   fi
+  [ -e "$work/stalled" ] && exit 124
   exit 125
 fi
 log "exit $status; launch -> root mounted $(secs "$t0" "$t_booted")s -> command $(secs "$t0" "$t_start")s, command $(secs "$t_start" "$t_exit")s, total $(secs "$t0" "$t_end")s"

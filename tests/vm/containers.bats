@@ -128,6 +128,42 @@ nothing_left() {
   nothing_left vmc-life
 }
 
+@test "the VMM runs the guest with only the capabilities virtio-fs needs, no_new_privs, no core dumps" {
+  # CHOWN and FOWNER for the workload too, or the guest kernel itself
+  # refuses the chown below before virtio-fs sees it.
+  b=$(mkbundle jail ".process.args = $(args /bin/sleep 1000)
+    | .process.capabilities.bounding += [\"CAP_CHOWN\", \"CAP_FOWNER\"]
+    | .process.capabilities.effective += [\"CAP_CHOWN\", \"CAP_FOWNER\"]
+    | .process.capabilities.permitted += [\"CAP_CHOWN\", \"CAP_FOWNER\"]")
+  A create --bundle "$b" vmc-jail </dev/null >/dev/null 2>&1
+  pid=$(A state vmc-jail | jq -r .pid)
+  run cat "/proc/$pid/status"
+  echo "$output" | grep -E '^(Cap|NoNewPrivs|Seccomp)'
+  # CHOWN DAC_OVERRIDE DAC_READ_SEARCH FOWNER FSETID SETGID SETUID SETFCAP
+  # (src/vm/jail.rs), in every set that holds any, on every thread.
+  for t in /proc/$pid/task/*; do
+    grep -q '^CapEff:[[:space:]]*00000000800000df$' "$t/status"
+    grep -q '^CapPrm:[[:space:]]*00000000800000df$' "$t/status"
+    grep -q '^CapBnd:[[:space:]]*00000000800000df$' "$t/status"
+    grep -q '^CapInh:[[:space:]]*0000000000000000$' "$t/status"
+    grep -q '^NoNewPrivs:[[:space:]]*1$' "$t/status"
+  done
+  grep -E '^Max core file size +0 +0 ' "/proc/$pid/limits"
+  # virtio-fs still does what needs the kept capabilities: chown and chmod
+  # of a file, then a write to it as its new owner.
+  A start vmc-jail
+  run A exec vmc-jail /bin/sh -c 'echo jailed > /tmp/owned && chown 1234:1234 /tmp/owned && chmod 640 /tmp/owned'
+  trace
+  [ "$status" = 0 ]
+  run A exec --user 1234:1234 vmc-jail /bin/sh -c 'echo by-1234 >> /tmp/owned'
+  trace
+  [ "$status" = 0 ]
+  [ "$(stat -c %u:%g:%a "$b/rootfs/tmp/owned")" = 1234:1234:640 ]
+  [ "$(cat "$b/rootfs/tmp/owned")" = "$(printf 'jailed\nby-1234')" ]
+  A delete --force vmc-jail
+  nothing_left vmc-jail
+}
+
 @test "SIGTERM to a foreground run reaches the workload" {
   b=$(mkbundle term ".process.args = $(args /bin/sh -c 'trap "echo got-term; exit 3" TERM; echo ready; while :; do sleep 0.1; done')")
   "$AMPHI" --root "$ROOT" run --bundle "$b" vmc-term > "$WORK/term.out" 2>&1 &

@@ -778,7 +778,10 @@ impl<S: CgroupSys> CgroupManager<S> {
                 }
             }
         }
-        // A paused container stays paused (SIGKILL's caller thaws it).
+        // A paused container stays paused, except for SIGKILL: frozen
+        // processes die only once thawed, and a cgroup left frozen by a
+        // command killed half-way through this very function would
+        // otherwise never die at all.
         let paused = self.freezer_state().is_ok_and(|s| s == FreezerState::Frozen);
         let frozen = !paused && self.freezer_node().is_ok() && self.freeze().is_ok();
         let r = self.pids().and_then(|pids| {
@@ -791,7 +794,7 @@ impl<S: CgroupSys> CgroupManager<S> {
             }
             Ok(())
         });
-        if frozen {
+        if frozen || (paused && signal == libc::SIGKILL) {
             self.thaw()?;
         }
         r

@@ -408,6 +408,25 @@ fn freeze_thaw_and_signal_all() {
 }
 
 #[test]
+fn sigkill_thaws_a_cgroup_left_frozen() {
+    // A command killed between freeze and thaw leaves the cgroup frozen;
+    // SIGKILL must still end the processes, so it thaws afterwards.
+    let h = host(FakeHost::hybrid());
+    let mut m = manager(&h, "c1", None, None).unwrap();
+    m.create_apply_add(50).unwrap();
+    let fz = h.tree.mount("freezer").join("amphi-c1");
+    m.freeze().unwrap();
+    h.tree.sys.clear_writes();
+    m.signal_all(libc::SIGTERM).unwrap();
+    let fw: Vec<String> = h.tree.sys.writes().into_iter().filter(|(p, _)| p.starts_with(&fz)).map(|(_, v)| v).collect();
+    assert!(fw.is_empty(), "a paused container stays paused for SIGTERM: {fw:?}");
+    m.signal_all(libc::SIGKILL).unwrap();
+    let fw: Vec<String> = h.tree.sys.writes().into_iter().filter(|(p, _)| p.starts_with(&fz)).map(|(_, v)| v).collect();
+    assert_eq!(fw, ["THAWED"]);
+    assert_eq!(m.freezer_state().unwrap(), FreezerState::Thawed);
+}
+
+#[test]
 fn stats_come_from_the_right_hierarchies() {
     let h = host(FakeHost::hybrid());
     let mut m = manager(&h, "c1", None, None).unwrap();

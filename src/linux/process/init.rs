@@ -57,7 +57,7 @@ fn errno_step(what: &str) -> impl FnOnce(Errno) -> LinuxError + '_ {
 
 /// Entry point in the cloned child: sets up, execs, never returns.
 pub fn run(plan: &InitPlan<'_>, chan: &Channel) -> i32 {
-    let e = match setup_and_exec(plan, chan) {
+    let e = match super::release_lock(plan.dir_fd).and_then(|()| setup_and_exec(plan, chan)) {
         Ok(never) => match never {},
         Err(e) => e,
     };
@@ -77,6 +77,13 @@ pub fn run(plan: &InitPlan<'_>, chan: &Channel) -> i32 {
 /// then forks the init into its pid namespace, reports its pid and exits.
 pub fn intermediate(plan: &InitPlan<'_>, chan: &Channel, joins: &[(LinuxNamespaceType, std::os::fd::OwnedFd)]) -> i32 {
     let r = (|| -> Result<i32, LinuxError> {
+        use nix::sys::prctl;
+        // Before joining anything: a process of the container that could
+        // ptrace us once we are in its namespaces would reach amphi's
+        // memory and descriptors (CVE-2016-9962). The init inherits it.
+        prctl::set_dumpable(false).map_err(errno_step("prctl(PR_SET_DUMPABLE)"))?;
+        prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL).map_err(errno_step("prctl(PR_SET_PDEATHSIG)"))?;
+        super::release_lock(plan.dir_fd)?;
         for (t, fd) in joins {
             namespaces::setns(*t, fd)?;
         }
@@ -117,8 +124,12 @@ fn state_json(plan: &InitPlan<'_>, pid: i32, status: Status) -> Vec<u8> {
 
 fn setup_and_exec(plan: &InitPlan<'_>, chan: &Channel) -> Result<Infallible, LinuxError> {
     use nix::sys::prctl;
-    // Die with `create` while setting up; cleared before Ready.
-    prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL).map_err(errno_step("prctl(PR_SET_PDEATHSIG)"))?;
+    // Die with `create` until it has recorded the container (Commit), so a
+    // `create` killed at any moment leaves no init behind. Changing the
+    // effective ids clears the setting: it is armed again after each.
+    let die_with_create =
+        || prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL).map_err(errno_step("prctl(PR_SET_PDEATHSIG)"));
+    die_with_create()?;
     // Not dumpable: other processes cannot open our /proc/<pid>/exe (the
     // amphi binary) or ptrace us until we exec the workload.
     prctl::set_dumpable(false).map_err(errno_step("prctl(PR_SET_DUMPABLE)"))?;
@@ -138,6 +149,7 @@ fn setup_and_exec(plan: &InitPlan<'_>, chan: &Channel) -> Result<Infallible, Lin
         nix::unistd::setresuid(Uid::from_raw(0), Uid::from_raw(0), Uid::from_raw(0)).map_err(errno_step(
             "cannot become uid 0 in the user namespace: map container uid 0 in linux.uidMappings",
         ))?;
+        die_with_create()?;
     }
     let process = plan.process.as_ref().map(|p| p.process);
     if let Some(adj) = process.and_then(|p| p.oom_score_adj()) {
@@ -268,19 +280,30 @@ fn setup_and_exec(plan: &InitPlan<'_>, chan: &Channel) -> Result<Infallible, Lin
         None => None,
     };
 
-    prctl::set_pdeathsig(None).map_err(errno_step("prctl(PR_SET_PDEATHSIG)"))?;
+    die_with_create()?;
 
     chan.send(&ToParent::Ready { console: master.is_some() }, master.as_ref().map(|m| m.as_raw_fd()))
         .map_err(errno_step("sync with create"))?;
     drop(master);
 
+    // EOF instead of Commit or Start: `create` or `run` died before the
+    // container was recorded (the parent-death signal may not have come
+    // yet): nothing may stay behind.
+    let committed = |want: ToChild| match chan.recv::<ToChild>() {
+        Ok(Some((got, _))) if got == want => prctl::set_pdeathsig(None).map_err(errno_step("prctl(PR_SET_PDEATHSIG)")),
+        _ => Err(LinuxError::InitDied("create went away before it recorded the container".into())),
+    };
     // Held open until exec closes it (see fifo::release).
     let _fifo = match plan.mode {
-        LaunchMode::Deferred => Some(super::fifo::wait_for_start(plan.dir_fd)?),
-        LaunchMode::Attached => match chan.recv::<ToChild>() {
-            Ok(Some((ToChild::Start, _))) => None,
-            _ => return Err(LinuxError::InitDied("run went away before starting the process".into())),
-        },
+        LaunchMode::Deferred => {
+            committed(ToChild::Commit)?;
+            chan.send(&ToParent::Committed, None).map_err(errno_step("sync with create"))?;
+            Some(super::fifo::wait_for_start(plan.dir_fd)?)
+        }
+        LaunchMode::Attached => {
+            committed(ToChild::Start)?;
+            None
+        }
     };
     if let Some(list) = plan.spec.hooks().as_ref().and_then(|h| h.start_container().clone()) {
         hooks::run_all(HookKind::StartContainer, &list, &state_json(plan, host_pid, Status::Created))?;

@@ -32,6 +32,32 @@ struct CloneArgs {
     cgroup: u64,
 }
 
+/// In a child of `create`: swaps its copy of the container directory's
+/// descriptor, which carries the container's lock (a flock belongs to the
+/// open file, shared across fork), for a fresh O_PATH open of the same
+/// directory, which carries none. A child that outlives a killed `create`
+/// must never keep other commands out of the container.
+pub fn release_lock(dir_fd: RawFd) -> Result<(), super::LinuxError> {
+    use nix::fcntl::OFlag;
+    // SAFETY: the descriptor is open in this process for as long as the
+    // borrow (one openat call).
+    let dir = unsafe { std::os::fd::BorrowedFd::borrow_raw(dir_fd) };
+    let fresh = nix::fcntl::openat(
+        dir,
+        ".",
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .map_err(|e| super::LinuxError::sys("cannot reopen the container's state directory", e))?;
+    // SAFETY: dup3 onto a descriptor number this process owns; the old open
+    // file (and with it our hold on the lock) is closed atomically.
+    let r = unsafe { libc::dup3(std::os::fd::AsRawFd::as_raw_fd(&fresh), dir_fd, libc::O_CLOEXEC) };
+    if r < 0 {
+        return Err(super::LinuxError::sys("cannot reopen the container's state directory", Errno::last()));
+    }
+    Ok(())
+}
+
 /// Clones a child that runs `f` and never returns into the caller's code.
 ///
 /// clone(2) with a null stack behaves like fork(2) (the child continues on

@@ -17,7 +17,7 @@ use super::prepare::ProcessPlan;
 use super::sync::{Channel, ToChild, ToParent};
 use super::{clone_child, fifo};
 use crate::container::process;
-use crate::container::sandbox::{CreateRequest, Created, Launch, LaunchMode, RuntimeHooks, SandboxError};
+use crate::container::sandbox::{Commit, CreateRequest, Created, Launch, LaunchMode, RuntimeHooks, SandboxError};
 use crate::container::signal::Sig;
 use crate::container::state::{OciState, State, Status};
 
@@ -183,11 +183,43 @@ pub fn create(req: &CreateRequest<'_>, hooks: &mut RuntimeHooks<'_>) -> Result<C
     let sandbox_state =
         serde_json::to_value(saved).map_err(|e| LinuxError::Config(format!("cannot record the cgroup state: {e}")))?;
     guard.disarm();
-    let launcher: Option<Box<dyn Launch>> = match req.mode {
-        LaunchMode::Attached => Some(Box::new(Attached { chan: ours })),
-        LaunchMode::Deferred => None,
-    };
-    Ok(Created { pid, pid_start_time: start_time, sandbox_state, console, launcher })
+    // The init dies with us until told otherwise: at `start` for `run`
+    // (the launcher), once the state is recorded for `create` (the commit).
+    let mut launcher: Option<Box<dyn Launch>> = None;
+    let mut commit: Option<Box<dyn Commit>> = None;
+    match req.mode {
+        LaunchMode::Attached => launcher = Some(Box::new(Attached { chan: ours })),
+        LaunchMode::Deferred => commit = Some(Box::new(CommitInit { chan: ours })),
+    }
+    Ok(Created { pid, pid_start_time: start_time, sandbox_state, console, launcher, commit })
+}
+
+/// What [`create`] will record, before anything exists: the cgroups'
+/// paths, from the id and cgroupsPath alone.
+pub fn plan(id: &str, cgroups_path: Option<&std::path::Path>) -> Result<serde_json::Value, LinuxError> {
+    let cgroups = Manager::new(&CgroupConfig { id, cgroups_path, resources: None, linux_devices: None })?;
+    serde_json::to_value(LinuxState { cgroup: cgroups.state().clone(), seccomp: None })
+        .map_err(|e| LinuxError::Config(format!("cannot record the cgroup state: {e}")))
+}
+
+/// `create`'s commit: the init stops dying with `create` and says so
+/// before `create` may exit.
+struct CommitInit {
+    chan: Channel,
+}
+
+impl Commit for CommitInit {
+    fn commit(self: Box<Self>) -> Result<(), SandboxError> {
+        let sync = |e| LinuxError::sys("cannot hand the container over to its init", e);
+        self.chan.send(&ToChild::Commit, None).map_err(sync)?;
+        match self.chan.recv::<ToParent>() {
+            Ok(Some((ToParent::Committed, _))) => Ok(()),
+            Ok(Some((ToParent::Error(m), _))) => Err(LinuxError::Init(m).into()),
+            Ok(Some((other, _))) => Err(LinuxError::Init(format!("unexpected message {other:?}")).into()),
+            Ok(None) => Err(LinuxError::ExitedBeforeStart.into()),
+            Err(e) => Err(sync(e).into()),
+        }
+    }
 }
 
 /// Clones the init, directly (fast path) or through an intermediate that

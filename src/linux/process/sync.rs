@@ -27,6 +27,8 @@ pub enum ToParent {
     SeccompListener,
     /// Setup is complete; the pty master rides along when `console`.
     Ready { console: bool },
+    /// (`create`) The init no longer dies with `create`.
+    Committed,
     /// Setup failed; the message carries the whole error chain.
     Error(String),
 }
@@ -43,6 +45,9 @@ pub enum ToChild {
     HooksDone,
     /// `run`: exec the workload now.
     Start,
+    /// `create`: the state file records the container; stop dying with
+    /// `create` and wait for `start`.
+    Commit,
 }
 
 const MAX_MSG: usize = 64 * 1024;

@@ -31,7 +31,7 @@ use crate::agent::container::{CreateContainerRequest, PsRequest, SignalRequest, 
 use crate::agent::{AgentError, ErrorCode};
 use crate::container::process;
 use crate::container::sandbox::{
-    CreateRequest, Created, Exec, ExecRequest, Launch, LaunchMode, RuntimeHooks, Sandbox, SandboxError,
+    Commit, CreateRequest, Created, Exec, ExecRequest, Launch, LaunchMode, RuntimeHooks, Sandbox, SandboxError,
 };
 use crate::container::signal::Sig;
 use crate::container::state::State;
@@ -156,6 +156,14 @@ fn connect(state: &State, timeout: Duration) -> Result<AgentClient, VmError> {
 }
 
 impl Sandbox for VmSandbox {
+    fn plan(&self, id: &str, cgroups_path: Option<&Path>, dir: &Path) -> Result<serde_json::Value, SandboxError> {
+        let cgroups = Manager::new(&CgroupConfig { id, cgroups_path, resources: None, linux_devices: None })
+            .map_err(VmError::from)?;
+        let planned =
+            VmState { vsock: dir.join(VSOCK), cgroup: cgroups.state().clone(), console_log: dir.join(CONSOLE_LOG) };
+        Ok(serde_json::to_value(planned).map_err(|e| VmError::Config(format!("cannot record the VM's state: {e}")))?)
+    }
+
     fn create(&self, req: &CreateRequest<'_>, hooks: &mut RuntimeHooks<'_>) -> Result<Created, SandboxError> {
         Ok(create(req, hooks)?)
     }
@@ -197,6 +205,11 @@ impl Sandbox for VmSandbox {
             process::wait_gone(state.pid, state.pid_start_time, KILL_GRACE);
         }
         let cg = Manager::from_state(vm_state(state).cgroup);
+        // A VMM that no state file names (its `create` was killed): it is
+        // in the container's cgroup all the same.
+        if !cg.pids().unwrap_or_default().is_empty() {
+            cg.signal_all(libc::SIGKILL).map_err(VmError::from)?;
+        }
         cg.destroy().map_err(VmError::from)?;
         Ok(())
     }
@@ -543,9 +556,8 @@ fn create(req: &CreateRequest<'_>, hooks: &mut RuntimeHooks<'_>) -> Result<Creat
         message: "the VMM process ended".into(),
         console: console_tail(&console_log),
     })?;
-    // The VMM owns the container from here on.
-    nix::unistd::write(&control_w, b"g").map_err(|e| io("cannot hand the VM over")(e.into()))?;
-    drop(control_w);
+    // The VMM owns the container once the state records it (the commit);
+    // until then it ends when `create` does (EOF on the control pipe).
     guard.armed = false;
     let sandbox_state = serde_json::to_value(VmState { vsock: uds, cgroup: cgroups.state().clone(), console_log })
         .map_err(|e| VmError::Config(format!("cannot record the VM's state: {e}")))?;
@@ -554,7 +566,21 @@ fn create(req: &CreateRequest<'_>, hooks: &mut RuntimeHooks<'_>) -> Result<Creat
         LaunchMode::Deferred => None,
     };
     let console = if req.keep_console { master } else { None };
-    Ok(Created { pid, pid_start_time: start_time, sandbox_state, console, launcher })
+    let commit: Option<Box<dyn Commit>> = Some(Box::new(HandOver { control: control_w }));
+    Ok(Created { pid, pid_start_time: start_time, sandbox_state, console, launcher, commit })
+}
+
+/// The commit: a byte on the control pipe tells the VMM that the container
+/// is recorded and outlives `create`.
+struct HandOver {
+    control: OwnedFd,
+}
+
+impl Commit for HandOver {
+    fn commit(self: Box<Self>) -> Result<(), SandboxError> {
+        nix::unistd::write(&self.control, b"g").map_err(|e| io("cannot hand the VM over")(e.into()))?;
+        Ok(())
+    }
 }
 
 /// Reads the VMM's events until the agent listens; every other ending is

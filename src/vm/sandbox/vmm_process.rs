@@ -219,6 +219,11 @@ pub fn run(plan: VmmPlan) -> i32 {
             return fail("cannot take the container's terminal", e);
         }
     }
+    // Setup needed root's every power (the share's mounts); running the
+    // guest does not.
+    if let Err(e) = crate::vm::jail::confine() {
+        return fail("cannot confine the VMM", crate::logging::chain(&e));
+    }
     let sigs = forwarded_set();
     // Blocked here, before any thread exists, so every thread inherits it
     // and only the forwarder takes them.

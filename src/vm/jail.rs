@@ -1,0 +1,69 @@
+//! What the VMM gives up once its setup is done and before it runs the
+//! guest: every capability except those its virtio-fs server needs to act
+//! on the container's files as their owners would, the right to gain any
+//! back (no_new_privs), and core dumps (which would write guest memory to
+//! disk, and which a non-dumpable process never gets). Firecracker's
+//! jailer goes further (a minimal root, a seccomp filter per thread kind):
+//! see docs/security.md for what is still to come.
+
+use caps::{CapSet, Capability, CapsHashSet};
+
+/// The capabilities the VMM keeps: virtio-fs serves files of any owner
+/// (DAC_OVERRIDE, DAC_READ_SEARCH, FOWNER), creates them as the guest's
+/// caller (SETUID, SETGID for its per-request fsuid/fsgid; CHOWN), keeps
+/// set-id bits (FSETID) and file capabilities (SETFCAP) the guest writes.
+/// Not kept, among others: SYS_ADMIN (mounts, trusted.* xattrs), MKNOD (a
+/// guest could otherwise make device nodes on the host), SYS_PTRACE,
+/// SYS_MODULE, NET_ADMIN, SYS_RAWIO.
+pub const KEPT: &[Capability] = &[
+    Capability::CAP_CHOWN,
+    Capability::CAP_DAC_OVERRIDE,
+    Capability::CAP_DAC_READ_SEARCH,
+    Capability::CAP_FOWNER,
+    Capability::CAP_FSETID,
+    Capability::CAP_SETUID,
+    Capability::CAP_SETGID,
+    Capability::CAP_SETFCAP,
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum JailError {
+    #[error("cannot {what}")]
+    Caps {
+        what: &'static str,
+        #[source]
+        source: caps::errors::CapsError,
+    },
+    #[error("cannot {what}")]
+    Sys {
+        what: &'static str,
+        #[source]
+        source: nix::errno::Errno,
+    },
+}
+
+/// Confines the calling process. Call while it is single-threaded: threads
+/// made afterwards inherit it, threads made before would not.
+pub fn confine() -> Result<(), JailError> {
+    use nix::sys::resource::{setrlimit, Resource};
+    let sys = |what| move |source| JailError::Sys { what, source };
+    setrlimit(Resource::RLIMIT_CORE, 0, 0).map_err(sys("set RLIMIT_CORE to 0"))?;
+    nix::sys::prctl::set_dumpable(false).map_err(sys("make the VMM non-dumpable"))?;
+    let keep: CapsHashSet = KEPT.iter().copied().collect();
+    let caps = |what| move |source| JailError::Caps { what, source };
+    // The bounding set first (dropping from it needs CAP_SETPCAP, which
+    // goes with the rest below).
+    for cap in caps::runtime::thread_all_supported() {
+        if !keep.contains(&cap) {
+            caps::drop(None, CapSet::Bounding, cap).map_err(caps("drop a capability from the bounding set"))?;
+        }
+    }
+    caps::clear(None, CapSet::Ambient).map_err(caps("clear the ambient capabilities"))?;
+    caps::clear(None, CapSet::Inheritable).map_err(caps("clear the inheritable capabilities"))?;
+    let have = caps::read(None, CapSet::Permitted).map_err(caps("read the permitted capabilities"))?;
+    let kept: CapsHashSet = have.intersection(&keep).copied().collect();
+    caps::set(None, CapSet::Effective, &kept).map_err(caps("set the effective capabilities"))?;
+    caps::set(None, CapSet::Permitted, &kept).map_err(caps("set the permitted capabilities"))?;
+    nix::sys::prctl::set_no_new_privs().map_err(sys("set no_new_privs"))?;
+    Ok(())
+}
