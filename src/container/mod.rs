@@ -443,31 +443,21 @@ impl Runtime {
             Err(e) => return Err(e.into()),
         };
         let status = status_of(&dir, &state);
-        if status != Status::Stopped && state.pid == 0 && !force {
-            return Err(ContainerError::WrongState {
-                id: id.to_string(),
-                op: Op::Delete,
-                status,
-                hint: ": use --force to remove it",
-            });
-        }
-        // pid 0: never created (its `create` died or is still running);
-        // its cgroups are killed and removed by the teardown.
-        if status != Status::Stopped && state.pid != 0 {
+        if status != Status::Stopped {
             if !force {
-                return Err(ContainerError::WrongState {
-                    id: id.to_string(),
-                    op: Op::Delete,
-                    status,
-                    hint: ": stop it first or use --force",
-                });
+                let hint = if state.pid == 0 { ": use --force to remove it" } else { ": stop it first or use --force" };
+                return Err(ContainerError::WrongState { id: id.to_string(), op: Op::Delete, status, hint });
             }
-            let sandbox = (self.sandboxes)(state.isolation);
-            sandbox.kill(&state, Sig::KILL, true)?;
-            if !process::wait_gone(state.pid, state.pid_start_time, KILL_WAIT) {
-                return Err(ContainerError::KillTimeout { id: id.to_string(), secs: KILL_WAIT.as_secs() });
+            // pid 0: never created (its `create` died or is still running);
+            // what is in its cgroups is killed by the teardown.
+            if state.pid != 0 {
+                let sandbox = (self.sandboxes)(state.isolation);
+                sandbox.kill(&state, Sig::KILL, true)?;
+                if !process::wait_gone(state.pid, state.pid_start_time, KILL_WAIT) {
+                    return Err(ContainerError::KillTimeout { id: id.to_string(), secs: KILL_WAIT.as_secs() });
+                }
+                fault::point("delete:killed");
             }
-            fault::point("delete:killed");
         }
         self.teardown(dir, &state, false)
     }
@@ -631,7 +621,7 @@ impl Runtime {
             keep_console: foreground && terminal && opts.console_socket.is_none(),
         };
         let hooks = bundle.spec.hooks().clone();
-        let created = {
+        let mut created = {
             let state_for_hooks = &state;
             let delegate = self.hook_delegate.clone();
             let mut run_hooks = |pid: i32| -> Result<(), HookError> {
@@ -665,7 +655,6 @@ impl Runtime {
                 }
             }
         };
-        let mut created = created;
         fault::point("create:sandbox-made");
         state.pid = created.pid;
         state.creator = None;

@@ -36,6 +36,15 @@ pub fn parse_stat(text: &str) -> Option<(u64, bool)> {
     Some((start, state == "Z" || state == "X"))
 }
 
+/// A process's command line, its arguments joined by spaces; `None` when
+/// it is gone or has none (a kernel thread, a zombie).
+pub fn command_line(pid: i32) -> Option<String> {
+    let raw = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let args: Vec<String> =
+        raw.split(|b| *b == 0).filter(|a| !a.is_empty()).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
+    (!args.is_empty()).then(|| args.join(" "))
+}
+
 /// Whether `pid` is still the process that started at `start_time`.
 pub fn liveness(pid: i32, start_time: u64) -> Liveness {
     if pid <= 0 {

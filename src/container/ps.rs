@@ -92,17 +92,7 @@ pub fn proc_table(pids: &[i32]) -> String {
             .ok()
             .and_then(|s| s.lines().find_map(|l| l.strip_prefix("Uid:")?.split_whitespace().next().map(str::to_string)))
             .unwrap_or_else(|| "?".into());
-        let cmd = std::fs::read(format!("/proc/{pid}/cmdline"))
-            .ok()
-            .map(|c| {
-                c.split(|b| *b == 0)
-                    .filter(|a| !a.is_empty())
-                    .map(|a| String::from_utf8_lossy(a).into_owned())
-                    .collect::<Vec<_>>()
-                    .join(" ")
-            })
-            .filter(|c| !c.is_empty())
-            .unwrap_or_else(|| format!("[{comm}]"));
+        let cmd = super::process::command_line(pid).unwrap_or_else(|| format!("[{comm}]"));
         let tty = match (tty >> 8) & 0xfff {
             0 => "?".to_string(),
             136..=143 => format!("pts/{}", (tty & 0xff) | ((tty >> 12) & 0xfff00)),

@@ -62,7 +62,7 @@ fn lock_timeout() -> Duration {
 
 /// Takes the container's lock, waiting at most [`lock_timeout`]. Polled
 /// rather than blocking, so the wait has a limit without a signal.
-fn lock(file: File, path: &Path, id: &str) -> Result<Flock<File>, StoreError> {
+fn take_lock(file: File, path: &Path, id: &str) -> Result<Flock<File>, StoreError> {
     lock_within(file, path, id, lock_timeout())
 }
 
@@ -77,7 +77,9 @@ fn lock_within(file: File, path: &Path, id: &str, limit: Duration) -> Result<Flo
             Err((_, e)) => return Err(io(path)(std::io::Error::from(e))),
         }
         if Instant::now() >= deadline {
-            let by = lock_holder(&file).map(|p| format!(" (pid {p}: {})", command_line(p))).unwrap_or_default();
+            let by = lock_holder(&file)
+                .map(|p| format!(" (pid {p}: {})", super::process::command_line(p).unwrap_or_else(|| "gone".into())))
+                .unwrap_or_default();
             return Err(StoreError::Locked { id: id.to_string(), by, secs: limit.as_secs() });
         }
         std::thread::sleep(pause);
@@ -105,17 +107,6 @@ fn holder_in(text: &str, major: u64, minor: u64, ino: u64) -> Option<i32> {
         }
         (f[5] == want).then(|| f[4].parse().ok()).flatten()
     })
-}
-
-fn command_line(pid: i32) -> String {
-    let raw = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-    let args: Vec<String> =
-        raw.split(|b| *b == 0).filter(|a| !a.is_empty()).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
-    if args.is_empty() {
-        "gone".into()
-    } else {
-        args.join(" ")
-    }
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
@@ -182,7 +173,7 @@ impl Store {
             Err(e) => return Err(io(&path)(e)),
         }
         let file = open_dir(&path).map_err(io(&path))?;
-        let lock = lock(file, &path, id.as_str())?;
+        let lock = take_lock(file, &path, id.as_str())?;
         Ok(ContainerDir { id: id.to_string(), path, dir: DirHandle::Locked(lock) })
     }
 
@@ -195,7 +186,7 @@ impl Store {
             Err(e) => return Err(io(&path)(e)),
         };
         let dir = if lock {
-            let locked = self::lock(file, &path, id.as_str())?;
+            let locked = take_lock(file, &path, id.as_str())?;
             // Whoever held the lock before us may have deleted the container.
             let meta = locked.metadata().map_err(io(&path))?;
             if std::os::unix::fs::MetadataExt::nlink(&meta) == 0 {

@@ -6,7 +6,11 @@
 //! jailer goes further (a minimal root, a seccomp filter per thread kind):
 //! see docs/security.md for what is still to come.
 
-use caps::{CapSet, Capability, CapsHashSet};
+use std::collections::HashSet;
+
+use caps::{CapSet, Capability};
+
+use crate::linux::capabilities::{self, CapSets};
 
 /// The capabilities the VMM keeps: virtio-fs serves files of any owner
 /// (DAC_OVERRIDE, DAC_READ_SEARCH, FOWNER), creates them as the guest's
@@ -28,12 +32,10 @@ pub const KEPT: &[Capability] = &[
 
 #[derive(Debug, thiserror::Error)]
 pub enum JailError {
-    #[error("cannot {what}")]
-    Caps {
-        what: &'static str,
-        #[source]
-        source: caps::errors::CapsError,
-    },
+    #[error(transparent)]
+    Caps(#[from] crate::linux::LinuxError),
+    #[error("cannot read the VMM's permitted capabilities")]
+    ReadCaps(#[source] caps::errors::CapsError),
     #[error("cannot {what}")]
     Sys {
         what: &'static str,
@@ -49,21 +51,18 @@ pub fn confine() -> Result<(), JailError> {
     let sys = |what| move |source| JailError::Sys { what, source };
     setrlimit(Resource::RLIMIT_CORE, 0, 0).map_err(sys("set RLIMIT_CORE to 0"))?;
     nix::sys::prctl::set_dumpable(false).map_err(sys("make the VMM non-dumpable"))?;
-    let keep: CapsHashSet = KEPT.iter().copied().collect();
-    let caps = |what| move |source| JailError::Caps { what, source };
-    // The bounding set first (dropping from it needs CAP_SETPCAP, which
-    // goes with the rest below).
-    for cap in caps::runtime::thread_all_supported() {
-        if !keep.contains(&cap) {
-            caps::drop(None, CapSet::Bounding, cap).map_err(caps("drop a capability from the bounding set"))?;
-        }
-    }
-    caps::clear(None, CapSet::Ambient).map_err(caps("clear the ambient capabilities"))?;
-    caps::clear(None, CapSet::Inheritable).map_err(caps("clear the inheritable capabilities"))?;
-    let have = caps::read(None, CapSet::Permitted).map_err(caps("read the permitted capabilities"))?;
-    let kept: CapsHashSet = have.intersection(&keep).copied().collect();
-    caps::set(None, CapSet::Effective, &kept).map_err(caps("set the effective capabilities"))?;
-    caps::set(None, CapSet::Permitted, &kept).map_err(caps("set the permitted capabilities"))?;
+    // The container init's capability code, with these sets: what is kept
+    // and this process holds, nothing inheritable or ambient.
+    let have = caps::read(None, CapSet::Permitted).map_err(JailError::ReadCaps)?;
+    let kept: HashSet<Capability> = KEPT.iter().copied().filter(|c| have.contains(c)).collect();
+    let sets = CapSets {
+        bounding: KEPT.iter().copied().collect(),
+        effective: kept.clone(),
+        permitted: kept,
+        ..CapSets::default()
+    };
+    capabilities::drop_bounding(&sets)?;
+    capabilities::apply(&sets)?;
     nix::sys::prctl::set_no_new_privs().map_err(sys("set no_new_privs"))?;
     Ok(())
 }

@@ -9,7 +9,6 @@
 use std::ffi::OsStr;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 
@@ -61,7 +60,7 @@ impl SocketPath {
 
 fn short_name(fd: i32, file: &OsStr) -> PathBuf {
     let mut p = PathBuf::from(format!("/proc/self/fd/{fd}"));
-    p.push(Path::new(OsStr::from_bytes(file.as_bytes())));
+    p.push(file);
     p
 }
 

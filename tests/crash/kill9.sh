@@ -88,9 +88,24 @@ check() { # ID
   ! grep -q "$root/$id" /proc/self/mountinfo || { echo "mounts left under $root/$id"; return 1; }
 }
 
+# The verdict on a round: `check`, then an ok/not ok line; what a failed
+# round left is removed so that the next rounds start clean.
+verdict() { # ID TITLE
+  local why
+  if why=$(check "$1" 2>&1); then
+    echo "ok $n - $2"
+    pass=$((pass + 1))
+  else
+    echo "not ok $n - $2"
+    sed 's/^/#   /' <<< "$why"
+    fail=$((fail + 1))
+    a delete --force "$1" > /dev/null 2>&1
+  fi
+}
+
 # One round: COMMAND run with a fault point or killed after DELAY seconds.
 round() { # NAME WANT FAULT DELAY COMMAND...
-  local name=$1 want=$2 fault=$3 delay=$4 id pid rc why
+  local name=$1 want=$2 fault=$3 delay=$4 id pid rc
   shift 4
   n=$((n + 1))
   id=crash$n
@@ -101,11 +116,8 @@ round() { # NAME WANT FAULT DELAY COMMAND...
     return
   fi
   local args=("${@//@ID@/$id}")
-  if [ -n "$fault" ]; then
-    AMPHI_FAULT=$fault "$amphi" --root "$root" "${args[@]}" > /dev/null 2>&1 < /dev/null &
-  else
-    "$amphi" --root "$root" "${args[@]}" > /dev/null 2>&1 < /dev/null &
-  fi
+  # An empty AMPHI_FAULT names no point.
+  AMPHI_FAULT=$fault "$amphi" --root "$root" "${args[@]}" > /dev/null 2>&1 < /dev/null &
   pid=$!
   if [ -z "$fault" ]; then
     read -r -t "$delay" <> <(:) || true
@@ -119,16 +131,7 @@ round() { # NAME WANT FAULT DELAY COMMAND...
   else
     finished=$((finished + 1))
   fi
-  if why=$(check "$id" 2>&1); then
-    echo "ok $n - $name (exit $rc)"
-    pass=$((pass + 1))
-  else
-    echo "not ok $n - $name (exit $rc)"
-    sed 's/^/#   /' <<< "$why"
-    fail=$((fail + 1))
-    # Whatever the round left, so the next rounds start clean.
-    a delete --force "$id" > /dev/null 2>&1
-  fi
+  verdict "$id" "$name (exit $rc)"
 }
 
 # Named points, each command that reaches them.
@@ -204,15 +207,7 @@ torn() { # NAME EDIT
     a delete --force "$id" > /dev/null 2>&1
     return
   fi
-  local why
-  if why=$(check "$id" 2>&1); then
-    echo "ok $n - $name: state names the file, delete --force removes the running container"
-    pass=$((pass + 1))
-  else
-    echo "not ok $n - $name"
-    sed 's/^/#   /' <<< "$why"
-    fail=$((fail + 1))
-  fi
+  verdict "$id" "$name: state names the file, delete --force removes the running container"
 }
 torn "truncated state.json" truncate
 torn "state.json that is not JSON" garbage

@@ -211,12 +211,24 @@ impl<S: CgroupSys> std::fmt::Debug for CgroupManager<S> {
     }
 }
 
+/// The host's cgroup mounts, read once per process: `create` resolves
+/// the container's cgroups twice (the plan it records first, then the
+/// cgroups it makes), and the mounts do not change in between.
+fn host_layout() -> Result<HostLayout> {
+    static DETECTED: std::sync::OnceLock<HostLayout> = std::sync::OnceLock::new();
+    if let Some(l) = DETECTED.get() {
+        return Ok(l.clone());
+    }
+    let l = HostLayout::detect()?;
+    Ok(DETECTED.get_or_init(|| l).clone())
+}
+
 impl CgroupManager<HostSys> {
     /// Resolves the container's cgroups on this host and checks that every
     /// requested resource can be applied; nothing is created yet.
     pub fn new(cfg: &CgroupConfig<'_>) -> Result<Self> {
         let path = CgroupsPath::from_spec(cfg.id, cfg.cgroups_path)?;
-        let mut layout = HostLayout::detect()?;
+        let mut layout = host_layout()?;
         let own = if path.is_relative() {
             layout.ensure_v2_root()?;
             Some(OwnCgroups::read()?)
@@ -224,6 +236,13 @@ impl CgroupManager<HostSys> {
             None
         };
         Self::with_layout(HostSys, &layout, own.as_ref(), cfg)
+    }
+
+    /// Where the container's cgroups will be, from the id and cgroupsPath
+    /// alone, before any exists (the state `create` records first).
+    pub fn plan(id: &str, cgroups_path: Option<&Path>) -> Result<CgroupState> {
+        let cfg = CgroupConfig { id, cgroups_path, resources: None, linux_devices: None };
+        Ok(Self::new(&cfg)?.state)
     }
 
     /// Rebuilds the manager of an existing container from its saved state.
@@ -875,6 +894,16 @@ impl<S: CgroupSys> CgroupManager<S> {
             }
         }
         first_err.map_or(Ok(()), Err)
+    }
+
+    /// [`CgroupManager::destroy`] after SIGKILL to whatever still runs in
+    /// the cgroups: a container's processes that outlived its init, or
+    /// those of a `create` killed before it recorded a pid.
+    pub fn kill_and_destroy(&self) -> Result<()> {
+        if !self.pids().unwrap_or_default().is_empty() {
+            self.signal_all(libc::SIGKILL)?;
+        }
+        self.destroy()
     }
 
     fn remove_tree(&self, dir: &Path) -> Result<()> {

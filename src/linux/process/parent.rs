@@ -197,8 +197,7 @@ pub fn create(req: &CreateRequest<'_>, hooks: &mut RuntimeHooks<'_>) -> Result<C
 /// What [`create`] will record, before anything exists: the cgroups'
 /// paths, from the id and cgroupsPath alone.
 pub fn plan(id: &str, cgroups_path: Option<&std::path::Path>) -> Result<serde_json::Value, LinuxError> {
-    let cgroups = Manager::new(&CgroupConfig { id, cgroups_path, resources: None, linux_devices: None })?;
-    serde_json::to_value(LinuxState { cgroup: cgroups.state().clone(), seccomp: None })
+    serde_json::to_value(LinuxState { cgroup: Manager::plan(id, cgroups_path)?, seccomp: None })
         .map_err(|e| LinuxError::Config(format!("cannot record the cgroup state: {e}")))
 }
 
@@ -371,9 +370,5 @@ pub fn kill(state: &State, signal: Sig, all: bool) -> Result<(), LinuxError> {
 /// (a container without a pid namespace of its own keeps its children
 /// when the init exits) are killed first, as runc does.
 pub fn destroy(state: &State) -> Result<(), LinuxError> {
-    let cg = manager(state)?;
-    if !cg.pids().unwrap_or_default().is_empty() {
-        cg.signal_all(libc::SIGKILL)?;
-    }
-    Ok(cg.destroy()?)
+    Ok(manager(state)?.kill_and_destroy()?)
 }

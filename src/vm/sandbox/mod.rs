@@ -157,10 +157,8 @@ fn connect(state: &State, timeout: Duration) -> Result<AgentClient, VmError> {
 
 impl Sandbox for VmSandbox {
     fn plan(&self, id: &str, cgroups_path: Option<&Path>, dir: &Path) -> Result<serde_json::Value, SandboxError> {
-        let cgroups = Manager::new(&CgroupConfig { id, cgroups_path, resources: None, linux_devices: None })
-            .map_err(VmError::from)?;
-        let planned =
-            VmState { vsock: dir.join(VSOCK), cgroup: cgroups.state().clone(), console_log: dir.join(CONSOLE_LOG) };
+        let cgroup = Manager::plan(id, cgroups_path).map_err(VmError::from)?;
+        let planned = VmState { vsock: dir.join(VSOCK), cgroup, console_log: dir.join(CONSOLE_LOG) };
         Ok(serde_json::to_value(planned).map_err(|e| VmError::Config(format!("cannot record the VM's state: {e}")))?)
     }
 
@@ -204,13 +202,9 @@ impl Sandbox for VmSandbox {
             let _ = process::signal(state.pid, state.pid_start_time, Sig::KILL);
             process::wait_gone(state.pid, state.pid_start_time, KILL_GRACE);
         }
-        let cg = Manager::from_state(vm_state(state).cgroup);
-        // A VMM that no state file names (its `create` was killed): it is
-        // in the container's cgroup all the same.
-        if !cg.pids().unwrap_or_default().is_empty() {
-            cg.signal_all(libc::SIGKILL).map_err(VmError::from)?;
-        }
-        cg.destroy().map_err(VmError::from)?;
+        // A VMM that no state file names (its `create` was killed) is in
+        // the container's cgroup all the same.
+        Manager::from_state(vm_state(state).cgroup).kill_and_destroy().map_err(VmError::from)?;
         Ok(())
     }
 
