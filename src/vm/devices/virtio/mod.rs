@@ -7,6 +7,7 @@
 //! [`mmio::MmioTransport`] owns the register interface and hands the
 //! configured queues to the device when the driver sets DRIVER_OK.
 
+pub mod block;
 pub mod fs;
 pub mod mmio;
 pub mod vsock;
@@ -82,7 +83,7 @@ pub enum ActivateError {
 
 /// What a device does; the transport does the rest.
 pub trait VirtioDevice: Send {
-    /// virtio device id (19 = vsock, 26 = fs).
+    /// virtio device id (2 = block, 19 = vsock, 26 = fs).
     fn device_type(&self) -> u32;
     /// Maximum size of each queue; the count is the number of queues.
     fn queue_max_sizes(&self) -> &[u16];
