@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use amphi::vm::vmm::FsShare;
+use amphi::vm::vmm::{DiskConfig, FsShare};
 use clap::{Args, Subcommand};
 
 #[derive(Debug, Subcommand)]
@@ -57,6 +57,12 @@ pub struct CheckArgs {
     #[arg(long, value_name = "ARGS", allow_hyphen_values = true)]
     pub append: Option<String>,
 
+    /// Attach PATH (an image file or a block device) to the guest as a
+    /// virtio-blk disk (/dev/vda, /dev/vdb, ... in order); `:ro` makes it
+    /// read-only, `ID=` sets the serial the guest reads. Repeatable.
+    #[arg(long, value_name = "[ID=]PATH[:ro]")]
+    pub disk: Vec<DiskConfig>,
+
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
@@ -88,6 +94,10 @@ pub struct RunVmmArgs {
     /// TAG /mnt` in the guest); `:ro` refuses writes. Repeatable.
     #[arg(long, value_name = "TAG=DIR[:ro]")]
     pub share: Vec<FsShare>,
+    /// Attach PATH to the guest as a virtio-blk disk; `:ro` makes it
+    /// read-only, `ID=` sets its serial. Repeatable.
+    #[arg(long, value_name = "[ID=]PATH[:ro]")]
+    pub disk: Vec<DiskConfig>,
 }
 
 #[cfg(test)]
@@ -160,5 +170,29 @@ mod tests {
         }
         let bad = Cli::try_parse_from(base.iter().copied().chain(["--share", "nodir"])).unwrap_err().to_string();
         assert!(bad.contains("expected TAG=DIR"), "{bad}");
+
+        let cli =
+            Cli::try_parse_from(base.iter().copied().chain(["--disk", "/d/a.img", "--disk", "b=/d/b.img:ro"])).unwrap();
+        match cli.command {
+            Command::Vm(VmCommand::RunVmm(a)) => {
+                assert_eq!(a.disk.len(), 2);
+                assert_eq!((a.disk[1].serial.as_str(), a.disk[1].read_only), ("b", true));
+            }
+            other => panic!("parsed as {other:?}"),
+        }
+        let bad = Cli::try_parse_from(base.iter().copied().chain(["--disk", "rel.img"])).unwrap_err().to_string();
+        assert!(bad.contains("absolute path"), "{bad}");
+    }
+
+    #[test]
+    fn vm_check_attaches_disks() {
+        let cli = Cli::try_parse_from(["amphi", "vm", "check", "--disk", "/d/a.img:ro", "--disk", "/d/b.img"]).unwrap();
+        match cli.command {
+            Command::Vm(VmCommand::Check(c)) => {
+                let disks: Vec<String> = c.disk.iter().map(|d| d.to_string()).collect();
+                assert_eq!(disks, ["/d/a.img:ro", "/d/b.img"]);
+            }
+            other => panic!("parsed as {other:?}"),
+        }
     }
 }

@@ -45,6 +45,7 @@ fn check(a: CheckArgs) -> anyhow::Result<u8> {
         kvm_path: amphi::vm::host::DEFAULT_KVM_PATH.into(),
         vmm_binary: std::env::current_exe().unwrap_or_else(|_| "amphi".into()),
         cancel: Some(&INTERRUPTED),
+        disks: a.disk,
     };
     let mut progress = |m: &str| eprintln!("amphi: {m}");
     let report = amphi::vm::check(&opts, &mut progress)?;
@@ -72,6 +73,7 @@ fn run_vmm(a: RunVmmArgs) -> u8 {
         event_fd,
         kvm_path: a.kvm,
         shares: a.share,
+        disks: a.disk,
     };
     amphi::vm::process::run_child(args.into_config(), event_fd)
 }

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use serde::{Deserialize, Serialize};
 
 use crate::exit;
-use crate::vm::vmm::{self, ExitReason, FsShare, VmmConfig, VmmEvent};
+use crate::vm::vmm::{self, DiskConfig, ExitReason, FsShare, VmmConfig, VmmEvent};
 
 /// One line on the event pipe.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -174,6 +174,8 @@ pub struct ChildArgs {
     pub kvm_path: PathBuf,
     /// Directories served over virtio-fs (`--share TAG=DIR[:ro]`).
     pub shares: Vec<FsShare>,
+    /// Disks attached over virtio-blk (`--disk [ID=]PATH[:ro]`).
+    pub disks: Vec<DiskConfig>,
 }
 
 impl ChildArgs {
@@ -208,6 +210,10 @@ impl ChildArgs {
             v.push("--share".into());
             v.push(share.to_string());
         }
+        for disk in &self.disks {
+            v.push("--disk".into());
+            v.push(disk.to_string());
+        }
         v
     }
 
@@ -226,6 +232,7 @@ impl ChildArgs {
             },
             vsock: Some(vmm::VsockConfig { guest_cid: self.vsock_cid, uds_path: self.vsock_uds }),
             shares: self.shares,
+            disks: self.disks,
         }
     }
 }
@@ -282,15 +289,20 @@ mod tests {
             event_fd: 5,
             kvm_path: "/dev/kvm".into(),
             shares: vec!["rootfs=/r".parse().unwrap(), "vol=/v:ro".parse().unwrap()],
+            disks: vec!["/d/root.img".parse().unwrap(), "data=/d/data.img:ro".parse().unwrap()],
         };
         let argv = a.to_argv();
         assert_eq!(&argv[..2], ["vm", "run-vmm"]);
         assert!(argv.windows(2).any(|w| w[0] == "--cmdline" && w[1] == "console=ttyS0 quiet"));
         let shares: Vec<&str> = argv.windows(2).filter(|w| w[0] == "--share").map(|w| w[1].as_str()).collect();
         assert_eq!(shares, ["rootfs=/r", "vol=/v:ro"]);
+        let disks: Vec<&str> = argv.windows(2).filter(|w| w[0] == "--disk").map(|w| w[1].as_str()).collect();
+        assert_eq!(disks, ["/d/root.img", "data=/d/data.img:ro"]);
         let c = a.into_config();
         assert_eq!(c.serial, vmm::SerialOutput::Stdout);
         assert_eq!(c.shares.len(), 2);
         assert!(c.shares[1].read_only);
+        assert_eq!(c.disks.len(), 2);
+        assert_eq!((c.disks[1].serial.as_str(), c.disks[1].read_only), ("data", true));
     }
 }

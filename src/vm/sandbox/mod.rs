@@ -458,6 +458,7 @@ fn create(req: &CreateRequest<'_>, hooks: &mut RuntimeHooks<'_>) -> Result<Creat
         // Read-only entries are read-only bind mounts inside the share
         // (the host kernel enforces them); the share itself is writable.
         shares: vec![FsShare { tag: plan::SHARE_TAG.into(), path: share_root.clone(), read_only: false }],
+        disks: vec![],
     };
     let session = session_name();
     let pipe = || nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| io("pipe")(e.into()));

@@ -1,7 +1,8 @@
 //! amphi's VMM: one KVM VM with guest memory, an in-kernel irqchip and PIT,
 //! the legacy devices (COM1, ACPI power/reset), virtio-mmio devices (vsock,
-//! one virtio-fs device per shared directory), one thread per vCPU and an
-//! event loop (event-manager) on the calling thread.
+//! one virtio-fs device per shared directory, one virtio-blk device per
+//! disk), one thread per vCPU and an event loop (event-manager) on the
+//! calling thread.
 //! [`run`] boots the guest and returns when it powers off, resets,
 //! crashes, or the caller stops it.
 
@@ -27,6 +28,7 @@ use crate::vm::boot::{self, acpi, layout, params, regs, BootError, EntryPoint};
 use crate::vm::devices::power::{PowerDevice, PowerEvent, PowerPort};
 use crate::vm::devices::serial::log as serial_log;
 use crate::vm::devices::serial::{CappedLog, ConsoleEvent, ConsoleOutput, ConsoleWatcher, SerialDevice};
+use crate::vm::devices::virtio::block::{DiskError, VirtioBlock};
 use crate::vm::devices::virtio::fs::{ShareError, VirtioFs};
 use crate::vm::devices::virtio::mmio::{MmioTransport, NOTIFY_REG_OFFSET};
 use crate::vm::devices::virtio::vsock::{Vsock, VsockMuxer};
@@ -107,6 +109,76 @@ impl std::fmt::Display for FsShare {
     }
 }
 
+/// A host file or block device the guest sees as a virtio-blk disk
+/// (`/dev/vda`, `/dev/vdb`, ... in the order given, after any other
+/// virtio-blk devices). The image is opened once when the VMM starts and
+/// locked (shared if read-only, exclusive otherwise); with `read_only` the
+/// guest's writes fail with an I/O error. `serial` is what the guest reads
+/// as the disk's ID (`/sys/block/vdX/serial`); empty means one derived from
+/// the image's device and inode numbers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiskConfig {
+    pub path: PathBuf,
+    pub read_only: bool,
+    pub serial: String,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DiskArgError {
+    #[error("{0:?}: expected PATH, PATH:ro or ID=PATH[:ro]")]
+    Syntax(String),
+    #[error("{0:?}: the disk must be an absolute path")]
+    Relative(String),
+    #[error("{arg:?}: the ID must be 1 to {max} bytes of letters, digits, '.', '_' or '-'")]
+    Serial { arg: String, max: usize },
+}
+
+/// `[ID=]PATH[:ro]` (also `:rw`, for an image whose name ends in `:ro`).
+/// The path is absolute, so an `=` before its first `/` can only end an ID.
+impl std::str::FromStr for DiskConfig {
+    type Err = DiskArgError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (serial, rest) = match s.split_once('=') {
+            Some((id, rest)) if !id.contains('/') => (id, rest),
+            _ => ("", s),
+        };
+        if s.starts_with('=') || (!serial.is_empty() && !crate::vm::devices::virtio::block::check_serial(serial)) {
+            return Err(DiskArgError::Serial {
+                arg: s.to_string(),
+                max: crate::vm::devices::virtio::block::SERIAL_LEN,
+            });
+        }
+        let (path, read_only) = match rest.rsplit_once(':') {
+            Some((p, "ro")) => (p, true),
+            Some((p, "rw")) => (p, false),
+            _ => (rest, false),
+        };
+        if path.is_empty() {
+            return Err(DiskArgError::Syntax(s.to_string()));
+        }
+        if !path.starts_with('/') {
+            return Err(DiskArgError::Relative(s.to_string()));
+        }
+        Ok(DiskConfig { path: PathBuf::from(path), read_only, serial: serial.to_string() })
+    }
+}
+
+impl std::fmt::Display for DiskConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let path = self.path.display().to_string();
+        let mode = match (self.read_only, path.ends_with(":ro") || path.ends_with(":rw")) {
+            (true, _) => ":ro",
+            (false, true) => ":rw",
+            (false, false) => "",
+        };
+        if !self.serial.is_empty() {
+            write!(f, "{}=", self.serial)?;
+        }
+        write!(f, "{path}{mode}")
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct VmmConfig {
     pub kvm_path: PathBuf,
@@ -119,6 +191,8 @@ pub struct VmmConfig {
     pub vsock: Option<VsockConfig>,
     /// One virtio-fs device each, after the vsock device.
     pub shares: Vec<FsShare>,
+    /// One virtio-blk device each, after the shares.
+    pub disks: Vec<DiskConfig>,
 }
 
 /// Milestones the VMM reports while the guest boots.
@@ -190,6 +264,8 @@ pub enum VmmError {
     Vsock(#[from] crate::vm::devices::virtio::vsock::unix::MuxerError),
     #[error("cannot set up the shared directory")]
     Share(#[from] ShareError),
+    #[error("cannot attach the disk")]
+    Disk(#[from] DiskError),
     #[error("{count} virtio devices requested; at most {max} fit the interrupt lines")]
     TooManyDevices { count: usize, max: usize },
     #[error("cannot open the serial log {path}")]
@@ -361,7 +437,8 @@ pub fn run(
         Arc::new(Mutex::new(PowerDevice::new(PowerPort::I8042, power_notify))),
     )?;
 
-    // virtio-mmio devices: vsock first, then one virtio-fs device per share.
+    // virtio-mmio devices: vsock first, then one virtio-fs device per
+    // share, then one virtio-blk device per disk.
     let mut virtio: Vec<VirtioSlot> = Vec::new();
     if let Some(vs) = &config.vsock {
         let muxer = VsockMuxer::new(vs.guest_cid, &vs.uds_path)?;
@@ -375,6 +452,13 @@ pub fn run(
         let dev = VirtioFs::new(&share.tag, &share.path, share.read_only)?;
         // The device serves its queues on its own worker thread.
         virtio.push(VirtioSlot { name: "virtio-fs", device: Arc::new(Mutex::new(dev)), events: None });
+    }
+    for disk in &config.disks {
+        // Opens the image and starts the device's worker thread here, on
+        // the VMM's main thread: activation runs on a vCPU thread, whose
+        // seccomp filter a disk worker must not inherit.
+        let dev = VirtioBlock::new(&disk.path, disk.read_only, &disk.serial)?;
+        virtio.push(VirtioSlot { name: "virtio-blk", device: Arc::new(Mutex::new(dev)), events: None });
     }
     if virtio.len() > layout::VIRTIO_MMIO_MAX_DEVICES {
         return Err(VmmError::TooManyDevices { count: virtio.len(), max: layout::VIRTIO_MMIO_MAX_DEVICES });
@@ -506,6 +590,38 @@ mod tests {
         for share in [s, ro, odd, colon] {
             assert_eq!(share.to_string().parse::<FsShare>().unwrap(), share);
         }
+    }
+
+    #[test]
+    fn disk_arguments_parse_and_print_back() {
+        let d: DiskConfig = "/var/lib/vm/root.img".parse().unwrap();
+        assert_eq!(d, DiskConfig { path: "/var/lib/vm/root.img".into(), read_only: false, serial: String::new() });
+        let ro: DiskConfig = "/dev/vg0/data:ro".parse().unwrap();
+        assert!(ro.read_only);
+        assert_eq!(ro.path, PathBuf::from("/dev/vg0/data"));
+        let named: DiskConfig = "data-1=/srv/d.img:ro".parse().unwrap();
+        assert_eq!(
+            (named.serial.as_str(), named.path.to_str().unwrap(), named.read_only),
+            ("data-1", "/srv/d.img", true)
+        );
+        let odd: DiskConfig = "/a=b/c:ro:rw".parse().unwrap();
+        assert_eq!((odd.serial.as_str(), odd.path.to_str().unwrap(), odd.read_only), ("", "/a=b/c:ro", false));
+        for disk in [d, ro, named, odd] {
+            assert_eq!(disk.to_string().parse::<DiskConfig>().unwrap(), disk);
+        }
+    }
+
+    #[test]
+    fn bad_disk_arguments_say_what_is_expected() {
+        let err = |a: &str| a.parse::<DiskConfig>().unwrap_err().to_string();
+        assert!(err("").contains("expected PATH"));
+        assert!(err(":ro").contains("expected PATH"));
+        assert!(err("id=").contains("expected PATH"));
+        assert!(err("disk.img").contains("absolute path"));
+        assert!(err("id=disk.img:ro").contains("absolute path"));
+        assert!(err("=/d.img").contains("the ID must be"));
+        assert!(err("has space=/d.img").contains("the ID must be"));
+        assert!(err(&format!("{}=/d.img", "x".repeat(21))).contains("1 to 20 bytes"));
     }
 
     #[test]
