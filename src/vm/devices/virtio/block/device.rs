@@ -166,8 +166,13 @@ impl VirtioBlock {
         }
         self.active = false;
         self.link.cancel.store(true, Ordering::Release);
+        // The answer to a stop that was never waited for (below) must not
+        // pass for this one's.
+        while self.link.stopped.try_recv().is_ok() {}
+        // Without a wake-up the worker might never answer; `cancel` alone
+        // keeps it from taking anything more from the queue then. An error
+        // from recv means the worker has ended, which lets go of the queue.
         if self.link.send(Command::Stop).is_ok() {
-            // An error means the worker has ended, which lets go of the queue too.
             let _ = self.link.stopped.recv();
         }
     }
@@ -228,9 +233,11 @@ impl VirtioDevice for VirtioBlock {
         self.stop_worker();
         let writethrough = self.acked_features & (1 << VIRTIO_BLK_F_FLUSH) == 0;
         self.link.cancel.store(false, Ordering::Release);
-        self.link.send(Command::Activate(Box::new(Active { mem, queue, interrupt, writethrough })))?;
-        self.active = true;
-        Ok(())
+        let sent = self.link.send(Command::Activate(Box::new(Active { mem, queue, interrupt, writethrough })));
+        // A command on the channel reaches the worker even if waking it
+        // failed, so the next reset or activation must take the queue back.
+        self.active = !matches!(sent, Err(ActivateError::Worker(_)));
+        sent
     }
 
     fn reset(&mut self) {

@@ -91,8 +91,9 @@ pub struct DiskFile {
 impl DiskFile {
     /// Opens `path` (read-write unless `read_only`), checks that it is a
     /// regular file or a block device and locks it. An empty `serial`
-    /// derives one from the file's device and inode numbers, which stay the
-    /// same across boots as long as the image is not replaced.
+    /// derives one from the file's device and inode numbers (`<dev>-<ino>`
+    /// in hex, cut to 20 bytes), which stay the same across boots as long
+    /// as the image is not replaced.
     pub fn open(path: &Path, read_only: bool, serial: &str) -> Result<Self, DiskError> {
         let p = || path.to_path_buf();
         if !serial.is_empty() && !check_serial(serial) {
