@@ -142,13 +142,28 @@ pub const TIMING_ENV: &str = "AMPHI_TIMING";
 /// command, the VMM) marks its milestones on the same clock, so a
 /// benchmark can split a run into phases without timed logging.
 pub fn timing(label: &str) {
-    let Some(path) = std::env::var_os(TIMING_ENV) else { return };
+    let Some(file) = timing_file() else { return };
     let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
         .map(|t| t.tv_sec() as i128 * 1_000_000_000 + t.tv_nsec() as i128)
         .unwrap_or(0);
-    if let Ok(mut f) = OpenOptions::new().create(true).append(true).open(path) {
-        let _ = f.write_all(format!("{label} {now}\n").as_bytes());
-    }
+    let _ = (&*file).write_all(format!("{label} {now}\n").as_bytes());
+}
+
+/// The timing file, opened once per process: the VMM keeps writing to it
+/// from a root where its path does not exist.
+fn timing_file() -> Option<&'static File> {
+    static FILE: std::sync::OnceLock<Option<File>> = std::sync::OnceLock::new();
+    FILE.get_or_init(|| {
+        let path = std::env::var_os(TIMING_ENV)?;
+        OpenOptions::new().create(true).append(true).open(path).ok()
+    })
+    .as_ref()
+}
+
+/// The timing file's descriptor, for a process that closes the others.
+pub fn timing_fd() -> Option<std::os::fd::RawFd> {
+    use std::os::fd::AsRawFd;
+    timing_file().map(|f| f.as_raw_fd())
 }
 
 /// An error and all its sources, joined with ": " (each printed once).

@@ -160,8 +160,39 @@ nothing_left() {
   [ "$status" = 0 ]
   [ "$(stat -c %u:%g:%a "$b/rootfs/tmp/owned")" = 1234:1234:640 ]
   [ "$(cat "$b/rootfs/tmp/owned")" = "$(printf 'jailed\nby-1234')" ]
+  # Every thread (main, vCPU, virtio-fs worker, agent I/O) runs under a
+  # seccomp filter (src/vm/jail/seccomp.rs).
+  for t in /proc/$pid/task/*; do
+    grep -H -E '^(Name|Seccomp)' "$t/status"
+    grep -q '^Seccomp:[[:space:]]*2$' "$t/status"
+  done
+  # Its root holds only what it needs (src/vm/jail/root.rs); of /proc, its
+  # own fds and mounts; nothing of the host's filesystem is mounted.
+  [ "$(ls /proc/$pid/root | tr '\n' ' ')" = "console.log dev initrd kernel proc share vsock " ]
+  [ "$(ls /proc/$pid/root/proc/self)" = "fd
+mountinfo" ]
+  ! awk '{print $5}' /proc/$pid/mountinfo | grep -E '^/(usr|etc|bin|lib|var|home|root|run|tmp)(/|$)'
   A delete --force vmc-jail
   nothing_left vmc-jail
+}
+
+@test "a syscall outside a VMM thread's seccomp filter stops the VMM with a line that names it" {
+  b=$(mkbundle probe ".process.args = $(args /bin/true)")
+  # The probe makes each kind of thread call ptrace (101) right after
+  # loading its filter, which no filter allows.
+  for kind in vmm vcpu device io; do
+    run env AMPHI_VMM_SECCOMP_PROBE=$kind "$AMPHI" --root "$ROOT" run --bundle "$b" vmc-probe
+    trace
+    [ "$status" -ne 0 ]
+    [[ "$output" == *"($kind filter) made syscall 101 (x86_64), which its seccomp filter does not allow: the VMM stops"* ]]
+    A delete --force vmc-probe
+    nothing_left vmc-probe
+  done
+  # Without the probe the same bundle runs.
+  run A run --bundle "$b" vmc-probe
+  trace
+  [ "$status" -eq 0 ]
+  A delete --force vmc-probe
 }
 
 @test "SIGTERM to a foreground run reaches the workload" {

@@ -71,6 +71,7 @@ pub fn run(plan: ExecPlan) -> i32 {
     if let Local::Tty(t) = &local {
         keep.push(t.as_raw_fd());
     }
+    keep.extend(crate::logging::timing_fd());
     close_others(&keep);
     let tty = match &local {
         Local::Tty(t) => {

@@ -41,6 +41,7 @@ use crate::linux::cgroups::{CgroupConfig, CgroupState, Manager};
 use crate::vm::agent_client::{AgentClient, AgentClientError};
 use crate::vm::guest::{self, GuestError, GuestOptions};
 use crate::vm::host::{self, HostError, SystemHost};
+use crate::vm::jail;
 use crate::vm::process::ChildEvent;
 use crate::vm::vmm::{FsShare, SerialOutput, VmmConfig, VsockConfig};
 use plan::{PlanError, VmSize};
@@ -58,10 +59,14 @@ pub struct VmState {
     pub console_log: PathBuf,
 }
 
-/// Files in the container's state directory.
-const VSOCK: &str = "vsock";
-const CONSOLE_LOG: &str = "console.log";
-const SHARE_DIR: &str = "share";
+/// The directory of the container's state dir that becomes the VMM's root
+/// (`vm::jail::root`): the vsock socket and the console log are made in
+/// it, where the host finds them.
+const VMM_ROOT: &str = "vmm";
+
+fn vmm_root(dir: &Path) -> PathBuf {
+    dir.join(VMM_ROOT)
+}
 /// How long a call to the agent may take (`start`, `kill`).
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a VM has to go after its workload was SIGKILLed.
@@ -158,7 +163,12 @@ fn connect(state: &State, timeout: Duration) -> Result<AgentClient, VmError> {
 impl Sandbox for VmSandbox {
     fn plan(&self, id: &str, cgroups_path: Option<&Path>, dir: &Path) -> Result<serde_json::Value, SandboxError> {
         let cgroup = Manager::plan(id, cgroups_path).map_err(VmError::from)?;
-        let planned = VmState { vsock: dir.join(VSOCK), cgroup, console_log: dir.join(CONSOLE_LOG) };
+        let root = vmm_root(dir);
+        let planned = VmState {
+            vsock: jail::root::host_path(&root, jail::root::VSOCK),
+            cgroup,
+            console_log: jail::root::host_path(&root, jail::root::CONSOLE_LOG),
+        };
         Ok(serde_json::to_value(planned).map_err(|e| VmError::Config(format!("cannot record the VM's state: {e}")))?)
     }
 
@@ -435,10 +445,10 @@ fn create(req: &CreateRequest<'_>, hooks: &mut RuntimeHooks<'_>) -> Result<Creat
     let mut guard = Guard { pid: None, cgroups: &cgroups, armed: true };
 
     let dir = &req.dir.path;
-    let uds = dir.join(VSOCK);
-    let console_log = dir.join(CONSOLE_LOG);
-    let share_root = dir.join(SHARE_DIR);
-    std::fs::create_dir(&share_root).map_err(io(format!("mkdir {}", share_root.display())))?;
+    let root = vmm_root(dir);
+    std::fs::create_dir(&root).map_err(io(format!("mkdir {}", root.display())))?;
+    let uds = jail::root::host_path(&root, jail::root::VSOCK);
+    let console_log = jail::root::host_path(&root, jail::root::CONSOLE_LOG);
     let cmdline = match &size.kernel_args {
         Some(extra) => format!("{} {extra}", crate::vm::GUEST_CMDLINE),
         None => crate::vm::GUEST_CMDLINE.to_string(),
@@ -457,7 +467,11 @@ fn create(req: &CreateRequest<'_>, hooks: &mut RuntimeHooks<'_>) -> Result<Creat
         }),
         // Read-only entries are read-only bind mounts inside the share
         // (the host kernel enforces them); the share itself is writable.
-        shares: vec![FsShare { tag: plan::SHARE_TAG.into(), path: share_root.clone(), read_only: false }],
+        shares: vec![FsShare {
+            tag: plan::SHARE_TAG.into(),
+            path: jail::root::host_path(&root, jail::root::SHARE),
+            read_only: false,
+        }],
         disks: vec![],
     };
     let session = session_name();
@@ -468,8 +482,7 @@ fn create(req: &CreateRequest<'_>, hooks: &mut RuntimeHooks<'_>) -> Result<Creat
     let vplan = VmmPlan {
         id: req.id.to_string(),
         config,
-        uds: uds.clone(),
-        share_root,
+        root,
         entries: gplan.entries.clone(),
         session: session.clone(),
         streams: streams.clone(),

@@ -13,7 +13,9 @@
 //!   tmpfs with the rootfs and each bind-mount source bind-mounted into it,
 //!   so nothing is mounted on the host and nothing is left when it ends,
 //! - takes the host pty as its controlling terminal, so window size
-//!   changes reach it as SIGWINCH.
+//!   changes reach it as SIGWINCH,
+//! - jails itself (`vm::jail`): its own root, fewer capabilities, rlimits,
+//!   a seccomp filter per thread.
 //!
 //! Then it runs the VM, relays stdio, waits (through the agent) for the
 //! workload to end and exits with the workload's status: its code, or the
@@ -36,15 +38,17 @@ use super::stdio::{self, Local};
 use crate::agent::container::{ExitStatus, ResizeRequest, SignalRequest, StreamKind, WaitRequest};
 use crate::linux::cgroups::Join;
 use crate::vm::agent_client::AgentClient;
+use crate::vm::jail::{self, seccomp::ThreadKind};
 use crate::vm::process::{self, ChildEvent};
-use crate::vm::vmm::{self, VmmConfig, VmmEvent};
+use crate::vm::vmm::{self, SerialOutput, VmmConfig, VmmEvent};
 
 /// Everything the VMM process needs, prepared by `create`.
 pub struct VmmPlan {
     pub id: String,
+    /// The VMM's host paths; rewritten to the paths inside its root.
     pub config: VmmConfig,
-    pub uds: PathBuf,
-    pub share_root: PathBuf,
+    /// The directory that becomes the VMM's root (`vm::jail::root`).
+    pub root: PathBuf,
     pub entries: Vec<ShareEntry>,
     pub session: String,
     pub streams: Vec<StreamKind>,
@@ -106,13 +110,10 @@ pub(super) fn close_others(keep: &[RawFd]) {
     }
 }
 
-/// The share: a private tmpfs with each entry bind-mounted into it, in a
-/// mount namespace of our own.
+/// The share: a private tmpfs with each entry bind-mounted into it, in the
+/// VMM's mount namespace (made by `jail::root::prepare`).
 fn mount_share(root: &Path, entries: &[ShareEntry]) -> Result<(), String> {
-    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS)
-        .map_err(|e| format!("unshare the mount namespace: {e}"))?;
-    mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_SLAVE, None::<&str>)
-        .map_err(|e| format!("make / a slave mount: {e}"))?;
+    std::fs::create_dir_all(root).map_err(|e| format!("create {}: {e}", root.display()))?;
     mount(Some("amphi-share"), root, Some("tmpfs"), MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some("mode=0755,size=1m"))
         .map_err(|e| format!("mount the share's tmpfs on {}: {e}", root.display()))?;
     for e in entries {
@@ -193,7 +194,7 @@ pub(super) fn exit_like(status: ExitStatus) -> ! {
 
 /// Body of the forked VMM process. Never returns into the caller's code.
 pub fn run(plan: VmmPlan) -> i32 {
-    let VmmPlan { id, config, uds, share_root, entries, session, streams, local, events, control, join } = plan;
+    let VmmPlan { id, mut config, root, entries, session, streams, local, events, control, join } = plan;
     let events = Arc::new(Events(Mutex::new(std::fs::File::from(events))));
     let fail = |what: &str, e: String| {
         events.send(&ChildEvent::Error { message: format!("{what}: {e}") });
@@ -208,10 +209,14 @@ pub fn run(plan: VmmPlan) -> i32 {
     if let Local::Tty(t) = &local {
         keep.push(t.as_raw_fd());
     }
+    keep.extend(crate::logging::timing_fd());
     drop(join);
     close_others(&keep);
     process::limit_open_files();
-    if let Err(e) = mount_share(&share_root, &entries) {
+    if let Err(e) = jail::root::prepare(&root) {
+        return fail("cannot prepare the VMM's root", crate::logging::chain(&e));
+    }
+    if let Err(e) = mount_share(&jail::root::host_path(&root, jail::root::SHARE), &entries) {
         return fail("cannot prepare the container's virtio-fs share", e);
     }
     if let Local::Tty(t) = &local {
@@ -219,9 +224,37 @@ pub fn run(plan: VmmPlan) -> i32 {
             return fail("cannot take the container's terminal", e);
         }
     }
-    // Setup needed root's every power (the share's mounts); running the
-    // guest does not.
-    if let Err(e) = crate::vm::jail::confine() {
+    let disks: Vec<(PathBuf, bool)> = config.disks.iter().map(|d| (d.path.clone(), d.read_only)).collect();
+    let entered = jail::root::enter(&jail::root::RootPlan {
+        dir: &root,
+        kvm: &config.kvm_path,
+        kernel: &config.kernel,
+        initrd: config.initrd.as_deref(),
+        disks: &disks,
+    });
+    if let Err(e) = entered {
+        return fail("cannot move the VMM into its root", crate::logging::chain(&e));
+    }
+    config.kvm_path = jail::root::KVM.into();
+    config.kernel = jail::root::KERNEL.into();
+    config.initrd = config.initrd.map(|_| jail::root::INITRD.into());
+    config.serial = SerialOutput::File(jail::root::CONSOLE_LOG.into());
+    if let Some(vs) = config.vsock.as_mut() {
+        vs.uds_path = jail::root::VSOCK.into();
+    }
+    for share in &mut config.shares {
+        share.path = jail::root::SHARE.into();
+    }
+    for (i, disk) in config.disks.iter_mut().enumerate() {
+        disk.path = jail::root::disk_path(i);
+    }
+    let uds = PathBuf::from(jail::root::VSOCK);
+    // Setup needed root's every power (the share's mounts, the root);
+    // running the guest does not.
+    if let Err(e) = jail::seccomp::prepare() {
+        return fail("cannot prepare the VMM's seccomp filters", crate::logging::chain(&e));
+    }
+    if let Err(e) = jail::confine() {
         return fail("cannot confine the VMM", crate::logging::chain(&e));
     }
     let sigs = forwarded_set();
@@ -238,6 +271,7 @@ pub fn run(plan: VmmPlan) -> i32 {
     {
         let stop = stop.clone();
         let _ = std::thread::Builder::new().name("control".into()).spawn(move || {
+            jail::seccomp::enter_or_exit(ThreadKind::Io);
             let mut b = [0u8; 1];
             let ok = matches!(nix::unistd::read(control.as_fd(), &mut b), Ok(1));
             if !ok {
@@ -252,6 +286,8 @@ pub fn run(plan: VmmPlan) -> i32 {
     {
         let (uds, session, id, stop, status) = (uds.clone(), session, id.clone(), stop.clone(), status.clone());
         let _ = std::thread::Builder::new().name("supervisor".into()).spawn(move || {
+            // Its stdio relays inherit this filter.
+            jail::seccomp::enter_or_exit(ThreadKind::Io);
             if !rx.iter().any(|e| e == VmmEvent::AgentListening) {
                 return;
             }
@@ -271,9 +307,10 @@ pub fn run(plan: VmmPlan) -> i32 {
     }
     {
         let (uds, id) = (uds.clone(), id.clone());
-        let _ = std::thread::Builder::new()
-            .name("signals".into())
-            .spawn(move || forward_signals(&uds, &id, None, sigs, tty));
+        let _ = std::thread::Builder::new().name("signals".into()).spawn(move || {
+            jail::seccomp::enter_or_exit(ThreadKind::Io);
+            forward_signals(&uds, &id, None, sigs, tty)
+        });
     }
 
     let on_event = {

@@ -525,6 +525,7 @@ pub fn run(
         let h = std::thread::Builder::new()
             .name(format!("vcpu{}", v.index))
             .spawn(move || {
+                crate::vm::jail::seccomp::enter_or_exit(crate::vm::jail::seccomp::ThreadKind::Vcpu);
                 let reason = v.run(vcpu_stop, move || {
                     if boot_cpu {
                         events(VmmEvent::KernelEntry)
@@ -538,6 +539,8 @@ pub fn run(
         handles.push(h);
     }
 
+    // From here on this thread only runs the event loop and ends the VM.
+    crate::vm::jail::seccomp::enter_or_exit(crate::vm::jail::seccomp::ThreadKind::Vmm);
     // Event loop until the VM ends or the caller stops it.
     while !done.load(Ordering::Acquire) {
         if stop.load(Ordering::Acquire) {

@@ -98,7 +98,7 @@ pub(crate) fn spawn(worker: Worker) -> std::io::Result<JoinHandle<()>> {
     let mut em = EventManager::<Worker>::new().map_err(std::io::Error::other)?;
     let id = em.add_subscriber(worker);
     std::thread::Builder::new().name("virtio-blk".into()).spawn(move || {
-        // seccomp: the device-thread filter is installed here
+        crate::vm::jail::seccomp::enter_or_exit(crate::vm::jail::seccomp::ThreadKind::Device);
         loop {
             // Only epoll_wait itself can fail here (EINTR is retried by
             // the loop as 0 events); the worker then ends, and the device

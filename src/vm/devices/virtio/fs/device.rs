@@ -2,14 +2,14 @@
 //! queue, the share's tag in config space, FUSE requests answered by
 //! fuse-backend-rs's server over the share's passthrough filesystem.
 //!
-//! The device does no filesystem work on the VMM's event loop: activation
-//! starts one worker thread per device that owns the queues and serves
-//! both of them (`event_handler.rs`), and a reset stops and joins it before
-//! the driver sees the reset complete, as virtio requires.
+//! The device does no filesystem work on the VMM's event loop: each device
+//! has a worker thread, made with it, that activation hands the queues to
+//! and that serves both of them (`event_handler.rs`); a reset stops it
+//! serving and waits for it before the driver sees the reset complete, as
+//! virtio requires.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::thread::JoinHandle;
+use std::sync::{mpsc, Arc};
 
 use fuse_backend_rs::api::server::{Server, MAX_BUFFER_SIZE};
 use fuse_backend_rs::passthrough::PassthroughFs;
@@ -106,49 +106,131 @@ pub(crate) fn serve(
     }
 }
 
+/// What the worker thread is told: serve these queues until the stop event.
+struct Serve {
+    mem: SharedMemory,
+    queues: Vec<FuseQueue>,
+    interrupt: Arc<VirtioInterrupt>,
+}
+
+/// What the worker answers.
+enum Reply {
+    Serving,
+    Failed(ShareError),
+    Stopped,
+}
+
+/// The device's worker thread, made with the device and living as long as
+/// it does, idle while the device is not active. It is made here rather
+/// than at activation because activation runs on a vCPU thread, and a
+/// thread inherits the seccomp filter of the thread that makes it.
 struct Worker {
+    serve: mpsc::Sender<Serve>,
+    replies: mpsc::Receiver<Reply>,
     stop: EventFd,
-    thread: JoinHandle<()>,
+}
+
+/// The worker's side: the share it serves, the device's queue kicks, the
+/// stop event, and its channels.
+struct WorkerSide {
+    tag: String,
+    path: PathBuf,
+    read_only: bool,
+    prepared: Option<ShareFs<PassthroughFs>>,
+    kicks: [EventFd; 2],
+    stop: EventFd,
+    serve: mpsc::Receiver<Serve>,
+    replies: mpsc::Sender<Reply>,
+}
+
+impl WorkerSide {
+    fn run(mut self) {
+        // A filesystem context of its own with umask 0 (event_handler.rs
+        // says why), set before the filter, which forbids unshare.
+        let _ = nix::sched::unshare(nix::sched::CloneFlags::CLONE_FS)
+            .map(|()| nix::sys::stat::umask(nix::sys::stat::Mode::empty()));
+        crate::vm::jail::seccomp::enter_or_exit(crate::vm::jail::seccomp::ThreadKind::Device);
+        while let Ok(Serve { mem, queues, interrupt }) = self.serve.recv() {
+            // A stop meant for a handler that had already ended.
+            let _ = self.stop.read();
+            // Each activation gets a fresh filesystem, so nothing a driver
+            // opened outlives its reset.
+            let fs = match self.prepared.take() {
+                Some(fs) => Ok(fs),
+                None => open_share(&self.tag, &self.path, self.read_only),
+            };
+            let dup = |e: &EventFd| e.try_clone();
+            let handles = (dup(&self.kicks[HIPRIO_QUEUE]), dup(&self.kicks[REQUEST_QUEUE]), dup(&self.stop));
+            let (fs, hiprio, request, stop) = match (fs, handles) {
+                (Ok(fs), (Ok(h), Ok(r), Ok(s))) => (fs, h, r, s),
+                (Err(e), _) => {
+                    let _ = self.replies.send(Reply::Failed(e));
+                    continue;
+                }
+                (_, (Err(source), _, _) | (_, Err(source), _) | (_, _, Err(source))) => {
+                    let _ = self.replies.send(Reply::Failed(ShareError::EventFd { tag: self.tag.clone(), source }));
+                    continue;
+                }
+            };
+            let _ = self.replies.send(Reply::Serving);
+            let active = Active { server: Server::new(fs), mem, queues, interrupt };
+            QueueHandler::new(active, [hiprio, request], stop).run();
+            let _ = self.stop.read();
+            let _ = self.replies.send(Reply::Stopped);
+        }
+    }
 }
 
 /// One shared directory.
 pub struct VirtioFs {
     tag: String,
-    path: PathBuf,
-    read_only: bool,
     config: [u8; CONFIG_LEN],
-    /// The filesystem the next activation serves; each activation gets a
-    /// fresh one, so nothing a driver opened outlives its reset.
-    prepared: Option<ShareFs<PassthroughFs>>,
     acked_features: u64,
     queue_evts: Vec<EventFd>,
-    worker: Option<Worker>,
+    worker: Worker,
+    active: bool,
 }
 
 impl VirtioFs {
-    /// Checks the share and prepares its filesystem; fails with an error
-    /// that names the tag and the directory.
+    /// Checks the share, prepares its filesystem and starts the device's
+    /// worker; fails with an error that names the tag and the directory.
     pub fn new(tag: &str, path: &Path, read_only: bool) -> Result<Self, ShareError> {
         let fs = open_share(tag, path, read_only)?;
         let mut config = [0u8; CONFIG_LEN];
         config[..tag.len()].copy_from_slice(tag.as_bytes());
         config[TAG_MAX..].copy_from_slice(&NUM_REQUEST_QUEUES.to_le_bytes());
+        let fd_err = |source| ShareError::EventFd { tag: tag.to_string(), source };
         let mut queue_evts = Vec::new();
         for _ in QUEUE_SIZES {
-            queue_evts.push(
-                EventFd::new(libc::EFD_NONBLOCK)
-                    .map_err(|source| ShareError::EventFd { tag: tag.to_string(), source })?,
-            );
+            queue_evts.push(EventFd::new(libc::EFD_NONBLOCK).map_err(fd_err)?);
         }
-        Ok(VirtioFs {
+        let stop = EventFd::new(libc::EFD_NONBLOCK).map_err(fd_err)?;
+        let (serve_tx, serve_rx) = mpsc::channel();
+        let (reply_tx, reply_rx) = mpsc::channel();
+        let side = WorkerSide {
             tag: tag.to_string(),
             path: path.to_path_buf(),
             read_only,
-            config,
             prepared: Some(fs),
+            kicks: [
+                queue_evts[HIPRIO_QUEUE].try_clone().map_err(fd_err)?,
+                queue_evts[REQUEST_QUEUE].try_clone().map_err(fd_err)?,
+            ],
+            stop: stop.try_clone().map_err(fd_err)?,
+            serve: serve_rx,
+            replies: reply_tx,
+        };
+        std::thread::Builder::new()
+            .name("virtio-fs".into())
+            .spawn(move || side.run())
+            .map_err(|source| ShareError::Worker { tag: tag.to_string(), source })?;
+        Ok(VirtioFs {
+            tag: tag.to_string(),
+            config,
             acked_features: 0,
             queue_evts,
-            worker: None,
+            worker: Worker { serve: serve_tx, replies: reply_rx, stop },
+            active: false,
         })
     }
 
@@ -157,16 +239,22 @@ impl VirtioFs {
     }
 
     pub fn is_active(&self) -> bool {
-        self.worker.is_some()
+        self.active
     }
 
-    /// Stops the worker and waits for it: it finishes the request in hand
-    /// and exits. Waiting is what makes a reset complete (virtio 1.2, 2.4:
-    /// the device must be done with the queues before the driver reuses them).
+    /// Stops serving and waits for the worker to say so: it finishes the
+    /// request in hand first. Waiting is what makes a reset complete
+    /// (virtio 1.2, 2.4: the device must be done with the queues before
+    /// the driver reuses them).
     fn stop_worker(&mut self) {
-        if let Some(w) = self.worker.take() {
-            let _ = w.stop.write(1);
-            let _ = w.thread.join();
+        if !std::mem::take(&mut self.active) {
+            return;
+        }
+        let _ = self.worker.stop.write(1);
+        while let Ok(reply) = self.worker.replies.recv() {
+            if matches!(reply, Reply::Stopped) {
+                break;
+            }
         }
     }
 
@@ -184,21 +272,16 @@ impl VirtioFs {
             .map(|(i, q)| bridge::queue(i, q))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| setup(e.into()))?;
-        let fs = match self.prepared.take() {
-            Some(fs) => fs,
-            None => open_share(&self.tag, &self.path, self.read_only).map_err(|e| setup(e.into()))?,
-        };
-        let active = Active { server: Server::new(fs), mem, queues, interrupt };
-        let stop = EventFd::new(libc::EFD_NONBLOCK).map_err(ActivateError::Worker)?;
-        let dup = |e: &EventFd| e.try_clone().map_err(ActivateError::Worker);
-        let kicks = [dup(&self.queue_evts[HIPRIO_QUEUE])?, dup(&self.queue_evts[REQUEST_QUEUE])?];
-        let handler = QueueHandler::new(active, kicks, dup(&stop)?);
-        let thread = std::thread::Builder::new()
-            .name("virtio-fs".into())
-            .spawn(move || handler.run())
-            .map_err(ActivateError::Worker)?;
-        self.worker = Some(Worker { stop, thread });
-        Ok(())
+        let gone = || ActivateError::Worker(std::io::Error::other("the virtio-fs worker thread is gone"));
+        self.worker.serve.send(Serve { mem, queues, interrupt }).map_err(|_| gone())?;
+        match self.worker.replies.recv() {
+            Ok(Reply::Serving) => {
+                self.active = true;
+                Ok(())
+            }
+            Ok(Reply::Failed(e)) => Err(setup(Box::new(e))),
+            Ok(Reply::Stopped) | Err(_) => Err(gone()),
+        }
     }
 }
 
@@ -256,10 +339,11 @@ impl Drop for VirtioFs {
     /// Tells the worker to stop without waiting for it: when the VM is gone
     /// nobody reuses the queues, and a filesystem call stuck on the host
     /// must not keep the VMM from exiting. The worker owns everything it
-    /// touches (its own handle on guest memory included).
+    /// touches (its own handle on guest memory included) and ends when it
+    /// finds its channel closed.
     fn drop(&mut self) {
-        if let Some(w) = self.worker.take() {
-            let _ = w.stop.write(1);
+        if self.active {
+            let _ = self.worker.stop.write(1);
         }
     }
 }

@@ -33,11 +33,9 @@ impl QueueHandler {
         QueueHandler { active, kicks, stop, stopped: false }
     }
 
-    /// The worker thread's body: returns when the device is reset or
-    /// dropped (the stop event), or if its event loop breaks.
+    /// Serves until the device is reset or dropped (the stop event), or
+    /// until its event loop breaks.
     pub(crate) fn run(self) {
-        let _ = nix::sched::unshare(nix::sched::CloneFlags::CLONE_FS)
-            .map(|()| nix::sys::stat::umask(nix::sys::stat::Mode::empty()));
         let Ok(mut em) = EventManager::<QueueHandler>::new() else { return };
         let id = em.add_subscriber(self);
         loop {

@@ -48,6 +48,12 @@ pub enum ShareError {
         #[source]
         source: io::Error,
     },
+    #[error("share {tag:?}: cannot start the device's worker thread")]
+    Worker {
+        tag: String,
+        #[source]
+        source: io::Error,
+    },
     #[error("two shares use the tag {0:?}; tags must be unique")]
     DuplicateTag(String),
     #[error("share {tag:?}: cannot create the device's event fds")]

@@ -1,10 +1,21 @@
 //! What the VMM gives up once its setup is done and before it runs the
-//! guest: every capability except those its virtio-fs server needs to act
-//! on the container's files as their owners would, the right to gain any
-//! back (no_new_privs), and core dumps (which would write guest memory to
-//! disk, and which a non-dumpable process never gets). Firecracker's
-//! jailer goes further (a minimal root, a seccomp filter per thread kind):
-//! see docs/security.md for what is still to come.
+//! guest, after Firecracker's jailer:
+//! - a root of its own ([`root`]): a directory of the container's state
+//!   dir with /dev/kvm, the kernel, the initramfs and the virtio-fs share
+//!   bound in, in a mount namespace of its own;
+//! - every capability except those its virtio-fs server needs to act on
+//!   the container's files as their owners would, and the right to gain
+//!   any back (no_new_privs) ([`confine`]);
+//! - core dumps (which would write guest memory to disk) and open files
+//!   past its limit (rlimits);
+//! - every syscall its threads do not make ([`seccomp`], a filter per
+//!   thread kind).
+//!
+//! It stays in the container's cgroup on the host, which `create` put it
+//! in. docs/security.md says what each step protects against.
+
+pub mod root;
+pub mod seccomp;
 
 use std::collections::HashSet;
 
