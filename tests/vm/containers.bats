@@ -321,6 +321,10 @@ mountinfo" ]
   [ "$(echo "$output" | jq -r .type)" = stats ]
   [ "$(echo "$output" | jq -r .data.pids.limit)" = 50 ]
   [ "$(echo "$output" | jq -r .data.pids.current)" -ge 2 ]
+  # The host's view: the VMM's cgroup (its threads, the guest's memory).
+  [ "$(echo "$output" | jq -r .data.host.pids.current)" -ge 4 ]
+  [ "$(echo "$output" | jq -r .data.host.memory.usage.usage)" -gt "$(echo "$output" | jq -r .data.memory.usage.usage)" ]
+  [ "$(echo "$output" | jq -r .data.host.cpu.usage.total)" -gt 0 ]
   A delete --force vmc-ops
   nothing_left vmc-ops
 }

@@ -264,7 +264,12 @@ impl Sandbox for VmSandbox {
 
     fn stats(&self, state: &State) -> Result<Stats, SandboxError> {
         let r = connect(state, CALL_TIMEOUT)?.stats(&state.id).map_err(VmError::from)?;
-        Ok(serde_json::from_value(r.stats).map_err(|e| VmError::Config(format!("the guest's stats: {e}")))?)
+        let mut stats: Stats =
+            serde_json::from_value(r.stats).map_err(|e| VmError::Config(format!("the guest's stats: {e}")))?;
+        // The guest's view comes from the guest; the host's from the VMM's
+        // cgroup, whatever the guest says.
+        stats.host = Some(Box::new(Manager::from_state(vm_state(state).cgroup).runc_stats()));
+        Ok(stats)
     }
 }
 
