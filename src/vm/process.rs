@@ -233,6 +233,7 @@ impl ChildArgs {
             vsock: Some(vmm::VsockConfig { guest_cid: self.vsock_cid, uds_path: self.vsock_uds }),
             shares: self.shares,
             disks: self.disks,
+            api: None,
         }
     }
 }

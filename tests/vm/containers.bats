@@ -168,7 +168,7 @@ nothing_left() {
   done
   # Its root holds only what it needs (src/vm/jail/root.rs); of /proc, its
   # own fds and mounts; nothing of the host's filesystem is mounted.
-  [ "$(ls /proc/$pid/root | tr '\n' ' ')" = "console.log dev initrd kernel proc share vsock " ]
+  [ "$(ls /proc/$pid/root | tr '\n' ' ')" = "api console.log dev initrd kernel proc share vsock " ]
   [ "$(ls /proc/$pid/root/proc/self)" = "fd
 mountinfo" ]
   ! awk '{print $5}' /proc/$pid/mountinfo | grep -E '^/(usr|etc|bin|lib|var|home|root|run|tmp)(/|$)'
@@ -325,6 +325,13 @@ mountinfo" ]
   [ "$(echo "$output" | jq -r .data.host.pids.current)" -ge 4 ]
   [ "$(echo "$output" | jq -r .data.host.memory.usage.usage)" -gt "$(echo "$output" | jq -r .data.memory.usage.usage)" ]
   [ "$(echo "$output" | jq -r .data.host.cpu.usage.total)" -gt 0 ]
+  # The VMM's control socket (src/vm/vmm/api.rs) answers with its own view.
+  run python3 -c 'import socket, sys
+s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); s.sendall(b"{\"op\":\"stats\"}\n")
+print(s.makefile().readline())' "$ROOT/vmc-ops/vmm/api"
+  trace
+  [ "$(echo "$output" | jq -r .stats.memory_mib)" -ge 64 ]
+  [ "$(echo "$output" | jq -r .stats.guest_resident_kib)" -gt 1024 ]
   A delete --force vmc-ops
   nothing_left vmc-ops
 }

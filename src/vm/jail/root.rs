@@ -4,7 +4,8 @@
 //! initramfs (read-only bind mounts of single files), the disks, the
 //! virtio-fs share
 //! (the tmpfs `mount_share` builds) and the VMM's own `/proc/self/fd`. The files it makes itself, the
-//! vsock socket and the serial log, land in that directory, where `create`,
+//! vsock socket, the control socket and the serial log, land in that
+//! directory, where `create`,
 //! `exec` and `delete` on the host find them.
 //!
 //! Everything happens in the VMM's own mount namespace, with the host's
@@ -24,6 +25,7 @@ pub const INITRD: &str = "/initrd";
 pub const SHARE: &str = "/share";
 pub const VSOCK: &str = "/vsock";
 pub const CONSOLE_LOG: &str = "/console.log";
+pub const API: &str = "/api";
 /// Disk N (virtio-blk) is `/disk/N`.
 pub const DISKS: &str = "/disk";
 /// The passthrough filesystem reopens files through `/proc/self/fd` and

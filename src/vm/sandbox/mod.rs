@@ -57,6 +57,10 @@ pub struct VmState {
     pub cgroup: CgroupState,
     /// The guest's serial console.
     pub console_log: PathBuf,
+    /// The VMM's control socket (`vm::vmm::api`); empty in the state of a
+    /// VMM from before it had one.
+    #[serde(default)]
+    pub api: PathBuf,
 }
 
 /// The directory of the container's state dir that becomes the VMM's root
@@ -168,6 +172,7 @@ impl Sandbox for VmSandbox {
             vsock: jail::root::host_path(&root, jail::root::VSOCK),
             cgroup,
             console_log: jail::root::host_path(&root, jail::root::CONSOLE_LOG),
+            api: jail::root::host_path(&root, jail::root::API),
         };
         Ok(serde_json::to_value(planned).map_err(|e| VmError::Config(format!("cannot record the VM's state: {e}")))?)
     }
@@ -478,6 +483,7 @@ fn create(req: &CreateRequest<'_>, hooks: &mut RuntimeHooks<'_>) -> Result<Creat
             read_only: false,
         }],
         disks: vec![],
+        api: Some(jail::root::host_path(&root, jail::root::API)),
     };
     let session = session_name();
     let pipe = || nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| io("pipe")(e.into()));
@@ -572,7 +578,8 @@ fn create(req: &CreateRequest<'_>, hooks: &mut RuntimeHooks<'_>) -> Result<Creat
     // The VMM owns the container once the state records it (the commit);
     // until then it ends when `create` does (EOF on the control pipe).
     guard.armed = false;
-    let sandbox_state = serde_json::to_value(VmState { vsock: uds, cgroup: cgroups.state().clone(), console_log })
+    let api = jail::root::host_path(&vmm_root(dir), jail::root::API);
+    let sandbox_state = serde_json::to_value(VmState { vsock: uds, cgroup: cgroups.state().clone(), console_log, api })
         .map_err(|e| VmError::Config(format!("cannot record the VM's state: {e}")))?;
     let launcher: Option<Box<dyn Launch>> = match req.mode {
         LaunchMode::Attached => Some(Box::new(Attached { client, id: req.id.to_string() })),

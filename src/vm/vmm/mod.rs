@@ -6,6 +6,7 @@
 //! [`run`] boots the guest and returns when it powers off, resets,
 //! crashes, or the caller stops it.
 
+pub mod api;
 pub mod cpuid;
 pub mod memory;
 pub mod vcpu;
@@ -193,6 +194,8 @@ pub struct VmmConfig {
     pub shares: Vec<FsShare>,
     /// One virtio-blk device each, after the shares.
     pub disks: Vec<DiskConfig>,
+    /// Where the VMM listens for host commands (`api.rs`), if anywhere.
+    pub api: Option<PathBuf>,
 }
 
 /// Milestones the VMM reports while the guest boots.
@@ -240,6 +243,12 @@ pub struct VmOutcome {
 
 #[derive(Debug, thiserror::Error)]
 pub enum VmmError {
+    #[error("cannot listen on the VMM's control socket {}", path.display())]
+    Api {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot open {path}")]
     OpenKvm {
         path: PathBuf,
@@ -316,6 +325,26 @@ impl MutEventSubscriber for ExitSubscriber {
     fn process(&mut self, _: Events, _: &mut EventOps) {
         let _ = self.latch.evt.read();
         self.done.store(true, Ordering::Release);
+    }
+}
+
+/// What the control socket acts on.
+struct ApiBackend {
+    mem: vm_memory::GuestMemoryMmap,
+    mib: u64,
+}
+
+impl api::Backend for ApiBackend {
+    fn stats(&self) -> api::VmmStats {
+        api::VmmStats {
+            memory_mib: self.mib,
+            guest_resident_kib: self.mem.iter().map(memory::resident_kib).sum(),
+            balloon: None,
+        }
+    }
+
+    fn set_balloon(&mut self, _target_mib: u64) -> Result<(), String> {
+        Err("this VM has no balloon device".into())
     }
 }
 
@@ -491,6 +520,12 @@ pub fn run(
     }
     let done = Arc::new(AtomicBool::new(false));
     em.add_subscriber(Arc::new(Mutex::new(ExitSubscriber { latch: latch.clone(), done: done.clone() })));
+    if let Some(path) = &config.api {
+        let listener = crate::vm::uds::bind(path)
+            .and_then(|l| api::ApiServer::new(l, Box::new(ApiBackend { mem: mem.clone(), mib: config.mem_mib })))
+            .map_err(|source| VmmError::Api { path: path.clone(), source })?;
+        em.add_subscriber(Arc::new(Mutex::new(listener)));
+    }
 
     // Kernel, initramfs, command line, ACPI, boot structures.
     let kernel = boot::load_kernel(&mem, &config.kernel)?;
