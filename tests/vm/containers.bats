@@ -423,7 +423,7 @@ SH
   done
 }
 
-@test "a block device of linux.devices appears in the disk container with the guest's numbers" {
+@test "a block device is a disk both as a linux.devices entry (with the guest's numbers) and as a read-only mount" {
   need_e2fsprogs
   command -v losetup >/dev/null || skip "SKIPPED: losetup is not installed"
   modprobe loop 2>/dev/null || true
@@ -434,12 +434,22 @@ SH
   b=$(mkbundle diskdev ".linux.devices += [{path: \"/dev/xvdb\", type: \"b\", major: $major, minor: $minor, fileMode: 432, uid: 0, gid: 0}] |
       .process.args = $(args /bin/sh -c 'stat -c "%F %t:%T" /dev/xvdb; dd if=/dev/xvdb bs=1 skip=1080 count=2 2>/dev/null | od -An -tx1')")
   run A run --bundle "$b" vmc-diskdev
+  dev_status=$status dev_lines=("${lines[@]}") dev_output=$output
+  b=$(mkbundle diskdevro ".process.args = $(args /bin/sh -c 'cat /data/in; touch /data/x 2>&1; echo rc=$?') |
+      .mounts += [{destination: \"/data\", type: \"ext4\", source: \"$loop\", options: [\"ro\"]}]")
+  run A run --bundle "$b" vmc-diskdevro
   losetup -d "$loop"
   trace
-  [ "$status" -eq 0 ]
-  [[ "${lines[0]}" == "block special file "* ]]
+  echo "linux.devices: status=$dev_status output=$dev_output"
+  [ "$dev_status" -eq 0 ]
+  [[ "${dev_lines[0]}" == "block special file "* ]]
   # The guest's virtio disk, not the host's loop device.
-  [ "${lines[0]}" != "block special file $(printf %x "$major"):$(printf %x "$minor")" ]
-  [ "$(echo ${lines[1]})" = "53 ef" ]
+  [ "${dev_lines[0]}" != "block special file $(printf %x "$major"):$(printf %x "$minor")" ]
+  [ "$(echo ${dev_lines[1]})" = "53 ef" ]
   nothing_left vmc-diskdev
+  [ "$status" -eq 0 ]
+  [ "${lines[0]}" = from-image ]
+  [[ "$output" == *"Read-only file system"* ]]
+  [[ "$output" == *"rc=1"* ]]
+  nothing_left vmc-diskdevro
 }
