@@ -2,8 +2,10 @@
 //! its own, set up by amphi's container code inside the guest (the agent
 //! runs it), behind the same state machine and CLI as a container.
 //!
-//! - `create` sizes the VM from the bundle ([`plan`]), resolves the guest
-//!   image, makes the container's cgroup on the host, forks the VMM
+//! - `create` sizes the VM from the bundle ([`plan`]), picks its disks
+//!   ([`disks`]: image and block-device mounts, `linux.devices` block
+//!   devices), resolves the guest image, makes the container's cgroup on
+//!   the host, forks the VMM
 //!   process ([`vmm_process`]) and, once the agent listens, asks it to
 //!   create the container; the runtime hooks run here on the host when
 //!   the guest says they are due. Any failure kills the VMM and removes
@@ -13,6 +15,7 @@
 //! - `destroy` makes sure the VMM is gone and removes its cgroup. Its
 //!   mounts lived in its own mount namespace and went with it.
 
+pub mod disks;
 pub mod exec_relay;
 pub mod plan;
 pub mod stdio;
@@ -43,7 +46,7 @@ use crate::vm::guest::{self, GuestError, GuestOptions};
 use crate::vm::host::{self, HostError, SystemHost};
 use crate::vm::jail;
 use crate::vm::process::ChildEvent;
-use crate::vm::vmm::{FsShare, SerialOutput, VmmConfig, VsockConfig};
+use crate::vm::vmm::{DiskConfig, FsShare, SerialOutput, VmmConfig, VsockConfig};
 use plan::{PlanError, VmSize};
 use stdio::Local;
 use vmm_process::VmmPlan;
@@ -482,7 +485,11 @@ fn create(req: &CreateRequest<'_>, hooks: &mut RuntimeHooks<'_>) -> Result<Creat
             path: jail::root::host_path(&root, jail::root::SHARE),
             read_only: false,
         }],
-        disks: vec![],
+        disks: gplan
+            .disks
+            .iter()
+            .map(|d| DiskConfig { path: d.source.clone(), read_only: d.read_only, serial: d.guest.serial.clone() })
+            .collect(),
         api: Some(jail::root::host_path(&root, jail::root::API)),
     };
     let session = session_name();
@@ -532,6 +539,14 @@ fn create(req: &CreateRequest<'_>, hooks: &mut RuntimeHooks<'_>) -> Result<Creat
     let deadline = Instant::now() + size.boot_timeout;
     let mut client = AgentClient::connect(&uds, deadline)?;
     client.set_timeout(Some(Duration::from_secs(120)));
+    let disks_from = crate::agent::ProtocolVersion { major: 1, minor: 2 };
+    if !gplan.disks.is_empty() && client.agent_protocol().is_some_and(|v| v.minor < disks_from.minor) {
+        return Err(VmError::Config(format!(
+            "the guest agent speaks protocol {}, which has no disks (they need {disks_from}): rebuild the guest \
+             image with this amphi's agent",
+            client.agent_protocol().map(|v| v.to_string()).unwrap_or_default()
+        )));
+    }
     let runtime_hooks = spec.hooks().as_ref().is_some_and(|h| {
         h.prestart().as_ref().is_some_and(|l| !l.is_empty())
             || h.create_runtime().as_ref().is_some_and(|l| !l.is_empty())
@@ -544,6 +559,7 @@ fn create(req: &CreateRequest<'_>, hooks: &mut RuntimeHooks<'_>) -> Result<Creat
         runtime_hooks,
         no_pivot: req.no_pivot,
         no_new_keyring: req.no_new_keyring,
+        disks: gplan.disks.iter().map(|d| d.guest.clone()).collect(),
     })?;
     if created.hooks_pending {
         hooks(pid)?;
