@@ -234,6 +234,8 @@ impl ChildArgs {
             shares: self.shares,
             disks: self.disks,
             api: None,
+            // Not offered: `vm check` has nothing to set a target with.
+            balloon: None,
         }
     }
 }

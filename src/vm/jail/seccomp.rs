@@ -3,7 +3,8 @@
 //! - `vmm`: the main thread, the event loop serving vsock and the exit;
 //! - `vcpu`: KVM_RUN and the legacy and virtio-mmio devices it reaches
 //!   (serial log, power, queue activation);
-//! - `device`: the virtio-fs workers, the only threads that touch files;
+//! - `device`: the virtio-fs and virtio-blk workers, the only threads that
+//!   touch files, and the virtio-balloon worker;
 //! - `io`: the threads that talk to the agent for the VMM (create's
 //!   control pipe, the supervisor with its stdio relays, signal
 //!   forwarding), which connect to the VM's own vsock socket and nothing
@@ -158,6 +159,8 @@ const VCPU: &[&str] = &["fsync", "ftruncate", "pread64", "pwrite64"];
 /// A device worker: virtio-fs's passthrough filesystem acting on the share
 /// as the guest's caller (per-thread credentials, the umask it sets for
 /// FUSE_INIT), virtio-blk's reads, writes and flushes of its image.
+/// virtio-balloon's worker needs nothing beyond COMMON: its one system
+/// call of note, madvise(MADV_DONTNEED) on guest memory, is there.
 const DEVICE: &[&str] = &[
     "capget",
     "capset",

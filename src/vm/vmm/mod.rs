@@ -1,8 +1,8 @@
 //! amphi's VMM: one KVM VM with guest memory, an in-kernel irqchip and PIT,
 //! the legacy devices (COM1, ACPI power/reset), virtio-mmio devices (vsock,
 //! one virtio-fs device per shared directory, one virtio-blk device per
-//! disk), one thread per vCPU and an event loop (event-manager) on the
-//! calling thread.
+//! disk, a virtio-balloon device if asked for), one thread per vCPU and an
+//! event loop (event-manager) on the calling thread.
 //! [`run`] boots the guest and returns when it powers off, resets,
 //! crashes, or the caller stops it.
 
@@ -29,6 +29,7 @@ use crate::vm::boot::{self, acpi, layout, params, regs, BootError, EntryPoint};
 use crate::vm::devices::power::{PowerDevice, PowerEvent, PowerPort};
 use crate::vm::devices::serial::log as serial_log;
 use crate::vm::devices::serial::{CappedLog, ConsoleEvent, ConsoleOutput, ConsoleWatcher, SerialDevice};
+use crate::vm::devices::virtio::balloon::{BalloonConfig, VirtioBalloon};
 use crate::vm::devices::virtio::block::{DiskError, VirtioBlock};
 use crate::vm::devices::virtio::fs::{ShareError, VirtioFs};
 use crate::vm::devices::virtio::mmio::{MmioTransport, NOTIFY_REG_OFFSET};
@@ -196,6 +197,9 @@ pub struct VmmConfig {
     pub disks: Vec<DiskConfig>,
     /// Where the VMM listens for host commands (`api.rs`), if anywhere.
     pub api: Option<PathBuf>,
+    /// A virtio-balloon device, after the disks; its handle (kept by the
+    /// caller) sets the target while the VMM runs.
+    pub balloon: Option<BalloonConfig>,
 }
 
 /// Milestones the VMM reports while the guest boots.
@@ -236,8 +240,9 @@ pub struct VmOutcome {
     pub reason: ExitReason,
     /// The panic line, if the kernel panicked (it then resets or halts).
     pub panic: Option<String>,
-    /// Guest memory resident in this process when the VM ended (guest pages
-    /// are never given back while it runs, so this is also their peak).
+    /// Guest memory resident in this process when the VM ended (without a
+    /// balloon guest pages are never given back while it runs, so this is
+    /// then also their peak).
     pub guest_resident_kib: u64,
 }
 
@@ -467,7 +472,7 @@ pub fn run(
     )?;
 
     // virtio-mmio devices: vsock first, then one virtio-fs device per
-    // share, then one virtio-blk device per disk.
+    // share, then one virtio-blk device per disk, then the balloon.
     let mut virtio: Vec<VirtioSlot> = Vec::new();
     if let Some(vs) = &config.vsock {
         let muxer = VsockMuxer::new(vs.guest_cid, &vs.uds_path)?;
@@ -488,6 +493,11 @@ pub fn run(
         // seccomp filter a disk worker must not inherit.
         let dev = VirtioBlock::new(&disk.path, disk.read_only, &disk.serial)?;
         virtio.push(VirtioSlot { name: "virtio-blk", device: Arc::new(Mutex::new(dev)), events: None });
+    }
+    if let Some(balloon) = &config.balloon {
+        // Starts the device's worker thread here, for the same reason.
+        let dev = VirtioBalloon::new(balloon).map_err(|e| VmmError::Device("virtio-balloon", e))?;
+        virtio.push(VirtioSlot { name: "virtio-balloon", device: Arc::new(Mutex::new(dev)), events: None });
     }
     if virtio.len() > layout::VIRTIO_MMIO_MAX_DEVICES {
         return Err(VmmError::TooManyDevices { count: virtio.len(), max: layout::VIRTIO_MMIO_MAX_DEVICES });
