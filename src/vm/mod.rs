@@ -32,12 +32,10 @@ pub use check::{check, CheckError, CheckOptions, CheckReport};
 /// order from the modules' own dependency lists; `virtio_blk` right after
 /// `virtio_mmio` needs nothing more than it).
 ///
-/// Not `virtio_balloon` (in the Debian kernel as
-/// `kernel/drivers/virtio/virtio_balloon.ko`, needing only virtio and
-/// virtio_ring): the VMM offers the balloon only when
-/// `VmmConfig.balloon` asks for it, and nothing does yet. Add it here (and
-/// to the payloads in tests/vm/lib.sh) when VM containers get a balloon.
-pub const GUEST_MODULES: &[&str] = &["virtio_mmio", "virtio_blk", "vmw_vsock_virtio_transport", "virtiofs"];
+/// `virtio_balloon` serves the balloon of VM containers (free page
+/// reporting, `update --memory`).
+pub const GUEST_MODULES: &[&str] =
+    &["virtio_mmio", "virtio_blk", "virtio_balloon", "vmw_vsock_virtio_transport", "virtiofs"];
 
 /// The kernel command line for amphi guests. `quiet` matters: every console
 /// byte is a VM exit. `pci=off` skips probing a PCI bus there is none of,

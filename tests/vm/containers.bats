@@ -57,6 +57,18 @@ nothing_left() {
   [ -z "$(find /sys/fs/cgroup -maxdepth 3 -name "amphi-$1" 2>/dev/null)" ]
 }
 
+# vmm_api ID JSON: one request to the VMM's control socket; prints the reply.
+vmm_api() {
+  python3 -c 'import socket, sys
+s = socket.socket(socket.AF_UNIX); s.settimeout(10); s.connect(sys.argv[1])
+s.sendall(sys.argv[2].encode() + b"\n"); print(s.makefile().readline().strip())' "$ROOT/$1/vmm/api" "$2"
+}
+
+# vmm_rss_kib ID: the VMM's resident memory.
+vmm_rss_kib() {
+  awk '/^VmRSS:/ {print $2}' "/proc/$(A state "$1" | jq -r .pid)/status"
+}
+
 @test "run: the workload's output and exit code come back" {
   b=$(mkbundle out ".process.args = $(args /bin/sh -c 'echo out; echo err >&2; exit 7')")
   run --separate-stderr A run --bundle "$b" vmc-out
@@ -326,9 +338,7 @@ mountinfo" ]
   [ "$(echo "$output" | jq -r .data.host.memory.usage.usage)" -gt "$(echo "$output" | jq -r .data.memory.usage.usage)" ]
   [ "$(echo "$output" | jq -r .data.host.cpu.usage.total)" -gt 0 ]
   # The VMM's control socket (src/vm/vmm/api.rs) answers with its own view.
-  run python3 -c 'import socket, sys
-s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); s.sendall(b"{\"op\":\"stats\"}\n")
-print(s.makefile().readline())' "$ROOT/vmc-ops/vmm/api"
+  run vmm_api vmc-ops '{"op":"stats"}'
   trace
   [ "$(echo "$output" | jq -r .stats.memory_mib)" -ge 64 ]
   [ "$(echo "$output" | jq -r .stats.guest_resident_kib)" -gt 1024 ]
@@ -463,4 +473,49 @@ SH
   [[ "$output" == *"Read-only file system"* ]]
   [[ "$output" == *"rc=1"* ]]
   nothing_left vmc-diskdevro
+}
+
+@test "memory the guest frees goes back to the host, and update --memory takes more through the balloon" {
+  # A 256 MiB limit: 384 MiB of guest RAM. The workload fills 160 MiB of
+  # tmpfs, then waits; removing the file frees it in the guest.
+  b=$(mkbundle mem ".process.args = $(args /bin/sh -c 'dd if=/dev/zero of=/dev/shm/fill bs=1M count=160 2>/dev/null; touch /dev/shm/filled; exec sleep 1000')
+    | .linux.resources.memory.limit = 268435456
+    | (.mounts[] | select(.destination == \"/dev/shm\") | .options) |= map(select(startswith(\"size=\") | not)) + [\"size=200m\"]")
+  A run -d --bundle "$b" vmc-mem </dev/null >/dev/null 2>&1
+  for _ in $(seq 100); do A exec vmc-mem test -e /dev/shm/filled && break; sleep 0.3; done
+  A exec vmc-mem test -e /dev/shm/filled
+  run vmm_api vmc-mem '{"op":"stats"}'
+  trace
+  [ "$(echo "$output" | jq -r .stats.memory_mib)" = 384 ]
+  [ "$(echo "$output" | jq -r .stats.guest_resident_kib)" -gt $((160 * 1024)) ]
+  full=$(vmm_rss_kib vmc-mem)
+  # Free page reporting: the guest hands freed blocks back after about 2 s.
+  A exec vmc-mem rm /dev/shm/fill
+  for _ in $(seq 60); do
+    [ "$(vmm_rss_kib vmc-mem)" -lt $((full - 100 * 1024)) ] && break
+    sleep 0.5
+  done
+  echo "VMM RSS: $full KiB filled, $(vmm_rss_kib vmc-mem) KiB after the guest freed 160 MiB"
+  [ "$(vmm_rss_kib vmc-mem)" -lt $((full - 100 * 1024)) ]
+  # update --memory 64M: the guest keeps 64 + 128 MiB, the balloon takes
+  # the other 192 MiB.
+  A update --memory 64M vmc-mem
+  for _ in $(seq 60); do
+    [ "$(vmm_api vmc-mem '{"op":"stats"}' | jq -r .stats.balloon.actual_mib)" = 192 ] && break
+    sleep 0.5
+  done
+  run vmm_api vmc-mem '{"op":"stats"}'
+  trace
+  [ "$(echo "$output" | jq -r .stats.balloon.target_mib)" = 192 ]
+  [ "$(echo "$output" | jq -r .stats.balloon.actual_mib)" = 192 ]
+  [ "$(echo "$output" | jq -r .stats.balloon.freed_mib)" -ge 100 ]
+  # The workload still runs; the guest cgroup got the new limit too.
+  run A exec vmc-mem cat /sys/fs/cgroup/memory.max
+  trace
+  [ "$output" = 67108864 ]
+  # A balloon that would leave the guest nothing is refused by name.
+  run vmm_api vmc-mem '{"op":"balloon","target_mib":380}'
+  [[ "$output" == *"ask for at most 320 MiB"* ]]
+  A delete --force vmc-mem
+  nothing_left vmc-mem
 }

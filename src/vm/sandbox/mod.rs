@@ -42,11 +42,12 @@ use crate::container::stats::Stats;
 use crate::container::store::ContainerDir;
 use crate::linux::cgroups::{CgroupConfig, CgroupState, Manager};
 use crate::vm::agent_client::{AgentClient, AgentClientError};
+use crate::vm::devices::virtio::balloon::BalloonConfig;
 use crate::vm::guest::{self, GuestError, GuestOptions};
 use crate::vm::host::{self, HostError, SystemHost};
 use crate::vm::jail;
 use crate::vm::process::ChildEvent;
-use crate::vm::vmm::{DiskConfig, FsShare, SerialOutput, VmmConfig, VsockConfig};
+use crate::vm::vmm::{api, DiskConfig, FsShare, SerialOutput, VmmConfig, VsockConfig};
 use plan::{PlanError, VmSize};
 use stdio::Local;
 use vmm_process::VmmPlan;
@@ -109,6 +110,8 @@ pub enum VmError {
     Hook(#[from] crate::container::hooks::HookError),
     #[error("exec: {0}")]
     Relay(String),
+    #[error(transparent)]
+    Api(#[from] api::ApiError),
 }
 
 fn tail(lines: &[String]) -> String {
@@ -248,6 +251,16 @@ impl Sandbox for VmSandbox {
         connect(state, CALL_TIMEOUT)?
             .update(UpdateRequest { id: state.id.clone(), resources: json })
             .map_err(VmError::from)?;
+        // A lower memory limit also takes guest RAM back through the
+        // balloon (a VMM from before the control socket has none).
+        let vs = vm_state(state);
+        if let Some(limit) = resources.memory().as_ref().and_then(|m| m.limit()) {
+            if !vs.api.as_os_str().is_empty() {
+                let stats = api::call(&vs.api, &api::Request::Stats, CALL_TIMEOUT).map_err(VmError::from)?;
+                let target_mib = plan::balloon_target_mib(stats.memory_mib, Some(limit));
+                api::call(&vs.api, &api::Request::Balloon { target_mib }, CALL_TIMEOUT).map_err(VmError::from)?;
+            }
+        }
         if let Some(cpu) = resources.cpu() {
             let host: LinuxResources = serde_json::from_value(serde_json::json!({ "cpu": cpu })).unwrap_or_default();
             let mut cg = Manager::from_state(vm_state(state).cgroup);
@@ -491,7 +504,9 @@ fn create(req: &CreateRequest<'_>, hooks: &mut RuntimeHooks<'_>) -> Result<Creat
             .map(|d| DiskConfig { path: d.source.clone(), read_only: d.read_only, serial: d.guest.serial.clone() })
             .collect(),
         api: Some(jail::root::host_path(&root, jail::root::API)),
-        balloon: None,
+        // Free page reporting gives back what the guest frees; `update
+        // --memory` sets a target through the control socket.
+        balloon: Some(BalloonConfig::default()),
     };
     let session = session_name();
     let pipe = || nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| io("pipe")(e.into()));

@@ -338,6 +338,17 @@ pub fn host_resources(spec: &Spec, size: &VmSize) -> Value {
     out
 }
 
+/// The balloon target that leaves a guest of `memory_mib` with what a new
+/// memory limit of `limit` bytes needs (the limit plus the overhead
+/// [`size`] adds at boot): guest RAM cannot grow while the VM runs, so a
+/// limit at or above the boot size, or none, takes nothing back.
+pub fn balloon_target_mib(memory_mib: u64, limit: Option<i64>) -> u64 {
+    match limit {
+        Some(l) if l > 0 => memory_mib.saturating_sub((l as u64).div_ceil(1 << 20) + MEMORY_OVERHEAD_MIB),
+        _ => 0,
+    }
+}
+
 /// [`host_resources`] as oci-spec's type.
 pub fn host_resources_typed(spec: &Spec, size: &VmSize) -> LinuxResources {
     serde_json::from_value(host_resources(spec, size)).unwrap_or_default()
@@ -355,6 +366,18 @@ mod tests {
             }
         }
         serde_json::from_value(base).unwrap()
+    }
+
+    #[test]
+    fn a_lower_memory_limit_becomes_a_balloon_target() {
+        // Booted for 256 MiB: 384 MiB of RAM.
+        let ram = 256 + MEMORY_OVERHEAD_MIB;
+        assert_eq!(balloon_target_mib(ram, Some(64 << 20)), 192);
+        assert_eq!(balloon_target_mib(ram, Some((64 << 20) + 1)), 191);
+        assert_eq!(balloon_target_mib(ram, Some(256 << 20)), 0);
+        assert_eq!(balloon_target_mib(ram, Some(1 << 40)), 0);
+        assert_eq!(balloon_target_mib(ram, Some(-1)), 0, "unlimited");
+        assert_eq!(balloon_target_mib(ram, None), 0);
     }
 
     #[test]

@@ -76,7 +76,10 @@ impl Relays {
 }
 
 fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> std::io::Result<JoinHandle<()>> {
-    std::thread::Builder::new().name(name.into()).spawn(f)
+    std::thread::Builder::new().name(name.into()).spawn(|| {
+        crate::vm::jail::seccomp::inherited(crate::vm::jail::seccomp::ThreadKind::Io);
+        f()
+    })
 }
 
 /// Opens the streams `kinds` of `session` and starts relaying them.

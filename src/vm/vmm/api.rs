@@ -54,6 +54,10 @@ pub struct BalloonStatus {
     pub target_mib: u64,
     /// What the guest says it has given.
     pub actual_mib: u64,
+    /// What the host took back so far: inflated pages and pages the
+    /// guest reported free, counted each time.
+    #[serde(default)]
+    pub freed_mib: u64,
 }
 
 /// The answer: the stats, or why the request failed.
@@ -241,7 +245,7 @@ mod tests {
             VmmStats {
                 memory_mib: 512,
                 guest_resident_kib: 1000,
-                balloon: b.map(|t| BalloonStatus { target_mib: t, actual_mib: t }),
+                balloon: b.map(|t| BalloonStatus { target_mib: t, actual_mib: t, freed_mib: 0 }),
             }
         }
 
@@ -279,7 +283,7 @@ mod tests {
         let s = call(&path, &Request::Stats, t).unwrap();
         assert_eq!((s.memory_mib, s.guest_resident_kib, s.balloon), (512, 1000, None));
         let s = call(&path, &Request::Balloon { target_mib: 128 }, t).unwrap();
-        assert_eq!(s.balloon, Some(BalloonStatus { target_mib: 128, actual_mib: 128 }));
+        assert_eq!(s.balloon, Some(BalloonStatus { target_mib: 128, actual_mib: 128, freed_mib: 0 }));
         let e = call(&path, &Request::Balloon { target_mib: 4096 }, t).unwrap_err().to_string();
         assert!(e.contains("more than the guest's 512 MiB"), "{e}");
         stop.store(true, std::sync::atomic::Ordering::Release);

@@ -29,7 +29,7 @@ use crate::vm::boot::{self, acpi, layout, params, regs, BootError, EntryPoint};
 use crate::vm::devices::power::{PowerDevice, PowerEvent, PowerPort};
 use crate::vm::devices::serial::log as serial_log;
 use crate::vm::devices::serial::{CappedLog, ConsoleEvent, ConsoleOutput, ConsoleWatcher, SerialDevice};
-use crate::vm::devices::virtio::balloon::{BalloonConfig, VirtioBalloon};
+use crate::vm::devices::virtio::balloon::{BalloonConfig, BalloonHandle, VirtioBalloon};
 use crate::vm::devices::virtio::block::{DiskError, VirtioBlock};
 use crate::vm::devices::virtio::fs::{ShareError, VirtioFs};
 use crate::vm::devices::virtio::mmio::{MmioTransport, NOTIFY_REG_OFFSET};
@@ -337,19 +337,37 @@ impl MutEventSubscriber for ExitSubscriber {
 struct ApiBackend {
     mem: vm_memory::GuestMemoryMmap,
     mib: u64,
+    balloon: Option<BalloonHandle>,
 }
+
+/// What a balloon always leaves the guest, whatever the target.
+const BALLOON_FLOOR_MIB: u64 = MIN_MEM_MIB;
 
 impl api::Backend for ApiBackend {
     fn stats(&self) -> api::VmmStats {
         api::VmmStats {
             memory_mib: self.mib,
             guest_resident_kib: self.mem.iter().map(memory::resident_kib).sum(),
-            balloon: None,
+            balloon: self.balloon.as_ref().map(|b| api::BalloonStatus {
+                target_mib: (u64::from(b.target_pages()) * 4096) >> 20,
+                actual_mib: b.actual_mib(),
+                freed_mib: (b.inflated_bytes() + b.reported_bytes()) >> 20,
+            }),
         }
     }
 
-    fn set_balloon(&mut self, _target_mib: u64) -> Result<(), String> {
-        Err("this VM has no balloon device".into())
+    fn set_balloon(&mut self, target_mib: u64) -> Result<(), String> {
+        let Some(b) = &self.balloon else { return Err("this VM has no balloon device".into()) };
+        let most = self.mib.saturating_sub(BALLOON_FLOOR_MIB);
+        if target_mib > most {
+            return Err(format!(
+                "a balloon of {target_mib} MiB would leave the guest less than {BALLOON_FLOOR_MIB} MiB of its \
+                 {} MiB: ask for at most {most} MiB",
+                self.mib
+            ));
+        }
+        b.set_target_mib(target_mib);
+        Ok(())
     }
 }
 
@@ -532,7 +550,10 @@ pub fn run(
     em.add_subscriber(Arc::new(Mutex::new(ExitSubscriber { latch: latch.clone(), done: done.clone() })));
     if let Some(path) = &config.api {
         let listener = crate::vm::uds::bind(path)
-            .and_then(|l| api::ApiServer::new(l, Box::new(ApiBackend { mem: mem.clone(), mib: config.mem_mib })))
+            .and_then(|l| {
+                let balloon = config.balloon.as_ref().map(|b| b.handle.clone());
+                api::ApiServer::new(l, Box::new(ApiBackend { mem: mem.clone(), mib: config.mem_mib, balloon }))
+            })
             .map_err(|source| VmmError::Api { path: path.clone(), source })?;
         em.add_subscriber(Arc::new(Mutex::new(listener)));
     }
