@@ -1,0 +1,119 @@
+//! Test helper: a TAP in host memory. Frames for the guest wait in a
+//! queue (or come without end, for a flood); frames from the guest are
+//! kept; an eventfd stands in for the TAP's fd, readable while frames
+//! wait, so the worker's epoll sees it as it would a TAP.
+
+use std::collections::VecDeque;
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use vmm_sys_util::eventfd::EventFd;
+
+use super::tap::TapBackend;
+
+#[derive(Default)]
+pub struct State {
+    /// Frames (header included) the guest is to receive.
+    pub rx: VecDeque<Vec<u8>>,
+    /// Endless copies of this frame once `rx` is empty.
+    pub flood: Option<Vec<u8>>,
+    /// Frames (header included) the guest sent.
+    pub tx: Vec<Vec<u8>>,
+    pub offload: Option<u32>,
+    /// Calls of read_frame that returned a frame.
+    pub reads: u64,
+    /// Fail writes with EIO (an interface that is down).
+    pub fail_writes: bool,
+    /// Fail reads with EBADFD (a TAP whose interface was deleted).
+    pub fail_reads: bool,
+}
+
+#[derive(Clone)]
+pub struct FakeTap {
+    pub state: Arc<Mutex<State>>,
+    evt: Arc<EventFd>,
+}
+
+impl FakeTap {
+    pub fn new() -> Self {
+        FakeTap { state: Arc::default(), evt: Arc::new(EventFd::new(libc::EFD_NONBLOCK).unwrap()) }
+    }
+
+    pub fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap()
+    }
+
+    /// Queues a frame for the guest and makes the fd readable.
+    pub fn push(&self, frame: Vec<u8>) {
+        self.lock().rx.push_back(frame);
+        self.evt.write(1).unwrap();
+    }
+
+    pub fn flood(&self, frame: Vec<u8>) {
+        self.lock().flood = Some(frame);
+        self.evt.write(1).unwrap();
+    }
+
+    pub fn stop_flood(&self) {
+        self.lock().flood = None;
+    }
+
+    pub fn fail_reads(&self) {
+        self.lock().fail_reads = true;
+        self.evt.write(1).unwrap();
+    }
+
+    pub fn sent(&self) -> Vec<Vec<u8>> {
+        self.lock().tx.clone()
+    }
+
+    pub fn reads(&self) -> u64 {
+        self.lock().reads
+    }
+}
+
+impl AsRawFd for FakeTap {
+    fn as_raw_fd(&self) -> RawFd {
+        self.evt.as_raw_fd()
+    }
+}
+
+impl TapBackend for FakeTap {
+    fn read_frame(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let mut s = self.state.lock().unwrap();
+        if s.fail_reads {
+            return Err(io::Error::from_raw_os_error(libc::EBADFD));
+        }
+        let frame = match s.rx.pop_front() {
+            Some(f) => f,
+            None => match &s.flood {
+                Some(f) => f.clone(),
+                None => {
+                    // Drained: the fd stops being readable.
+                    let _ = self.evt.read();
+                    return Err(io::ErrorKind::WouldBlock.into());
+                }
+            },
+        };
+        s.reads += 1;
+        // A TAP truncates a frame longer than the buffer.
+        let n = frame.len().min(buf.len());
+        buf[..n].copy_from_slice(&frame[..n]);
+        Ok(n)
+    }
+
+    fn write_frame(&mut self, frame: &[u8]) -> io::Result<usize> {
+        let mut s = self.state.lock().unwrap();
+        if s.fail_writes {
+            return Err(io::Error::from_raw_os_error(libc::EIO));
+        }
+        s.tx.push(frame.to_vec());
+        Ok(frame.len())
+    }
+
+    fn set_offload(&mut self, flags: u32) -> io::Result<()> {
+        self.state.lock().unwrap().offload = Some(flags);
+        Ok(())
+    }
+}
