@@ -27,6 +27,9 @@ pub struct State {
     pub fail_writes: bool,
     /// Fail reads with EBADFD (a TAP whose interface was deleted).
     pub fail_reads: bool,
+    /// Fail this many reads with EFAULT (a frame too big for the buffer,
+    /// which the TAP consumes).
+    pub fault_reads: u32,
 }
 
 #[derive(Clone)]
@@ -84,6 +87,10 @@ impl TapBackend for FakeTap {
         let mut s = self.state.lock().unwrap();
         if s.fail_reads {
             return Err(io::Error::from_raw_os_error(libc::EBADFD));
+        }
+        if s.fault_reads > 0 {
+            s.fault_reads -= 1;
+            return Err(io::Error::from_raw_os_error(libc::EFAULT));
         }
         let frame = match s.rx.pop_front() {
             Some(f) => f,

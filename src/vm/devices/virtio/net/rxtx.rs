@@ -113,7 +113,7 @@ pub enum RxState {
     /// A frame is pending and the guest posted no buffer: stop watching
     /// the TAP until the guest kicks the RX queue.
     NeedBuffers,
-    /// The TAP failed otherwise (the interface was deleted): stop watching
+    /// The TAP failed for good (its interface was deleted): stop watching
     /// it, so a TAP that stays in error cannot spin the worker; an RX kick
     /// tries again.
     Failed,
@@ -295,9 +295,17 @@ impl<T: TapBackend> Io<T> {
                         break;
                     }
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(_) => {
+                    // The TAP's interface is gone (EBADFD) or down for good
+                    // (EIO): reading again would fail again.
+                    Err(e) if matches!(e.raw_os_error(), Some(libc::EBADFD | libc::EIO)) => {
                         state = RxState::Failed;
                         break;
+                    }
+                    // Anything else concerns one frame, which the TAP has
+                    // consumed (EFAULT for one that did not fit the buffer).
+                    Err(_) => {
+                        bump(&self.stats.rx_dropped, 1);
+                        continue;
                     }
                 },
             };

@@ -376,11 +376,18 @@ fn rx_stops_on_a_tap_error_and_a_reset_drops_the_pending_frame() {
     r.tap.fail_reads();
     assert_eq!(r.io.process_rx(&mut r.active), RxState::Failed);
     r.tap.lock().fail_reads = false;
+    // An error that concerns one frame only drops it.
+    r.tap.lock().fault_reads = 2;
+    r.tap.push(packet(hdr(0, 0), 100, 0));
+    let (head, _) = r.post(&[2000]);
+    assert_eq!(r.io.process_rx(&mut r.active), RxState::Drained);
+    assert_eq!(r.rx.used(), vec![(u32::from(head), 112)]);
+    assert_eq!(r.rx_dropped(), 2);
     r.tap.push(packet(hdr(0, 0), 100, 0));
     assert_eq!(r.io.process_rx(&mut r.active), RxState::NeedBuffers);
     r.io.drop_pending();
     assert!(!r.io.has_pending());
-    assert_eq!(r.rx_dropped(), 1);
+    assert_eq!(r.rx_dropped(), 3);
 }
 
 #[test]
