@@ -473,6 +473,7 @@ fn create(req: &CreateRequest<'_>, hooks: &mut RuntimeHooks<'_>) -> Result<Creat
             read_only: false,
         }],
         disks: vec![],
+        nets: vec![],
     };
     let session = session_name();
     let pipe = || nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| io("pipe")(e.into()));
