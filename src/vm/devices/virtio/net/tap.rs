@@ -148,6 +148,33 @@ impl TapBackend for Tap {
     }
 }
 
+/// Root tier test helper: sets the interface `name` up (the TAP passes
+/// frames only then).
+#[cfg(test)]
+pub(crate) fn bring_up(name: &str) -> io::Result<()> {
+    // SAFETY: a socket we close below; only used for interface ioctls.
+    let sock = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if sock < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut req = IfReq { name: [0; libc::IFNAMSIZ], flags: 0, _pad: [0; 22] };
+    req.name[..name.len()].copy_from_slice(name.as_bytes());
+    // SAFETY: SIOCGIFFLAGS writes a `struct ifreq`, which `req` lays out.
+    let mut r = unsafe { libc::ioctl(sock, libc::SIOCGIFFLAGS, &mut req) };
+    if r >= 0 {
+        req.flags |= libc::IFF_UP as libc::c_short;
+        // SAFETY: SIOCSIFFLAGS reads a `struct ifreq`.
+        r = unsafe { libc::ioctl(sock, libc::SIOCSIFFLAGS, &req) };
+    }
+    let err = io::Error::last_os_error();
+    // SAFETY: closes the socket made above.
+    unsafe { libc::close(sock) };
+    if r < 0 {
+        return Err(err);
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
