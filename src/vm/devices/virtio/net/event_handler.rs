@@ -8,9 +8,9 @@
 //! may be waiting. The TAP is watched level-triggered while the device is
 //! active and the guest has buffers: each wake-up places at most
 //! [`BUDGET`] frames and the TAP, still readable, brings the worker back
-//! after its other events. When a frame is read and no RX buffer is there
-//! the TAP is dropped from the epoll set (so it cannot spin the worker)
-//! until the guest kicks the RX queue. The thread ends when the device's
+//! after its other events. When the guest has no RX buffer posted the TAP
+//! is dropped from the epoll set (so it cannot spin the worker) until the
+//! guest kicks the RX queue. The thread ends when the device's
 //! end of the channel is gone; the TAP closes with it.
 
 use std::os::fd::AsRawFd;
@@ -73,7 +73,6 @@ impl<T: TapBackend> Worker<T> {
                 }
                 Ok(Command::Stop) => {
                     self.active = None;
-                    self.io.drop_pending();
                     let _ = self.stopped.send(());
                 }
                 Err(TryRecvError::Empty) => return,

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use vmm_sys_util::eventfd::EventFd;
 
-use super::tap::TapBackend;
+use super::tap::{GuestSlice, TapBackend, VNET_HDR_LEN};
 
 #[derive(Default)]
 pub struct State {
@@ -83,7 +83,7 @@ impl AsRawFd for FakeTap {
 }
 
 impl TapBackend for FakeTap {
-    fn read_frame(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+    fn read_frame(&mut self, header: &mut [u8; VNET_HDR_LEN], data: &[GuestSlice<'_>]) -> io::Result<usize> {
         let mut s = self.state.lock().unwrap();
         if s.fail_reads {
             return Err(io::Error::from_raw_os_error(libc::EBADFD));
@@ -104,19 +104,36 @@ impl TapBackend for FakeTap {
             },
         };
         s.reads += 1;
-        // A TAP truncates a frame longer than the buffer.
-        let n = frame.len().min(buf.len());
-        buf[..n].copy_from_slice(&frame[..n]);
-        Ok(n)
+        // As a TAP: the header first, then the rest in order; a frame that
+        // does not fit is consumed and fails.
+        let n = frame.len().min(VNET_HDR_LEN);
+        header[..n].copy_from_slice(&frame[..n]);
+        let mut rest = &frame[n..];
+        for d in data {
+            let k = rest.len().min(d.len());
+            d.copy_from(&rest[..k]);
+            rest = &rest[k..];
+        }
+        if !rest.is_empty() {
+            return Err(io::Error::from_raw_os_error(libc::EFAULT));
+        }
+        Ok(frame.len())
     }
 
-    fn write_frame(&mut self, frame: &[u8]) -> io::Result<usize> {
+    fn write_frame(&mut self, header: &[u8; VNET_HDR_LEN], data: &[GuestSlice<'_>]) -> io::Result<usize> {
         let mut s = self.state.lock().unwrap();
         if s.fail_writes {
             return Err(io::Error::from_raw_os_error(libc::EIO));
         }
-        s.tx.push(frame.to_vec());
-        Ok(frame.len())
+        let mut frame = header.to_vec();
+        for d in data {
+            let at = frame.len();
+            frame.resize(at + d.len(), 0);
+            d.copy_to(&mut frame[at..]);
+        }
+        let n = frame.len();
+        s.tx.push(frame);
+        Ok(n)
     }
 
     fn set_offload(&mut self, flags: u32) -> io::Result<()> {

@@ -7,8 +7,8 @@
 //! - `event_handler.rs`: the worker thread, started with the device and
 //!   living as long as it, which owns the queues and the TAP while the
 //!   device is active.
-//! - `rxtx.rs`: frames between the queues and the TAP, with budgets, the
-//!   one pending frame, and everything a hostile guest can put in a chain.
+//! - `rxtx.rs`: frames between the queues and the TAP (no host copy),
+//!   with budgets, and everything a hostile guest can put in a chain.
 //! - `tap.rs`: the TAP (`/dev/net/tun` with a virtio-net header) behind a
 //!   trait the tests replace.
 

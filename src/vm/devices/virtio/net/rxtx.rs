@@ -3,6 +3,11 @@
 //! (`virtio_net_hdr_v1`) passed through, checked against the offloads the
 //! driver accepted.
 //!
+//! Frames move straight between guest memory and the TAP (writev and
+//! readv on guest memory, no host copy); only the header goes through a
+//! 12-byte buffer of the device's, so what is checked is what is sent or
+//! delivered, whatever the guest writes meanwhile.
+//!
 //! Chains are taken as the guest wrote them (DEVELOPERS.md rule 9).
 //! Every TX chain is given back (used length 0) whatever it holds; its
 //! frame is sent only if the chain is device-readable throughout, lies in
@@ -10,19 +15,16 @@
 //! runaway table), has at most [`MAX_SEGS`] buffers, a whole header, at
 //! least an Ethernet header of frame, at most [`MAX_PACKET`] bytes in all,
 //! and asks for no offload the driver did not accept. An RX chain must be
-//! device-writable throughout, in guest memory and not cut short; one that
-//! is not is given back empty and the frame waits for the next chain. A
-//! well-formed chain too small for the frame in hand is left in the ring
-//! for a smaller frame (VIRTIO_NET_F_MRG_RXBUF is not offered, so a frame
-//! never spans chains) and the frame is dropped.
-//!
-//! Memory is bounded: one copy buffer of [`MAX_PACKET`] bytes per
-//! direction, and at most one frame read from the TAP and not yet placed
-//! (the pending frame): with no RX buffer to put it in, the worker stops
-//! reading the TAP until the guest posts buffers, and the host's queue in
-//! front of the TAP drops what keeps coming. Each call serves at most
-//! [`BUDGET`] chains or frames, so neither a guest nor the network can
-//! keep the worker from its other events.
+//! device-writable throughout, in guest memory, not cut short, and have
+//! room for a header and an Ethernet header; one that is not is given
+//! back empty. The TAP is read only into an RX chain in hand, so a guest
+//! that posts no buffers leaves frames in the host's queue in front of
+//! the TAP (which drops past its length), never in the VMM. A frame too
+//! big for the chain (VIRTIO_NET_F_MRG_RXBUF is not offered, so a frame
+//! never spans chains) or with an offload the driver did not accept is
+//! dropped, and the chain stays in the ring for the next frame. Each call
+//! serves at most [`BUDGET`] chains or frames, so neither a guest nor the
+//! network can keep the worker from its other events.
 
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -34,9 +36,9 @@ use virtio_bindings::bindings::virtio_net::{
     VIRTIO_NET_HDR_GSO_NONE, VIRTIO_NET_HDR_GSO_TCPV4, VIRTIO_NET_HDR_GSO_TCPV6,
 };
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
-use vm_memory::{Bytes, GuestAddress, GuestMemory, GuestMemoryMmap, Permissions};
+use vm_memory::{Address, Bytes, GuestAddress, GuestMemory, GuestMemoryMmap, Permissions};
 
-use super::tap::{TapBackend, MAX_PACKET, VNET_HDR_LEN};
+use super::tap::{GuestSlice, TapBackend, MAX_PACKET, VNET_HDR_LEN};
 use crate::vm::devices::virtio::VirtioInterrupt;
 
 /// Chains (TX) or frames and chains (RX) served per event before the
@@ -59,9 +61,10 @@ pub struct NetStats {
     pub rx_frames: AtomicU64,
     pub rx_bytes: AtomicU64,
     /// Frames from the TAP that reached no guest buffer (too big for the
-    /// chain in hand, malformed, an offload not negotiated).
+    /// chain in hand, too short, an offload not negotiated).
     pub rx_dropped: AtomicU64,
-    /// RX chains given back unused because they were malformed.
+    /// RX chains given back unused because they were malformed or too
+    /// small for any frame.
     pub rx_bad_chains: AtomicU64,
 }
 
@@ -110,8 +113,8 @@ pub enum RxState {
     /// The budget ran out with frames perhaps waiting: the TAP stays
     /// readable, so watching it brings the worker back.
     More,
-    /// A frame is pending and the guest posted no buffer: stop watching
-    /// the TAP until the guest kicks the RX queue.
+    /// The guest has no buffer posted: stop watching the TAP until it
+    /// kicks the RX queue (frames wait in the host's queue meanwhile).
     NeedBuffers,
     /// The TAP failed for good (its interface was deleted): stop watching
     /// it, so a TAP that stays in error cannot spin the worker; an RX kick
@@ -126,15 +129,11 @@ struct Seg {
     len: usize,
 }
 
-/// The worker's side of the data path: the TAP, the copy buffers and the
-/// pending frame.
+/// The worker's side of the data path: the TAP and a list of buffers
+/// reused from chain to chain.
 pub(crate) struct Io<T> {
     pub tap: T,
-    rx_buf: Vec<u8>,
-    tx_buf: Vec<u8>,
     segs: Vec<Seg>,
-    /// Length of a frame in `rx_buf` not placed yet.
-    pending: Option<usize>,
     pub stats: Arc<NetStats>,
 }
 
@@ -194,28 +193,40 @@ fn offloads_allowed(hdr: &[u8], csum: bool, tso4: bool, tso6: bool) -> bool {
     }
 }
 
+/// Guest memory of `segs` after their first `skip` bytes, as slices (a
+/// buffer may span guest memory regions), and the first `skip` bytes as
+/// (address, length) pieces; `None` if guest memory went away.
+fn slices<'m>(
+    mem: &'m GuestMemoryMmap,
+    segs: &[Seg],
+    mut skip: usize,
+    perm: Permissions,
+    head: &mut Vec<(GuestAddress, usize)>,
+) -> Option<Vec<GuestSlice<'m>>> {
+    head.clear();
+    let mut out = Vec::with_capacity(segs.len());
+    for s in segs {
+        let (mut addr, mut len) = (s.addr, s.len);
+        if skip > 0 {
+            let n = skip.min(len);
+            head.push((addr, n));
+            skip -= n;
+            len -= n;
+            if len == 0 {
+                continue;
+            }
+            addr = addr.checked_add(n as u64)?;
+        }
+        for slice in GuestMemory::get_slices(mem, addr, len, perm).ok()? {
+            out.push(slice.ok()?);
+        }
+    }
+    Some(out)
+}
+
 impl<T: TapBackend> Io<T> {
     pub fn new(tap: T, stats: Arc<NetStats>) -> Self {
-        Io {
-            tap,
-            rx_buf: vec![0; MAX_PACKET],
-            tx_buf: vec![0; MAX_PACKET],
-            segs: Vec::with_capacity(MAX_SEGS),
-            pending: None,
-            stats,
-        }
-    }
-
-    #[cfg(test)]
-    pub fn has_pending(&self) -> bool {
-        self.pending.is_some()
-    }
-
-    /// Forgets the pending frame (a reset: the next driver starts afresh).
-    pub fn drop_pending(&mut self) {
-        if self.pending.take().is_some() {
-            bump(&self.stats.rx_dropped, 1);
-        }
+        Io { tap, segs: Vec::with_capacity(MAX_SEGS), stats }
     }
 
     /// Sends up to [`BUDGET`] TX chains; returns whether more may be waiting.
@@ -224,17 +235,11 @@ impl<T: TapBackend> Io<T> {
         while served < BUDGET {
             let Some(chain) = a.tx.pop_descriptor_chain(&a.mem) else { break };
             let head = chain.head_index();
-            match self.gather(a, chain) {
-                Some(len) => match self.tap.write_frame(&self.tx_buf[..len]) {
-                    Ok(_) => {
-                        bump(&self.stats.tx_frames, 1);
-                        bump(&self.stats.tx_bytes, (len - VNET_HDR_LEN) as u64);
-                    }
-                    // A full or downed TAP drops the frame, as a NIC with a
-                    // full ring would: TCP retransmits, and the worker never
-                    // waits on the host.
-                    Err(_) => bump(&self.stats.tx_dropped, 1),
-                },
+            match self.send(a, chain) {
+                Some(len) => {
+                    bump(&self.stats.tx_frames, 1);
+                    bump(&self.stats.tx_bytes, (len - VNET_HDR_LEN) as u64);
+                }
                 None => bump(&self.stats.tx_dropped, 1),
             }
             // The head came from this queue, so this fails only if the used
@@ -249,28 +254,33 @@ impl<T: TapBackend> Io<T> {
         served == BUDGET
     }
 
-    /// Copies a TX chain into `tx_buf`: the packet's length, or `None` if
-    /// it is not to be sent.
-    fn gather(&mut self, a: &Active, chain: DescriptorChain<&GuestMemoryMmap>) -> Option<usize> {
+    /// Sends a TX chain's frame: its length with the header, or `None` if
+    /// it was not sent.
+    fn send(&mut self, a: &Active, chain: DescriptorChain<&GuestMemoryMmap>) -> Option<usize> {
         walk(&a.mem, chain, false, &mut self.segs)?;
-        let mut len = 0usize;
-        for s in &self.segs {
-            let end = len.checked_add(s.len).filter(|e| *e <= MAX_PACKET)?;
-            a.mem.read_slice(&mut self.tx_buf[len..end], s.addr).ok()?;
-            len = end;
-        }
-        if len < VNET_HDR_LEN + ETH_HLEN {
+        let len = self.segs.iter().try_fold(0usize, |t, s| t.checked_add(s.len))?;
+        if !(VNET_HDR_LEN + ETH_HLEN..=MAX_PACKET).contains(&len) {
             return None;
         }
-        let hdr = &mut self.tx_buf[..VNET_HDR_LEN];
+        let mut pieces = Vec::new();
+        let data = slices(&a.mem, &self.segs, VNET_HDR_LEN, Permissions::Read, &mut pieces)?;
+        let mut hdr = [0u8; VNET_HDR_LEN];
+        let mut at = 0;
+        for (addr, n) in pieces {
+            a.mem.read_slice(&mut hdr[at..at + n], addr).ok()?;
+            at += n;
+        }
         let csum = a.acked(VIRTIO_NET_F_CSUM);
-        if !offloads_allowed(hdr, csum, a.acked(VIRTIO_NET_F_HOST_TSO4), a.acked(VIRTIO_NET_F_HOST_TSO6)) {
+        if !offloads_allowed(&hdr, csum, a.acked(VIRTIO_NET_F_HOST_TSO4), a.acked(VIRTIO_NET_F_HOST_TSO6)) {
             return None;
         }
         // Only NEEDS_CSUM means something from the driver; num_buffers is
-        // the device's field.
+        // the device's.
         hdr[0] &= VIRTIO_NET_HDR_F_NEEDS_CSUM as u8;
         hdr[10..12].fill(0);
+        // A full or downed TAP drops the frame, as a NIC with a full ring
+        // would: TCP retransmits, and the worker never waits on the host.
+        self.tap.write_frame(&hdr, &data).ok()?;
         Some(len)
     }
 
@@ -278,76 +288,67 @@ impl<T: TapBackend> Io<T> {
     pub fn process_rx(&mut self, a: &mut Active) -> RxState {
         let mut used = false;
         let mut state = RxState::More;
+        let mut pieces = Vec::new();
         for _ in 0..BUDGET {
-            let len = match self.pending {
-                Some(len) => len,
-                None => match self.tap.read_frame(&mut self.rx_buf) {
-                    Ok(len) => {
-                        if !self.fix_rx_header(a, len) {
-                            bump(&self.stats.rx_dropped, 1);
-                            continue;
-                        }
-                        self.pending = Some(len);
-                        len
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                        state = RxState::Drained;
-                        break;
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    // The TAP's interface is gone (EBADFD) or down for good
-                    // (EIO): reading again would fail again.
-                    Err(e) if matches!(e.raw_os_error(), Some(libc::EBADFD | libc::EIO)) => {
-                        state = RxState::Failed;
-                        break;
-                    }
-                    // Anything else concerns one frame, which the TAP has
-                    // consumed (EFAULT for one that did not fit the buffer).
-                    Err(_) => {
-                        bump(&self.stats.rx_dropped, 1);
-                        continue;
-                    }
-                },
-            };
             let Some(chain) = a.rx.pop_descriptor_chain(&a.mem) else {
                 state = RxState::NeedBuffers;
                 break;
             };
             let head = chain.head_index();
-            if walk(&a.mem, chain, true, &mut self.segs).is_none() {
-                // Given back empty; the frame waits for the next chain.
+            let room = walk(&a.mem, chain, true, &mut self.segs)
+                .and_then(|()| self.segs.iter().try_fold(0usize, |t, s| t.checked_add(s.len)));
+            let data = match room {
+                Some(room) if room >= VNET_HDR_LEN + ETH_HLEN => {
+                    slices(&a.mem, &self.segs, VNET_HDR_LEN, Permissions::Write, &mut pieces)
+                }
+                _ => None,
+            };
+            let Some(data) = data else {
+                // Given back empty: it can never hold a frame.
                 bump(&self.stats.rx_bad_chains, 1);
                 let _ = a.rx.add_used(&a.mem, head, 0);
                 used = true;
                 continue;
-            }
-            let room = self.segs.iter().fold(0usize, |t, s| t.saturating_add(s.len));
-            if room < len {
-                // Left for a smaller frame; this one goes.
+            };
+            let mut hdr = [0u8; VNET_HDR_LEN];
+            let len = match self.tap.read_frame(&mut hdr, &data) {
+                Ok(len) => len,
+                Err(e) => {
+                    // The chain goes back to the ring, for the next frame.
+                    a.rx.go_to_previous_position();
+                    match (e.kind(), e.raw_os_error()) {
+                        (io::ErrorKind::WouldBlock, _) => state = RxState::Drained,
+                        (io::ErrorKind::Interrupted, _) => continue,
+                        // The TAP's interface is gone (EBADFD) or down for
+                        // good (EIO): reading again would fail again.
+                        (_, Some(libc::EBADFD | libc::EIO)) => state = RxState::Failed,
+                        // Anything else concerns one frame, which the TAP
+                        // has consumed: EFAULT for one too big for the chain.
+                        _ => {
+                            bump(&self.stats.rx_dropped, 1);
+                            continue;
+                        }
+                    }
+                    break;
+                }
+            };
+            if !fix_rx_header(a, &mut hdr, len) {
                 a.rx.go_to_previous_position();
-                self.drop_pending();
+                bump(&self.stats.rx_dropped, 1);
                 continue;
             }
-            let mut placed = 0;
+            let mut at = 0;
             let mut ok = true;
-            for s in &self.segs {
-                if placed == len {
-                    break;
-                }
-                let n = s.len.min(len - placed);
-                if a.mem.write_slice(&self.rx_buf[placed..placed + n], s.addr).is_err() {
-                    ok = false;
-                    break;
-                }
-                placed += n;
+            for (addr, n) in &pieces {
+                ok &= a.mem.write_slice(&hdr[at..at + n], *addr).is_ok();
+                at += n;
             }
-            self.pending = None;
             if ok {
                 bump(&self.stats.rx_frames, 1);
                 bump(&self.stats.rx_bytes, (len - VNET_HDR_LEN) as u64);
-                let _ = a.rx.add_used(&a.mem, head, len as u32);
+                let _ = a.rx.add_used(&a.mem, head, u32::try_from(len).unwrap_or(0));
             } else {
-                // Checked above, so only if guest memory went away.
+                // Checked with the chain, so only if guest memory went away.
                 bump(&self.stats.rx_dropped, 1);
                 let _ = a.rx.add_used(&a.mem, head, 0);
             }
@@ -358,30 +359,29 @@ impl<T: TapBackend> Io<T> {
         }
         state
     }
+}
 
-    /// Checks a frame from the TAP and completes its header for the
-    /// guest; false if it is to be dropped.
-    fn fix_rx_header(&mut self, a: &Active, len: usize) -> bool {
-        if !(VNET_HDR_LEN + ETH_HLEN..=MAX_PACKET).contains(&len) {
-            return false;
-        }
-        let hdr = &mut self.rx_buf[..VNET_HDR_LEN];
-        let csum = a.acked(VIRTIO_NET_F_GUEST_CSUM);
-        // The TAP only uses the offloads it was given (`tap_offload`); this
-        // also holds when setting them failed or a new driver accepted less.
-        if !offloads_allowed(hdr, csum, a.acked(VIRTIO_NET_F_GUEST_TSO4), a.acked(VIRTIO_NET_F_GUEST_TSO6)) {
-            return false;
-        }
-        if !csum {
-            // DATA_VALID is for a driver that accepted GUEST_CSUM.
-            hdr[0] &= !(VIRTIO_NET_HDR_F_DATA_VALID as u8);
-        }
-        // Without VIRTIO_NET_F_MRG_RXBUF every frame is in one buffer
-        // (virtio 1.2, 5.1.6.4: the device sets num_buffers to 1). The TAP
-        // leaves these two bytes as they were.
-        hdr[10..12].copy_from_slice(&1u16.to_le_bytes());
-        true
+/// Checks a frame from the TAP (`len` bytes with its header) and completes
+/// its header for the guest; false if it is to be dropped.
+fn fix_rx_header(a: &Active, hdr: &mut [u8; VNET_HDR_LEN], len: usize) -> bool {
+    if len < VNET_HDR_LEN + ETH_HLEN {
+        return false;
     }
+    let csum = a.acked(VIRTIO_NET_F_GUEST_CSUM);
+    // The TAP only uses the offloads it was given (`tap_offload`); this
+    // also holds when setting them failed or a new driver accepted less.
+    if !offloads_allowed(hdr, csum, a.acked(VIRTIO_NET_F_GUEST_TSO4), a.acked(VIRTIO_NET_F_GUEST_TSO6)) {
+        return false;
+    }
+    if !csum {
+        // DATA_VALID is for a driver that accepted GUEST_CSUM.
+        hdr[0] &= !(VIRTIO_NET_HDR_F_DATA_VALID as u8);
+    }
+    // Without VIRTIO_NET_F_MRG_RXBUF every frame is in one buffer (virtio
+    // 1.2, 5.1.6.4: the device sets num_buffers to 1). The TAP leaves
+    // these two bytes as they were.
+    hdr[10..12].copy_from_slice(&1u16.to_le_bytes());
+    true
 }
 
 #[cfg(test)]

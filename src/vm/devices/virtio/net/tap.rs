@@ -10,7 +10,7 @@
 //! the TAP lives in.
 
 use std::fs::File;
-use std::io::{self, Read, Write};
+use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
 
@@ -21,7 +21,7 @@ pub const VNET_HDR_LEN: usize = 12;
 /// The largest Ethernet frame either side may pass: a 64 KiB GSO packet
 /// plus the Ethernet and VLAN headers (as the TAP sizes its own).
 pub const MAX_FRAME: usize = 65550;
-/// A frame with its header, the size of the device's copy buffers.
+/// A frame with its header: the most one TX chain may carry.
 pub const MAX_PACKET: usize = VNET_HDR_LEN + MAX_FRAME;
 /// Longest interface name, NUL excluded (IFNAMSIZ - 1).
 pub const MAX_NAME: usize = libc::IFNAMSIZ - 1;
@@ -51,13 +51,21 @@ pub enum TapError {
     },
 }
 
+/// Guest memory a frame moves from or into (no host copy).
+pub type GuestSlice<'a> = vm_memory::VolatileSlice<'a, ()>;
+
 /// What the device needs from its TAP. Reads and writes move one whole
-/// frame, virtio-net header first; both are nonblocking.
+/// frame, its virtio-net header in a buffer of the device's own (which
+/// checks it) and the frame straight from or into guest memory; both are
+/// nonblocking.
 pub trait TapBackend: AsRawFd + Send + 'static {
-    /// Reads the next frame into `buf`; WouldBlock when there is none.
-    fn read_frame(&mut self, buf: &mut [u8]) -> io::Result<usize>;
-    /// Sends one frame; WouldBlock when the TAP's queue is full.
-    fn write_frame(&mut self, frame: &[u8]) -> io::Result<usize>;
+    /// Reads the next frame: its header into `header`, the rest into
+    /// `data` in order. Returns the length with the header; WouldBlock
+    /// when there is none. A frame longer than the room given is consumed
+    /// and fails (EFAULT, as the TAP does).
+    fn read_frame(&mut self, header: &mut [u8; VNET_HDR_LEN], data: &[GuestSlice<'_>]) -> io::Result<usize>;
+    /// Sends one frame: `header`, then `data` in order.
+    fn write_frame(&mut self, header: &[u8; VNET_HDR_LEN], data: &[GuestSlice<'_>]) -> io::Result<usize>;
     /// Which offloads the host may hand the guest (TUN_F_* bits).
     fn set_offload(&mut self, flags: u32) -> io::Result<()>;
 }
@@ -131,12 +139,38 @@ impl AsRawFd for Tap {
 }
 
 impl TapBackend for Tap {
-    fn read_frame(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.file.read(buf)
+    fn read_frame(&mut self, header: &mut [u8; VNET_HDR_LEN], data: &[GuestSlice<'_>]) -> io::Result<usize> {
+        // Held until readv returns: they keep the pointers' memory (and a
+        // dirty bitmap, if guest memory had one) accounted for.
+        let guards: Vec<_> = data.iter().map(|s| s.ptr_guard_mut()).collect();
+        let mut iov = Vec::with_capacity(1 + data.len());
+        iov.push(libc::iovec { iov_base: header.as_mut_ptr().cast(), iov_len: header.len() });
+        iov.extend(guards.iter().zip(data).map(|(g, s)| libc::iovec { iov_base: g.as_ptr().cast(), iov_len: s.len() }));
+        let count = libc::c_int::try_from(iov.len()).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+        // SAFETY: every iovec covers memory valid for writes of its length
+        // for the whole call: `header` is borrowed mutably, the others are
+        // mapped guest memory whose guards are held; readv writes nothing
+        // outside them.
+        let n = unsafe { libc::readv(self.file.as_raw_fd(), iov.as_ptr(), count) };
+        usize::try_from(n).map_err(|_| io::Error::last_os_error())
     }
 
-    fn write_frame(&mut self, frame: &[u8]) -> io::Result<usize> {
-        self.file.write(frame)
+    fn write_frame(&mut self, header: &[u8; VNET_HDR_LEN], data: &[GuestSlice<'_>]) -> io::Result<usize> {
+        let guards: Vec<_> = data.iter().map(|s| s.ptr_guard()).collect();
+        let mut iov = Vec::with_capacity(1 + data.len());
+        iov.push(libc::iovec { iov_base: header.as_ptr().cast_mut().cast(), iov_len: header.len() });
+        iov.extend(
+            guards
+                .iter()
+                .zip(data)
+                .map(|(g, s)| libc::iovec { iov_base: g.as_ptr().cast_mut().cast(), iov_len: s.len() }),
+        );
+        let count = libc::c_int::try_from(iov.len()).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+        // SAFETY: every iovec covers memory valid for reads of its length
+        // for the whole call (`header`, and mapped guest memory whose
+        // guards are held); writev only reads through them.
+        let n = unsafe { libc::writev(self.file.as_raw_fd(), iov.as_ptr(), count) };
+        usize::try_from(n).map_err(|_| io::Error::last_os_error())
     }
 
     fn set_offload(&mut self, flags: u32) -> io::Result<()> {
@@ -203,14 +237,19 @@ mod tests {
             let flags = libc::TUN_F_CSUM | libc::TUN_F_TSO4 | libc::TUN_F_TSO6;
             tap.set_offload(flags).unwrap();
             // Nothing arrives on an interface that is down.
-            let mut buf = vec![0u8; MAX_PACKET];
-            assert_eq!(tap.read_frame(&mut buf).unwrap_err().kind(), io::ErrorKind::WouldBlock);
+            let mut buf = vec![0u8; MAX_FRAME];
+            let mut hdr = [0u8; VNET_HDR_LEN];
+            // SAFETY: `buf` outlives the slice, and nothing else uses it meanwhile.
+            let slice = unsafe { GuestSlice::new(buf.as_mut_ptr(), buf.len()) };
+            assert_eq!(tap.read_frame(&mut hdr, &[slice]).unwrap_err().kind(), io::ErrorKind::WouldBlock);
             // A frame with an empty header; a down interface drops it
             // after taking it (or refuses with EIO), never blocks.
-            let mut frame = vec![0u8; VNET_HDR_LEN + 60];
-            frame[VNET_HDR_LEN..VNET_HDR_LEN + 6].copy_from_slice(&[0xff; 6]);
-            match tap.write_frame(&frame) {
-                Ok(n) => assert_eq!(n, frame.len()),
+            let mut frame = vec![0u8; 60];
+            frame[..6].copy_from_slice(&[0xff; 6]);
+            // SAFETY: as above.
+            let slice = unsafe { GuestSlice::new(frame.as_mut_ptr(), frame.len()) };
+            match tap.write_frame(&hdr, &[slice]) {
+                Ok(n) => assert_eq!(n, VNET_HDR_LEN + frame.len()),
                 Err(e) => assert_eq!(e.raw_os_error(), Some(libc::EIO), "{e}"),
             }
         })

@@ -148,7 +148,7 @@ fn the_worker_moves_frames_both_ways_and_sets_offloads() {
 }
 
 #[test]
-fn a_flood_without_rx_buffers_reads_one_frame_until_the_guest_posts_more() {
+fn a_flood_without_rx_buffers_is_left_to_the_host_until_the_guest_posts_more() {
     let tap = FakeTap::new();
     let mut dev = VirtioNet::with_backend(tap.clone(), MAC, 1500).unwrap();
     let mem = guest_memory();
@@ -156,10 +156,9 @@ fn a_flood_without_rx_buffers_reads_one_frame_until_the_guest_posts_more() {
     let irq = interrupt();
     activate(&mut dev, &mem, &g, &irq);
     tap.flood(frame(500, 0));
-    eventually("a frame is read", || tap.reads() == 1);
-    // The worker neither reads on nor spins on the readable TAP.
+    // The worker neither reads nor spins on the readable TAP.
     std::thread::sleep(Duration::from_millis(100));
-    assert_eq!(tap.reads(), 1);
+    assert_eq!(tap.reads(), 0);
     // TX still works meanwhile.
     g.send(&frame(60, 0));
     kick(&dev, TXQ);
@@ -169,7 +168,7 @@ fn a_flood_without_rx_buffers_reads_one_frame_until_the_guest_posts_more() {
     kick(&dev, RXQ);
     eventually("ten frames are received", || g.rx.used_idx() == 10);
     std::thread::sleep(Duration::from_millis(50));
-    assert_eq!(tap.reads(), 11);
+    assert_eq!(tap.reads(), 10);
     tap.stop_flood();
     // A reset in the middle of it returns.
     dev.reset();

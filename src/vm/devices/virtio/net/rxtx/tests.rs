@@ -238,7 +238,7 @@ fn rx_places_a_frame_in_one_chain_and_sets_num_buffers() {
     let p = packet(h, 4000, 9);
     r.tap.push(p.clone());
     let (head, bufs) = r.post(&[12, 1000, 4000]);
-    assert_eq!(r.io.process_rx(&mut r.active), RxState::Drained);
+    assert_eq!(r.io.process_rx(&mut r.active), RxState::NeedBuffers);
     assert_eq!(r.rx.used(), vec![(u32::from(head), p.len() as u32)]);
     let got = r.received(&bufs, p.len());
     assert_eq!(got[..10], p[..10]);
@@ -261,7 +261,7 @@ fn rx_keeps_to_the_offloads_the_driver_accepted() {
     r.tap.push(packet(hdr(0, 0), 0, 0)[..5].to_vec());
     r.tap.push(packet(hdr(DATA_VALID, 0), 100, 0));
     let (_, bufs) = r.post(&[2000]);
-    assert_eq!(r.io.process_rx(&mut r.active), RxState::Drained);
+    assert_eq!(r.io.process_rx(&mut r.active), RxState::NeedBuffers);
     assert_eq!(r.rx_dropped(), 4);
     assert_eq!(r.received(&bufs, 1)[0], 0, "DATA_VALID cleared");
 
@@ -277,19 +277,18 @@ fn rx_keeps_to_the_offloads_the_driver_accepted() {
 }
 
 #[test]
-fn rx_with_no_buffers_holds_one_frame_and_stops_reading() {
+fn rx_with_no_buffers_reads_nothing() {
     let mem = guest_memory();
     let mut r = rig(&mem, all_features());
     r.tap.flood(packet(hdr(0, 0), 1000, 3));
     for _ in 0..5 {
         assert_eq!(r.io.process_rx(&mut r.active), RxState::NeedBuffers);
-        assert_eq!(r.tap.reads(), 1, "one frame read, then the TAP is left alone");
-        assert!(r.io.has_pending());
+        assert_eq!(r.tap.reads(), 0, "frames stay in the host's queue");
     }
     let (head, _) = r.post(&[2000]);
     assert_eq!(r.io.process_rx(&mut r.active), RxState::NeedBuffers);
     assert_eq!(r.rx.used(), vec![(u32::from(head), 1012)]);
-    assert_eq!(r.tap.reads(), 2);
+    assert_eq!(r.tap.reads(), 1);
     // Buffers without end: the budget bounds each call.
     for _ in 0..BUDGET + 5 {
         r.post(&[2000]);
@@ -298,15 +297,15 @@ fn rx_with_no_buffers_holds_one_frame_and_stops_reading() {
     assert_eq!(r.rx.used().len(), BUDGET);
     assert_eq!(r.io.process_rx(&mut r.active), RxState::NeedBuffers);
     assert_eq!(r.rx.used().len(), 5);
-    // Each frame read once: the two before, BUDGET - 1 and 5 more placed
-    // (the first placed was pending), one pending again.
-    assert_eq!(r.tap.reads(), 2 + (BUDGET as u64 - 1) + 5 + 1);
-    // The network goes quiet: the pending frame still arrives, then nothing.
+    assert_eq!(r.tap.reads(), 1 + BUDGET as u64 + 5, "one read per chain");
+    // The network goes quiet: the chain waits in the ring.
     r.tap.stop_flood();
-    r.post(&[2000]);
-    r.post(&[2000]);
+    let (head, _) = r.post(&[2000]);
     assert_eq!(r.io.process_rx(&mut r.active), RxState::Drained);
-    assert_eq!(r.rx.used().len(), 1);
+    assert!(r.rx.used().is_empty());
+    r.tap.push(packet(hdr(0, 0), 100, 0));
+    r.io.process_rx(&mut r.active);
+    assert_eq!(r.rx.used(), vec![(u32::from(head), 112)]);
 }
 
 #[test]
@@ -327,17 +326,22 @@ fn rx_gives_back_malformed_chains_and_the_frame_waits_for_a_good_one() {
     bad.push(h);
     r.rx.store(220, desc(w.addr, 2000, VRING_DESC_F_WRITE | VRING_DESC_F_NEXT, 220));
     bad.push(220);
-    // Only zero-length buffers: too small, left in the ring.
+    // Too small for a header and an Ethernet header, or empty.
+    let tiny = r.rx.data(25, true, 0);
+    let h = r.rx.chain(&[tiny]);
+    bad.push(h);
+    let h = r.rx.chain(&[Buf { addr: tiny.addr, len: 0, write: true }]);
+    bad.push(h);
     for h in &bad {
         r.rx.publish(*h);
     }
     let (good, bufs) = r.post(&[0, 2000, 0]);
-    assert_eq!(r.io.process_rx(&mut r.active), RxState::Drained);
+    assert_eq!(r.io.process_rx(&mut r.active), RxState::NeedBuffers);
     let used = r.rx.used();
     let mut want: Vec<(u32, u32)> = bad.iter().map(|h| (u32::from(*h), 0)).collect();
     want.push((u32::from(good), p.len() as u32));
     assert_eq!(used, want);
-    assert_eq!(r.io.stats.rx_bad_chains.load(Ordering::Relaxed), 4);
+    assert_eq!(r.io.stats.rx_bad_chains.load(Ordering::Relaxed), 6);
     let mut want_bytes = p.clone();
     want_bytes[10..12].copy_from_slice(&[1, 0]);
     assert_eq!(r.received(&bufs, p.len()), want_bytes);
@@ -352,7 +356,7 @@ fn rx_drops_a_frame_too_big_for_the_chain_and_keeps_the_chain() {
     r.tap.push(big);
     r.tap.push(small.clone());
     let (head, bufs) = r.post(&[1526]);
-    assert_eq!(r.io.process_rx(&mut r.active), RxState::Drained);
+    assert_eq!(r.io.process_rx(&mut r.active), RxState::NeedBuffers);
     assert_eq!(r.rx_dropped(), 1);
     assert_eq!(r.rx.used(), vec![(u32::from(head), small.len() as u32)]);
     assert_eq!(r.received(&bufs, small.len())[12..], small[12..]);
@@ -370,24 +374,20 @@ fn rx_drops_a_frame_too_big_for_the_chain_and_keeps_the_chain() {
 }
 
 #[test]
-fn rx_stops_on_a_tap_error_and_a_reset_drops_the_pending_frame() {
+fn rx_stops_on_a_tap_error_and_goes_on_after_one_that_concerns_a_frame() {
     let mem = guest_memory();
     let mut r = rig(&mem, all_features());
+    let (head, _) = r.post(&[2000]);
     r.tap.fail_reads();
     assert_eq!(r.io.process_rx(&mut r.active), RxState::Failed);
+    assert!(r.rx.used().is_empty(), "the chain stays");
     r.tap.lock().fail_reads = false;
     // An error that concerns one frame only drops it.
     r.tap.lock().fault_reads = 2;
     r.tap.push(packet(hdr(0, 0), 100, 0));
-    let (head, _) = r.post(&[2000]);
-    assert_eq!(r.io.process_rx(&mut r.active), RxState::Drained);
+    assert_eq!(r.io.process_rx(&mut r.active), RxState::NeedBuffers);
     assert_eq!(r.rx.used(), vec![(u32::from(head), 112)]);
     assert_eq!(r.rx_dropped(), 2);
-    r.tap.push(packet(hdr(0, 0), 100, 0));
-    assert_eq!(r.io.process_rx(&mut r.active), RxState::NeedBuffers);
-    r.io.drop_pending();
-    assert!(!r.io.has_pending());
-    assert_eq!(r.rx_dropped(), 3);
 }
 
 #[test]
@@ -489,7 +489,6 @@ fn random_chains_and_frames_never_break_the_device() {
     r2.io = r.io;
     r2.tap = r.tap.clone();
     let mut r = r2;
-    r.io.drop_pending();
     let p = packet(hdr(0, 0), 100, 1);
     r.send(&p, &[VNET_HDR_LEN]);
     while r.io.process_tx(&mut r.active) {}
