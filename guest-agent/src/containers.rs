@@ -31,6 +31,7 @@ use amphi::agent::{AgentError, ErrorCode};
 use amphi::container::{ContainerError, ContainerId, Runtime};
 use amphi::spec::Isolation;
 
+use crate::disks;
 use crate::helper::{self, ToAgent, ToHelper, CHANNEL_FD};
 use crate::reaper::Exits;
 use crate::sessions::Sessions;
@@ -163,9 +164,14 @@ impl Containers {
         self.mount_share(&req.share)?;
         let share_ms = t0.elapsed().as_millis() as u64;
         let setup = |e: String| err(ErrorCode::GuestSetupFailed, e);
+        let mut config = req.config;
+        if !req.disks.is_empty() {
+            let filesystems = std::fs::read_to_string("/proc/filesystems").unwrap_or_default();
+            disks::apply(&mut config, &req.disks, Path::new("/sys/block"), &filesystems, disks::WAIT)?;
+        }
         let bundle = Path::new(GUEST_BUNDLE_DIR).join(&id);
         std::fs::create_dir_all(&bundle).map_err(|e| setup(format!("mkdir {}: {e}", bundle.display())))?;
-        let config = serde_json::to_vec(&req.config).map_err(|e| setup(e.to_string()))?;
+        let config = serde_json::to_vec(&config).map_err(|e| setup(e.to_string()))?;
         std::fs::write(bundle.join("config.json"), config)
             .map_err(|e| setup(format!("cannot write the guest config.json: {e}")))?;
 

@@ -9,6 +9,7 @@
 //! instead of a timeout (PID 1 exiting would panic the kernel).
 
 mod containers;
+mod disks;
 mod helper;
 mod init;
 mod reaper;

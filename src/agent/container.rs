@@ -1,4 +1,4 @@
-//! The container half of the agent protocol (minor version 1): what the
+//! The container half of the agent protocol (minor versions 1 and 2): what the
 //! host asks the agent to do with OCI containers inside the guest, and the
 //! stdio streams that carry a container's (or an exec'd process's) standard
 //! input, output and error.
@@ -92,6 +92,34 @@ pub struct CreateContainerRequest {
     pub no_pivot: bool,
     #[serde(default)]
     pub no_new_keyring: bool,
+    /// 1.2: the virtio-blk disks the config's mounts and devices use. A
+    /// 1.1 agent does not know them; the host refuses to send disks to it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub disks: Vec<GuestDisk>,
+}
+
+/// 1.2: one virtio-blk disk of a container. The host cannot know which
+/// `/dev/vdX` the guest kernel names it, so it names the disk by its
+/// virtio-blk ID and says which parts of the config refer to it; the
+/// agent finds the disk (`/sys/block/vd*/serial`) and fills them in.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GuestDisk {
+    /// The disk's virtio-blk ID, as the guest reads it.
+    pub serial: String,
+    /// The host attached it read-only: writes fail with an I/O error.
+    #[serde(default)]
+    pub read_only: bool,
+    /// Indexes into `config.mounts` whose source becomes `/dev/vdX`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mounts: Vec<usize>,
+    /// Indexes into `config.linux.devices` whose `major` and `minor`
+    /// become the guest's numbers of vdX.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub devices: Vec<usize>,
+    /// Indexes into `config.linux.resources.devices`: rules naming the
+    /// host's numbers of the device, which become the guest's.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rules: Vec<usize>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -232,6 +260,27 @@ mod tests {
         assert_eq!((s.code, s.signal), (137, Some(9)));
         assert_eq!(serde_json::to_value(ExitStatus::exited(0)).unwrap(), serde_json::json!({"code":0}));
         assert_eq!(serde_json::to_value(s).unwrap(), serde_json::json!({"code":137,"signal":9}));
+    }
+
+    #[test]
+    fn disks_have_the_documented_wire_form_and_are_optional() {
+        let d = GuestDisk { serial: "amphi-disk-0".into(), read_only: true, mounts: vec![3], ..Default::default() };
+        assert_eq!(
+            serde_json::to_value(&d).unwrap(),
+            serde_json::json!({"serial":"amphi-disk-0","read_only":true,"mounts":[3]})
+        );
+        // A 1.1 host sends no disks at all.
+        let wire = serde_json::json!({"id":"c","config":{},"share":"amphi","stdio":{"session":"s","streams":[]}});
+        let r: CreateContainerRequest = serde_json::from_value(wire.clone()).unwrap();
+        assert!(r.disks.is_empty());
+        assert_eq!(serde_json::to_value(&r).unwrap().get("disks"), None);
+        let mut with = wire;
+        with["disks"] = serde_json::json!([{"serial":"x","devices":[0],"rules":[1]}]);
+        let r: CreateContainerRequest = serde_json::from_value(with).unwrap();
+        assert_eq!(
+            r.disks[0],
+            GuestDisk { serial: "x".into(), devices: vec![0], rules: vec![1], ..Default::default() }
+        );
     }
 
     #[test]

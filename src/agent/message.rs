@@ -18,7 +18,7 @@ pub const AGENT_VSOCK_PORT: u32 = 1024;
 
 /// This build's protocol version. Same major: compatible; the minor
 /// version only adds optional fields, methods and error codes.
-pub const PROTOCOL_VERSION: ProtocolVersion = ProtocolVersion { major: 1, minor: 1 };
+pub const PROTOCOL_VERSION: ProtocolVersion = ProtocolVersion { major: 1, minor: 2 };
 
 /// The line the agent prints on the guest console once its vsock listener
 /// is up; the VMM watches the serial output for it to time the boot.
@@ -292,6 +292,8 @@ pub enum ErrorCode {
     StdioTimeout,
     /// 1.1: the guest could not prepare (mount the share, write the bundle).
     GuestSetupFailed,
+    /// 1.2: a disk the host attached did not appear in the guest in time.
+    DiskNotFound,
 }
 
 impl ErrorCode {
@@ -313,6 +315,7 @@ impl ErrorCode {
             ErrorCode::ContainerFailed => "container_failed",
             ErrorCode::StdioTimeout => "stdio_timeout",
             ErrorCode::GuestSetupFailed => "guest_setup_failed",
+            ErrorCode::DiskNotFound => "disk_not_found",
         }
     }
 }
@@ -360,7 +363,7 @@ mod tests {
         let v: serde_json::Value = serde_json::to_value(&r).unwrap();
         assert_eq!(
             v,
-            serde_json::json!({"id":3,"method":"handshake","params":{"protocol":{"major":1,"minor":1},"host_version":"0.1.0"}})
+            serde_json::json!({"id":3,"method":"handshake","params":{"protocol":{"major":1,"minor":2},"host_version":"0.1.0"}})
         );
         let h: serde_json::Value = serde_json::to_value(RequestEnvelope { id: 4, request: Request::Health }).unwrap();
         assert_eq!(h, serde_json::json!({"id":4,"method":"health"}));
@@ -405,6 +408,7 @@ mod tests {
             ErrorCode::ContainerFailed,
             ErrorCode::StdioTimeout,
             ErrorCode::GuestSetupFailed,
+            ErrorCode::DiskNotFound,
         ] {
             assert_eq!(serde_json::to_value(code).unwrap(), serde_json::Value::String(code.as_str().into()));
         }

@@ -57,6 +57,12 @@ pub struct Stats {
     /// part of runc's JSON; `events` turns increments into "oom" records).
     #[serde(skip)]
     pub oom_kills: Option<u64>,
+    /// VM isolation only: the host's view, the VMM's own host cgroup (its
+    /// vCPUs and device threads, and guest memory as the host pays for
+    /// it), next to the guest's view above. Not in runc's JSON; readers
+    /// of runc's ignore it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<Box<Stats>>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -291,6 +297,7 @@ mod tests {
         assert!(d["network_interfaces"].is_null());
         assert_eq!(d["cpuset"]["sched_relax_domain_level"], 0);
         assert!(d.get("oom_kills").is_none());
+        assert!(d.get("host").is_none(), "only VM containers have a host view");
         let oom = serde_json::to_string(&Event::oom("c1")).unwrap();
         assert_eq!(oom, r#"{"type":"oom","id":"c1"}"#);
     }
@@ -320,6 +327,12 @@ mod tests {
         assert_eq!(v["network_interfaces"][0]["RxBytes"], 1);
         let back: Stats = serde_json::from_value(v).unwrap();
         assert_eq!(back, s);
+        // A VM container's record carries the host's view beside it, in
+        // the same shape.
+        let vm = Stats { host: Some(Box::new(s)), ..Default::default() };
+        let v = serde_json::to_value(&vm).unwrap();
+        assert_eq!(v["host"]["pids"], serde_json::json!({"current": 3}));
+        assert_eq!(serde_json::from_value::<Stats>(v).unwrap(), vm);
     }
 
     #[test]

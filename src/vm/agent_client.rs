@@ -124,6 +124,8 @@ pub struct AgentClient {
     client: Client<Conn>,
     /// Applied to each call that does not give its own deadline.
     timeout: Option<Duration>,
+    /// The agent's protocol version, once it shook hands.
+    agent_protocol: Option<agent::ProtocolVersion>,
 }
 
 macro_rules! expect {
@@ -137,7 +139,7 @@ macro_rules! expect {
 
 impl AgentClient {
     pub fn new(stream: UnixStream) -> Self {
-        AgentClient { client: Client::new(Conn { stream, deadline: None }), timeout: None }
+        AgentClient { client: Client::new(Conn { stream, deadline: None }), timeout: None, agent_protocol: None }
     }
 
     /// Connects to the agent through the VMM's socket and shakes hands,
@@ -165,12 +167,21 @@ impl AgentClient {
     pub fn handshake(&mut self) -> Result<HandshakeResponse, AgentClientError> {
         let req = HandshakeRequest { protocol: PROTOCOL_VERSION, host_version: env!("CARGO_PKG_VERSION").into() };
         match self.call(Request::Handshake(req))? {
-            Response::Handshake(h) if PROTOCOL_VERSION.compatible_with(h.protocol) => Ok(h),
+            Response::Handshake(h) if PROTOCOL_VERSION.compatible_with(h.protocol) => {
+                self.agent_protocol = Some(h.protocol);
+                Ok(h)
+            }
             Response::Handshake(h) => {
                 Err(AgentClientError::IncompatibleVersion { host: PROTOCOL_VERSION, agent: h.protocol })
             }
             other => Err(ProtocolError::WrongResponse { sent: "handshake", got: other.method() }.into()),
         }
+    }
+
+    /// The agent's protocol version (after the handshake), for features
+    /// added in a minor version.
+    pub fn agent_protocol(&self) -> Option<agent::ProtocolVersion> {
+        self.agent_protocol
     }
 
     pub fn health(&mut self) -> Result<HealthResponse, AgentClientError> {

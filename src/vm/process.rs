@@ -240,6 +240,9 @@ impl ChildArgs {
             shares: self.shares,
             disks: self.disks,
             nets: self.nets,
+            api: None,
+            // Not offered: `vm check` has nothing to set a target with.
+            balloon: None,
         }
     }
 }

@@ -168,7 +168,7 @@ nothing_left() {
   done
   # Its root holds only what it needs (src/vm/jail/root.rs); of /proc, its
   # own fds and mounts; nothing of the host's filesystem is mounted.
-  [ "$(ls /proc/$pid/root | tr '\n' ' ')" = "console.log dev initrd kernel proc share vsock " ]
+  [ "$(ls /proc/$pid/root | tr '\n' ' ')" = "api console.log dev initrd kernel proc share vsock " ]
   [ "$(ls /proc/$pid/root/proc/self)" = "fd
 mountinfo" ]
   ! awk '{print $5}' /proc/$pid/mountinfo | grep -E '^/(usr|etc|bin|lib|var|home|root|run|tmp)(/|$)'
@@ -321,6 +321,146 @@ mountinfo" ]
   [ "$(echo "$output" | jq -r .type)" = stats ]
   [ "$(echo "$output" | jq -r .data.pids.limit)" = 50 ]
   [ "$(echo "$output" | jq -r .data.pids.current)" -ge 2 ]
+  # The host's view: the VMM's cgroup (its threads, the guest's memory).
+  [ "$(echo "$output" | jq -r .data.host.pids.current)" -ge 4 ]
+  [ "$(echo "$output" | jq -r .data.host.memory.usage.usage)" -gt "$(echo "$output" | jq -r .data.memory.usage.usage)" ]
+  [ "$(echo "$output" | jq -r .data.host.cpu.usage.total)" -gt 0 ]
+  # The VMM's control socket (src/vm/vmm/api.rs) answers with its own view.
+  run python3 -c 'import socket, sys
+s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); s.sendall(b"{\"op\":\"stats\"}\n")
+print(s.makefile().readline())' "$ROOT/vmc-ops/vmm/api"
+  trace
+  [ "$(echo "$output" | jq -r .stats.memory_mib)" -ge 64 ]
+  [ "$(echo "$output" | jq -r .stats.guest_resident_kib)" -gt 1024 ]
   A delete --force vmc-ops
   nothing_left vmc-ops
+}
+
+# Disks: mounts of filesystem images (and block devices) become virtio-blk
+# disks of the VM. e2fsprogs builds and reads the images on the host.
+need_e2fsprogs() {
+  command -v mkfs.ext4 >/dev/null && command -v debugfs >/dev/null && command -v e2fsck >/dev/null ||
+    skip "SKIPPED: e2fsprogs (mkfs.ext4, debugfs, e2fsck) is not installed"
+}
+
+# mkimage PATH: a 16 MiB ext4 image holding /in ("from-image").
+mkimage() {
+  rm -rf "$WORK/imgsrc" "$1"; mkdir -p "$WORK/imgsrc"; echo from-image > "$WORK/imgsrc/in"
+  mkfs.ext4 -q -d "$WORK/imgsrc" "$1" 16M
+}
+
+# image_cat IMAGE FILE: FILE of the image as the host reads it, after the
+# journal was replayed (what any later mount would do first): a sync in the
+# guest commits to the journal, it need not have reached the inode tables.
+image_cat() {
+  local rc=0
+  e2fsck -fy "$1" >/dev/null 2>&1 || rc=$?
+  [ "$rc" -le 1 ] || { echo "e2fsck $1: exit $rc" >&2; return 1; }
+  debugfs -R "cat $2" "$1" 2>/dev/null
+}
+
+@test "a disk image mount is readable and writable, and survives a SIGKILL of the VMM after fsync" {
+  need_e2fsprogs
+  img=$WORK/disk.img
+  mkimage "$img"
+  mnt=".mounts += [{destination: \"/data\", type: \"ext4\", source: \"$img\", options: [\"rw\"]}]"
+  b=$(mkbundle disk ".process.args = [\"/bin/sh\", \"/disk.sh\"] | $mnt")
+  # The disk's flush count (field 16 of /sys/block/vdX/stat) shows that
+  # the guest's sync reached the device as FLUSH requests, which the VMM
+  # answers only after fdatasync of the image.
+  cat > "$b/rootfs/disk.sh" <<'SH'
+cat /data/in
+dev=$(awk '$2 == "/data" {print $1}' /proc/mounts)
+echo "mount $(awk '$2 == "/data" {print $1, $3, $4}' /proc/mounts)"
+before=$(awk '{print $16}' /sys/block/${dev#/dev/}/stat)
+echo from-guest > /data/out
+sync
+after=$(awk '{print $16}' /sys/block/${dev#/dev/}/stat)
+echo "flushes $before $after"
+SH
+  run A run --bundle "$b" vmc-disk
+  trace
+  [ "$status" -eq 0 ]
+  [ "${lines[0]}" = from-image ]
+  [[ "${lines[1]}" == "mount /dev/vd"?" ext4 rw,"* ]]
+  read -r _ before after <<< "${lines[2]}"
+  [ "$after" -gt "$before" ]
+  nothing_left vmc-disk
+  [ "$(image_cat "$img" /out)" = from-guest ]
+
+  # Written and synced, then the VMM is SIGKILLed: the data is in the image.
+  b=$(mkbundle disk2 ".process.args = $(args /bin/sh -c 'echo synced-before-kill > /data/killed; sync; touch /tmp/synced; exec sleep 1000') | $mnt")
+  A run -d --bundle "$b" vmc-disk2 </dev/null >/dev/null 2>&1
+  for _ in $(seq 300); do [ -e "$b/rootfs/tmp/synced" ] && break; sleep 0.1; done
+  [ -e "$b/rootfs/tmp/synced" ]
+  # Meanwhile the image is this VM's: a second writer is refused at create.
+  run A create --bundle "$b" vmc-disk3
+  trace
+  [ "$status" -eq 5 ]
+  [[ "$output" == *"mount #"*"(/data, type ext4)"*"$img is in use by another VM"* ]]
+  nothing_left vmc-disk3
+  kill -9 "$(A state vmc-disk2 | jq -r .pid)"
+  A delete --force vmc-disk2
+  nothing_left vmc-disk2
+  [ "$(image_cat "$img" /killed)" = synced-before-kill ]
+}
+
+@test "a read-only disk image mount cannot be written and the image stays as it was" {
+  need_e2fsprogs
+  img=$WORK/ro.img
+  mkimage "$img"
+  sum=$(md5sum < "$img")
+  b=$(mkbundle diskro ".process.args = $(args /bin/sh -c 'cat /data/in; echo x > /data/new 2>&1; echo rc=$?') |
+      .mounts += [{destination: \"/data\", type: \"ext4\", source: \"$img\", options: [\"ro\"]}]")
+  run A run --bundle "$b" vmc-diskro
+  trace
+  [ "$status" -eq 0 ]
+  [ "${lines[0]}" = from-image ]
+  [[ "$output" == *"Read-only file system"* ]]
+  [[ "$output" == *"rc=1"* ]]
+  [ "$(md5sum < "$img")" = "$sum" ]
+  nothing_left vmc-diskro
+}
+
+@test "bad disk mounts are refused at create with exit code 5 and leave nothing" {
+  mkdir -p "$WORK/notimage"
+  for src in /no/such.img "$WORK/notimage" /dev/null; do
+    b=$(mkbundle diskbad ".mounts += [{destination: \"/data\", type: \"ext4\", source: \"$src\"}]")
+    run A create --bundle "$b" vmc-diskbad
+    trace
+    [ "$status" -eq 5 ]
+    [[ "$output" == *"(/data, type ext4): source $src "*"filesystem image or a block device"* ]]
+    nothing_left vmc-diskbad
+  done
+}
+
+@test "a block device is a disk both as a linux.devices entry (with the guest's numbers) and as a read-only mount" {
+  need_e2fsprogs
+  command -v losetup >/dev/null || skip "SKIPPED: losetup is not installed"
+  modprobe loop 2>/dev/null || true
+  img=$WORK/blk.img
+  mkimage "$img"
+  loop=$(losetup -f --show "$img") || skip "SKIPPED: no loop device here"
+  major=$((0x$(stat -c %t "$loop"))) minor=$((0x$(stat -c %T "$loop")))
+  b=$(mkbundle diskdev ".linux.devices += [{path: \"/dev/xvdb\", type: \"b\", major: $major, minor: $minor, fileMode: 432, uid: 0, gid: 0}] |
+      .process.args = $(args /bin/sh -c 'stat -c "%F %t:%T" /dev/xvdb; dd if=/dev/xvdb bs=1 skip=1080 count=2 2>/dev/null | od -An -tx1')")
+  run A run --bundle "$b" vmc-diskdev
+  dev_status=$status dev_lines=("${lines[@]}") dev_output=$output
+  b=$(mkbundle diskdevro ".process.args = $(args /bin/sh -c 'cat /data/in; touch /data/x 2>&1; echo rc=$?') |
+      .mounts += [{destination: \"/data\", type: \"ext4\", source: \"$loop\", options: [\"ro\"]}]")
+  run A run --bundle "$b" vmc-diskdevro
+  losetup -d "$loop"
+  trace
+  echo "linux.devices: status=$dev_status output=$dev_output"
+  [ "$dev_status" -eq 0 ]
+  [[ "${dev_lines[0]}" == "block special file "* ]]
+  # The guest's virtio disk, not the host's loop device.
+  [ "${dev_lines[0]}" != "block special file $(printf %x "$major"):$(printf %x "$minor")" ]
+  [ "$(echo ${dev_lines[1]})" = "53 ef" ]
+  nothing_left vmc-diskdev
+  [ "$status" -eq 0 ]
+  [ "${lines[0]}" = from-image ]
+  [[ "$output" == *"Read-only file system"* ]]
+  [[ "$output" == *"rc=1"* ]]
+  nothing_left vmc-diskdevro
 }

@@ -4,7 +4,8 @@
 //! initramfs (read-only bind mounts of single files), the disks, the
 //! virtio-fs share
 //! (the tmpfs `mount_share` builds) and the VMM's own `/proc/self/fd`. The files it makes itself, the
-//! vsock socket and the serial log, land in that directory, where `create`,
+//! vsock socket, the control socket and the serial log, land in that
+//! directory, where `create`,
 //! `exec` and `delete` on the host find them.
 //!
 //! Everything happens in the VMM's own mount namespace, with the host's
@@ -24,6 +25,7 @@ pub const INITRD: &str = "/initrd";
 pub const SHARE: &str = "/share";
 pub const VSOCK: &str = "/vsock";
 pub const CONSOLE_LOG: &str = "/console.log";
+pub const API: &str = "/api";
 /// Disk N (virtio-blk) is `/disk/N`.
 pub const DISKS: &str = "/disk";
 /// The passthrough filesystem reopens files through `/proc/self/fd` and
@@ -92,13 +94,14 @@ pub fn host_path(dir: &Path, inside: &str) -> PathBuf {
 /// Step 2, once the share is mounted: binds the files in and makes `dir`
 /// the root. The host's filesystem is out of reach afterwards.
 pub fn enter(plan: &RootPlan<'_>) -> Result<(), RootError> {
-    bind_file(plan.kvm, &host_path(plan.dir, KVM), false)?;
-    bind_file(plan.kernel, &host_path(plan.dir, KERNEL), true)?;
+    bind_file(plan.kvm, &host_path(plan.dir, KVM), false, false)?;
+    bind_file(plan.kernel, &host_path(plan.dir, KERNEL), true, false)?;
     if let Some(initrd) = plan.initrd {
-        bind_file(initrd, &host_path(plan.dir, INITRD), true)?;
+        bind_file(initrd, &host_path(plan.dir, INITRD), true, false)?;
     }
+    // A disk may be a block device, which a nodev mount would not open.
     for (i, (disk, read_only)) in plan.disks.iter().enumerate() {
-        bind_file(disk, &plan.dir.join(disk_path(i).strip_prefix("/").unwrap_or(Path::new(""))), *read_only)?;
+        bind_file(disk, &plan.dir.join(disk_path(i).strip_prefix("/").unwrap_or(Path::new(""))), *read_only, true)?;
     }
     // The sources resolve to /proc/<our pid>/..., the fd table every
     // thread of this process shares and this namespace's mounts.
@@ -109,12 +112,15 @@ pub fn enter(plan: &RootPlan<'_>) -> Result<(), RootError> {
         path: PROC_SELF_FD.into(),
         source: e,
     })?;
-    bind_file(Path::new(PROC_SELF_MOUNTINFO), &host_path(plan.dir, PROC_SELF_MOUNTINFO), false)?;
+    bind_file(Path::new(PROC_SELF_MOUNTINFO), &host_path(plan.dir, PROC_SELF_MOUNTINFO), false, false)?;
     crate::linux::rootfs::pivot(plan.dir, false)?;
     Ok(())
 }
 
-fn bind_file(source: &Path, target: &Path, read_only: bool) -> Result<(), RootError> {
+/// Binds the file `source` onto `target` (made empty), read-only if asked:
+/// then also nosuid, and nodev unless `device` (a read-only block device
+/// must still open).
+fn bind_file(source: &Path, target: &Path, read_only: bool, device: bool) -> Result<(), RootError> {
     let create = |path: &Path| {
         let path = path.to_path_buf();
         move |source| RootError::Create { path, source }
@@ -129,8 +135,10 @@ fn bind_file(source: &Path, target: &Path, read_only: bool) -> Result<(), RootEr
         source: e,
     })?;
     if read_only {
-        let flags =
-            MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+        let mut flags = MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY | MsFlags::MS_NOSUID;
+        if !device {
+            flags |= MsFlags::MS_NODEV;
+        }
         mount(None::<&str>, target, None::<&str>, flags, None::<&str>).map_err(|e| RootError::Mount {
             what: "make read-only in the VMM's root",
             path: source.to_path_buf(),

@@ -3,8 +3,9 @@
 //! - `vmm`: the main thread, the event loop serving vsock and the exit;
 //! - `vcpu`: KVM_RUN and the legacy and virtio-mmio devices it reaches
 //!   (serial log, power, queue activation);
-//! - `device`: the virtio-fs, virtio-blk and virtio-net workers, the only
-//!   threads that touch files (and the TAP's offloads);
+//! - `device`: the virtio-fs and virtio-blk workers, the only threads that
+//!   touch files, the virtio-balloon worker, and the virtio-net workers
+//!   (with the TAP's offloads);
 //! - `io`: the threads that talk to the agent for the VMM (create's
 //!   control pipe, the supervisor with its stdio relays, signal
 //!   forwarding), which connect to the VM's own vsock socket and nothing
@@ -159,6 +160,8 @@ const VCPU: &[&str] = &["fsync", "ftruncate", "pread64", "pwrite64"];
 /// A device worker: virtio-fs's passthrough filesystem acting on the share
 /// as the guest's caller (per-thread credentials, the umask it sets for
 /// FUSE_INIT), virtio-blk's reads, writes and flushes of its image.
+/// virtio-balloon's worker needs nothing beyond COMMON: its one system
+/// call of note, madvise(MADV_DONTNEED) on guest memory, is there.
 /// virtio-net's frames need only read and write (COMMON) on the TAP, and
 /// the TUNSETOFFLOAD ioctl below.
 const DEVICE: &[&str] = &[

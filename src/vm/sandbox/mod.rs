@@ -2,8 +2,10 @@
 //! its own, set up by amphi's container code inside the guest (the agent
 //! runs it), behind the same state machine and CLI as a container.
 //!
-//! - `create` sizes the VM from the bundle ([`plan`]), resolves the guest
-//!   image, makes the container's cgroup on the host, forks the VMM
+//! - `create` sizes the VM from the bundle ([`plan`]), picks its disks
+//!   ([`disks`]: image and block-device mounts, `linux.devices` block
+//!   devices), resolves the guest image, makes the container's cgroup on
+//!   the host, forks the VMM
 //!   process ([`vmm_process`]) and, once the agent listens, asks it to
 //!   create the container; the runtime hooks run here on the host when
 //!   the guest says they are due. Any failure kills the VMM and removes
@@ -13,6 +15,7 @@
 //! - `destroy` makes sure the VMM is gone and removes its cgroup. Its
 //!   mounts lived in its own mount namespace and went with it.
 
+pub mod disks;
 pub mod exec_relay;
 pub mod plan;
 pub mod stdio;
@@ -43,7 +46,7 @@ use crate::vm::guest::{self, GuestError, GuestOptions};
 use crate::vm::host::{self, HostError, SystemHost};
 use crate::vm::jail;
 use crate::vm::process::ChildEvent;
-use crate::vm::vmm::{FsShare, SerialOutput, VmmConfig, VsockConfig};
+use crate::vm::vmm::{DiskConfig, FsShare, SerialOutput, VmmConfig, VsockConfig};
 use plan::{PlanError, VmSize};
 use stdio::Local;
 use vmm_process::VmmPlan;
@@ -57,6 +60,10 @@ pub struct VmState {
     pub cgroup: CgroupState,
     /// The guest's serial console.
     pub console_log: PathBuf,
+    /// The VMM's control socket (`vm::vmm::api`); empty in the state of a
+    /// VMM from before it had one.
+    #[serde(default)]
+    pub api: PathBuf,
 }
 
 /// The directory of the container's state dir that becomes the VMM's root
@@ -168,6 +175,7 @@ impl Sandbox for VmSandbox {
             vsock: jail::root::host_path(&root, jail::root::VSOCK),
             cgroup,
             console_log: jail::root::host_path(&root, jail::root::CONSOLE_LOG),
+            api: jail::root::host_path(&root, jail::root::API),
         };
         Ok(serde_json::to_value(planned).map_err(|e| VmError::Config(format!("cannot record the VM's state: {e}")))?)
     }
@@ -264,7 +272,12 @@ impl Sandbox for VmSandbox {
 
     fn stats(&self, state: &State) -> Result<Stats, SandboxError> {
         let r = connect(state, CALL_TIMEOUT)?.stats(&state.id).map_err(VmError::from)?;
-        Ok(serde_json::from_value(r.stats).map_err(|e| VmError::Config(format!("the guest's stats: {e}")))?)
+        let mut stats: Stats =
+            serde_json::from_value(r.stats).map_err(|e| VmError::Config(format!("the guest's stats: {e}")))?;
+        // The guest's view comes from the guest; the host's from the VMM's
+        // cgroup, whatever the guest says.
+        stats.host = Some(Box::new(Manager::from_state(vm_state(state).cgroup).runc_stats()));
+        Ok(stats)
     }
 }
 
@@ -472,8 +485,14 @@ fn create(req: &CreateRequest<'_>, hooks: &mut RuntimeHooks<'_>) -> Result<Creat
             path: jail::root::host_path(&root, jail::root::SHARE),
             read_only: false,
         }],
-        disks: vec![],
+        disks: gplan
+            .disks
+            .iter()
+            .map(|d| DiskConfig { path: d.source.clone(), read_only: d.read_only, serial: d.guest.serial.clone() })
+            .collect(),
         nets: vec![],
+        api: Some(jail::root::host_path(&root, jail::root::API)),
+        balloon: None,
     };
     let session = session_name();
     let pipe = || nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| io("pipe")(e.into()));
@@ -522,6 +541,14 @@ fn create(req: &CreateRequest<'_>, hooks: &mut RuntimeHooks<'_>) -> Result<Creat
     let deadline = Instant::now() + size.boot_timeout;
     let mut client = AgentClient::connect(&uds, deadline)?;
     client.set_timeout(Some(Duration::from_secs(120)));
+    let disks_from = crate::agent::ProtocolVersion { major: 1, minor: 2 };
+    if !gplan.disks.is_empty() && client.agent_protocol().is_some_and(|v| v.minor < disks_from.minor) {
+        return Err(VmError::Config(format!(
+            "the guest agent speaks protocol {}, which has no disks (they need {disks_from}): rebuild the guest \
+             image with this amphi's agent",
+            client.agent_protocol().map(|v| v.to_string()).unwrap_or_default()
+        )));
+    }
     let runtime_hooks = spec.hooks().as_ref().is_some_and(|h| {
         h.prestart().as_ref().is_some_and(|l| !l.is_empty())
             || h.create_runtime().as_ref().is_some_and(|l| !l.is_empty())
@@ -534,6 +561,7 @@ fn create(req: &CreateRequest<'_>, hooks: &mut RuntimeHooks<'_>) -> Result<Creat
         runtime_hooks,
         no_pivot: req.no_pivot,
         no_new_keyring: req.no_new_keyring,
+        disks: gplan.disks.iter().map(|d| d.guest.clone()).collect(),
     })?;
     if created.hooks_pending {
         hooks(pid)?;
@@ -568,7 +596,8 @@ fn create(req: &CreateRequest<'_>, hooks: &mut RuntimeHooks<'_>) -> Result<Creat
     // The VMM owns the container once the state records it (the commit);
     // until then it ends when `create` does (EOF on the control pipe).
     guard.armed = false;
-    let sandbox_state = serde_json::to_value(VmState { vsock: uds, cgroup: cgroups.state().clone(), console_log })
+    let api = jail::root::host_path(&vmm_root(dir), jail::root::API);
+    let sandbox_state = serde_json::to_value(VmState { vsock: uds, cgroup: cgroups.state().clone(), console_log, api })
         .map_err(|e| VmError::Config(format!("cannot record the VM's state: {e}")))?;
     let launcher: Option<Box<dyn Launch>> = match req.mode {
         LaunchMode::Attached => Some(Box::new(Attached { client, id: req.id.to_string() })),

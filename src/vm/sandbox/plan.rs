@@ -1,5 +1,6 @@
 //! Turning a bundle into a VM: how big the guest is, which host paths it
-//! sees through its virtio-fs share and where, the config.json the guest's
+//! sees through its virtio-fs share and where, which images and block
+//! devices it gets as disks ([`super::disks`]), the config.json the guest's
 //! runtime gets, and the limits of the VMM's own cgroup on the host. Pure
 //! logic, decided before anything is started, so every bad value is a
 //! clear error at `create` and is tested without KVM.
@@ -10,6 +11,7 @@ use std::time::Duration;
 use oci_spec::runtime::{LinuxNamespaceType, LinuxResources, Spec};
 use serde_json::{json, Value};
 
+use super::disks::{self, DiskEntry, DiskPlanError};
 use crate::agent::container::GUEST_SHARE_DIR;
 
 /// Annotations that configure one VM container (docs/vm.md).
@@ -50,6 +52,8 @@ pub enum PlanError {
     MissingSource { index: usize, destination: String, source_path: PathBuf },
     #[error("linux.namespaces: network path {path} {problem}: give the path of a network namespace")]
     NotNetworkNamespace { path: PathBuf, problem: String },
+    #[error(transparent)]
+    Disk(#[from] DiskPlanError),
 }
 
 /// Checks that `path` is a network namespace (`NS_GET_NSTYPE`), as
@@ -194,10 +198,12 @@ pub struct ShareEntry {
     pub recursive: bool,
 }
 
-/// What the VM gets: the entries of its share and the guest's config.json.
+/// What the VM gets: the entries of its share, its disks and the guest's
+/// config.json.
 #[derive(Debug, Clone, PartialEq)]
 pub struct GuestPlan {
     pub entries: Vec<ShareEntry>,
+    pub disks: Vec<DiskEntry>,
     pub config: Value,
 }
 
@@ -208,7 +214,9 @@ fn is_bind(m: &oci_spec::runtime::Mount) -> bool {
 
 /// The guest's view of the bundle. The rootfs and every bind-mount source
 /// become entries of the share (`rootfs`, `m<index>`); the guest config
-/// points at them under [`GUEST_SHARE_DIR`]. Host-only parts go: the
+/// points at them under [`GUEST_SHARE_DIR`]. Mounts of images and block
+/// devices, and the block devices of `linux.devices`, become disks
+/// ([`disks::plan`]). Host-only parts go: the
 /// poststart and poststop hooks (the host runs them, as it runs prestart
 /// and createRuntime when the guest hands them over), and the path of the
 /// network namespace (the VMM lives in it; the guest gets its own).
@@ -258,6 +266,8 @@ pub fn guest_plan(
         }
     }
 
+    let disks = disks::plan(spec, bundle_dir, &mut config)?;
+
     if let Some(hooks) = config.get_mut("hooks").and_then(Value::as_object_mut) {
         hooks.remove("poststart");
         hooks.remove("poststop");
@@ -295,7 +305,7 @@ pub fn guest_plan(
             process.insert("consoleSize".into(), json!({"height": rows, "width": cols}));
         }
     }
-    Ok(GuestPlan { entries, config })
+    Ok(GuestPlan { entries, disks, config })
 }
 
 /// The share entry of bind mount `index`: `m<index>/<the source's name>`,

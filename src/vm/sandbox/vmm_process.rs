@@ -242,6 +242,9 @@ pub fn run(plan: VmmPlan) -> i32 {
     if let Some(vs) = config.vsock.as_mut() {
         vs.uds_path = jail::root::VSOCK.into();
     }
+    if config.api.is_some() {
+        config.api = Some(jail::root::API.into());
+    }
     for share in &mut config.shares {
         share.path = jail::root::SHARE.into();
     }

@@ -1,11 +1,13 @@
 //! amphi's VMM: one KVM VM with guest memory, an in-kernel irqchip and PIT,
 //! the legacy devices (COM1, ACPI power/reset), virtio-mmio devices (vsock,
 //! one virtio-fs device per shared directory, one virtio-blk device per
-//! disk, one virtio-net device per TAP), one thread per vCPU and an event loop (event-manager) on the
+//! disk, a virtio-balloon device if asked for, one virtio-net device per
+//! TAP), one thread per vCPU and an event loop (event-manager) on the
 //! calling thread.
 //! [`run`] boots the guest and returns when it powers off, resets,
 //! crashes, or the caller stops it.
 
+pub mod api;
 pub mod cpuid;
 pub mod memory;
 pub mod vcpu;
@@ -28,6 +30,7 @@ use crate::vm::boot::{self, acpi, layout, params, regs, BootError, EntryPoint};
 use crate::vm::devices::power::{PowerDevice, PowerEvent, PowerPort};
 use crate::vm::devices::serial::log as serial_log;
 use crate::vm::devices::serial::{CappedLog, ConsoleEvent, ConsoleOutput, ConsoleWatcher, SerialDevice};
+use crate::vm::devices::virtio::balloon::{BalloonConfig, VirtioBalloon};
 use crate::vm::devices::virtio::block::{DiskError, VirtioBlock};
 use crate::vm::devices::virtio::fs::{ShareError, VirtioFs};
 use crate::vm::devices::virtio::mmio::{MmioTransport, NOTIFY_REG_OFFSET};
@@ -288,7 +291,12 @@ pub struct VmmConfig {
     pub shares: Vec<FsShare>,
     /// One virtio-blk device each, after the shares.
     pub disks: Vec<DiskConfig>,
-    /// One virtio-net device each, after the disks.
+    /// Where the VMM listens for host commands (`api.rs`), if anywhere.
+    pub api: Option<PathBuf>,
+    /// A virtio-balloon device, after the disks; its handle (kept by the
+    /// caller) sets the target while the VMM runs.
+    pub balloon: Option<BalloonConfig>,
+    /// One virtio-net device each, after the disks and the balloon.
     pub nets: Vec<NetConfig>,
 }
 
@@ -330,13 +338,20 @@ pub struct VmOutcome {
     pub reason: ExitReason,
     /// The panic line, if the kernel panicked (it then resets or halts).
     pub panic: Option<String>,
-    /// Guest memory resident in this process when the VM ended (guest pages
-    /// are never given back while it runs, so this is also their peak).
+    /// Guest memory resident in this process when the VM ended (without a
+    /// balloon guest pages are never given back while it runs, so this is
+    /// then also their peak).
     pub guest_resident_kib: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum VmmError {
+    #[error("cannot listen on the VMM's control socket {}", path.display())]
+    Api {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot open {path}")]
     OpenKvm {
         path: PathBuf,
@@ -415,6 +430,26 @@ impl MutEventSubscriber for ExitSubscriber {
     fn process(&mut self, _: Events, _: &mut EventOps) {
         let _ = self.latch.evt.read();
         self.done.store(true, Ordering::Release);
+    }
+}
+
+/// What the control socket acts on.
+struct ApiBackend {
+    mem: vm_memory::GuestMemoryMmap,
+    mib: u64,
+}
+
+impl api::Backend for ApiBackend {
+    fn stats(&self) -> api::VmmStats {
+        api::VmmStats {
+            memory_mib: self.mib,
+            guest_resident_kib: self.mem.iter().map(memory::resident_kib).sum(),
+            balloon: None,
+        }
+    }
+
+    fn set_balloon(&mut self, _target_mib: u64) -> Result<(), String> {
+        Err("this VM has no balloon device".into())
     }
 }
 
@@ -537,8 +572,8 @@ pub fn run(
     )?;
 
     // virtio-mmio devices: vsock first, then one virtio-fs device per
-    // share, one virtio-blk device per disk, one virtio-net device per
-    // network interface.
+    // share, then one virtio-blk device per disk, then the balloon, then
+    // one virtio-net device per network interface.
     let mut virtio: Vec<VirtioSlot> = Vec::new();
     if let Some(vs) = &config.vsock {
         let muxer = VsockMuxer::new(vs.guest_cid, &vs.uds_path)?;
@@ -559,6 +594,11 @@ pub fn run(
         // seccomp filter a disk worker must not inherit.
         let dev = VirtioBlock::new(&disk.path, disk.read_only, &disk.serial)?;
         virtio.push(VirtioSlot { name: "virtio-blk", device: Arc::new(Mutex::new(dev)), events: None });
+    }
+    if let Some(balloon) = &config.balloon {
+        // Starts the device's worker thread here, for the same reason.
+        let dev = VirtioBalloon::new(balloon).map_err(|e| VmmError::Device("virtio-balloon", e))?;
+        virtio.push(VirtioSlot { name: "virtio-balloon", device: Arc::new(Mutex::new(dev)), events: None });
     }
     for net in &config.nets {
         // As for disks: the TAP is attached and the worker started here,
@@ -597,6 +637,12 @@ pub fn run(
     }
     let done = Arc::new(AtomicBool::new(false));
     em.add_subscriber(Arc::new(Mutex::new(ExitSubscriber { latch: latch.clone(), done: done.clone() })));
+    if let Some(path) = &config.api {
+        let listener = crate::vm::uds::bind(path)
+            .and_then(|l| api::ApiServer::new(l, Box::new(ApiBackend { mem: mem.clone(), mib: config.mem_mib })))
+            .map_err(|source| VmmError::Api { path: path.clone(), source })?;
+        em.add_subscriber(Arc::new(Mutex::new(listener)));
+    }
 
     // Kernel, initramfs, command line, ACPI, boot structures.
     let kernel = boot::load_kernel(&mem, &config.kernel)?;

@@ -7,6 +7,7 @@
 //! [`mmio::MmioTransport`] owns the register interface and hands the
 //! configured queues to the device when the driver sets DRIVER_OK.
 
+pub mod balloon;
 pub mod block;
 pub mod fs;
 pub mod mmio;
@@ -61,6 +62,13 @@ impl VirtioInterrupt {
         self.irq.0.write(1)
     }
 
+    /// Tells the driver that the device's config space changed (the
+    /// balloon's target): it reads the config space again.
+    pub fn signal_config_change(&self) -> std::io::Result<()> {
+        self.status.fetch_or(INT_CONFIG, Ordering::SeqCst);
+        self.irq.0.write(1)
+    }
+
     pub fn status(&self) -> u32 {
         self.status.load(Ordering::SeqCst)
     }
@@ -84,7 +92,7 @@ pub enum ActivateError {
 
 /// What a device does; the transport does the rest.
 pub trait VirtioDevice: Send {
-    /// virtio device id (1 = net, 2 = block, 19 = vsock, 26 = fs).
+    /// virtio device id (1 = net, 2 = block, 5 = balloon, 19 = vsock, 26 = fs).
     fn device_type(&self) -> u32;
     /// Maximum size of each queue; the count is the number of queues.
     fn queue_max_sizes(&self) -> &[u16];
@@ -93,6 +101,13 @@ pub trait VirtioDevice: Send {
     fn queue_events(&self) -> &[EventFd];
     fn avail_features(&self) -> u64;
     fn set_acked_features(&mut self, features: u64);
+    /// How many queues, from index 0, the driver sets up for the features
+    /// it accepted; the transport activates the device with exactly these
+    /// and ignores the rest. All of them unless the device's queues depend
+    /// on features (the balloon's do).
+    fn active_queue_count(&self) -> usize {
+        self.queue_max_sizes().len()
+    }
     fn read_config(&self, offset: u64, data: &mut [u8]);
     fn write_config(&mut self, offset: u64, data: &[u8]);
     fn activate(

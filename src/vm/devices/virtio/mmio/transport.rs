@@ -96,8 +96,12 @@ impl MmioTransport {
             self.dev().set_acked_features(f);
         }
         if added & status::DRIVER_OK != 0 && !self.activated {
-            let ok = self.queues.iter().all(|q| q.is_valid(&self.mem));
-            let queues: Vec<Queue> = std::mem::take(&mut self.queues);
+            // Queues past those the accepted features call for are left
+            // alone: the driver need not (and Linux does not) set them up.
+            let count = self.dev().active_queue_count();
+            let mut queues: Vec<Queue> = std::mem::take(&mut self.queues);
+            queues.truncate(count);
+            let ok = queues.iter().all(|q| q.is_valid(&self.mem));
             self.queues = Self::fresh_queues(&self.device);
             let result = if ok {
                 self.dev().activate(self.mem.clone(), self.interrupt.clone(), queues)
@@ -246,6 +250,8 @@ mod tests {
         acked: u64,
         activated_with: Option<usize>,
         resets: u32,
+        /// Queues the accepted features call for, if not all.
+        needed: Option<usize>,
     }
 
     impl VirtioDevice for Dummy {
@@ -263,6 +269,9 @@ mod tests {
         }
         fn set_acked_features(&mut self, f: u64) {
             self.acked = f;
+        }
+        fn active_queue_count(&self) -> usize {
+            self.needed.unwrap_or(self.sizes.len())
         }
         fn read_config(&self, offset: u64, data: &mut [u8]) {
             data.fill(offset as u8 + 0x10);
@@ -289,6 +298,7 @@ mod tests {
             acked: 0,
             activated_with: None,
             resets: 0,
+            needed: None,
         }));
         let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
         let irq = Arc::new(VirtioInterrupt::new(IrqTrigger::new().unwrap()));
@@ -379,5 +389,25 @@ mod tests {
         assert_eq!(rd(&mut t, 0x60), 1);
         wr(&mut t, 0x64, 1);
         assert_eq!(rd(&mut t, 0x60), 0);
+        t.interrupt.signal_config_change().unwrap();
+        t.interrupt.signal_used_queue().unwrap();
+        assert_eq!(rd(&mut t, 0x60), 3, "config change is bit 1");
+        wr(&mut t, 0x64, 2);
+        assert_eq!(rd(&mut t, 0x60), 1);
+    }
+
+    #[test]
+    fn queues_the_features_do_not_call_for_need_no_setup() {
+        let (mut t, dev) = setup();
+        dev.lock().unwrap().needed = Some(1);
+        wr(&mut t, 0x30, 0);
+        wr(&mut t, 0x38, 16);
+        wr(&mut t, 0x80, 0x1000);
+        wr(&mut t, 0x90, 0x1100);
+        wr(&mut t, 0xa0, 0x1200);
+        wr(&mut t, 0x44, 1);
+        wr(&mut t, 0x70, status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK | status::DRIVER_OK);
+        assert_eq!(dev.lock().unwrap().activated_with, Some(1), "queue 1 was never set up");
+        assert_eq!(rd(&mut t, 0x70) & status::DEVICE_NEEDS_RESET, 0);
     }
 }
