@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use amphi::vm::vmm::{DiskConfig, FsShare};
+use amphi::vm::vmm::{DiskConfig, FsShare, NetConfig};
 use clap::{Args, Subcommand};
 
 #[derive(Debug, Subcommand)]
@@ -63,6 +63,13 @@ pub struct CheckArgs {
     #[arg(long, value_name = "[ID=]PATH[:ro]")]
     pub disk: Vec<DiskConfig>,
 
+    /// Attach the host TAP interface TAP (created if missing; needs
+    /// CAP_NET_ADMIN) to the guest as a virtio-net interface (eth0, eth1,
+    /// ... in order); `mac=` sets the guest's address (default: derived
+    /// from the TAP's name), `mtu=` its MTU (default 1500). Repeatable.
+    #[arg(long, value_name = "TAP[,mac=MAC][,mtu=N]")]
+    pub net: Vec<NetConfig>,
+
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
@@ -98,6 +105,10 @@ pub struct RunVmmArgs {
     /// read-only, `ID=` sets its serial. Repeatable.
     #[arg(long, value_name = "[ID=]PATH[:ro]")]
     pub disk: Vec<DiskConfig>,
+    /// Attach the host TAP interface TAP to the guest as a virtio-net
+    /// interface; `mac=` and `mtu=` as for `vm check`. Repeatable.
+    #[arg(long, value_name = "TAP[,mac=MAC][,mtu=N]")]
+    pub net: Vec<NetConfig>,
 }
 
 #[cfg(test)]
@@ -182,6 +193,17 @@ mod tests {
         }
         let bad = Cli::try_parse_from(base.iter().copied().chain(["--disk", "rel.img"])).unwrap_err().to_string();
         assert!(bad.contains("absolute path"), "{bad}");
+
+        let cli = Cli::try_parse_from(base.iter().copied().chain(["--net", "tap0", "--net", "tap1,mtu=9000"])).unwrap();
+        match cli.command {
+            Command::Vm(VmCommand::RunVmm(a)) => {
+                let taps: Vec<(&str, u16)> = a.net.iter().map(|n| (n.tap.as_str(), n.mtu)).collect();
+                assert_eq!(taps, [("tap0", 1500), ("tap1", 9000)]);
+            }
+            other => panic!("parsed as {other:?}"),
+        }
+        let bad = Cli::try_parse_from(base.iter().copied().chain(["--net", "tap0,mac=zz"])).unwrap_err().to_string();
+        assert!(bad.contains("six hex bytes"), "{bad}");
     }
 
     #[test]
@@ -191,6 +213,7 @@ mod tests {
             Command::Vm(VmCommand::Check(c)) => {
                 let disks: Vec<String> = c.disk.iter().map(|d| d.to_string()).collect();
                 assert_eq!(disks, ["/d/a.img:ro", "/d/b.img"]);
+                assert!(c.net.is_empty());
             }
             other => panic!("parsed as {other:?}"),
         }

@@ -46,6 +46,7 @@ fn check(a: CheckArgs) -> anyhow::Result<u8> {
         vmm_binary: std::env::current_exe().unwrap_or_else(|_| "amphi".into()),
         cancel: Some(&INTERRUPTED),
         disks: a.disk,
+        nets: a.net,
     };
     let mut progress = |m: &str| eprintln!("amphi: {m}");
     let report = amphi::vm::check(&opts, &mut progress)?;
@@ -74,6 +75,7 @@ fn run_vmm(a: RunVmmArgs) -> u8 {
         kvm_path: a.kvm,
         shares: a.share,
         disks: a.disk,
+        nets: a.net,
     };
     amphi::vm::process::run_child(args.into_config(), event_fd)
 }

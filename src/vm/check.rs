@@ -19,7 +19,7 @@ use crate::vm::agent_client::{self, AgentClient, AgentClientError};
 use crate::vm::guest::{self, Guest, GuestError, GuestOptions};
 use crate::vm::host::{self, HostError, SystemHost};
 use crate::vm::process::{self, ChildArgs, ChildEvent};
-use crate::vm::vmm::{DiskConfig, MIN_MEM_MIB};
+use crate::vm::vmm::{DiskConfig, NetConfig, MIN_MEM_MIB};
 
 /// Default guest memory.
 pub const DEFAULT_MEMORY_MIB: u64 = 256;
@@ -53,6 +53,8 @@ pub struct CheckOptions {
     pub vmm_binary: PathBuf,
     /// Disks to attach over virtio-blk (the check itself does not use them).
     pub disks: Vec<DiskConfig>,
+    /// TAPs to attach over virtio-net (the check itself does not use them).
+    pub nets: Vec<NetConfig>,
     /// Set (from a signal handler, say) to stop the check early; everything
     /// is still cleaned up.
     pub cancel: Option<&'static AtomicBool>,
@@ -341,6 +343,7 @@ pub fn check(opts: &CheckOptions, progress: &mut dyn FnMut(&str)) -> Result<Chec
         kvm_path: opts.kvm_path.clone(),
         shares: Vec::new(),
         disks: opts.disks.clone(),
+        nets: opts.nets.clone(),
     };
     let t0 = Instant::now();
     let spawned = Command::new(&opts.vmm_binary)

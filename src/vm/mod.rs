@@ -27,15 +27,17 @@ pub mod vmm;
 pub use check::{check, CheckError, CheckOptions, CheckReport};
 
 /// Kernel modules the guest needs: the agent's vsock, virtio-blk for
-/// disks and virtio-fs for shared directories (`fuse` comes in as a
-/// dependency of `virtiofs`), in any order (they are resolved to load
-/// order from the modules' own dependency lists; `virtio_blk` right after
-/// `virtio_mmio` needs nothing more than it).
+/// disks, virtio-net for network interfaces (with `failover` and
+/// `net_failover`, its dependencies) and virtio-fs for shared directories
+/// (`fuse` comes in as a dependency of `virtiofs`), in any order (they are
+/// resolved to load order from the modules' own dependency lists;
+/// `virtio_blk` right after `virtio_mmio` needs nothing more than it).
 ///
 /// `virtio_balloon` serves the balloon of VM containers (free page
-/// reporting, `update --memory`).
+/// reporting, `update --memory`); `virtio_net` the VMM's virtio-net
+/// devices (with failover and net_failover, its dependencies).
 pub const GUEST_MODULES: &[&str] =
-    &["virtio_mmio", "virtio_blk", "virtio_balloon", "vmw_vsock_virtio_transport", "virtiofs"];
+    &["virtio_mmio", "virtio_blk", "virtio_balloon", "virtio_net", "vmw_vsock_virtio_transport", "virtiofs"];
 
 /// The kernel command line for amphi guests. `quiet` matters: every console
 /// byte is a VM exit. `pci=off` skips probing a PCI bus there is none of,

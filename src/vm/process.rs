@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use serde::{Deserialize, Serialize};
 
 use crate::exit;
-use crate::vm::vmm::{self, DiskConfig, ExitReason, FsShare, VmmConfig, VmmEvent};
+use crate::vm::vmm::{self, DiskConfig, ExitReason, FsShare, NetConfig, VmmConfig, VmmEvent};
 
 /// One line on the event pipe.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -176,6 +176,8 @@ pub struct ChildArgs {
     pub shares: Vec<FsShare>,
     /// Disks attached over virtio-blk (`--disk [ID=]PATH[:ro]`).
     pub disks: Vec<DiskConfig>,
+    /// Network interfaces over virtio-net (`--net TAP[,mac=..][,mtu=..]`).
+    pub nets: Vec<NetConfig>,
 }
 
 impl ChildArgs {
@@ -214,6 +216,10 @@ impl ChildArgs {
             v.push("--disk".into());
             v.push(disk.to_string());
         }
+        for net in &self.nets {
+            v.push("--net".into());
+            v.push(net.to_string());
+        }
         v
     }
 
@@ -233,6 +239,7 @@ impl ChildArgs {
             vsock: Some(vmm::VsockConfig { guest_cid: self.vsock_cid, uds_path: self.vsock_uds }),
             shares: self.shares,
             disks: self.disks,
+            nets: self.nets,
             api: None,
             // Not offered: `vm check` has nothing to set a target with.
             balloon: None,
@@ -293,6 +300,7 @@ mod tests {
             kvm_path: "/dev/kvm".into(),
             shares: vec!["rootfs=/r".parse().unwrap(), "vol=/v:ro".parse().unwrap()],
             disks: vec!["/d/root.img".parse().unwrap(), "data=/d/data.img:ro".parse().unwrap()],
+            nets: vec!["tap0,mac=02:00:00:00:00:07,mtu=1400".parse().unwrap()],
         };
         let argv = a.to_argv();
         assert_eq!(&argv[..2], ["vm", "run-vmm"]);
@@ -301,11 +309,14 @@ mod tests {
         assert_eq!(shares, ["rootfs=/r", "vol=/v:ro"]);
         let disks: Vec<&str> = argv.windows(2).filter(|w| w[0] == "--disk").map(|w| w[1].as_str()).collect();
         assert_eq!(disks, ["/d/root.img", "data=/d/data.img:ro"]);
+        let nets: Vec<&str> = argv.windows(2).filter(|w| w[0] == "--net").map(|w| w[1].as_str()).collect();
+        assert_eq!(nets, ["tap0,mac=02:00:00:00:00:07,mtu=1400"]);
         let c = a.into_config();
         assert_eq!(c.serial, vmm::SerialOutput::Stdout);
         assert_eq!(c.shares.len(), 2);
         assert!(c.shares[1].read_only);
         assert_eq!(c.disks.len(), 2);
         assert_eq!((c.disks[1].serial.as_str(), c.disks[1].read_only), ("data", true));
+        assert_eq!((c.nets[0].tap.as_str(), c.nets[0].mtu), ("tap0", 1400));
     }
 }

@@ -23,7 +23,7 @@ trap 'rm -rf "$payload"' EXIT
 cp "$bindir/amphi" "$bindir/amphi-agent" "$here/bench-inner.sh" "$payload/"
 mkdir -p "$payload/kernel" "$payload/qemu/lib" "$payload/qemu/share"
 cp "$kroot/boot/vmlinuz-$kver" "$payload/kernel/vmlinuz"
-copy_module_tree "$kroot/lib/modules/$kver" "$payload/modules" virtio_mmio virtio_blk virtio_balloon vmw_vsock_virtio_transport virtiofs
+copy_module_tree "$kroot/lib/modules/$kver" "$payload/modules" virtio_mmio virtio_blk virtio_balloon virtio_net vmw_vsock_virtio_transport virtiofs
 # QEMU and the libraries it links, run through their own loader.
 qemu=$(command -v qemu-system-x86_64)
 cp "$qemu" "$payload/qemu/"

@@ -37,8 +37,8 @@ out=$(vmcheck --timeout "$TIMEOUT"); rc=$?
 echo "$out" | sed 's/^/# /'
 check "vm check boots the stock kernel and handshakes with the agent" \
   '[ $rc = 0 ] && echo "$out" | grep -q "^amphi vm check: ok" && echo "$out" | grep -q "guest kernel    [0-9]"'
-check "the agent loaded the virtio-blk, vsock and virtio-fs modules in dependency order" \
-  'echo "$out" | grep -q "modules loaded  .*virtio_mmio virtio_blk virtio_balloon vsock vmw_vsock_virtio_transport_common vmw_vsock_virtio_transport .*fuse virtiofs$"'
+check "the agent loaded the virtio-blk, virtio-balloon, virtio-net, vsock and virtio-fs modules in dependency order" \
+  'echo "$out" | grep -q "modules loaded  .*virtio_mmio virtio_blk virtio_balloon failover net_failover virtio_net vsock vmw_vsock_virtio_transport_common vmw_vsock_virtio_transport .*fuse virtiofs$"'
 check "the report has the time breakdown and the VMM peak RSS" \
   'echo "$out" | grep -q "kernel entry -> agent listening" && echo "$out" | grep -q "teardown" && echo "$out" | grep -q "VMM peak RSS: [0-9]"'
 check "the guest powered off cleanly" 'echo "$out" | grep -q "guest powered off cleanly"'

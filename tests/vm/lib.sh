@@ -142,7 +142,7 @@ prepare_payload() {
   mkdir -p "$dir/kernel"
   cp "$kroot/boot/vmlinuz-$kver" "$dir/kernel/vmlinuz"
   extract_vmlinux "$kroot/boot/vmlinuz-$kver" "$dir/kernel/vmlinux"
-  copy_module_tree "$kroot/lib/modules/$kver" "$dir/modules" virtio_mmio virtio_blk virtio_balloon vmw_vsock_virtio_transport virtiofs
+  copy_module_tree "$kroot/lib/modules/$kver" "$dir/modules" virtio_mmio virtio_blk virtio_balloon virtio_net vmw_vsock_virtio_transport virtiofs
   head -c 4096 /dev/urandom > "$dir/bad-init"
   cp /bin/busybox "$dir/silent-agent"
   build_fs_initrd "$dir/fs-initrd" "$kroot/lib/modules/$kver" || rm -f "$dir/fs-initrd"

@@ -503,6 +503,7 @@ fn create(req: &CreateRequest<'_>, hooks: &mut RuntimeHooks<'_>) -> Result<Creat
             .iter()
             .map(|d| DiskConfig { path: d.source.clone(), read_only: d.read_only, serial: d.guest.serial.clone() })
             .collect(),
+        nets: vec![],
         api: Some(jail::root::host_path(&root, jail::root::API)),
         // Free page reporting gives back what the guest frees; `update
         // --memory` sets a target through the control socket.

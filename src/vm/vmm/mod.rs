@@ -1,8 +1,9 @@
 //! amphi's VMM: one KVM VM with guest memory, an in-kernel irqchip and PIT,
 //! the legacy devices (COM1, ACPI power/reset), virtio-mmio devices (vsock,
 //! one virtio-fs device per shared directory, one virtio-blk device per
-//! disk, a virtio-balloon device if asked for), one thread per vCPU and an
-//! event loop (event-manager) on the calling thread.
+//! disk, a virtio-balloon device if asked for, one virtio-net device per
+//! TAP), one thread per vCPU and an event loop (event-manager) on the
+//! calling thread.
 //! [`run`] boots the guest and returns when it powers off, resets,
 //! crashes, or the caller stops it.
 
@@ -33,6 +34,7 @@ use crate::vm::devices::virtio::balloon::{BalloonConfig, BalloonHandle, VirtioBa
 use crate::vm::devices::virtio::block::{DiskError, VirtioBlock};
 use crate::vm::devices::virtio::fs::{ShareError, VirtioFs};
 use crate::vm::devices::virtio::mmio::{MmioTransport, NOTIFY_REG_OFFSET};
+use crate::vm::devices::virtio::net::{TapError, VirtioNet};
 use crate::vm::devices::virtio::vsock::{Vsock, VsockMuxer};
 use crate::vm::devices::virtio::{VirtioDevice, VirtioInterrupt};
 use crate::vm::devices::{Bus, IrqTrigger};
@@ -181,6 +183,100 @@ impl std::fmt::Display for DiskConfig {
     }
 }
 
+/// A network interface of the guest (`eth0`, `eth1`, ... in the order
+/// given, with the stock kernel's `virtio_net`), backed by the host TAP
+/// interface `tap` (attached, or created if it does not exist: both need
+/// CAP_NET_ADMIN in the TAP's network namespace). `mac` is the guest's
+/// address, `mtu` the largest frame payload the guest is told to send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetConfig {
+    pub tap: String,
+    pub mac: [u8; 6],
+    pub mtu: u16,
+}
+
+/// The MTU when none is given: Ethernet's.
+pub const DEFAULT_MTU: u16 = 1500;
+
+impl NetConfig {
+    /// A locally administered unicast address derived from the TAP's name
+    /// (FNV-1a), so a VM gets the same MAC for the same TAP every time.
+    pub fn default_mac(tap: &str) -> [u8; 6] {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in tap.bytes() {
+            h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+        let b = h.to_le_bytes();
+        [0x02, b[0], b[1], b[2], b[3], b[4]]
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum NetArgError {
+    #[error("{0:?}: expected TAP[,mac=XX:XX:XX:XX:XX:XX][,mtu=N]")]
+    Syntax(String),
+    #[error("{0:?}: the TAP name must be 1 to 15 bytes without '/', ':', ',', '=' or spaces")]
+    Name(String),
+    #[error("{0:?}: the MAC must be six hex bytes separated by ':' and unicast (even first byte)")]
+    Mac(String),
+    #[error("{arg:?}: the MTU must be {min} to {max}")]
+    Mtu { arg: String, min: u16, max: u16 },
+}
+
+fn parse_mac(s: &str) -> Option<[u8; 6]> {
+    let mut mac = [0u8; 6];
+    let mut parts = s.split(':');
+    for b in &mut mac {
+        let p = parts.next()?;
+        if p.len() != 2 {
+            return None;
+        }
+        *b = u8::from_str_radix(p, 16).ok()?;
+    }
+    // Multicast addresses cannot be a station's.
+    (parts.next().is_none() && mac[0] & 1 == 0).then_some(mac)
+}
+
+/// `TAP[,mac=XX:XX:XX:XX:XX:XX][,mtu=N]`.
+impl std::str::FromStr for NetConfig {
+    type Err = NetArgError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        use crate::vm::devices::virtio::net::device::{MAX_MTU, MIN_MTU};
+        let mut parts = s.split(',');
+        let tap = parts.next().unwrap_or_default();
+        if !crate::vm::devices::virtio::net::check_name(tap) || tap.contains('=') {
+            return Err(NetArgError::Name(s.to_string()));
+        }
+        let mut cfg = NetConfig { tap: tap.to_string(), mac: NetConfig::default_mac(tap), mtu: DEFAULT_MTU };
+        for p in parts {
+            match p.split_once('=') {
+                Some(("mac", v)) => cfg.mac = parse_mac(v).ok_or_else(|| NetArgError::Mac(s.to_string()))?,
+                Some(("mtu", v)) => {
+                    cfg.mtu = v
+                        .parse()
+                        .ok()
+                        .filter(|m| (MIN_MTU..=MAX_MTU).contains(m))
+                        .ok_or_else(|| NetArgError::Mtu { arg: s.to_string(), min: MIN_MTU, max: MAX_MTU })?
+                }
+                _ => return Err(NetArgError::Syntax(s.to_string())),
+            }
+        }
+        Ok(cfg)
+    }
+}
+
+impl std::fmt::Display for NetConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let m = self.mac;
+        write!(
+            f,
+            "{},mac={:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x},mtu={}",
+            self.tap, m[0], m[1], m[2], m[3], m[4], m[5], self.mtu
+        )
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct VmmConfig {
     pub kvm_path: PathBuf,
@@ -200,6 +296,8 @@ pub struct VmmConfig {
     /// A virtio-balloon device, after the disks; its handle (kept by the
     /// caller) sets the target while the VMM runs.
     pub balloon: Option<BalloonConfig>,
+    /// One virtio-net device each, after the disks and the balloon.
+    pub nets: Vec<NetConfig>,
 }
 
 /// Milestones the VMM reports while the guest boots.
@@ -280,6 +378,8 @@ pub enum VmmError {
     Share(#[from] ShareError),
     #[error("cannot attach the disk")]
     Disk(#[from] DiskError),
+    #[error("cannot attach the network interface")]
+    Net(#[from] TapError),
     #[error("{count} virtio devices requested; at most {max} fit the interrupt lines")]
     TooManyDevices { count: usize, max: usize },
     #[error("cannot open the serial log {path}")]
@@ -490,7 +590,8 @@ pub fn run(
     )?;
 
     // virtio-mmio devices: vsock first, then one virtio-fs device per
-    // share, then one virtio-blk device per disk, then the balloon.
+    // share, then one virtio-blk device per disk, then the balloon, then
+    // one virtio-net device per network interface.
     let mut virtio: Vec<VirtioSlot> = Vec::new();
     if let Some(vs) = &config.vsock {
         let muxer = VsockMuxer::new(vs.guest_cid, &vs.uds_path)?;
@@ -516,6 +617,12 @@ pub fn run(
         // Starts the device's worker thread here, for the same reason.
         let dev = VirtioBalloon::new(balloon).map_err(|e| VmmError::Device("virtio-balloon", e))?;
         virtio.push(VirtioSlot { name: "virtio-balloon", device: Arc::new(Mutex::new(dev)), events: None });
+    }
+    for net in &config.nets {
+        // As for disks: the TAP is attached and the worker started here,
+        // before any seccomp filter (TUNSETIFF is in none).
+        let dev = VirtioNet::new(&net.tap, net.mac, net.mtu)?;
+        virtio.push(VirtioSlot { name: "virtio-net", device: Arc::new(Mutex::new(dev)), events: None });
     }
     if virtio.len() > layout::VIRTIO_MMIO_MAX_DEVICES {
         return Err(VmmError::TooManyDevices { count: virtio.len(), max: layout::VIRTIO_MMIO_MAX_DEVICES });
@@ -691,6 +798,41 @@ mod tests {
         assert!(err("=/d.img").contains("the ID must be"));
         assert!(err("has space=/d.img").contains("the ID must be"));
         assert!(err(&format!("{}=/d.img", "x".repeat(21))).contains("1 to 20 bytes"));
+    }
+
+    #[test]
+    fn net_arguments_parse_and_print_back() {
+        let n: NetConfig = "tap0".parse().unwrap();
+        assert_eq!((n.tap.as_str(), n.mtu), ("tap0", DEFAULT_MTU));
+        assert_eq!(n.mac, NetConfig::default_mac("tap0"));
+        assert_eq!(n.mac[0], 0x02, "locally administered unicast");
+        assert_ne!(NetConfig::default_mac("tap0"), NetConfig::default_mac("tap1"));
+        let full: NetConfig = "vm-tap,mac=52:54:00:AB:cd:01,mtu=9000".parse().unwrap();
+        assert_eq!(full, NetConfig { tap: "vm-tap".into(), mac: [0x52, 0x54, 0, 0xab, 0xcd, 1], mtu: 9000 });
+        assert_eq!(full.to_string(), "vm-tap,mac=52:54:00:ab:cd:01,mtu=9000");
+        let mtu_first: NetConfig = "t,mtu=1400,mac=02:00:00:00:00:01".parse().unwrap();
+        assert_eq!((mtu_first.mtu, mtu_first.mac[5]), (1400, 1));
+        for net in [n, full, mtu_first] {
+            assert_eq!(net.to_string().parse::<NetConfig>().unwrap(), net);
+        }
+    }
+
+    #[test]
+    fn bad_net_arguments_say_what_is_expected() {
+        let err = |a: &str| a.parse::<NetConfig>().unwrap_err().to_string();
+        assert!(err("").contains("TAP name"));
+        assert!(err(",mtu=1500").contains("TAP name"));
+        assert!(err("a/b").contains("TAP name"));
+        assert!(err(&"t".repeat(16)).contains("1 to 15 bytes"));
+        assert!(err("tap0,speed=10").contains("expected TAP"));
+        assert!(err("tap0,").contains("expected TAP"));
+        assert!(err("tap0,mac=02:00:00:00:00").contains("six hex bytes"));
+        assert!(err("tap0,mac=02:00:00:00:00:00:00").contains("six hex bytes"));
+        assert!(err("tap0,mac=01:00:5e:00:00:01").contains("unicast"));
+        assert!(err("tap0,mac=2:00:00:00:00:01").contains("six hex bytes"));
+        assert!(err("tap0,mtu=67").contains("68 to"));
+        assert!(err("tap0,mtu=70000").contains("68 to"));
+        assert!(err("tap0,mtu=x").contains("68 to"));
     }
 
     #[test]

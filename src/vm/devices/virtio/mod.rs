@@ -11,6 +11,7 @@ pub mod balloon;
 pub mod block;
 pub mod fs;
 pub mod mmio;
+pub mod net;
 pub mod vsock;
 
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -91,7 +92,7 @@ pub enum ActivateError {
 
 /// What a device does; the transport does the rest.
 pub trait VirtioDevice: Send {
-    /// virtio device id (2 = block, 5 = balloon, 19 = vsock, 26 = fs).
+    /// virtio device id (1 = net, 2 = block, 5 = balloon, 19 = vsock, 26 = fs).
     fn device_type(&self) -> u32;
     /// Maximum size of each queue; the count is the number of queues.
     fn queue_max_sizes(&self) -> &[u16];
