@@ -167,7 +167,11 @@ impl Containers {
         let mut config = req.config;
         if !req.disks.is_empty() {
             let filesystems = std::fs::read_to_string("/proc/filesystems").unwrap_or_default();
-            disks::apply(&mut config, &req.disks, Path::new("/sys/block"), &filesystems, disks::WAIT)?;
+            if let Some(root) =
+                disks::apply(&mut config, &req.disks, Path::new("/sys/block"), &filesystems, disks::WAIT)?
+            {
+                root.mount()?;
+            }
         }
         let bundle = Path::new(GUEST_BUNDLE_DIR).join(&id);
         std::fs::create_dir_all(&bundle).map_err(|e| setup(format!("mkdir {}: {e}", bundle.display())))?;

@@ -6,6 +6,10 @@
 //! sources become `/dev/vdX`, `linux.devices` entries and the device rules
 //! that named the host's numbers get vdX's major and minor.
 //!
+//! A disk that holds the container's root filesystem
+//! (`run.amphi.vm.rootfs`) is mounted by the agent itself at `root.path`
+//! ([`RootMount`]) before the runtime runs.
+//!
 //! The runtime makes the mounts with its normal code, but from inside the
 //! container's cgroup, whose device rules already apply (mounting a block
 //! device opens it): so each mounted disk also gets an allow rule, read
@@ -14,7 +18,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use amphi::agent::container::GuestDisk;
+use amphi::agent::container::{GuestDisk, GUEST_BLOCK_ROOT};
 use amphi::agent::{AgentError, ErrorCode};
 use serde_json::{json, Value};
 
@@ -133,10 +137,31 @@ pub fn apply(
     sys_block: &Path,
     proc_filesystems: &str,
     wait: Duration,
-) -> Result<(), AgentError> {
+) -> Result<Option<RootMount>, AgentError> {
     let types = device_filesystems(proc_filesystems);
+    let mut root = None;
     for disk in disks {
         let found = find(sys_block, &disk.serial, wait)?;
+        if let Some(fstype) = &disk.rootfs {
+            if !types.contains(fstype) {
+                return Err(AgentError::new(
+                    ErrorCode::Unsupported,
+                    format!(
+                        "the root filesystem is {fstype:?}, which the guest kernel cannot mount (it can: {}): make \
+                         the image with one of those, or use a guest kernel that has {fstype:?} built in \
+                         (run.amphi.vm.kernel)",
+                        types.join(" ")
+                    ),
+                ));
+            }
+            let path = config["root"]["path"].as_str().unwrap_or(GUEST_BLOCK_ROOT).into();
+            root = Some(RootMount {
+                device: Path::new("/dev").join(&found.name),
+                path,
+                fstype: fstype.clone(),
+                read_only: disk.read_only,
+            });
+        }
         let numbers = |v: &mut Value| {
             v["major"] = json!(found.major);
             v["minor"] = json!(found.minor);
@@ -182,7 +207,42 @@ pub fn apply(
             }));
         }
     }
-    Ok(())
+    Ok(root)
+}
+
+/// A container's root filesystem on a disk, to mount before the runtime
+/// makes the container in it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RootMount {
+    pub device: std::path::PathBuf,
+    pub path: std::path::PathBuf,
+    pub fstype: String,
+    pub read_only: bool,
+}
+
+impl RootMount {
+    /// Mounts it (read-only when the host attached the disk so; the
+    /// runtime makes `root.readonly` hold on top).
+    pub fn mount(&self) -> Result<(), AgentError> {
+        let fail = |what: String| AgentError::new(ErrorCode::ContainerFailed, what);
+        std::fs::create_dir_all(&self.path).map_err(|e| fail(format!("mkdir {}: {e}", self.path.display())))?;
+        let mut flags = nix::mount::MsFlags::empty();
+        if self.read_only {
+            flags |= nix::mount::MsFlags::MS_RDONLY;
+        }
+        nix::mount::mount(Some(&self.device), &self.path, Some(self.fstype.as_str()), flags, None::<&str>).map_err(
+            |e| {
+                fail(format!(
+                    "cannot mount the root filesystem ({}, {}) on {}: {e}: check that the image holds a {} \
+                     filesystem",
+                    self.device.display(),
+                    self.fstype,
+                    self.path.display(),
+                    self.fstype
+                ))
+            },
+        )
+    }
 }
 
 #[cfg(test)]
@@ -242,6 +302,7 @@ mod tests {
                 mounts: vec![2],
                 devices: vec![0],
                 rules: vec![1],
+                rootfs: None,
             },
         ];
         apply(&mut config, &disks, &sys.0, FILESYSTEMS, Duration::ZERO).unwrap();
@@ -255,6 +316,31 @@ mod tests {
         assert_eq!(rules[2], json!({"allow": true, "type": "b", "major": 254, "minor": 16, "access": "rw"}));
         assert_eq!(rules[3], json!({"allow": true, "type": "b", "major": 254, "minor": 0, "access": "r"}));
         assert_eq!(rules.len(), 4);
+    }
+
+    #[test]
+    fn a_root_filesystem_disk_is_found_and_left_to_mount() {
+        let sys = SysBlock::new("rootfs");
+        sys.add("vda", "amphi-disk-0", "254:0");
+        let mut config = json!({"root": {"path": GUEST_BLOCK_ROOT}, "mounts": []});
+        let rootfs =
+            |t: &str| GuestDisk { serial: "amphi-disk-0".into(), rootfs: Some(t.into()), ..Default::default() };
+        let root = apply(&mut config, &[rootfs("ext4")], &sys.0, FILESYSTEMS, Duration::ZERO).unwrap();
+        assert_eq!(
+            root,
+            Some(RootMount {
+                device: "/dev/vda".into(),
+                path: GUEST_BLOCK_ROOT.into(),
+                fstype: "ext4".into(),
+                read_only: false
+            })
+        );
+        // Not the mounts' device rule: the agent mounts it, outside the
+        // container's cgroup.
+        assert!(config.get("linux").is_none());
+        let e = apply(&mut config, &[rootfs("xfs")], &sys.0, FILESYSTEMS, Duration::ZERO).unwrap_err();
+        assert_eq!(e.code, ErrorCode::Unsupported);
+        assert!(e.message.contains("the root filesystem is \"xfs\""), "{}", e.message);
     }
 
     #[test]

@@ -17,6 +17,9 @@ use super::message::ProtocolVersion;
 
 /// Where the agent mounts a virtio-fs share with tag T: `<dir>/T`.
 pub const GUEST_SHARE_DIR: &str = "/run/amphi/fs";
+/// Where the agent mounts a container's root filesystem when it comes on
+/// a disk (`run.amphi.vm.rootfs`) rather than through virtio-fs.
+pub const GUEST_BLOCK_ROOT: &str = "/run/amphi/rootfs";
 /// The guest runtime's state root (the `--root` of amphi inside the guest).
 pub const GUEST_STATE_DIR: &str = "/run/amphi/state";
 /// Where the agent writes each container's guest bundle (`<dir>/<id>`).
@@ -120,6 +123,11 @@ pub struct GuestDisk {
     /// host's numbers of the device, which become the guest's.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub rules: Vec<usize>,
+    /// The container's root filesystem, of this type: the agent mounts it
+    /// at `root.path` ([`GUEST_BLOCK_ROOT`]) before the runtime runs
+    /// (protocol 1.3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rootfs: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -519,3 +519,34 @@ SH
   A delete --force vmc-mem
   nothing_left vmc-mem
 }
+
+@test "a root filesystem from a disk image (run.amphi.vm.rootfs) is the container's root, and keeps what it writes" {
+  need_e2fsprogs
+  b=$(mkbundle blockroot ".process.args = [\"/bin/sh\", \"/root.sh\"]
+    | .annotations[\"run.amphi.vm.rootfs\"] = \"root.img\"")
+  echo in-the-image > "$b/rootfs/marker"
+  cat > "$b/rootfs/root.sh" <<'SH'
+awk '$2 == "/" {print $1, $3}' /proc/mounts
+cat /marker
+echo from-block-root > /written
+sync
+SH
+  mkfs.ext4 -q -d "$b/rootfs" "$b/root.img" 64M
+  # The bundle's directory is not what the guest sees: empty it.
+  rm -rf "${b:?}/rootfs" && mkdir "$b/rootfs"
+  run A run --bundle "$b" vmc-blockroot
+  trace
+  [ "$status" -eq 0 ]
+  [[ "${lines[0]}" == "/dev/vd"?" ext4" ]]
+  [ "${lines[1]}" = in-the-image ]
+  nothing_left vmc-blockroot
+  [ "$(image_cat "$b/root.img" /written)" = from-block-root ]
+  [ ! -e "$b/rootfs/written" ]
+  # A bad image is refused at create, by name, leaving nothing.
+  jq '.annotations["run.amphi.vm.rootfs"] = "missing.img"' "$b/config.json" > "$b/c.json" && mv "$b/c.json" "$b/config.json"
+  run A run --bundle "$b" vmc-blockroot
+  trace
+  [ "$status" -eq 5 ]
+  [[ "$output" == *"run.amphi.vm.rootfs (missing.img)"* ]]
+  nothing_left vmc-blockroot
+}

@@ -9,6 +9,11 @@
 //! a virtio-blk ID (`amphi-disk-N`) and the guest agent finds it by that
 //! ID and fills in the device's path and numbers ([`GuestDisk`]).
 //!
+//! With the `run.amphi.vm.rootfs` annotation the container's root
+//! filesystem is a disk too (an image such as `mkfs.ext4 -d` makes, or a
+//! block device), which the agent mounts as the root instead of the
+//! share's `rootfs`.
+//!
 //! Everything the VMM would only find out when it opens the disk (a
 //! missing image, a directory, an image another VM holds) is found here
 //! instead, so it fails `create` as bad input with the mount named.
@@ -20,7 +25,7 @@ use std::path::{Path, PathBuf};
 use nix::fcntl::{Flock, FlockArg};
 use oci_spec::runtime::{LinuxDeviceType, Spec};
 
-use crate::agent::container::GuestDisk;
+use crate::agent::container::{GuestDisk, GUEST_BLOCK_ROOT};
 use crate::vm::boot::layout::VIRTIO_MMIO_MAX_DEVICES;
 
 /// Filesystems made without a device: a mount of one is never a disk,
@@ -63,6 +68,16 @@ const ON_A_DEVICE: &[&str] = &[
     "ext2", "ext3", "ext4", "xfs", "btrfs", "vfat", "msdos", "exfat", "ntfs", "ntfs3", "f2fs", "iso9660", "udf",
     "squashfs", "erofs", "jfs", "reiserfs", "hfsplus", "nilfs2", "minix", "auto",
 ];
+
+/// The container's root filesystem from an image or block device instead
+/// of the bundle's rootfs directory, and its type.
+pub const ANNOTATION_ROOTFS: &str = "run.amphi.vm.rootfs";
+pub const ANNOTATION_ROOTFS_TYPE: &str = "run.amphi.vm.rootfs_type";
+pub const DEFAULT_ROOTFS_TYPE: &str = "ext4";
+
+fn annotation<'a>(spec: &'a Spec, key: &str) -> Option<&'a str> {
+    spec.annotations().as_ref().and_then(|a| a.get(key)).map(String::as_str)
+}
 
 /// Disks a VM can have: every virtio-mmio slot but those of the vsock
 /// device and the share.
@@ -308,6 +323,46 @@ pub fn plan(spec: &Spec, bundle_dir: &Path, config: &mut serde_json::Value) -> R
         disks[i].guest.devices.push(index);
     }
 
+    if let Some(image) = annotation(spec, ANNOTATION_ROOTFS) {
+        let what = format!("annotation {ANNOTATION_ROOTFS} ({image})");
+        let bad = |problem: String| DiskPlanError::Disk { what: what.clone(), problem };
+        let fstype = annotation(spec, ANNOTATION_ROOTFS_TYPE).unwrap_or(DEFAULT_ROOTFS_TYPE);
+        if fstype == "auto" || !ON_A_DEVICE.contains(&fstype) {
+            return Err(bad(format!(
+                "{ANNOTATION_ROOTFS_TYPE} {fstype:?} is not a filesystem on a device: name the image's filesystem                  (default {DEFAULT_ROOTFS_TYPE})"
+            )));
+        }
+        let source = if Path::new(image).is_absolute() { PathBuf::from(image) } else { bundle_dir.join(image) };
+        let meta = std::fs::metadata(&source).map_err(|e| {
+            bad(format!(
+                "{} cannot be used ({e}): give the path of a filesystem image or a block device",
+                source.display()
+            ))
+        })?;
+        if !meta.file_type().is_file() && !meta.file_type().is_block_device() {
+            return Err(bad(format!(
+                "{} is {}: give a filesystem image (mkfs.ext4 -d ROOTFS IMAGE SIZE makes one) or a block device",
+                source.display(),
+                kind(&meta)
+            )));
+        }
+        let key = key_of(&meta);
+        if let Key::Block { rdev } = key {
+            check_not_mounted(rdev).map_err(&bad)?;
+        }
+        let read_only = spec.root().as_ref().and_then(|r| r.readonly()).unwrap_or(false);
+        let before = disks.len();
+        let i = add(&mut disks, key, source.clone(), read_only, &what);
+        if i < before {
+            return Err(bad(format!(
+                "{} is also mounted by the bundle: a root filesystem cannot be mounted twice",
+                source.display()
+            )));
+        }
+        disks[i].guest.rootfs = Some(fstype.to_string());
+        config["root"]["path"] = serde_json::json!(GUEST_BLOCK_ROOT);
+    }
+
     if disks.len() > MAX_DISKS {
         return Err(DiskPlanError::TooMany { count: disks.len() });
     }
@@ -354,6 +409,36 @@ mod tests {
     fn planned(s: &Spec, dir: &Path) -> Result<(Vec<DiskEntry>, serde_json::Value), DiskPlanError> {
         let mut config = serde_json::to_value(s).unwrap();
         plan(s, dir, &mut config).map(|d| (d, config))
+    }
+
+    #[test]
+    fn a_root_filesystem_image_becomes_a_disk_the_agent_mounts_as_root() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("root.img"), vec![0u8; 4096]).unwrap();
+        let s = spec(json!({"root": {"path": "rootfs", "readonly": true},
+            "annotations": {ANNOTATION_ROOTFS: "root.img"}}));
+        let (disks, config) = planned(&s, d.path()).unwrap();
+        assert_eq!(disks.len(), 1);
+        assert_eq!(disks[0].source, d.path().join("root.img"));
+        assert!(disks[0].read_only, "root.readonly attaches it read-only");
+        assert_eq!(disks[0].guest.rootfs.as_deref(), Some(DEFAULT_ROOTFS_TYPE));
+        assert_eq!(config["root"]["path"], GUEST_BLOCK_ROOT);
+
+        let err = |ann: serde_json::Value, mounts: serde_json::Value| {
+            let s = spec(json!({"annotations": ann, "mounts": mounts}));
+            planned(&s, d.path()).unwrap_err().to_string()
+        };
+        let e = err(json!({ANNOTATION_ROOTFS: "missing.img"}), json!([]));
+        assert!(e.contains(ANNOTATION_ROOTFS) && e.contains("missing.img") && e.contains("cannot be used"), "{e}");
+        let e = err(json!({ANNOTATION_ROOTFS: "."}), json!([]));
+        assert!(e.contains("is a directory") && e.contains("mkfs.ext4 -d"), "{e}");
+        let e = err(json!({ANNOTATION_ROOTFS: "root.img", ANNOTATION_ROOTFS_TYPE: "tmpfs"}), json!([]));
+        assert!(e.contains("not a filesystem on a device"), "{e}");
+        let e = err(
+            json!({ANNOTATION_ROOTFS: "root.img"}),
+            json!([{"destination": "/again", "type": "ext4", "source": "root.img"}]),
+        );
+        assert!(e.contains("mounted twice"), "{e}");
     }
 
     #[test]

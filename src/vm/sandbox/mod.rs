@@ -556,7 +556,9 @@ fn create(req: &CreateRequest<'_>, hooks: &mut RuntimeHooks<'_>) -> Result<Creat
     let deadline = Instant::now() + size.boot_timeout;
     let mut client = AgentClient::connect(&uds, deadline)?;
     client.set_timeout(Some(Duration::from_secs(120)));
-    let disks_from = crate::agent::ProtocolVersion { major: 1, minor: 2 };
+    // Disks came in 1.2, a rootfs on a disk in 1.3.
+    let minor = if gplan.disks.iter().any(|d| d.guest.rootfs.is_some()) { 3 } else { 2 };
+    let disks_from = crate::agent::ProtocolVersion { major: 1, minor };
     if !gplan.disks.is_empty() && client.agent_protocol().is_some_and(|v| v.minor < disks_from.minor) {
         return Err(VmError::Config(format!(
             "the guest agent speaks protocol {}, which has no disks (they need {disks_from}): rebuild the guest \

@@ -267,6 +267,11 @@ pub fn guest_plan(
     }
 
     let disks = disks::plan(spec, bundle_dir, &mut config)?;
+    if disks.iter().any(|d| d.guest.rootfs.is_some()) {
+        // The root comes on a disk: the bundle's rootfs directory is not
+        // shared.
+        entries.retain(|e| e.name != "rootfs");
+    }
 
     if let Some(hooks) = config.get_mut("hooks").and_then(Value::as_object_mut) {
         hooks.remove("poststart");
