@@ -67,7 +67,7 @@ bundle() { # KIND: share | block | container
       mkfs.ext4 -q -d "$b/rootfs" "$b/root.img" "$((mib * 3 + 64))M"
       ann='{"run.amphi.vm.rootfs": "root.img"}' ;;
   esac
-  jq --arg iso "$iso" --argjson ann "$ann" '.process.args = ["/bin/sh", "/bench.sh"]
+  jq --arg iso "$iso" --argjson ann "$ann" '.process.args = ["/bin/sh", "/bench.sh"] | .root.readonly = false
     | .annotations = ((.annotations // {}) + $ann + {"run.amphi.isolation": $iso})
     | .linux.resources.memory.limit = 536870912
     | .annotations["run.amphi.vm.boot_timeout"] = "240"' \
