@@ -507,7 +507,7 @@ fn create(req: &CreateRequest<'_>, hooks: &mut RuntimeHooks<'_>) -> Result<Creat
         api: Some(jail::root::host_path(&root, jail::root::API)),
         // Free page reporting gives back what the guest frees; `update
         // --memory` sets a target through the control socket.
-        balloon: Some(BalloonConfig::default()),
+        balloon: Some(BalloonConfig { free_page_reporting: size.free_page_reporting, ..BalloonConfig::default() }),
     };
     let session = session_name();
     let pipe = || nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| io("pipe")(e.into()));

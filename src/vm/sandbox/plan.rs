@@ -20,6 +20,9 @@ pub const ANNOTATION_CPUS: &str = "run.amphi.vm.cpus";
 pub const ANNOTATION_KERNEL: &str = "run.amphi.vm.kernel";
 pub const ANNOTATION_KERNEL_ARGS: &str = "run.amphi.vm.kernel_args";
 pub const ANNOTATION_BOOT_TIMEOUT: &str = "run.amphi.vm.boot_timeout";
+/// "false" turns free page reporting off: the guest keeps what it frees
+/// until a balloon target asks for it (for comparisons).
+pub const ANNOTATION_FREE_PAGE_REPORTING: &str = "run.amphi.vm.free_page_reporting";
 
 /// Guest RAM when the bundle sets no memory limit.
 pub const DEFAULT_MEMORY_MIB: u64 = 512;
@@ -81,6 +84,8 @@ pub struct VmSize {
     pub kernel: Option<PathBuf>,
     pub kernel_args: Option<String>,
     pub boot_timeout: Duration,
+    /// The balloon's free page reporting (default on).
+    pub free_page_reporting: bool,
 }
 
 fn annotation<'a>(spec: &'a Spec, key: &str) -> Option<&'a str> {
@@ -179,12 +184,24 @@ pub fn size(spec: &Spec, host_cpus: u64) -> Result<VmSize, PlanError> {
     }
     let boot_timeout =
         parse_number(spec, ANNOTATION_BOOT_TIMEOUT, None)?.map(Duration::from_secs).unwrap_or(DEFAULT_BOOT_TIMEOUT);
+    let free_page_reporting = match annotation(spec, ANNOTATION_FREE_PAGE_REPORTING).map(str::trim) {
+        None | Some("true") => true,
+        Some("false") => false,
+        Some(v) => {
+            return Err(PlanError::Annotation {
+                key: ANNOTATION_FREE_PAGE_REPORTING,
+                value: v.to_string(),
+                problem: "use true or false".into(),
+            })
+        }
+    };
     Ok(VmSize {
         memory_mib,
         vcpus: vcpus as u8,
         kernel,
         kernel_args: annotation(spec, ANNOTATION_KERNEL_ARGS).map(str::to_string),
         boot_timeout,
+        free_page_reporting,
     })
 }
 
@@ -423,7 +440,11 @@ mod tests {
         let s = spec(json!({"annotations": {ANNOTATION_MEMORY: "1024", ANNOTATION_CPUS: "2"}}));
         let z = size(&s, 4).unwrap();
         assert_eq!((z.memory_mib, z.vcpus), (1024, 2));
+        assert!(z.free_page_reporting, "on unless turned off");
+        let off = spec(json!({"annotations": {ANNOTATION_FREE_PAGE_REPORTING: "false"}}));
+        assert!(!size(&off, 4).unwrap().free_page_reporting);
         for (k, v, needle) in [
+            (ANNOTATION_FREE_PAGE_REPORTING, "no", "true or false"),
             (ANNOTATION_MEMORY, "0", "at least 1"),
             (ANNOTATION_MEMORY, "64", "at least 128"),
             (ANNOTATION_MEMORY, "lots", "whole number"),

@@ -1,0 +1,96 @@
+#!/usr/bin/env bash
+# Density: N idle containers (busybox sleep) at once, and what the host
+# pays for each, in three setups side by side:
+#   vm         VM isolation, the balloon with free page reporting (default)
+#   vm-nofpr   VM isolation, free page reporting off
+#              (run.amphi.vm.free_page_reporting=false)
+#   container  container isolation
+# For each N: the containers are started one after the other, left 15 s
+# (the guest hands freed blocks back about 2 s after freeing them), then
+# the host memory of each instance is summed over its host processes:
+# PSS (shared pages split between the processes that map them) and RSS,
+# from /proc/<pid>/smaps_rollup, plus the drop of MemAvailable. Then all
+# are deleted.
+#
+# Needs a /dev/kvm that runs stock kernels: run it in the full test host:
+#   tests/testhost/test-host.sh 'bench/vm-density.sh 1 5 10'
+# Usage: bench/vm-density.sh [-m LIMIT_MIB] [AMPHI] N...   (default N: 1 5 10)
+set -uo pipefail
+limit=64
+while getopts ":m:" o; do
+  case $o in m) limit=$OPTARG ;; *) echo "usage: $0 [-m LIMIT_MIB] [AMPHI] N..." >&2; exit 2 ;; esac
+done
+shift $((OPTIND - 1))
+amphi=$(command -v amphi || true)
+if [ $# -gt 0 ] && [ -x "$1" ]; then amphi=$1; shift; fi
+counts=("$@")
+[ ${#counts[@]} -gt 0 ] || counts=(1 5 10)
+repo=$(cd "$(dirname "$0")/.." && pwd)
+[ "$(id -u)" = 0 ] || { echo "vm-density: run as root" >&2; exit 2; }
+[ -x "$amphi" ] || { echo "vm-density: no amphi binary" >&2; exit 2; }
+if [ -e /sys/module/kvm_pvm ] || ! grep -qwE 'vmx|svm' /proc/cpuinfo; then
+  echo "vm-density: this /dev/kvm cannot run stock kernels: run me in the full test host" >&2
+  exit 2
+fi
+
+work=$(mktemp -d /tmp/amphi-density.XXXXXX)
+A() { "$amphi" --root "$work/root" "$@"; }
+cleanup() { for i in $(A list -q 2>/dev/null); do A delete -f "$i" >/dev/null 2>&1; done; }
+trap 'cleanup; rm -rf "$work"' EXIT
+
+setups=(vm vm-nofpr container)
+for s in "${setups[@]}"; do
+  b=$work/$s
+  mkdir -p "$b"
+  cp -a "$repo/bundles/hello/rootfs" "$b/rootfs"
+  iso=vm fpr=true
+  case $s in container) iso=container ;; vm-nofpr) fpr=false ;; esac
+  jq --arg iso "$iso" --arg fpr "$fpr" --argjson limit $((limit << 20)) \
+    '.process.args = ["/bin/sleep", "100000"]
+     | .annotations = ((.annotations // {}) + {"run.amphi.isolation": $iso,
+         "run.amphi.vm.free_page_reporting": $fpr, "run.amphi.vm.boot_timeout": "240"})
+     | .linux.resources.memory.limit = $limit' \
+    "$repo/bundles/hello/config.json" > "$b/config.json"
+done
+
+# pss_rss_kib PID...: the PSS and RSS of these processes, summed.
+pss_rss_kib() {
+  local p pss=0 rss=0 a b
+  for p in "$@"; do
+    read -r a b < <(awk '/^Pss:/ {p=$2} /^Rss:/ {r=$2} END {print p+0, r+0}' "/proc/$p/smaps_rollup" 2>/dev/null)
+    pss=$((pss + ${a:-0})); rss=$((rss + ${b:-0}))
+  done
+  echo "$pss $rss"
+}
+# The host processes of a container: its pid (the VMM in VM isolation,
+# the init in container isolation) and every process of its host cgroup.
+procs_of() {
+  local id=$1 pid cg
+  pid=$(A state "$id" | jq -r .pid)
+  cg=$(awk -F: '$1 == "0" {print $3}' "/proc/$pid/cgroup" 2>/dev/null)
+  { echo "$pid"; [ -n "$cg" ] && cat "/sys/fs/cgroup$cg/cgroup.procs" 2>/dev/null; } | sort -u
+}
+avail_kib() { awk '/^MemAvailable:/ {print $2}' /proc/meminfo; }
+
+echo "| setup | N | start all (s) | PSS per instance (MiB) | RSS per instance (MiB) | MemAvailable drop per instance (MiB) |"
+echo "|---|---|---|---|---|---|"
+for n in "${counts[@]}"; do
+  for s in "${setups[@]}"; do
+    sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || true
+    before=$(avail_kib)
+    t0=$(date +%s%N)
+    for i in $(seq "$n"); do
+      A run -d --bundle "$work/$s" "d-$s-$i" </dev/null >/dev/null 2>"$work/err" || {
+        echo "vm-density: $s instance $i failed: $(cat "$work/err")" >&2; cleanup; continue 2; }
+    done
+    t1=$(date +%s%N)
+    sleep 15
+    pids=()
+    for i in $(seq "$n"); do pids+=($(procs_of "d-$s-$i")); done
+    read -r pss rss < <(pss_rss_kib "${pids[@]}")
+    after=$(avail_kib)
+    awk -v s="$s" -v n="$n" -v t=$(((t1 - t0) / 1000000)) -v pss="$pss" -v rss="$rss" -v d=$((before - after)) \
+      'BEGIN {printf "| %s | %d | %.1f | %.1f | %.1f | %.1f |\n", s, n, t / 1000, pss / n / 1024, rss / n / 1024, d / n / 1024}'
+    cleanup
+  done
+done
