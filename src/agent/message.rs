@@ -363,7 +363,7 @@ mod tests {
         let v: serde_json::Value = serde_json::to_value(&r).unwrap();
         assert_eq!(
             v,
-            serde_json::json!({"id":3,"method":"handshake","params":{"protocol":{"major":1,"minor":2},"host_version":"0.1.0"}})
+            serde_json::json!({"id":3,"method":"handshake","params":{"protocol":{"major":1,"minor":3},"host_version":"0.1.0"}})
         );
         let h: serde_json::Value = serde_json::to_value(RequestEnvelope { id: 4, request: Request::Health }).unwrap();
         assert_eq!(h, serde_json::json!({"id":4,"method":"health"}));
