@@ -25,6 +25,7 @@ use std::path::{Path, PathBuf};
 use nix::fcntl::{Flock, FlockArg};
 use oci_spec::runtime::{LinuxDeviceType, Spec};
 
+use super::plan::annotation;
 use crate::agent::container::{GuestDisk, GUEST_BLOCK_ROOT};
 use crate::vm::boot::layout::VIRTIO_MMIO_MAX_DEVICES;
 
@@ -74,10 +75,6 @@ const ON_A_DEVICE: &[&str] = &[
 pub const ANNOTATION_ROOTFS: &str = "run.amphi.vm.rootfs";
 pub const ANNOTATION_ROOTFS_TYPE: &str = "run.amphi.vm.rootfs_type";
 pub const DEFAULT_ROOTFS_TYPE: &str = "ext4";
-
-fn annotation<'a>(spec: &'a Spec, key: &str) -> Option<&'a str> {
-    spec.annotations().as_ref().and_then(|a| a.get(key)).map(String::as_str)
-}
 
 /// Disks a VM can have: every virtio-mmio slot but those of the vsock
 /// device and the share.

@@ -88,7 +88,7 @@ pub struct VmSize {
     pub free_page_reporting: bool,
 }
 
-fn annotation<'a>(spec: &'a Spec, key: &str) -> Option<&'a str> {
+pub(super) fn annotation<'a>(spec: &'a Spec, key: &str) -> Option<&'a str> {
     spec.annotations().as_ref().and_then(|a| a.get(key)).map(String::as_str)
 }
 

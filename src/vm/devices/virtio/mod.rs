@@ -90,6 +90,16 @@ pub enum ActivateError {
     Setup(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
+/// Reads `data.len()` bytes of a device's config space `config` from
+/// `offset`; bytes past its end (or an offset no index reaches) read 0, as
+/// the driver may read any width anywhere.
+pub fn read_config_space(config: &[u8], offset: u64, data: &mut [u8]) {
+    for (i, b) in data.iter_mut().enumerate() {
+        let at = usize::try_from(offset).ok().and_then(|o| o.checked_add(i));
+        *b = at.and_then(|a| config.get(a)).copied().unwrap_or(0);
+    }
+}
+
 /// What a device does; the transport does the rest.
 pub trait VirtioDevice: Send {
     /// virtio device id (1 = net, 2 = block, 5 = balloon, 19 = vsock, 26 = fs).

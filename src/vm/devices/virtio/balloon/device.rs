@@ -467,11 +467,7 @@ impl VirtioDevice for VirtioBalloon {
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        let config = self.config_bytes();
-        for (i, b) in data.iter_mut().enumerate() {
-            let at = usize::try_from(offset).ok().and_then(|o| o.checked_add(i));
-            *b = at.and_then(|a| config.get(a)).copied().unwrap_or(0);
-        }
+        crate::vm::devices::virtio::read_config_space(&self.config_bytes(), offset, data);
     }
 
     /// Only `actual` is the driver's to write; bytes elsewhere are ignored.

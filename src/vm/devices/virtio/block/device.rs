@@ -208,10 +208,7 @@ impl VirtioDevice for VirtioBlock {
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        for (i, b) in data.iter_mut().enumerate() {
-            let at = usize::try_from(offset).ok().and_then(|o| o.checked_add(i));
-            *b = at.and_then(|a| self.config.get(a)).copied().unwrap_or(0);
-        }
+        crate::vm::devices::virtio::read_config_space(&self.config, offset, data);
     }
 
     /// Nothing in the config space is writable without CONFIG_WCE, which

@@ -173,10 +173,7 @@ impl VirtioDevice for VirtioNet {
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        for (i, b) in data.iter_mut().enumerate() {
-            let at = usize::try_from(offset).ok().and_then(|o| o.checked_add(i));
-            *b = at.and_then(|a| self.config.get(a)).copied().unwrap_or(0);
-        }
+        crate::vm::devices::virtio::read_config_space(&self.config, offset, data);
     }
 
     /// The MAC is read-only with VIRTIO_F_VERSION_1 (changing it needs the

@@ -178,10 +178,7 @@ impl<B: VsockBackend> VirtioDevice for Vsock<B> {
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
         // struct virtio_vsock_config { le64 guest_cid; }
-        let cfg = self.cid.to_le_bytes();
-        for (i, b) in data.iter_mut().enumerate() {
-            *b = cfg.get(offset as usize + i).copied().unwrap_or(0);
-        }
+        crate::vm::devices::virtio::read_config_space(&self.cid.to_le_bytes(), offset, data);
     }
 
     fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
