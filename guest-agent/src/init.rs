@@ -1,6 +1,6 @@
 //! What PID 1 sets up before serving: a root that pivot_root can leave,
-//! mounts (with cgroup2 for the containers' cgroups), modules, and the
-//! reaper.
+//! mounts (with cgroup2 for the containers' cgroups), modules, the
+//! loopback, and the reaper.
 
 use std::io::Write;
 use std::os::fd::AsFd;
@@ -127,5 +127,9 @@ pub fn setup() -> Result<State, String> {
     run_dirs()?;
     let exits = Exits::start()?;
     let modules_loaded = load_modules()?;
+    // The guest's own loopback: containers that share the guest's network
+    // namespace (no namespace in the spec, or a VM with interfaces) expect
+    // 127.0.0.1 as they would on a host.
+    amphi::linux::namespaces::loopback_up().map_err(|e| format!("cannot bring the loopback up: {e}"))?;
     Ok(State { modules_loaded, exits })
 }

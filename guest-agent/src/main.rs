@@ -12,6 +12,7 @@ mod containers;
 mod disks;
 mod helper;
 mod init;
+mod network;
 mod reaper;
 mod server;
 mod sessions;

@@ -205,6 +205,7 @@ pub fn handle(mut conn: File, ctx: &Context) -> Option<(ShutdownAction, File)> {
             Request::Ps(p) => ctx.containers.ps(&p).map(Response::Ps),
             Request::Stats(c) => ctx.containers.stats(&c.id).map(Response::Stats),
             Request::Update(u) => ctx.containers.update(&u).map(|()| Response::Update),
+            Request::ConfigureNetwork(n) => crate::network::configure(&n).map(Response::ConfigureNetwork),
         };
         let reply = match outcome {
             Ok(r) => ResponseEnvelope::ok(id, r),

@@ -20,6 +20,10 @@ pub const GUEST_SHARE_DIR: &str = "/run/amphi/fs";
 /// Where the agent mounts a container's root filesystem when it comes on
 /// a disk (`run.amphi.vm.rootfs`) rather than through virtio-fs.
 pub const GUEST_BLOCK_ROOT: &str = "/run/amphi/rootfs";
+/// Where the agent keeps the network namespace it makes for a container
+/// whose VM has interfaces (`<dir>/<id>`, protocol 1.4); the guest config
+/// names it as the container's network namespace.
+pub const GUEST_NETNS_DIR: &str = "/run/amphi/netns";
 /// The guest runtime's state root (the `--root` of amphi inside the guest).
 pub const GUEST_STATE_DIR: &str = "/run/amphi/state";
 /// Where the agent writes each container's guest bundle (`<dir>/<id>`).

@@ -18,7 +18,7 @@ pub const AGENT_VSOCK_PORT: u32 = 1024;
 
 /// This build's protocol version. Same major: compatible; the minor
 /// version only adds optional fields, methods and error codes.
-pub const PROTOCOL_VERSION: ProtocolVersion = ProtocolVersion { major: 1, minor: 3 };
+pub const PROTOCOL_VERSION: ProtocolVersion = ProtocolVersion { major: 1, minor: 4 };
 
 /// The line the agent prints on the guest console once its vsock listener
 /// is up; the VMM watches the serial output for it to time the boot.
@@ -85,6 +85,9 @@ pub enum Request {
     Stats(ContainerRef),
     /// 1.1: change the container's resources.
     Update(UpdateRequest),
+    /// 1.4: give the guest's network interfaces the host interfaces'
+    /// addresses, routes and MTU.
+    ConfigureNetwork(NetworkRequest),
 }
 
 /// Every method name, in the order of [`Request`]'s variants.
@@ -105,6 +108,7 @@ pub const METHODS: &[&str] = &[
     "ps",
     "stats",
     "update",
+    "configure_network",
 ];
 
 impl Request {
@@ -126,6 +130,7 @@ impl Request {
             Request::Ps(_) => "ps",
             Request::Stats(_) => "stats",
             Request::Update(_) => "update",
+            Request::ConfigureNetwork(_) => "configure_network",
         }
     }
 }
@@ -200,6 +205,7 @@ pub enum Response {
     Ps(PsResponse),
     Stats(StatsResponse),
     Update,
+    ConfigureNetwork(NetworkResponse),
 }
 
 impl Response {
@@ -221,6 +227,7 @@ impl Response {
             Response::Ps(_) => "ps",
             Response::Stats(_) => "stats",
             Response::Update => "update",
+            Response::ConfigureNetwork(_) => "configure_network",
         }
     }
 }
@@ -249,6 +256,35 @@ pub struct HealthResponse {
     /// Children PID 1 has reaped since boot.
     pub zombies_reaped: u64,
     pub online_cpus: u32,
+}
+
+/// The guest's side of the host interfaces wired to the VM's TAPs, for
+/// the network namespace of container `id` (made if it does not exist).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkRequest {
+    pub id: String,
+    #[serde(default)]
+    pub interfaces: Vec<GuestInterface>,
+    /// Main-table routes; `interface` is a position in `interfaces`.
+    #[serde(default)]
+    pub routes: Vec<crate::linux::net::Route>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GuestInterface {
+    /// The virtio-net device's address: how the agent finds the interface.
+    pub device_mac: crate::linux::net::Mac,
+    /// The address it takes: the host interface's, so that the neighbours'
+    /// caches and the engine's records stay right.
+    pub mac: crate::linux::net::Mac,
+    pub mtu: u32,
+    pub addresses: Vec<crate::linux::net::IpNet>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkResponse {
+    /// The guest's names of the interfaces, in the request's order.
+    pub names: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -294,6 +330,8 @@ pub enum ErrorCode {
     GuestSetupFailed,
     /// 1.2: a disk the host attached did not appear in the guest in time.
     DiskNotFound,
+    /// 1.4: the guest's network could not be set up as asked.
+    NetworkFailed,
 }
 
 impl ErrorCode {
@@ -316,6 +354,7 @@ impl ErrorCode {
             ErrorCode::StdioTimeout => "stdio_timeout",
             ErrorCode::GuestSetupFailed => "guest_setup_failed",
             ErrorCode::DiskNotFound => "disk_not_found",
+            ErrorCode::NetworkFailed => "network_failed",
         }
     }
 }
@@ -363,7 +402,7 @@ mod tests {
         let v: serde_json::Value = serde_json::to_value(&r).unwrap();
         assert_eq!(
             v,
-            serde_json::json!({"id":3,"method":"handshake","params":{"protocol":{"major":1,"minor":3},"host_version":"0.1.0"}})
+            serde_json::json!({"id":3,"method":"handshake","params":{"protocol":{"major":1,"minor":4},"host_version":"0.1.0"}})
         );
         let h: serde_json::Value = serde_json::to_value(RequestEnvelope { id: 4, request: Request::Health }).unwrap();
         assert_eq!(h, serde_json::json!({"id":4,"method":"health"}));
@@ -409,9 +448,24 @@ mod tests {
             ErrorCode::StdioTimeout,
             ErrorCode::GuestSetupFailed,
             ErrorCode::DiskNotFound,
+            ErrorCode::NetworkFailed,
         ] {
             assert_eq!(serde_json::to_value(code).unwrap(), serde_json::Value::String(code.as_str().into()));
         }
+    }
+
+    #[test]
+    fn configure_network_has_its_documented_wire_form() {
+        let json = serde_json::json!({"id": 5, "method": "configure_network", "params": {"id": "c1",
+            "interfaces": [{"device_mac": "02:00:00:00:00:01", "mac": "8a:01:02:03:04:05", "mtu": 1400,
+                            "addresses": [{"address": "10.88.0.5", "prefix": 16}]}],
+            "routes": [{"destination": null, "gateway": "10.88.0.1", "interface": 0}]}});
+        let r: RequestEnvelope = serde_json::from_value(json.clone()).unwrap();
+        let Request::ConfigureNetwork(n) = &r.request else { panic!("{r:?}") };
+        assert_eq!(n.interfaces[0].mac.to_string(), "8a:01:02:03:04:05");
+        assert_eq!(n.routes[0].to_string(), "default via 10.88.0.1");
+        assert_eq!(serde_json::to_value(&r).unwrap(), json);
+        assert_eq!(Some(&r.request.method()), METHODS.last());
     }
 
     #[test]

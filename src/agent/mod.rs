@@ -15,9 +15,9 @@ pub mod relay;
 
 pub use frame::{read_frame, write_frame, FrameError, FRAME_HEADER_LEN, FRAME_MAGIC, FRAME_VERSION, MAX_FRAME_LEN};
 pub use message::{
-    AgentError, ErrorCode, HandshakeRequest, HandshakeResponse, HealthResponse, ProtocolVersion, Request,
-    RequestEnvelope, Response, ResponseEnvelope, ShutdownAction, ShutdownRequest, AGENT_VSOCK_PORT, LISTENING_MARKER,
-    PROTOCOL_VERSION,
+    AgentError, ErrorCode, GuestInterface, HandshakeRequest, HandshakeResponse, HealthResponse, NetworkRequest,
+    NetworkResponse, ProtocolVersion, Request, RequestEnvelope, Response, ResponseEnvelope, ShutdownAction,
+    ShutdownRequest, AGENT_VSOCK_PORT, LISTENING_MARKER, PROTOCOL_VERSION,
 };
 
 use std::io::{Read, Write};

@@ -16,6 +16,7 @@ pub mod exe;
 pub mod lsm;
 pub mod mounts;
 pub mod namespaces;
+pub mod net;
 pub mod process;
 pub mod rlimits;
 pub mod rootfs;

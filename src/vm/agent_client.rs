@@ -13,8 +13,8 @@ use crate::agent::container::{
     WaitRequest,
 };
 use crate::agent::{
-    self, Client, HandshakeRequest, HandshakeResponse, HealthResponse, ProtocolError, Request, Response,
-    ShutdownAction, ShutdownRequest, PROTOCOL_VERSION,
+    self, Client, HandshakeRequest, HandshakeResponse, HealthResponse, NetworkRequest, NetworkResponse, ProtocolError,
+    Request, Response, ShutdownAction, ShutdownRequest, PROTOCOL_VERSION,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -248,6 +248,10 @@ impl AgentClient {
 
     pub fn update(&mut self, req: UpdateRequest) -> Result<(), AgentClientError> {
         expect!(self.call(Request::Update(req))?, "update", Response::Update => ())
+    }
+
+    pub fn configure_network(&mut self, req: NetworkRequest) -> Result<NetworkResponse, AgentClientError> {
+        expect!(self.call(Request::ConfigureNetwork(req))?, "configure_network", Response::ConfigureNetwork(r) => r)
     }
 }
 

@@ -20,7 +20,7 @@ setup_file() {
 }
 
 teardown_file() {
-  for c in amphi-bats-d amphi-bats-e amphi-bats-f amphi-bats-m amphi-bats-vm; do
+  for c in amphi-bats-d amphi-bats-e amphi-bats-f amphi-bats-m amphi-bats-vm amphi-bats-vmnet1 amphi-bats-vmnet2; do
     podman rm -f "$c" >/dev/null 2>&1 || true
   done
   rm -rf "$ROOTFS"
@@ -263,4 +263,55 @@ teardown() {
   run timeout 240 $P run --rm $VM --annotation run.amphi.vm.memory=12x $O /bin/true
   [ "$status" -ne 0 ]
   [[ "$output" == *run.amphi.vm.memory* ]]
+}
+
+# wait_get URL: the body at URL, retried for up to 20 s (a server in a VM
+# that was just started may not listen yet). Not busybox's static wget,
+# which crashes in its resolver.
+wait_get() {
+  python3 - "$1" <<'PY'
+import sys, time, urllib.request
+for i in range(40):
+    try:
+        sys.stdout.write(urllib.request.urlopen(sys.argv[1], timeout=5).read().decode())
+        sys.exit(0)
+    except OSError:
+        time.sleep(0.5)
+sys.exit(1)
+PY
+}
+# GGET HOST PORT PATH, as a guest command: the body over busybox nc.
+GGET='get() { printf "GET /%s HTTP/1.0\r\n\r\n" "$3" | nc -w 10 "$1" "$2" | tail -n 1; }; get'
+
+@test "vm: podman's bridge network reaches the VM: the test host and a second VM container reach its server, it reaches the test host's" {
+  vm_or_skip
+  ON="--ulimit nofile=1024:1024 --ulimit nproc=4096:4096 --rootfs $ROOTFS"
+  podman rm -f amphi-bats-vmnet1 amphi-bats-vmnet2 >/dev/null 2>&1 || true
+  run timeout 240 $P run -d --name amphi-bats-vmnet1 $VM $ON /bin/sh -c 'echo from-vm1 > /tmp/a.txt; exec httpd -f -p 8080 -h /tmp'
+  [ "$status" -eq 0 ]
+  ip=$($P inspect -f '{{.NetworkSettings.IPAddress}}' amphi-bats-vmnet1)
+  [ -n "$ip" ]
+  # The guest has the address podman's network gave the container.
+  run timeout 60 $P exec amphi-bats-vmnet1 sh -c 'ip -o -4 addr show eth0; ip route'
+  echo "$output"
+  [[ "$output" == *"inet $ip/"* ]]
+  gw=$(echo "$output" | awk '/^default via/ {print $3}')
+  [ -n "$gw" ]
+  # The test host reaches the server in the VM.
+  run wait_get "http://$ip:8080/a.txt"
+  [ "$output" = from-vm1 ]
+  # The VM reaches a server of the test host's, on the bridge's address.
+  www=$(mktemp -d) && echo from-the-host > "$www/h.txt"
+  # (Descriptor 3 closed: bats would wait for the server otherwise.)
+  busybox httpd -f -p "$gw:8082" -h "$www" >/dev/null 2>&1 3>&- & web=$!
+  run timeout 60 $P exec amphi-bats-vmnet1 sh -c "$GGET $gw 8082 h.txt"
+  kill "$web"; rm -rf "$www"
+  [ "$output" = from-the-host ]
+  # A second VM container reaches the first.
+  run timeout 240 $P run --rm --name amphi-bats-vmnet2 $VM $ON /bin/sh -c "$GGET $ip 8080 a.txt"
+  echo "$output"
+  [ "$status" -eq 0 ]
+  [ "$output" = from-vm1 ]
+  run timeout 240 $P rm -f amphi-bats-vmnet1
+  [ "$status" -eq 0 ]
 }

@@ -23,7 +23,8 @@
 #                      tmpfs (container storage refuses an overlayfs upper)
 #   /lib/modules       the test-host kernel's modules; modprobe works
 #   /run/testhost/hostroot  this machine's / as 9p shows it (e.g. its /tmp)
-#   kvm_amd, bridge, veth, br_netfilter and nftables/xtables modules loaded;
+#   kvm_amd, bridge, veth, tun, tc ingress + u32 + mirred (VM networking),
+#   br_netfilter and nftables/xtables modules loaded;
 #   lo up, no other network interface; hostname "testhost".
 # COMMAND runs as root with /bin/bash, stdin /dev/null, a fixed environment
 # (PATH, HOME=/root, LANG=C.UTF-8, TERM=dumb, TESTHOST=1, plus --env), in
@@ -170,7 +171,7 @@ printf '%s\n' "$cmd" > "$r/testhost/cmd"
   for e in ${envs[@]+"${envs[@]}"}; do printf 'export %s=%q\n' "${e%%=*}" "${e#*=}"; done
   printf 'cd %q || exit 125\n' "$cwd"
 } > "$r/testhost/env"
-echo "kvm_amd bridge veth br_netfilter nf_tables nft_compat nft_chain_nat nf_nat nf_conntrack xt_conntrack xt_MASQUERADE xt_addrtype xt_comment xt_mark xt_multiport xt_nat $modules" \
+echo "kvm_amd bridge veth tun sch_ingress cls_u32 act_mirred br_netfilter nf_tables nft_compat nft_chain_nat nf_nat nf_conntrack xt_conntrack xt_MASQUERADE xt_addrtype xt_comment xt_mark xt_multiport xt_nat $modules" \
   > "$r/testhost/modules"
 echo "$kroot/lib/modules" > "$r/testhost/moddir"
 i=0

@@ -550,3 +550,105 @@ SH
   [[ "$output" == *"run.amphi.vm.rootfs (missing.img)"* ]]
   nothing_left vmc-blockroot
 }
+
+# mknetns NAME SUBNET: a network namespace /run/netns/NAME holding eth0, one
+# end of a veth pair (MTU 1400, SUBNET.2/24, default route via SUBNET.1);
+# the other end, h-NAME, stays here with SUBNET.1/24. What an engine or a
+# CNI plugin makes.
+mknetns() {
+  ip netns add "$1"
+  ip link add "h-$1" type veth peer name eth0 netns "$1"
+  ip -n "$1" link set lo up
+  ip -n "$1" link set eth0 mtu 1400 up
+  ip -n "$1" addr add "$2.2/24" dev eth0
+  ip -n "$1" route add default via "$2.1"
+  ip link set "h-$1" mtu 1400 up
+  ip addr add "$2.1/24" dev "h-$1"
+}
+rmnetns() { ip link del "h-$1" 2>/dev/null || true; ip netns del "$1" 2>/dev/null || true; }
+
+# serve DIR ADDR:PORT: a busybox httpd in the background, stopped by
+# teardown. Its descriptor 3 is closed: bats waits for whoever holds it.
+serve() {
+  busybox httpd -f -p "$2" -h "$1" >/dev/null 2>&1 3>&- &
+  WEB=$!
+}
+
+# hget URL: the body at URL, from the host (busybox's static wget crashes
+# in its resolver: SIGSEGV, even for an address).
+hget() {
+  python3 -c 'import sys, urllib.request; sys.stdout.write(urllib.request.urlopen(sys.argv[1], timeout=10).read().decode())' "$1"
+}
+# GGET HOST PORT PATH, as a guest command: the body over busybox nc.
+GGET='get() { printf "GET /%s HTTP/1.0\r\n\r\n" "$3" | nc -w 10 "$1" "$2" | tail -n 1; }; get'
+
+teardown() {
+  [ -z "${WEB:-}" ] || kill "$WEB" 2>/dev/null || true
+  [ -z "${NETNS:-}" ] || { A delete --force "$CID" >/dev/null 2>&1; rmnetns "$NETNS"; }
+  true
+}
+
+@test "the interface of the container's network namespace reaches the guest: address, route, MTU, MAC, traffic both ways" {
+  ns=vmnet$$ NETNS=vmnet$$ CID=vmc-net
+  rmnetns "$ns"; mknetns "$ns" 10.231.7
+  mac=$(ip -n "$ns" -j link show eth0 | jq -r '.[0].address')
+  mkdir -p "$WORK/www" && echo from-the-host > "$WORK/www/h.txt"
+  serve "$WORK/www" 10.231.7.1:8081
+  b=$(mkbundle net ".process.args = $(args /bin/sh -c 'echo from-the-guest > /tmp/g.txt; exec httpd -f -p 8080 -h /tmp')
+    | .linux.namespaces |= map(if .type == \"network\" then .path = \"/run/netns/$ns\" else . end)")
+  A run -d --bundle "$b" vmc-net </dev/null >/dev/null 2>&1
+  run A exec vmc-net sh -c 'ip -o -4 addr show eth0; ip route; cat /sys/class/net/eth0/mtu /sys/class/net/eth0/address'
+  trace
+  [ "$status" -eq 0 ]
+  [[ "$output" == *"inet 10.231.7.2/24"* ]]
+  [[ "$output" == *"default via 10.231.7.1 dev eth0"* ]]
+  [[ "$output" == *$'\n1400\n'"$mac"* ]]
+  # The guest reaches the host, and the host reaches the guest's server.
+  run A exec vmc-net sh -c "$GGET 10.231.7.1 8081 h.txt"
+  trace
+  [ "$output" = from-the-host ]
+  for _ in $(seq 50); do hget http://10.231.7.2:8080/g.txt >/dev/null 2>&1 && break; sleep 0.2; done
+  run hget http://10.231.7.2:8080/g.txt
+  trace
+  [ "$output" = from-the-guest ]
+  # The veth's frames all go to the VM's TAP: a tc redirect both ways.
+  run ip netns exec "$ns" tc filter show dev eth0 ingress
+  [[ "$output" == *"Redirect to device amphi-tap0"* ]]
+  A delete --force vmc-net
+  nothing_left vmc-net
+  # delete took the redirect off the interface the engine still owns, and
+  # the TAP went with the VMM.
+  [[ "$(ip netns exec "$ns" tc qdisc show dev eth0)" != *ingress* ]]
+  ! ip -n "$ns" link show amphi-tap0 2>/dev/null
+}
+
+@test "a new network namespace without hooks, or none at all, leaves the guest its loopback only" {
+  # IFF_UP | IFF_LOOPBACK: 0x9.
+  b=$(mkbundle lo ".process.args = $(args /bin/sh -c 'echo $(ls /sys/class/net) $(cat /sys/class/net/lo/flags)')")
+  run A run --bundle "$b" vmc-lo
+  trace
+  [ "$status" -eq 0 ]
+  [ "$output" = "lo 0x9" ]
+  jq '.linux.namespaces |= map(select(.type != "network"))' "$b/config.json" > "$b/c.json" && mv "$b/c.json" "$b/config.json"
+  run A run --bundle "$b" vmc-lo
+  trace
+  [ "$status" -eq 0 ]
+  [[ "$output" == *"lo 0x9" ]]
+  [[ "$output" == *"loopback only"* ]]
+  nothing_left vmc-lo
+}
+
+@test "two VM containers cannot share one network namespace: the second is refused by name and leaves nothing" {
+  ns=vmnet2$$ NETNS=vmnet2$$ CID=vmc-net2a
+  rmnetns "$ns"; mknetns "$ns" 10.231.8
+  b=$(mkbundle net2 ".process.args = $(args sleep 100)
+    | .linux.namespaces |= map(if .type == \"network\" then .path = \"/run/netns/$ns\" else . end)")
+  A run -d --bundle "$b" vmc-net2a </dev/null >/dev/null 2>&1
+  run A run -d --bundle "$b" vmc-net2b </dev/null
+  trace
+  [ "$status" -eq 5 ]
+  [[ "$output" == *"/run/netns/$ns already holds amphi-tap0"* ]]
+  nothing_left vmc-net2b
+  A delete --force vmc-net2a
+  nothing_left vmc-net2a
+}

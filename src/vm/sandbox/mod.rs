@@ -17,6 +17,7 @@
 
 pub mod disks;
 pub mod exec_relay;
+pub mod network;
 pub mod plan;
 pub mod stdio;
 pub mod vmm_process;
@@ -31,7 +32,7 @@ use oci_spec::runtime::LinuxResources;
 use serde::{Deserialize, Serialize};
 
 use crate::agent::container::{CreateContainerRequest, PsRequest, SignalRequest, StdioRequest, UpdateRequest};
-use crate::agent::{AgentError, ErrorCode};
+use crate::agent::{AgentError, ErrorCode, NetworkRequest};
 use crate::container::process;
 use crate::container::sandbox::{
     Commit, CreateRequest, Created, Exec, ExecRequest, Launch, LaunchMode, RuntimeHooks, Sandbox, SandboxError,
@@ -65,6 +66,9 @@ pub struct VmState {
     /// VMM from before it had one.
     #[serde(default)]
     pub api: PathBuf,
+    /// The host interfaces redirected to the VM, for `delete` to release.
+    #[serde(default)]
+    pub net: network::Wired,
 }
 
 /// The directory of the container's state dir that becomes the VMM's root
@@ -112,6 +116,8 @@ pub enum VmError {
     Relay(String),
     #[error(transparent)]
     Api(#[from] api::ApiError),
+    #[error(transparent)]
+    Network(#[from] network::NetworkError),
 }
 
 fn tail(lines: &[String]) -> String {
@@ -145,6 +151,9 @@ impl From<VmError> for SandboxError {
                 SandboxError::Unsupported(format!("inside the VM: {}", a.message))
             }
             VmError::Hook(h) => SandboxError::Hook(h),
+            VmError::Network(n @ (network::NetworkError::Taken { .. } | network::NetworkError::TooMany { .. })) => {
+                SandboxError::BadConfig(n.to_string())
+            }
             e => SandboxError::isolation(e),
         }
     }
@@ -179,6 +188,7 @@ impl Sandbox for VmSandbox {
             cgroup,
             console_log: jail::root::host_path(&root, jail::root::CONSOLE_LOG),
             api: jail::root::host_path(&root, jail::root::API),
+            net: network::Wired::default(),
         };
         Ok(serde_json::to_value(planned).map_err(|e| VmError::Config(format!("cannot record the VM's state: {e}")))?)
     }
@@ -223,9 +233,13 @@ impl Sandbox for VmSandbox {
             let _ = process::signal(state.pid, state.pid_start_time, Sig::KILL);
             process::wait_gone(state.pid, state.pid_start_time, KILL_GRACE);
         }
+        let vs = vm_state(state);
+        if let Err(e) = network::unwire(&vs.net) {
+            crate::logging::warn(&format!("delete {}: {}", state.id, crate::logging::chain(&e)));
+        }
         // A VMM that no state file names (its `create` was killed) is in
         // the container's cgroup all the same.
-        Manager::from_state(vm_state(state).cgroup).kill_and_destroy().map_err(VmError::from)?;
+        Manager::from_state(vs.cgroup).kill_and_destroy().map_err(VmError::from)?;
         Ok(())
     }
 
@@ -393,6 +407,7 @@ fn window_of_stdin() -> Option<(u16, u16)> {
 struct Guard<'a> {
     pid: Option<i32>,
     cgroups: &'a Manager,
+    wired: network::Wired,
     armed: bool,
 }
 
@@ -405,6 +420,7 @@ impl Drop for Guard<'_> {
             let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
             let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
         }
+        let _ = network::unwire(&self.wired);
         let _ = self.cgroups.destroy();
     }
 }
@@ -433,7 +449,17 @@ fn create(req: &CreateRequest<'_>, hooks: &mut RuntimeHooks<'_>) -> Result<Creat
     crate::container::sandbox::check_terminal(req.console_socket.as_deref(), terminal, req.keep_console)
         .map_err(|m| VmError::Config(m.into()))?;
     let window = if req.keep_console { window_of_stdin() } else { None };
-    let gplan = plan::guest_plan(spec, &req.bundle.dir, &req.bundle.rootfs, req.cgroups_path.as_deref(), window)?;
+    let mut gplan = plan::guest_plan(spec, &req.bundle.dir, &req.bundle.rootfs, req.cgroups_path.as_deref(), window)?;
+    let net = network::plan(spec)?;
+    if net.taps > 0 {
+        plan::guest_network_namespace(&mut gplan.config, req.id);
+    } else if net.namespace == network::Namespace::Host {
+        crate::logging::warn_once(
+            "vm-host-network",
+            "the container shares the host's network namespace, which a VM cannot: the guest has loopback only \
+             (give it a network namespace to reach the network)",
+        );
+    }
     let exe = crate::linux::exe::original_exe();
     let guest = guest::resolve(
         &GuestOptions {
@@ -468,7 +494,7 @@ fn create(req: &CreateRequest<'_>, hooks: &mut RuntimeHooks<'_>) -> Result<Creat
         linux_devices: None,
     })?;
     let join = cgroups.prepare()?;
-    let mut guard = Guard { pid: None, cgroups: &cgroups, armed: true };
+    let mut guard = Guard { pid: None, cgroups: &cgroups, wired: network::Wired::default(), armed: true };
 
     let dir = &req.dir.path;
     let root = vmm_root(dir);
@@ -503,7 +529,8 @@ fn create(req: &CreateRequest<'_>, hooks: &mut RuntimeHooks<'_>) -> Result<Creat
             .iter()
             .map(|d| DiskConfig { path: d.source.clone(), read_only: d.read_only, serial: d.guest.serial.clone() })
             .collect(),
-        nets: vec![],
+        // Their TAPs are opened by the VMM process, in its namespace.
+        nets: net.devices(),
         api: Some(jail::root::host_path(&root, jail::root::API)),
         // Free page reporting gives back what the guest frees; `update
         // --memory` sets a target through the control socket.
@@ -525,6 +552,7 @@ fn create(req: &CreateRequest<'_>, hooks: &mut RuntimeHooks<'_>) -> Result<Creat
         events: events_w,
         control: control_r,
         join,
+        net: net.clone(),
     };
     let (control_w_raw, events_r_raw) = (control_w.as_raw_fd(), events_r.as_raw_fd());
     // In the parent the closure (and with it the VMM's ends of the pipes,
@@ -556,13 +584,20 @@ fn create(req: &CreateRequest<'_>, hooks: &mut RuntimeHooks<'_>) -> Result<Creat
     let deadline = Instant::now() + size.boot_timeout;
     let mut client = AgentClient::connect(&uds, deadline)?;
     client.set_timeout(Some(Duration::from_secs(120)));
-    // Disks came in 1.2, a rootfs on a disk in 1.3.
-    let minor = if gplan.disks.iter().any(|d| d.guest.rootfs.is_some()) { 3 } else { 2 };
+    // Disks came in 1.2, a rootfs on a disk in 1.3, the network in 1.4.
+    let minor = if net.taps > 0 {
+        4
+    } else if gplan.disks.iter().any(|d| d.guest.rootfs.is_some()) {
+        3
+    } else {
+        2
+    };
     let disks_from = crate::agent::ProtocolVersion { major: 1, minor };
-    if !gplan.disks.is_empty() && client.agent_protocol().is_some_and(|v| v.minor < disks_from.minor) {
+    if (!gplan.disks.is_empty() || net.taps > 0) && client.agent_protocol().is_some_and(|v| v.minor < disks_from.minor)
+    {
         return Err(VmError::Config(format!(
-            "the guest agent speaks protocol {}, which has no disks (they need {disks_from}): rebuild the guest \
-             image with this amphi's agent",
+            "the guest agent speaks protocol {}, which lacks what this container needs (disks or a network: \
+             protocol {disks_from}): rebuild the guest image with this amphi's agent",
             client.agent_protocol().map(|v| v.to_string()).unwrap_or_default()
         )));
     }
@@ -570,6 +605,20 @@ fn create(req: &CreateRequest<'_>, hooks: &mut RuntimeHooks<'_>) -> Result<Creat
         h.prestart().as_ref().is_some_and(|l| !l.is_empty())
             || h.create_runtime().as_ref().is_some_and(|l| !l.is_empty())
     });
+    // The guest namespace the config names is made before the container;
+    // interfaces the engine made before `create` go in at once (sysctls
+    // and the runtime find them there), those a hook adds after it.
+    if net.taps > 0 {
+        let (netreq, wired) = match net.namespace {
+            network::Namespace::Path(_) => network::wire(req.id, pid, &net)?,
+            _ => (
+                NetworkRequest { id: req.id.to_string(), interfaces: Vec::new(), routes: Vec::new() },
+                Default::default(),
+            ),
+        };
+        guard.wired = wired;
+        configure_network(&mut client, netreq)?;
+    }
     let mut created = client.create_container(CreateContainerRequest {
         id: req.id.to_string(),
         config: gplan.config,
@@ -583,6 +632,13 @@ fn create(req: &CreateRequest<'_>, hooks: &mut RuntimeHooks<'_>) -> Result<Creat
     if created.hooks_pending {
         hooks(pid)?;
         created = client.resume_create(req.id)?;
+    }
+    if net.taps > 0 && net.namespace == network::Namespace::New {
+        let (netreq, wired) = network::wire(req.id, pid, &net)?;
+        guard.wired = wired;
+        if !netreq.interfaces.is_empty() {
+            configure_network(&mut client, netreq)?;
+        }
     }
     crate::logging::timing("create:container_created");
     crate::logging::debug_with(|| {
@@ -614,8 +670,14 @@ fn create(req: &CreateRequest<'_>, hooks: &mut RuntimeHooks<'_>) -> Result<Creat
     // until then it ends when `create` does (EOF on the control pipe).
     guard.armed = false;
     let api = jail::root::host_path(&vmm_root(dir), jail::root::API);
-    let sandbox_state = serde_json::to_value(VmState { vsock: uds, cgroup: cgroups.state().clone(), console_log, api })
-        .map_err(|e| VmError::Config(format!("cannot record the VM's state: {e}")))?;
+    let sandbox_state = serde_json::to_value(VmState {
+        vsock: uds,
+        cgroup: cgroups.state().clone(),
+        console_log,
+        api,
+        net: guard.wired.clone(),
+    })
+    .map_err(|e| VmError::Config(format!("cannot record the VM's state: {e}")))?;
     let launcher: Option<Box<dyn Launch>> = match req.mode {
         LaunchMode::Attached => Some(Box::new(Attached { client, id: req.id.to_string() })),
         LaunchMode::Deferred => None,
@@ -623,6 +685,13 @@ fn create(req: &CreateRequest<'_>, hooks: &mut RuntimeHooks<'_>) -> Result<Creat
     let console = if req.keep_console { master } else { None };
     let commit: Option<Box<dyn Commit>> = Some(Box::new(HandOver { control: control_w }));
     Ok(Created { pid, pid_start_time: start_time, sandbox_state, console, launcher, commit })
+}
+
+fn configure_network(client: &mut AgentClient, req: NetworkRequest) -> Result<(), VmError> {
+    let id = req.id.clone();
+    let r = client.configure_network(req)?;
+    crate::logging::debug_with(|| format!("create {id}: guest interfaces [{}]", r.names.join(", ")));
+    Ok(())
 }
 
 /// The commit: a byte on the control pipe tells the VMM that the container

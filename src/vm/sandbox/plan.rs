@@ -236,7 +236,9 @@ fn is_bind(m: &oci_spec::runtime::Mount) -> bool {
 /// ([`disks::plan`]). Host-only parts go: the
 /// poststart and poststop hooks (the host runs them, as it runs prestart
 /// and createRuntime when the guest hands them over), and the path of the
-/// network namespace (the VMM lives in it; the guest gets its own).
+/// network namespace (the VMM lives in it; the guest gets a namespace of
+/// its own, made by the agent when the VM has interfaces:
+/// [`guest_network_namespace`]).
 /// Joining any other existing namespace cannot work across the VM
 /// boundary and is refused.
 pub fn guest_plan(
@@ -368,6 +370,18 @@ pub fn balloon_target_mib(memory_mib: u64, limit: Option<i64>) -> u64 {
     match limit {
         Some(l) if l > 0 => memory_mib.saturating_sub((l as u64).div_ceil(1 << 20) + MEMORY_OVERHEAD_MIB),
         _ => 0,
+    }
+}
+
+/// Points the guest config's network namespace at the one the agent
+/// makes for container `id` and moves the VM's interfaces into
+/// (`configure_network`), so the container has a namespace of its own
+/// with them in it, as it would with runc.
+pub fn guest_network_namespace(config: &mut Value, id: &str) {
+    if let Some(nss) = config["linux"]["namespaces"].as_array_mut() {
+        for n in nss.iter_mut().filter(|n| n["type"] == "network") {
+            n["path"] = json!(format!("{}/{id}", crate::agent::container::GUEST_NETNS_DIR));
+        }
     }
 }
 

@@ -7,6 +7,8 @@
 //!   through `kill`, or through `run`'s forwarding, and it forwards them
 //!   to the guest),
 //! - joins the container's cgroup on the host,
+//! - joins (or makes) the container's network namespace and opens the
+//!   VM's TAPs there (`network`),
 //! - closes every descriptor it does not need (a client's sync pipe must
 //!   not be held open by the VMM, nor the container's lock),
 //! - makes a private mount namespace holding the virtio-fs share: a small
@@ -33,14 +35,16 @@ use std::time::{Duration, Instant};
 use nix::mount::{mount, MsFlags};
 use nix::sys::signal::{SigSet, Signal};
 
+use super::network::{Namespace, NetPlan};
 use super::plan::ShareEntry;
 use super::stdio::{self, Local};
 use crate::agent::container::{ExitStatus, ResizeRequest, SignalRequest, StreamKind, WaitRequest};
 use crate::linux::cgroups::Join;
 use crate::vm::agent_client::AgentClient;
+use crate::vm::devices::virtio::net::tap::Tap;
 use crate::vm::jail::{self, seccomp::ThreadKind};
 use crate::vm::process::{self, ChildEvent};
-use crate::vm::vmm::{self, SerialOutput, VmmConfig, VmmEvent};
+use crate::vm::vmm::{self, SerialOutput, TapFd, VmmConfig, VmmEvent};
 
 /// Everything the VMM process needs, prepared by `create`.
 pub struct VmmPlan {
@@ -59,6 +63,8 @@ pub struct VmmPlan {
     /// container exists; EOF before it means `create` failed or died.
     pub control: OwnedFd,
     pub join: Join,
+    /// The network namespace to live in, and the TAPs to open there.
+    pub net: NetPlan,
 }
 
 /// The signals the VMM forwards to the workload (those `run` forwards to
@@ -108,6 +114,28 @@ pub(super) fn close_others(keep: &[RawFd]) {
             unsafe { libc::close(fd) };
         }
     }
+}
+
+/// Joins or makes the VMM's network namespace and opens its TAPs there
+/// (`config.nets` gets their descriptors).
+fn enter_network(net: &NetPlan, config: &mut VmmConfig) -> Result<(), String> {
+    use nix::sched::CloneFlags;
+    match &net.namespace {
+        Namespace::Host => {}
+        Namespace::New => {
+            nix::sched::unshare(CloneFlags::CLONE_NEWNET).map_err(|e| format!("make a network namespace: {e}"))?
+        }
+        Namespace::Path(p) => {
+            let f = std::fs::File::open(p).map_err(|e| format!("open the network namespace {}: {e}", p.display()))?;
+            nix::sched::setns(&f, CloneFlags::CLONE_NEWNET)
+                .map_err(|e| format!("join the network namespace {}: {e}", p.display()))?;
+        }
+    }
+    for n in &mut config.nets {
+        let tap = Tap::open(&n.tap).map_err(|e| crate::logging::chain(&e))?;
+        n.fd = Some(TapFd(Arc::new(tap.into_fd())));
+    }
+    Ok(())
 }
 
 /// The share: a private tmpfs with each entry bind-mounted into it, in the
@@ -194,7 +222,7 @@ pub(super) fn exit_like(status: ExitStatus) -> ! {
 
 /// Body of the forked VMM process. Never returns into the caller's code.
 pub fn run(plan: VmmPlan) -> i32 {
-    let VmmPlan { id, mut config, root, entries, session, streams, local, events, control, join } = plan;
+    let VmmPlan { id, mut config, root, entries, session, streams, local, events, control, join, net } = plan;
     let events = Arc::new(Events(Mutex::new(std::fs::File::from(events))));
     let fail = |what: &str, e: String| {
         events.send(&ChildEvent::Error { message: format!("{what}: {e}") });
@@ -205,7 +233,13 @@ pub fn run(plan: VmmPlan) -> i32 {
     if let Err(e) = join.join_self() {
         return fail("cannot join the container's cgroup", crate::logging::chain(&e));
     }
+    // The network namespace first: hooks find it through this pid, and the
+    // TAPs need CAP_NET_ADMIN there, which the jail drops.
+    if let Err(e) = enter_network(&net, &mut config) {
+        return fail("cannot set up the VM's network", e);
+    }
     let mut keep = vec![events.0.lock().unwrap_or_else(|e| e.into_inner()).as_raw_fd(), control.as_raw_fd()];
+    keep.extend(config.nets.iter().filter_map(|n| n.fd.as_ref().map(|f| f.0.as_raw_fd())));
     if let Local::Tty(t) = &local {
         keep.push(t.as_raw_fd());
     }

@@ -13,7 +13,7 @@ pub mod memory;
 pub mod vcpu;
 
 use std::io::Write;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -193,7 +193,23 @@ pub struct NetConfig {
     pub tap: String,
     pub mac: [u8; 6],
     pub mtu: u16,
+    /// The TAP, opened already (by a process that could, in the namespace
+    /// it lives in); `None`: the VMM opens `tap` itself.
+    pub fd: Option<TapFd>,
 }
+
+/// An open TAP handed to the VMM. Shared, so configs stay `Clone`; the
+/// device takes a duplicate.
+#[derive(Debug, Clone)]
+pub struct TapFd(pub Arc<OwnedFd>);
+
+impl PartialEq for TapFd {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for TapFd {}
 
 /// The MTU when none is given: Ethernet's.
 pub const DEFAULT_MTU: u16 = 1500;
@@ -224,17 +240,8 @@ pub enum NetArgError {
 }
 
 fn parse_mac(s: &str) -> Option<[u8; 6]> {
-    let mut mac = [0u8; 6];
-    let mut parts = s.split(':');
-    for b in &mut mac {
-        let p = parts.next()?;
-        if p.len() != 2 {
-            return None;
-        }
-        *b = u8::from_str_radix(p, 16).ok()?;
-    }
     // Multicast addresses cannot be a station's.
-    (parts.next().is_none() && mac[0] & 1 == 0).then_some(mac)
+    crate::linux::net::Mac::parse(s).filter(|m| m.is_unicast()).map(|m| m.0)
 }
 
 /// `TAP[,mac=XX:XX:XX:XX:XX:XX][,mtu=N]`.
@@ -248,7 +255,7 @@ impl std::str::FromStr for NetConfig {
         if !crate::vm::devices::virtio::net::check_name(tap) || tap.contains('=') {
             return Err(NetArgError::Name(s.to_string()));
         }
-        let mut cfg = NetConfig { tap: tap.to_string(), mac: NetConfig::default_mac(tap), mtu: DEFAULT_MTU };
+        let mut cfg = NetConfig { tap: tap.to_string(), mac: NetConfig::default_mac(tap), mtu: DEFAULT_MTU, fd: None };
         for p in parts {
             match p.split_once('=') {
                 Some(("mac", v)) => cfg.mac = parse_mac(v).ok_or_else(|| NetArgError::Mac(s.to_string()))?,
@@ -621,7 +628,7 @@ pub fn run(
     for net in &config.nets {
         // As for disks: the TAP is attached and the worker started here,
         // before any seccomp filter (TUNSETIFF is in none).
-        let dev = VirtioNet::new(&net.tap, net.mac, net.mtu)?;
+        let dev = VirtioNet::new(&net.tap, net.fd.as_ref().map(|f| f.0.as_ref()), net.mac, net.mtu)?;
         virtio.push(VirtioSlot { name: "virtio-net", device: Arc::new(Mutex::new(dev)), events: None });
     }
     if virtio.len() > layout::VIRTIO_MMIO_MAX_DEVICES {
@@ -808,7 +815,7 @@ mod tests {
         assert_eq!(n.mac[0], 0x02, "locally administered unicast");
         assert_ne!(NetConfig::default_mac("tap0"), NetConfig::default_mac("tap1"));
         let full: NetConfig = "vm-tap,mac=52:54:00:AB:cd:01,mtu=9000".parse().unwrap();
-        assert_eq!(full, NetConfig { tap: "vm-tap".into(), mac: [0x52, 0x54, 0, 0xab, 0xcd, 1], mtu: 9000 });
+        assert_eq!(full, NetConfig { tap: "vm-tap".into(), mac: [0x52, 0x54, 0, 0xab, 0xcd, 1], mtu: 9000, fd: None });
         assert_eq!(full.to_string(), "vm-tap,mac=52:54:00:ab:cd:01,mtu=9000");
         let mtu_first: NetConfig = "t,mtu=1400,mac=02:00:00:00:00:01".parse().unwrap();
         assert_eq!((mtu_first.mtu, mtu_first.mac[5]), (1400, 1));

@@ -12,6 +12,7 @@
 //! go of them (virtio 1.2, 2.4); the worker then waits for the next
 //! activation. Dropping the device ends the worker without waiting for it.
 
+use std::os::fd::OwnedFd;
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::Arc;
 
@@ -73,9 +74,14 @@ pub struct VirtioNet {
 }
 
 impl VirtioNet {
-    /// Attaches to the TAP `tap` and starts the device's worker thread.
-    pub fn new(tap: &str, mac: [u8; 6], mtu: u16) -> Result<Self, TapError> {
-        let t = Tap::open(tap)?;
+    /// Attaches to the TAP `tap` (or takes a duplicate of `opened`, the
+    /// same TAP opened by someone who could) and starts the device's
+    /// worker thread.
+    pub fn new(tap: &str, opened: Option<&OwnedFd>, mac: [u8; 6], mtu: u16) -> Result<Self, TapError> {
+        let t = match opened {
+            Some(fd) => Tap::from_fd(tap, fd)?,
+            None => Tap::open(tap)?,
+        };
         Self::with_backend(t, mac, mtu).map_err(|source| TapError::Worker { name: tap.to_string(), source })
     }
 

@@ -11,7 +11,7 @@
 
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
 
 /// Length of the virtio-net header on the TAP and in guest buffers
@@ -125,6 +125,18 @@ impl Tap {
         let mut tap = Tap { file, name: name.to_string() };
         tap.set_offload(0).map_err(|e| ioctl_err("TUNSETOFFLOAD", e))?;
         Ok(tap)
+    }
+
+    /// The TAP behind `fd`, which [`Tap::open`] (or the same steps)
+    /// attached: a duplicate, so the caller keeps its own.
+    pub fn from_fd(name: &str, fd: &OwnedFd) -> Result<Self, TapError> {
+        let file = fd.try_clone().map_err(|source| TapError::Open { name: name.to_string(), source })?;
+        Ok(Tap { file: File::from(file), name: name.to_string() })
+    }
+
+    /// The descriptor, for a process that hands the TAP on.
+    pub fn into_fd(self) -> OwnedFd {
+        OwnedFd::from(self.file)
     }
 
     pub fn name(&self) -> &str {

@@ -385,7 +385,7 @@ fn a_real_tap_carries_frames_both_ways() {
     std::thread::spawn(|| {
         nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
         let name = "amphinet0";
-        let mut dev = VirtioNet::new(name, MAC, 1500).unwrap();
+        let mut dev = VirtioNet::new(name, None, MAC, 1500).unwrap();
         crate::vm::devices::virtio::net::tap::bring_up(name).unwrap();
         let sock = PacketSocket::open(name, ETH_P_TEST);
         let ip_sock = PacketSocket::open(name, 0x0800);
