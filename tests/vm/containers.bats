@@ -69,6 +69,12 @@ vmm_rss_kib() {
   awk '/^VmRSS:/ {print $2}' "/proc/$(A state "$1" | jq -r .pid)/status"
 }
 
+# vmm_cgroup ID FILE: FILE of the VMM's cgroup on the host (the test host
+# runs cgroup2 alone: the "0::" line of /proc/PID/cgroup).
+vmm_cgroup() {
+  cat "/sys/fs/cgroup$(sed -n 's/^0:://p' "/proc/$(A state "$1" | jq -r .pid)/cgroup")/$2"
+}
+
 @test "run: the workload's output and exit code come back" {
   b=$(mkbundle out ".process.args = $(args /bin/sh -c 'echo out; echo err >&2; exit 7')")
   run --separate-stderr A run --bundle "$b" vmc-out
@@ -327,6 +333,20 @@ mountinfo" ]
   A resume vmc-ops
   [ "$(A state vmc-ops | jq -r .status)" = running ]
   A update --pids-limit 50 vmc-ops
+  # CPU settings reach both cgroups: the guest's, and the VMM's on the
+  # host, where they throttle the vCPU threads.
+  A update --cpu-quota 50000 --cpu-period 100000 vmc-ops
+  [ "$(vmm_cgroup vmc-ops cpu.max)" = "50000 100000" ]
+  run A exec vmc-ops cat /sys/fs/cgroup/cpu.max
+  trace
+  [ "$output" = "50000 100000" ]
+  # A cpuset naming a CPU the 1-vCPU guest lacks is refused there, before
+  # the host changes.
+  host_cpus=$(vmm_cgroup vmc-ops cpuset.cpus)
+  run A update --cpuset-cpus 3 vmc-ops
+  trace
+  [ "$status" -ne 0 ]
+  [ "$(vmm_cgroup vmc-ops cpuset.cpus)" = "$host_cpus" ]
   run A events --stats vmc-ops
   trace
   [ "$status" -eq 0 ]
@@ -497,27 +517,73 @@ SH
   done
   echo "VMM RSS: $full KiB filled, $(vmm_rss_kib vmc-mem) KiB after the guest freed 160 MiB"
   [ "$(vmm_rss_kib vmc-mem)" -lt $((full - 100 * 1024)) ]
+  # The VMM's host cgroup: guest RAM + 64 MiB for the VMM.
+  [ "$(vmm_cgroup vmc-mem memory.max)" = $(((384 + 64) << 20)) ]
   # update --memory 64M: the guest keeps 64 + 128 MiB, the balloon takes
-  # the other 192 MiB.
+  # the other 192 MiB; update returns once the guest has given them.
+  start=$(date +%s%N)
   A update --memory 64M vmc-mem
-  for _ in $(seq 60); do
-    [ "$(vmm_api vmc-mem '{"op":"stats"}' | jq -r .stats.balloon.actual_mib)" = 192 ] && break
-    sleep 0.5
-  done
+  echo "update --memory 64M took $(( ($(date +%s%N) - start) / 1000000 )) ms"
   run vmm_api vmc-mem '{"op":"stats"}'
   trace
   [ "$(echo "$output" | jq -r .stats.balloon.target_mib)" = 192 ]
   [ "$(echo "$output" | jq -r .stats.balloon.actual_mib)" = 192 ]
   [ "$(echo "$output" | jq -r .stats.balloon.freed_mib)" -ge 100 ]
+  # The host cgroup followed, once the guest had given it back: what the
+  # guest keeps plus the VMM, (384 - 192) + 64 MiB.
+  [ "$(vmm_cgroup vmc-mem memory.max)" = $(((384 - 192 + 64) << 20)) ]
   # The workload still runs; the guest cgroup got the new limit too.
   run A exec vmc-mem cat /sys/fs/cgroup/memory.max
   trace
   [ "$output" = 67108864 ]
+  # More than the boot size: the guest's cgroup takes it, the balloon gives
+  # everything back and the host limit returns to guest RAM + 64 MiB; guest
+  # RAM itself does not grow, which update says.
+  run --separate-stderr A update --memory 1G vmc-mem
+  trace
+  [ "$status" -eq 0 ]
+  [[ "$stderr" == *"cannot grow while the VM runs"* ]]
+  [ "$(vmm_cgroup vmc-mem memory.max)" = $(((384 + 64) << 20)) ]
+  [ "$(vmm_api vmc-mem '{"op":"stats"}' | jq -r .stats.balloon.target_mib)" = 0 ]
+  run A exec vmc-mem cat /sys/fs/cgroup/memory.max
+  trace
+  [ "$output" = 1073741824 ]
   # A balloon that would leave the guest nothing is refused by name.
   run vmm_api vmc-mem '{"op":"balloon","target_mib":380}'
   [[ "$output" == *"ask for at most 320 MiB"* ]]
   A delete --force vmc-mem
   nothing_left vmc-mem
+}
+
+@test "a guest that cannot give its memory back keeps the VMM's host limit, and update --memory says why" {
+  # 200 MiB of tmpfs the guest cannot reclaim (no swap), held by an init
+  # the OOM killer may not pick: a 64M limit leaves the guest short of the
+  # 192 MiB the balloon asks.
+  b=$(mkbundle stuck ".process.args = $(args /bin/sh -c 'dd if=/dev/zero of=/dev/shm/fill bs=1M count=200 2>/dev/null; touch /dev/shm/filled; exec sleep 1000')
+    | .process.oomScoreAdj = -1000
+    | .linux.resources.memory.limit = 268435456
+    | (.mounts[] | select(.destination == \"/dev/shm\") | .options) |= map(select(startswith(\"size=\") | not)) + [\"size=240m\"]")
+  A run -d --bundle "$b" vmc-stuck </dev/null >/dev/null 2>&1
+  for _ in $(seq 100); do A exec vmc-stuck test -e /dev/shm/filled && break; sleep 0.3; done
+  A exec vmc-stuck test -e /dev/shm/filled
+  run --separate-stderr A update --memory 64M vmc-stuck
+  trace
+  [ "$status" -eq 1 ]
+  [[ "$stderr" == *"update vmc-stuck: after "*"s the guest has given back "*" of the 192 MiB"* ]]
+  [[ "$stderr" == *"keeps its memory limit (448 MiB): 256 MiB now would have the host OOM-kill the VM"* ]]
+  # The VM lives on under the host limit it had (its container's cgroup,
+  # over its new limit, has no room for an exec now).
+  [ "$(vmm_cgroup vmc-stuck memory.max)" = $(((384 + 64) << 20)) ]
+  [ "$(A state vmc-stuck | jq -r .status)" = running ]
+  # Back up: nothing to wait for, the balloon lets go, the container runs.
+  A update --memory 256M vmc-stuck
+  [ "$(vmm_api vmc-stuck '{"op":"stats"}' | jq -r .stats.balloon.target_mib)" = 0 ]
+  [ "$(vmm_cgroup vmc-stuck memory.max)" = $(((384 + 64) << 20)) ]
+  run A exec vmc-stuck cat /sys/fs/cgroup/memory.max
+  trace
+  [ "$output" = 268435456 ]
+  A delete --force vmc-stuck
+  nothing_left vmc-stuck
 }
 
 @test "a root filesystem from a disk image (run.amphi.vm.rootfs) is the container's root, and keeps what it writes" {

@@ -12,11 +12,14 @@
 //!   what was made.
 //! - `start`, `kill` go to the agent; SIGKILL ends the VMM itself when the
 //!   agent does not answer or the VM does not go.
+//! - `update` goes to the guest's cgroup and the VMM's host cgroup, whose
+//!   memory limit follows the balloon ([`live`]).
 //! - `destroy` makes sure the VMM is gone and removes its cgroup. Its
 //!   mounts lived in its own mount namespace and went with it.
 
 pub mod disks;
 pub mod exec_relay;
+pub mod live;
 pub mod network;
 pub mod plan;
 pub mod stdio;
@@ -117,6 +120,8 @@ pub enum VmError {
     #[error(transparent)]
     Api(#[from] api::ApiError),
     #[error(transparent)]
+    Live(#[from] live::LiveError),
+    #[error(transparent)]
     Network(#[from] network::NetworkError),
 }
 
@@ -151,6 +156,7 @@ impl From<VmError> for SandboxError {
                 SandboxError::Unsupported(format!("inside the VM: {}", a.message))
             }
             VmError::Hook(h) => SandboxError::Hook(h),
+            VmError::Live(l @ live::LiveError::NoHostMemory { .. }) => SandboxError::Unsupported(l.to_string()),
             VmError::Network(n @ (network::NetworkError::Taken { .. } | network::NetworkError::TooMany { .. })) => {
                 SandboxError::BadConfig(n.to_string())
             }
@@ -258,28 +264,13 @@ impl Sandbox for VmSandbox {
     }
 
     /// The guest's cgroup gets every change; the VMM's host cgroup the CPU
-    /// ones (they limit the vCPU threads). Guest RAM cannot change size
-    /// while the VM runs, so a memory change applies inside the guest only.
+    /// ones (they limit the vCPU threads) and a memory limit that follows
+    /// the balloon ([`live`]).
     fn update(&self, state: &State, resources: &LinuxResources) -> Result<(), SandboxError> {
-        let json = serde_json::to_value(resources).map_err(|e| VmError::Config(e.to_string()))?;
-        connect(state, CALL_TIMEOUT)?
-            .update(UpdateRequest { id: state.id.clone(), resources: json })
-            .map_err(VmError::from)?;
-        // A lower memory limit also takes guest RAM back through the
-        // balloon (a VMM from before the control socket has none).
         let vs = vm_state(state);
-        if let Some(limit) = resources.memory().as_ref().and_then(|m| m.limit()) {
-            if !vs.api.as_os_str().is_empty() {
-                let stats = api::call(&vs.api, &api::Request::Stats, CALL_TIMEOUT).map_err(VmError::from)?;
-                let target_mib = plan::balloon_target_mib(stats.memory_mib, Some(limit));
-                api::call(&vs.api, &api::Request::Balloon { target_mib }, CALL_TIMEOUT).map_err(VmError::from)?;
-            }
-        }
-        if let Some(cpu) = resources.cpu() {
-            let host: LinuxResources = serde_json::from_value(serde_json::json!({ "cpu": cpu })).unwrap_or_default();
-            let mut cg = Manager::from_state(vm_state(state).cgroup);
-            cg.update(&host).map_err(VmError::from)?;
-        }
+        let cgroup = Manager::from_state(vs.cgroup.clone());
+        let mut vm = Running { state, vs, cgroup };
+        live::update(&mut vm, &state.id, resources, live::RETURN_DEADLINE)?;
         Ok(())
     }
 
@@ -305,6 +296,50 @@ impl Sandbox for VmSandbox {
         // cgroup, whatever the guest says.
         stats.host = Some(Box::new(Manager::from_state(vm_state(state).cgroup).runc_stats()));
         Ok(stats)
+    }
+}
+
+/// A running VM container as `update` acts on it.
+struct Running<'a> {
+    state: &'a State,
+    vs: VmState,
+    cgroup: Manager,
+}
+
+impl live::LiveVm for Running<'_> {
+    fn update_guest(&mut self, resources: &LinuxResources) -> Result<(), VmError> {
+        let json = serde_json::to_value(resources).map_err(|e| VmError::Config(e.to_string()))?;
+        connect(self.state, CALL_TIMEOUT)?.update(UpdateRequest { id: self.state.id.clone(), resources: json })?;
+        Ok(())
+    }
+
+    fn vmm_stats(&mut self) -> Result<Option<api::VmmStats>, VmError> {
+        if self.vs.api.as_os_str().is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(api::call(&self.vs.api, &api::Request::Stats, CALL_TIMEOUT)?))
+    }
+
+    fn set_balloon(&mut self, target_mib: u64) -> Result<(), VmError> {
+        api::call(&self.vs.api, &api::Request::Balloon { target_mib }, CALL_TIMEOUT)?;
+        Ok(())
+    }
+
+    fn host_memory(&mut self) -> Option<live::HostMemory> {
+        let m = self.cgroup.stats().ok()?.memory?;
+        Some(live::HostMemory { usage: m.usage, limit: m.limit })
+    }
+
+    fn update_host(&mut self, resources: &LinuxResources) -> Result<(), VmError> {
+        Ok(self.cgroup.update(resources)?)
+    }
+
+    fn now(&self) -> Instant {
+        Instant::now()
+    }
+
+    fn sleep(&mut self, d: Duration) {
+        std::thread::sleep(d)
     }
 }
 

@@ -355,11 +355,31 @@ pub fn host_resources(spec: &Spec, size: &VmSize) -> Value {
         out["cpu"] = serde_json::to_value(cpu).unwrap_or(Value::Null);
     }
     if res.and_then(|r| r.memory().as_ref()).and_then(|m| m.limit()).is_some_and(|l| l > 0) {
-        // Saturating: a VmSize built by hand may be larger than size() allows.
-        let bytes = size.memory_mib.saturating_add(VMM_OVERHEAD_MIB).saturating_mul(1 << 20);
-        out["memory"] = json!({"limit": i64::try_from(bytes).unwrap_or(i64::MAX)});
+        out["memory"] = json!({"limit": mib_to_bytes(host_limit_mib(size.memory_mib, 0))});
     }
     out
+}
+
+/// The memory limit of the VMM's host cgroup when the balloon has taken
+/// `target_mib` of a guest of `memory_mib` back: what the VM may still
+/// hold, plus the VMM itself. Saturating: a VmSize built by hand may be
+/// larger than [`size`] allows.
+pub fn host_limit_mib(memory_mib: u64, target_mib: u64) -> u64 {
+    memory_mib.saturating_sub(target_mib).saturating_add(VMM_OVERHEAD_MIB)
+}
+
+/// A size in MiB as the byte count a cgroup limit takes, capped at
+/// `i64::MAX` (the spec's type).
+pub fn mib_to_bytes(mib: u64) -> i64 {
+    i64::try_from(mib.saturating_mul(1 << 20)).unwrap_or(i64::MAX)
+}
+
+/// The most a memory limit of the workload can use of a guest of
+/// `memory_mib`: the rest is the overhead [`size`] adds at boot. A larger
+/// limit is kept by the guest's cgroup, but RAM does not grow past the boot
+/// size while the VM runs (no memory hotplug).
+pub fn workload_room_mib(memory_mib: u64) -> u64 {
+    memory_mib.saturating_sub(MEMORY_OVERHEAD_MIB)
 }
 
 /// The balloon target that leaves a guest of `memory_mib` with what a new
@@ -368,7 +388,7 @@ pub fn host_resources(spec: &Spec, size: &VmSize) -> Value {
 /// limit at or above the boot size, or none, takes nothing back.
 pub fn balloon_target_mib(memory_mib: u64, limit: Option<i64>) -> u64 {
     match limit {
-        Some(l) if l > 0 => memory_mib.saturating_sub((l as u64).div_ceil(1 << 20) + MEMORY_OVERHEAD_MIB),
+        Some(l) if l > 0 => workload_room_mib(memory_mib).saturating_sub((l as u64).div_ceil(1 << 20)),
         _ => 0,
     }
 }
@@ -414,6 +434,19 @@ mod tests {
         assert_eq!(balloon_target_mib(ram, Some(1 << 40)), 0);
         assert_eq!(balloon_target_mib(ram, Some(-1)), 0, "unlimited");
         assert_eq!(balloon_target_mib(ram, None), 0);
+    }
+
+    #[test]
+    fn the_host_limit_follows_what_the_balloon_leaves() {
+        // 384 MiB of RAM, 192 of them in the balloon: 192 + 64 MiB.
+        assert_eq!(host_limit_mib(384, 192), 256);
+        assert_eq!(host_limit_mib(384, 0), 384 + VMM_OVERHEAD_MIB);
+        assert_eq!(host_limit_mib(384, 1000), VMM_OVERHEAD_MIB, "a target past the RAM leaves the VMM");
+        assert_eq!(host_limit_mib(u64::MAX, 0), u64::MAX);
+        assert_eq!(mib_to_bytes(256), 256 << 20);
+        assert_eq!(mib_to_bytes(u64::MAX), i64::MAX);
+        assert_eq!(workload_room_mib(384), 256);
+        assert_eq!(workload_room_mib(100), 0);
     }
 
     #[test]
