@@ -39,7 +39,7 @@ work=$(mktemp -d /tmp/amphi-vmnet.XXXXXX)
 cleanup() {
   for i in $("$amphi" --root "$work/root" list -q 2>/dev/null); do "$amphi" --root "$work/root" delete -f "$i"; done
   for iso in container vm; do
-    ip link del "h-bench-$iso" 2>/dev/null
+    ip link del "hb-$iso" 2>/dev/null
     ip netns del "amphi-bench-$iso" 2>/dev/null
   done
   rm -rf "$work"
@@ -49,12 +49,12 @@ declare -A subnet=([container]=10.232.1 [vm]=10.232.2)
 for iso in container vm; do
   ns=amphi-bench-$iso
   ip netns add "$ns"
-  ip link add "h-bench-$iso" type veth peer name eth0 netns "$ns"
+  ip link add "hb-$iso" type veth peer name eth0 netns "$ns"
   ip -n "$ns" link set lo up
   ip -n "$ns" link set eth0 up
   ip -n "$ns" addr add "${subnet[$iso]}.2/24" dev eth0
-  ip link set "h-bench-$iso" up
-  ip addr add "${subnet[$iso]}.1/24" dev "h-bench-$iso"
+  ip link set "hb-$iso" up
+  ip addr add "${subnet[$iso]}.1/24" dev "hb-$iso"
 done
 
 bundle() { # ISOLATION: a bundle in that isolation, in the namespace, listening
