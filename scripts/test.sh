@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, tier by tier (docs/testing.md), as root:
-#   lint        cargo fmt --check; cargo clippy --all-targets -D warnings
+#   lint        cargo fmt --check; cargo clippy --all-targets -D warnings;
+#               fuzz/Cargo.lock up to date
 #   unit        unit and no-root black-box tests        cargo test --workspace
 #   root        root integration tests                   cargo test --workspace -- --ignored
 #   crash       kill -9 of every command at named points and random
@@ -105,6 +106,14 @@ lint() {
     p=$((p + 1)); echo "ok - cargo clippy -D warnings"
   else
     f=$((f + 1)); echo "not ok - cargo clippy -D warnings"
+  fi
+  # The fuzz crate is a workspace of its own with its own lock file: a new
+  # dependency of amphi must be in it too, or the fuzz tier fails at the
+  # end of a run; this says so in seconds.
+  if cargo fetch --locked --target x86_64-unknown-linux-gnu --manifest-path fuzz/Cargo.toml > /dev/null; then
+    p=$((p + 1)); echo "ok - fuzz/Cargo.lock is up to date"
+  else
+    f=$((f + 1)); echo "not ok - fuzz/Cargo.lock is out of date (run: cd fuzz && cargo update -w)"
   fi
   echo "lint: $p passed, $f failed"
   [ "$f" = 0 ]
