@@ -26,12 +26,8 @@ if [ $# -gt 0 ] && [ -x "$1" ]; then amphi=$1; shift; fi
 counts=("$@")
 [ ${#counts[@]} -gt 0 ] || counts=(1 5 10)
 repo=$(cd "$(dirname "$0")/.." && pwd)
-[ "$(id -u)" = 0 ] || { echo "vm-density: run as root" >&2; exit 2; }
-[ -x "$amphi" ] || { echo "vm-density: no amphi binary" >&2; exit 2; }
-if [ -e /sys/module/kvm_pvm ] || ! grep -qwE 'vmx|svm' /proc/cpuinfo; then
-  echo "vm-density: this /dev/kvm cannot run stock kernels: run me in the full test host" >&2
-  exit 2
-fi
+. "$repo/bench/lib.sh"
+vm_preflight vm-density "$amphi"
 
 work=$(mktemp -d /tmp/amphi-density.XXXXXX)
 A() { "$amphi" --root "$work/root" "$@"; }

@@ -28,12 +28,8 @@ done
 shift $((OPTIND - 1))
 amphi=${1:-$(command -v amphi)}
 repo=$(cd "$(dirname "$0")/.." && pwd)
-[ "$(id -u)" = 0 ] || { echo "vm-net: run as root" >&2; exit 2; }
-[ -x "$amphi" ] || { echo "vm-net: no amphi binary" >&2; exit 2; }
-if [ -e /sys/module/kvm_pvm ] || ! grep -qwE 'vmx|svm' /proc/cpuinfo; then
-  echo "vm-net: this /dev/kvm cannot run stock kernels: run me in the full test host" >&2
-  exit 2
-fi
+. "$repo/bench/lib.sh"
+vm_preflight vm-net "$amphi"
 
 work=$(mktemp -d /tmp/amphi-vmnet.XXXXXX)
 cleanup() {

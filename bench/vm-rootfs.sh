@@ -28,13 +28,9 @@ done
 shift $((OPTIND - 1))
 amphi=${1:-$(command -v amphi)}
 repo=$(cd "$(dirname "$0")/.." && pwd)
-[ "$(id -u)" = 0 ] || { echo "vm-rootfs: run as root" >&2; exit 2; }
-[ -x "$amphi" ] || { echo "vm-rootfs: no amphi binary" >&2; exit 2; }
+. "$repo/bench/lib.sh"
+vm_preflight vm-rootfs "$amphi"
 command -v mkfs.ext4 >/dev/null || { echo "vm-rootfs: mkfs.ext4 (e2fsprogs) is needed" >&2; exit 2; }
-if [ -e /sys/module/kvm_pvm ] || ! grep -qwE 'vmx|svm' /proc/cpuinfo; then
-  echo "vm-rootfs: this /dev/kvm cannot run stock kernels: run me in the full test host" >&2
-  exit 2
-fi
 
 work=$(mktemp -d /tmp/amphi-vmrootfs.XXXXXX)
 trap 'for i in $("$amphi" --root "$work/root" list -q 2>/dev/null); do "$amphi" --root "$work/root" delete -f "$i"; done; rm -rf "$work"' EXIT

@@ -26,12 +26,8 @@ done
 shift $((OPTIND - 1))
 amphi=${1:-$(command -v amphi)}
 repo=$(cd "$(dirname "$0")/.." && pwd)
-[ "$(id -u)" = 0 ] || { echo "vm-run: run as root" >&2; exit 2; }
-[ -x "$amphi" ] || { echo "vm-run: no amphi binary" >&2; exit 2; }
-if [ -e /sys/module/kvm_pvm ] || ! grep -qwE 'vmx|svm' /proc/cpuinfo; then
-  echo "vm-run: this /dev/kvm cannot run stock kernels: run me in the nested test host" >&2
-  exit 2
-fi
+. "$repo/bench/lib.sh"
+vm_preflight vm-run "$amphi"
 
 work=$(mktemp -d /tmp/amphi-vmrun.XXXXXX)
 trap 'for i in $("$amphi" --root "$work/root" list -q 2>/dev/null); do "$amphi" --root "$work/root" delete -f "$i"; done; rm -rf "$work"' EXIT

@@ -42,22 +42,21 @@ fn exists(e: &NetError) -> bool {
     matches!(e, NetError::Netlink { source, .. } if source.raw_os_error() == Some(libc::EEXIST))
 }
 
+/// The index of the first interface whose attributes satisfy `pred`.
+fn find_link(nl: &mut Netlink, pred: impl Fn(&LinkAttribute) -> bool) -> Result<Option<u32>, NetError> {
+    let links = nl.request(RouteNetlinkMessage::GetLink(LinkMessage::default()), Kind::Dump, "list the interfaces")?;
+    Ok(links.iter().find_map(|m| match m {
+        RouteNetlinkMessage::NewLink(l) => l.attributes.iter().any(&pred).then_some(l.header.index),
+        _ => None,
+    }))
+}
+
 /// The index of the interface with `mac`, waiting up to `wait` for it to
 /// appear (a driver still probing).
 pub fn find_by_mac(nl: &mut Netlink, mac: Mac, wait: Duration) -> Result<u32, NetError> {
     let start = Instant::now();
     loop {
-        let links =
-            nl.request(RouteNetlinkMessage::GetLink(LinkMessage::default()), Kind::Dump, "list the interfaces")?;
-        let found = links.iter().find_map(|m| match m {
-            RouteNetlinkMessage::NewLink(l) => l
-                .attributes
-                .iter()
-                .any(|a| matches!(a, LinkAttribute::Address(b) if b.as_slice() == mac.0))
-                .then_some(l.header.index),
-            _ => None,
-        });
-        if let Some(i) = found {
+        if let Some(i) = find_link(nl, |a| matches!(a, LinkAttribute::Address(b) if b.as_slice() == mac.0))? {
             return Ok(i);
         }
         if start.elapsed() >= wait {
@@ -69,13 +68,7 @@ pub fn find_by_mac(nl: &mut Netlink, mac: Mac, wait: Duration) -> Result<u32, Ne
 
 /// The index of the interface `name`, if there is one.
 pub fn index_of(nl: &mut Netlink, name: &str) -> Result<Option<u32>, NetError> {
-    let links = nl.request(RouteNetlinkMessage::GetLink(LinkMessage::default()), Kind::Dump, "list the interfaces")?;
-    Ok(links.iter().find_map(|m| match m {
-        RouteNetlinkMessage::NewLink(l) => {
-            l.attributes.iter().any(|a| matches!(a, LinkAttribute::IfName(n) if n == name)).then_some(l.header.index)
-        }
-        _ => None,
-    }))
+    find_link(nl, |a| matches!(a, LinkAttribute::IfName(n) if n == name))
 }
 
 /// Sets interface `index` up, with `mac` and `mtu` when given. `name`

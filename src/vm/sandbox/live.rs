@@ -167,14 +167,13 @@ pub fn update(vm: &mut dyn LiveVm, id: &str, resources: &LinuxResources, deadlin
             None => None,
             Some(stats) => {
                 let host = vm.host_memory().ok_or_else(|| LiveError::NoHostMemory { id: id.to_string() })?;
-                if l > 0 && (l as u64).div_ceil(1 << 20) > plan::workload_room_mib(stats.memory_mib) {
+                let (asked_mib, room_mib) = ((l as u64).div_ceil(1 << 20), plan::workload_room_mib(stats.memory_mib));
+                if l > 0 && asked_mib > room_mib {
                     crate::logging::warn(&format!(
-                        "update {id}: the guest's cgroup gets the memory limit of {} MiB, but the VM keeps the \
-                         {} MiB of RAM it booted with ({} MiB of it for the workload): guest RAM cannot grow \
-                         while the VM runs",
-                        (l as u64).div_ceil(1 << 20),
-                        stats.memory_mib,
-                        plan::workload_room_mib(stats.memory_mib)
+                        "update {id}: the guest's cgroup gets the memory limit of {asked_mib} MiB, but the VM keeps \
+                         the {} MiB of RAM it booted with ({room_mib} MiB of it for the workload): guest RAM cannot \
+                         grow while the VM runs",
+                        stats.memory_mib
                     ));
                 }
                 let step = memory_step(stats.memory_mib, stats.balloon.is_some(), l, host.limit);

@@ -34,7 +34,7 @@ use crate::agent::{GuestInterface, NetworkRequest};
 use crate::linux::net::config::{index_of, redirect, remove_ingress, set_up};
 use crate::linux::net::netlink::Netlink;
 use crate::linux::net::scan::{scan, Scan};
-use crate::linux::net::{in_namespace, Interface, Mac, NetError};
+use crate::linux::net::{in_namespace, Mac, NetError};
 use crate::vm::devices::virtio::net::device::MAX_MTU;
 use crate::vm::vmm::NetConfig;
 
@@ -116,10 +116,15 @@ fn namespace_of(spec: &Spec) -> Namespace {
     }
 }
 
-/// The interfaces of a namespace that can reach a VM: Ethernet ones that
-/// are not a VM's TAP already.
-fn candidates(s: &Scan) -> Vec<&Interface> {
-    s.interfaces.iter().filter(|i| !i.name.starts_with(TAP_PREFIX) && i.kind.as_deref() != Some("tun")).collect()
+/// The interfaces of a namespace that can reach a VM (their positions in
+/// `s.interfaces`): Ethernet ones that are not a VM's TAP already.
+fn candidates(s: &Scan) -> Vec<usize> {
+    (0..s.interfaces.len())
+        .filter(|&k| {
+            let i = &s.interfaces[k];
+            !i.name.starts_with(TAP_PREFIX) && i.kind.as_deref() != Some("tun")
+        })
+        .collect()
 }
 
 /// Decides the plan at `create`, before the VMM exists: a named namespace
@@ -150,7 +155,7 @@ fn plan_for(
             if found.len() > MAX_INTERFACES {
                 return Err(NetworkError::TooMany { path: p.clone(), count: found.len() });
             }
-            let mtu = found.iter().map(|i| i.mtu).max().unwrap_or(1500);
+            let mtu = found.iter().map(|&k| s.interfaces[k].mtu).max().unwrap_or(1500);
             let mtu = u16::try_from(mtu).unwrap_or(max).min(max);
             Ok(NetPlan { taps: found.len(), mtu, namespace })
         }
@@ -185,59 +190,71 @@ pub fn wire(id: &str, vmm_pid: i32, plan: &NetPlan) -> Result<(NetworkRequest, W
     }
     let ns = PathBuf::from(format!("/proc/{vmm_pid}/ns/net"));
     let devices = plan.devices();
-    let (req, names) = in_namespace(&ns, || {
+    let (interfaces, routes, names) = in_namespace(&ns, || {
         let mut nl = Netlink::open()?;
         let s = scan(&mut nl)?;
         let found = candidates(&s);
-        let mut interfaces = Vec::new();
-        let mut names = Vec::new();
-        let mut kept = Vec::new();
-        for (iface, dev) in found.iter().zip(&devices) {
-            let Some(tap) = index_of(&mut nl, &dev.tap)? else { continue };
-            set_up(&mut nl, tap, &dev.tap, None, Some(iface.mtu))?;
-            redirect(&mut nl, (iface.index, &iface.name), (tap, &dev.tap))?;
-            redirect(&mut nl, (tap, &dev.tap), (iface.index, &iface.name))?;
-            names.push(iface.name.clone());
-            interfaces.push(GuestInterface {
-                device_mac: Mac(dev.mac),
-                mac: iface.mac,
-                mtu: iface.mtu,
-                addresses: iface.addresses.clone(),
-            });
-            kept.push(s.interfaces.iter().position(|i| i.index == iface.index).unwrap_or(usize::MAX));
-        }
-        for extra in found.iter().skip(devices.len()) {
+        for &k in found.iter().skip(devices.len()) {
             crate::logging::warn(&format!(
                 "interface {} appeared in the VM container's network namespace after the VM started: it does not \
                  reach the guest",
-                extra.name
+                s.interfaces[k].name
             ));
         }
+        let mut spliced = Vec::new();
+        let made = splice(&mut nl, &s, &found, &devices, &mut spliced);
+        if made.is_err() {
+            // Only what this call redirected: an ingress qdisc that was
+            // there before (EEXIST) is someone else's.
+            for &k in &spliced {
+                let i = &s.interfaces[k];
+                let _ = remove_ingress(&mut nl, i.index, &i.name);
+            }
+        }
+        made?;
+        let interfaces = spliced
+            .iter()
+            .zip(&devices)
+            .map(|(&k, dev)| {
+                let i = &s.interfaces[k];
+                GuestInterface { device_mac: Mac(dev.mac), mac: i.mac, mtu: i.mtu, addresses: i.addresses.clone() }
+            })
+            .collect();
         let routes = s
             .routes
             .iter()
             .filter_map(|r| {
-                let at = kept.iter().position(|k| *k == r.interface)?;
+                let at = spliced.iter().position(|k| *k == r.interface)?;
                 Some(crate::linux::net::Route { interface: at, ..r.clone() })
             })
             .collect();
-        Ok((NetworkRequest { id: id.to_string(), interfaces, routes }, names))
-    })
-    .inspect_err(|_| {
-        // Whatever got redirected before the failure is undone where it
-        // outlives the VM.
-        if let Some(p) = &wired.namespace {
-            let _ = in_namespace(p, || unredirect_all(&candidate_names(p)));
-        }
+        let names = spliced.iter().map(|&k| s.interfaces[k].name.clone()).collect();
+        Ok((interfaces, routes, names))
     })?;
     wired.interfaces = names;
-    Ok((req, wired))
+    Ok((NetworkRequest { id: id.to_string(), interfaces, routes }, wired))
 }
 
-fn candidate_names(p: &Path) -> Vec<String> {
-    in_namespace(p, || scan(&mut Netlink::open()?))
-        .map(|s| candidates(&s).into_iter().map(|i| i.name.clone()).collect())
-        .unwrap_or_default()
+/// Redirects each interface of `found` (positions in `s.interfaces`) and
+/// the TAP of the device beside it both ways; `spliced` gets each one
+/// whose own ingress was redirected, as it goes.
+fn splice(
+    nl: &mut Netlink,
+    s: &Scan,
+    found: &[usize],
+    devices: &[NetConfig],
+    spliced: &mut Vec<usize>,
+) -> Result<(), NetError> {
+    for (&k, dev) in found.iter().zip(devices) {
+        let iface = &s.interfaces[k];
+        // The TAP is in the scan too (an Ethernet link of kind "tun").
+        let Some(tap) = s.interfaces.iter().find(|i| i.name == dev.tap).map(|i| i.index) else { continue };
+        set_up(nl, tap, &dev.tap, None, Some(iface.mtu))?;
+        redirect(nl, (iface.index, &iface.name), (tap, &dev.tap))?;
+        spliced.push(k);
+        redirect(nl, (tap, &dev.tap), (iface.index, &iface.name))?;
+    }
+    Ok(())
 }
 
 fn unredirect_all(names: &[String]) -> Result<(), NetError> {
@@ -263,7 +280,7 @@ pub fn unwire(wired: &Wired) -> Result<(), NetError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::linux::net::IpNet;
+    use crate::linux::net::{Interface, IpNet};
 
     fn iface(index: u32, name: &str, kind: &str, mtu: u32) -> Interface {
         Interface {
