@@ -7,6 +7,7 @@
 //! commands never branch on the isolation themselves.
 
 pub mod agent;
+pub mod bench;
 pub mod container;
 pub mod exit;
 pub mod features;
