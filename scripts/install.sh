@@ -17,7 +17,9 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 src=${1:-$root/target/x86_64-unknown-linux-gnu/release}
 prefix=${2:-/usr/local}
 dest=$prefix/libexec/amphi
-bins=(amphi amphi-agent containerd-shim-amphi-v2)
+# amphi-workload is not part of the runtime: amphi bench copies it into its
+# benchmark containers' root filesystems, and finds it here.
+bins=(amphi amphi-agent containerd-shim-amphi-v2 amphi-workload)
 for b in "${bins[@]}"; do
   [ -x "$src/$b" ] || { echo "install: $src/$b is missing: build first (scripts/setup.sh)" >&2; exit 1; }
 done

@@ -5,8 +5,9 @@
 #   1. Debian packages: build deps, the reference runtimes and clients
 #      (runc, crun, podman, containerd), QEMU for the nested VM test host,
 #      busybox-static for bundles, Go for the OCI validation suite.
-#   2. A static release build of amphi, amphi-agent and
-#      containerd-shim-amphi-v2, installed under /usr/local.
+#   2. A static release build of amphi, amphi-agent,
+#      containerd-shim-amphi-v2 and amphi-workload (amphi bench's workload),
+#      installed under /usr/local.
 #   3. The example bundles' root filesystems.
 #   4. cargo-afl for the fuzz tier (crates.io, into ~/.cargo/bin).
 #   5. The guest kernel for the VM isolation and the full test host's kernel
@@ -40,6 +41,8 @@ PACKAGES=(
   golang-go golang-github-opencontainers-runtime-tools-dev
   # test and benchmark tools
   bats hyperfine jq time iproute2 procps util-linux
+  # renders amphi bench's HTML report for tests/bench/screenshot-check.sh
+  chromium
 )
 missing=()
 for p in "${PACKAGES[@]}"; do
@@ -53,7 +56,7 @@ fi
 
 if [ "$build" = 1 ]; then
   command -v cargo >/dev/null || die "cargo is missing: install Rust (1.85 or newer) with rustup first"
-  say "building amphi, amphi-agent and containerd-shim-amphi-v2 (release, static)"
+  say "building amphi, amphi-agent, containerd-shim-amphi-v2 and amphi-workload (release, static)"
   # Static binaries: they start faster (no dynamic loader) and run unchanged
   # inside the guest and the nested test host. libseccomp links statically.
   (cd "$root" && LIBSECCOMP_LINK_TYPE=static LIBSECCOMP_LIB_PATH=/usr/lib/x86_64-linux-gnu \
