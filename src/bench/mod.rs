@@ -5,3 +5,4 @@
 //! the figures include everything a user waits for.
 
 pub mod model;
+pub mod stats;
