@@ -5,3 +5,5 @@
 //! the figures include everything a user waits for.
 
 pub mod model;
+pub mod report;
+pub mod stats;
