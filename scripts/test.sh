@@ -12,18 +12,22 @@
 #   vm          VM end to end                           tests/vm/run-tests.sh
 #   testhost    real clients and the pure-cgroup2 root tests in the full
 #               test host                               tests/testhost/run-tests.sh
+#   bench       amphi bench: the quick suite in container isolation beside
+#               runc and crun, its report rendered by headless chromium,
+#               bad input, Ctrl-C; and the screenshot check of the test
+#               host's both-isolations report      bats tests/bench/bench.bats
 #   fuzz        each fuzz target briefly (FUZZ_SECONDS, default 20 s each)
 #                                                       fuzz/run.sh
 #   +  leak check: nothing the suite made (containers, cgroups, mounts,
 #      processes) may remain afterwards.
 # Usage: scripts/test.sh [--no-setup] [TIER...]
-#   (tiers: lint unit root crash load oci podman containerd docker vm testhost fuzz; default all)
+#   (tiers: lint unit root crash load oci podman containerd docker vm testhost bench fuzz; default all)
 # The summary shows each tier as PASS, FAIL or SKIP (reason) with its
 # counts; a test that could not run is counted as skipped, never passed.
 set -uo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
-all=(lint unit root crash load oci podman containerd docker vm testhost fuzz)
+all=(lint unit root crash load oci podman containerd docker vm testhost bench fuzz)
 setup=1
 tiers=()
 for a in "$@"; do
@@ -132,6 +136,7 @@ want containerd && run_tier containerd tests/clients/containerd.sh
 want docker && run_tier docker tests/clients/docker.sh
 want vm && run_tier vm tests/vm/run-tests.sh
 want testhost && run_tier testhost tests/testhost/run-tests.sh
+want bench && run_tier bench bats --tap tests/bench/bench.bats
 want fuzz && run_tier fuzz fuzz/run.sh "${FUZZ_SECONDS:-20}"
 
 order+=("leaks")

@@ -2,6 +2,7 @@
 //! podman, conmon, containerd and go-runc drive amphi unchanged. Parsing only:
 //! no behaviour lives here.
 
+pub mod bench;
 pub mod vm;
 
 use std::path::PathBuf;
@@ -59,7 +60,7 @@ pub struct GlobalArgs {
     pub criu: Option<PathBuf>,
 
     /// Isolation for new containers; overrides the `run.amphi.isolation`
-    /// annotation.
+    /// annotation. `both` is for `bench` only.
     #[arg(long, global = true, value_enum, value_name = "container|vm")]
     pub isolation: Option<IsolationArg>,
 }
@@ -74,6 +75,9 @@ pub enum LogFormat {
 pub enum IsolationArg {
     Container,
     Vm,
+    /// `bench` only: measure both isolations side by side.
+    #[value(hide = true)]
+    Both,
 }
 
 #[derive(Debug, Subcommand)]
@@ -112,6 +116,9 @@ pub enum Command {
     /// VM isolation tools.
     #[command(subcommand)]
     Vm(vm::VmCommand),
+    /// Measure the same workloads in both isolations (and in runc or crun),
+    /// side by side, and report them as a table, JSON or HTML.
+    Bench(bench::BenchArgs),
 }
 
 #[derive(Debug, Args)]

@@ -1,5 +1,6 @@
 //! One thin file per command: turn parsed arguments into one library call.
 
+mod bench;
 mod create;
 mod delete;
 mod events;
@@ -38,6 +39,10 @@ pub fn dispatch(cli: Cli) -> ExitCode {
         );
         return ExitCode::from(amphi::exit::GENERAL);
     }
+    if global.isolation == Some(IsolationArg::Both) && !matches!(cli.command, Command::Bench(_)) {
+        eprintln!("amphi: --isolation both is for `amphi bench` only: give container or vm");
+        return ExitCode::from(amphi::exit::USAGE);
+    }
     let result = match cli.command {
         Command::Create(a) => create::run(&global, a),
         Command::Start(a) => start::run(&global, a),
@@ -55,6 +60,7 @@ pub fn dispatch(cli: Cli) -> ExitCode {
         Command::Features => features::run(),
         Command::Spec(a) => spec::run(a),
         Command::Vm(cmd) => vm::run(&global, cmd),
+        Command::Bench(a) => bench::run(&global, a),
     };
     match result {
         Ok(code) => ExitCode::from(code),
@@ -69,6 +75,7 @@ pub fn dispatch(cli: Cli) -> ExitCode {
                 .map(ContainerError::exit_code)
                 .or_else(|| e.downcast_ref::<amphi::vm::CheckError>().map(amphi::vm::CheckError::exit_code))
                 .or_else(|| e.downcast_ref::<amphi::container::stats::DurationError>().map(|_| amphi::exit::USAGE))
+                .or_else(|| e.downcast_ref::<amphi::bench::BenchError>().map(amphi::bench::BenchError::exit_code))
                 .unwrap_or(amphi::exit::GENERAL);
             ExitCode::from(code)
         }
@@ -77,9 +84,11 @@ pub fn dispatch(cli: Cli) -> ExitCode {
 
 /// The runtime as the global options describe it.
 pub fn runtime(global: &GlobalArgs) -> Runtime {
-    let isolation = global.isolation.map(|i| match i {
-        IsolationArg::Container => Isolation::Container,
-        IsolationArg::Vm => Isolation::Vm,
+    // `both` never gets here: dispatch refuses it outside `bench`.
+    let isolation = global.isolation.and_then(|i| match i {
+        IsolationArg::Container => Some(Isolation::Container),
+        IsolationArg::Vm => Some(Isolation::Vm),
+        IsolationArg::Both => None,
     });
     Runtime::new(global.root.clone(), isolation, global.systemd_cgroup, amphi::isolation::sandbox_for)
 }

@@ -201,7 +201,7 @@ def parser():
     p.add_argument("--min-content", type=float, default=0.005, help="fraction of non-background pixels")
     p.add_argument("--min-colors", type=int, default=32, help="distinct colors")
     p.add_argument("--min-chart-colors", type=int, default=2, help="chromatic colors with --chart-area each")
-    p.add_argument("--chart-area", type=float, default=0.0005, help="fraction of pixels a chart color covers")
+    p.add_argument("--chart-area", type=float, default=0.0002, help="fraction of pixels a chart color covers")
     p.add_argument("--min-blocks", type=int, default=3, help="separate vertical blocks of content")
     p.add_argument("--gap", type=int, default=12, help="blank rows that separate two blocks")
     p.add_argument("--self-test", action="store_true", help="check the decoder and the checks, then exit")

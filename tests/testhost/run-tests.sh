@@ -6,7 +6,7 @@
 # /dev/kvm, which runs stock kernels where this machine's PVM one cannot.
 #
 # Usage: tests/testhost/run-tests.sh [SUITE...]
-#   suites (default: all, in this order): selfcheck podman containerd docker cgroups vm load-vm crash-vm oci-vm
+#   suites (default: all, in this order): selfcheck podman containerd docker cgroups vm bench load-vm crash-vm oci-vm
 #   (tests/testhost/suites.sh says what each runs)
 # On the host first: the static amphi, amphi-agent and containerd-shim-amphi-v2
 # ($AMPHI's directory when it holds all three static, as scripts/setup.sh
@@ -23,7 +23,7 @@ main() {
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
 . "$repo/tests/vm/lib.sh"
-all=(selfcheck podman containerd docker cgroups vm load-vm crash-vm oci-vm)
+all=(selfcheck podman containerd docker cgroups vm bench load-vm crash-vm oci-vm)
 suites=("$@")
 [ ${#suites[@]} -gt 0 ] || suites=("${all[@]}")
 for s in "${suites[@]}"; do
@@ -49,7 +49,7 @@ command -v qemu-system-x86_64 >/dev/null || skip_all "no qemu-system-x86_64 for 
 bindir=
 if [ -n "${AMPHI:-}" ]; then
   d=$(cd "$(dirname "$AMPHI")" && pwd)
-  if is_static "$d/amphi" && is_static "$d/amphi-agent" && is_static "$d/containerd-shim-amphi-v2"; then bindir=$d; fi
+  if is_static "$d/amphi" && is_static "$d/amphi-agent" && is_static "$d/containerd-shim-amphi-v2" && is_static "$d/amphi-workload"; then bindir=$d; fi
 fi
 [ -n "$bindir" ] || bindir=$("$repo/tests/vm/build-static.sh") || fail "the static build failed"
 case $bindir/ in /tmp/*|/run/*) fail "$bindir is under /tmp or /run, which the test host replaces: set AMPHI elsewhere" ;; esac
