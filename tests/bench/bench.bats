@@ -22,12 +22,17 @@ teardown_file() {
   rm -rf "$OUT"
 }
 
+# Workload processes still running. A killed container's init is reaped by
+# whoever inherited it (this host's init, in its own time): a zombie has
+# released everything, so it does not count.
+live_workloads() { ps -eo stat=,pid=,comm= | awk '$1 !~ /^Z/ && $3 == "amphi-workload"'; }
+
 # Nothing of a run is left: work directory, network namespace, veth,
 # overlay mount, workload process.
 nothing_left() {
   local left
   left=$(ls -d /run/amphi-bench.* 2>/dev/null; ip netns list 2>/dev/null | grep amphi-bench;
-    ip -o link 2>/dev/null | grep -o 'abh[0-9]*'; grep amphi-bench /proc/self/mountinfo; pgrep -f amphi-workload)
+    ip -o link 2>/dev/null | grep -o 'abh[0-9]*'; grep amphi-bench /proc/self/mountinfo; live_workloads)
   [ -z "$left" ] || { echo "left behind: $left"; return 1; }
 }
 
@@ -115,10 +120,10 @@ nothing_left() {
   "$AMPHI" --isolation container bench --suite quick --only density --density 3 2> "$OUT/int.err" > /dev/null &
   pid=$!
   for _ in $(seq 200); do
-    pgrep -f 'amphi-workload idle' > /dev/null && break
+    [ -n "$(live_workloads)" ] && break
     sleep 0.1
   done
-  pgrep -f 'amphi-workload idle' > /dev/null
+  [ -n "$(live_workloads)" ]
   kill -INT "$pid"
   rc=0
   wait "$pid" || rc=$?

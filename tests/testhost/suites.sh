@@ -250,7 +250,8 @@ bench_complete() {
 }
 bench_clean() {
   local left
-  left=$(ls -d /run/amphi-bench.* 2>/dev/null; ip netns list 2>/dev/null | grep amphi-bench; pgrep -f amphi-workload)
+  left=$(ls -d /run/amphi-bench.* 2>/dev/null; ip netns list 2>/dev/null | grep amphi-bench;
+    ps -eo stat=,pid=,comm= | awk '$1 !~ /^Z/ && $3 == "amphi-workload"')
   [ -z "$left" ] || { echo "left behind: $left"; return 1; }
 }
 suite_bench() {
