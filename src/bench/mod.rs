@@ -55,8 +55,8 @@ pub enum BenchError {
     NotRoot,
     #[error("VM isolation cannot run on this host")]
     NoVm(#[source] crate::vm::host::HostError),
-    #[error("{0} is not installed: install it (apt-get install {0}) or leave it out of --compare")]
-    PeerMissing(&'static str),
+    #[error("{0} is not installed: install it (apt-get install {1}) or leave it out of --compare")]
+    PeerMissing(&'static str, &'static str),
     #[error("--runs must be at least 1")]
     NoRuns,
     #[error("--density needs instance counts of at least 1")]
@@ -75,7 +75,7 @@ impl BenchError {
     pub fn exit_code(&self) -> u8 {
         match self {
             BenchError::NotRoot | BenchError::NoVm(_) => crate::exit::UNSUPPORTED,
-            BenchError::PeerMissing(_) => crate::exit::NOT_FOUND,
+            BenchError::PeerMissing(..) => crate::exit::NOT_FOUND,
             BenchError::NoRuns | BenchError::BadDensity | BenchError::OnlyForBundle(_) => crate::exit::USAGE,
             BenchError::Workspace(WorkspaceError::Missing { .. } | WorkspaceError::NotStatic { .. }) => {
                 crate::exit::NOT_FOUND
@@ -87,8 +87,9 @@ impl BenchError {
     }
 }
 
-const ALL_GROUPS: [Group; 8] = [
+const ALL_GROUPS: [Group; 9] = [
     Group::Lifecycle,
+    Group::Boot,
     Group::Cpu,
     Group::Syscall,
     Group::Spawn,
@@ -156,10 +157,22 @@ pub fn run(opts: &Options) -> Result<Results, BenchError> {
     }
     let mut runtimes_for_peers = Vec::new();
     for &peer in &opts.compare {
+        if peer == Subject::QemuMicrovm && !subjects.contains(&Subject::Vm) {
+            warnings.push(
+                "QEMU microvm is compared with amphi's VMM only: VM isolation is not measured, so it is left out"
+                    .into(),
+            );
+            continue;
+        }
         match runtime::peer_program(peer) {
             Some(p) => runtimes_for_peers.push((peer, p)),
             None => {
-                return Err(BenchError::PeerMissing(if peer == Subject::Runc { "runc" } else { "crun" }));
+                let (name, package) = match peer {
+                    Subject::Runc => ("runc", "runc"),
+                    Subject::Crun => ("crun", "crun"),
+                    _ => ("qemu-system-x86_64", "qemu-system-x86"),
+                };
+                return Err(BenchError::PeerMissing(name, package));
             }
         }
     }
@@ -191,7 +204,10 @@ pub fn run(opts: &Options) -> Result<Results, BenchError> {
         rts.push(Runtime::new(s, opts.amphi.clone(), ws.dir.join("state").join(format!("{s:?}").to_lowercase())));
     }
     for (peer, program) in runtimes_for_peers {
-        ws.prepare(peer)?;
+        // QEMU boots a bare guest: no bundle.
+        if peer != Subject::QemuMicrovm {
+            ws.prepare(peer)?;
+        }
         rts.push(Runtime::new(peer, program, ws.dir.join("state").join(format!("{peer:?}").to_lowercase())));
         subjects.push(peer);
     }

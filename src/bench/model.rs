@@ -86,6 +86,8 @@ impl Subject {
 #[serde(rename_all = "kebab-case")]
 pub enum Group {
     Lifecycle,
+    /// A bare guest booted to the agent: amphi's VMM against QEMU microvm.
+    Boot,
     Cpu,
     Syscall,
     Spawn,
@@ -99,6 +101,7 @@ impl Group {
     pub fn title(self) -> &'static str {
         match self {
             Group::Lifecycle => "Lifecycle",
+            Group::Boot => "Boot to the guest agent",
             Group::Cpu => "CPU-bound",
             Group::Syscall => "System calls",
             Group::Spawn => "Process spawn",

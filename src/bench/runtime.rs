@@ -53,6 +53,7 @@ pub fn peer_program(subject: Subject) -> Option<PathBuf> {
     let name = match subject {
         Subject::Runc => "runc",
         Subject::Crun => "crun",
+        Subject::QemuMicrovm => "qemu-system-x86_64",
         _ => return None,
     };
     find_in_path(name)

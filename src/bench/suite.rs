@@ -95,6 +95,8 @@ pub fn describe(id: &str) -> (Group, &'static str, Unit) {
         "lifecycle.exit" => (Lifecycle, "running to state \"stopped\"", Milliseconds),
         "lifecycle.delete" => (Lifecycle, "delete returns", Milliseconds),
         "lifecycle.total" => (Lifecycle, "create to deleted", Milliseconds),
+        "boot.agent_listening" => (Boot, "VMM launched to the agent listening", Milliseconds),
+        "boot.peak_rss" => (Boot, "the VMM process's peak RSS, guest memory included", Mib),
         "cpu.compute" => (Cpu, "fixed computation", Milliseconds),
         "syscall.getpid" => (Syscall, "getpid", Nanoseconds),
         "syscall.open_close" => (Syscall, "open + close", Nanoseconds),
@@ -108,6 +110,7 @@ pub fn describe(id: &str) -> (Group, &'static str, Unit) {
         "memory.touch" => (Memory, "touch and free a buffer", Milliseconds),
         "memory.pss" => (Memory, "host PSS of an idle instance", Mib),
         "memory.rss" => (Memory, "host RSS of an idle instance", Mib),
+        "memory.cgroup" => (Memory, "the instance's own cgroup usage (in a VM: the guest's view)", Mib),
         "density.start_all" => (Density, "start N idle instances", Milliseconds),
         "density.pss_per_instance" => (Density, "host PSS per idle instance", Mib),
         "network.throughput" => (Network, "host to instance TCP", MibPerSecond),
@@ -161,13 +164,14 @@ fn group_ids(group: Group, own_process: bool) -> &'static [&'static str] {
             "lifecycle.delete",
             "lifecycle.total",
         ],
+        Group::Boot => &["boot.agent_listening", "boot.peak_rss"],
         Group::Cpu => &["cpu.compute"],
         Group::Syscall => &["syscall.getpid", "syscall.open_close", "syscall.stat"],
         Group::Spawn => &["spawn.fork_exec"],
         Group::FileIo => {
             &["fileio.small_create", "fileio.small_stat", "fileio.small_remove", "fileio.seq_write", "fileio.seq_read"]
         }
-        Group::Memory => &["memory.touch", "memory.pss", "memory.rss"],
+        Group::Memory => &["memory.touch", "memory.pss", "memory.rss", "memory.cgroup"],
         Group::Density => &["density.start_all", "density.pss_per_instance"],
         Group::Network => &["network.throughput", "network.latency"],
     }
@@ -192,11 +196,13 @@ pub struct Runner<'a> {
     pub steps: Vec<Step>,
     live: Vec<(usize, String)>,
     seq: u32,
+    /// The kernel and initramfs `amphi vm check` booted, which QEMU boots too.
+    boot_image: Option<(PathBuf, PathBuf)>,
 }
 
 impl<'a> Runner<'a> {
     pub fn new(ws: &'a mut Workspace, rts: &'a [Runtime], plan: &'a Plan) -> Self {
-        Runner { ws, rts, plan, steps: Vec::new(), live: Vec::new(), seq: 0 }
+        Runner { ws, rts, plan, steps: Vec::new(), live: Vec::new(), seq: 0, boot_image: None }
     }
 
     /// Runs every group of the plan; only Ctrl-C stops it early.
@@ -214,7 +220,28 @@ impl<'a> Runner<'a> {
     fn rounds(&mut self, group: Group) -> Result<(), ProcError> {
         let total = self.plan.warmup + self.plan.runs;
         let n = self.rts.len();
-        let mut failed = vec![false; n];
+        let mut failed: Vec<bool> = self.rts.iter().map(|rt| !takes_part(rt.subject, group)).collect();
+        if failed.iter().all(|f| *f) {
+            return Ok(());
+        }
+        if group == Group::Boot {
+            match self.boot_prepare() {
+                Ok(()) => {}
+                Err(SampleError::Proc(ProcError::Interrupted)) => return Err(ProcError::Interrupted),
+                Err(e) => {
+                    let msg = format!("preparing the guest image: {}", chain(&e));
+                    eprintln!("bench: {}: failed: {msg}", group.title());
+                    let taking: Vec<Subject> =
+                        self.rts.iter().zip(&failed).filter(|(_, f)| !**f).map(|(rt, _)| rt.subject).collect();
+                    for subject in taking {
+                        for id in group_ids(group, false) {
+                            self.fail(id, subject, None, &msg);
+                        }
+                    }
+                    return Ok(());
+                }
+            }
+        }
         for r in 0..total {
             for k in 0..n {
                 let i = (k + r as usize) % n;
@@ -260,6 +287,7 @@ impl<'a> Runner<'a> {
         };
         match group {
             Group::Lifecycle => self.lifecycle(i),
+            Group::Boot => self.boot(i),
             Group::Cpu => self.workload(i, &wl(&["cpu", &s.cpu_rounds.to_string()])),
             Group::Syscall => self.workload(i, &wl(&["syscalls", &s.syscalls.to_string()])),
             Group::Spawn => self.workload(i, &wl(&["spawn", &s.spawns.to_string()])),
@@ -275,6 +303,91 @@ impl<'a> Runner<'a> {
             }
             Group::Density | Group::Network => Ok(Vec::new()),
         }
+    }
+
+    /// One untimed `amphi vm check`: builds (or finds) the cached
+    /// initramfs, and names the kernel and initramfs QEMU boots too.
+    fn boot_prepare(&mut self) -> Result<(), SampleError> {
+        let Some(i) = self.rts.iter().position(|rt| rt.subject == Subject::Vm) else {
+            return Ok(());
+        };
+        let (_, rest) = self.vm_check(i)?;
+        let report: serde_json::Value = rest
+            .iter()
+            .position(|l| l.trim_start().starts_with('{'))
+            .and_then(|at| serde_json::from_str(&rest[at..].join("\n")).ok())
+            .ok_or_else(|| SampleError::Other("amphi vm check --json printed no report".into()))?;
+        let path = |k: &str| report[k].as_str().map(PathBuf::from);
+        match (path("kernel"), path("initramfs")) {
+            (Some(k), Some(i)) => {
+                self.boot_image = Some((k, i));
+                Ok(())
+            }
+            _ => Err(SampleError::Other("amphi vm check's report names no kernel or initramfs".into())),
+        }
+    }
+
+    /// `amphi vm check` with the guest console on stdout: the time to the
+    /// agent's listening line, and the lines after it (its JSON report).
+    fn vm_check(&mut self, i: usize) -> Result<(Duration, Vec<String>), SampleError> {
+        let cache = self.ws.dir.join("vm-cache");
+        let mut c = self.rts[i].command(["vm", "check", "--timeout", "240", "--console", "-", "--json", "--cache-dir"]);
+        c.arg(&cache);
+        let (elapsed, mut lines, mut child) = until_marker(&mut c, &self.errfile(), "amphi vm check")?;
+        let rest = lines.rest("amphi vm check", Instant::now() + COMMAND_DEADLINE);
+        let status = child.wait().map_err(|e| SampleError::Other(format!("amphi vm check: {e}")))?;
+        let rest = rest?;
+        if !status.success() {
+            let stderr = std::fs::read_to_string(self.errfile()).unwrap_or_default();
+            return Err(ProcError::Failed { what: "amphi vm check".into(), status, stderr }.into());
+        }
+        Ok((elapsed, rest))
+    }
+
+    /// A bare guest to the agent's listening line: amphi's VMM (through
+    /// `amphi vm check`) or QEMU microvm with the same kernel, initramfs,
+    /// command line, memory, vCPU and a vsock device.
+    fn boot(&mut self, i: usize) -> Result<Vec<(&'static str, f64)>, SampleError> {
+        if self.rts[i].subject == Subject::Vm {
+            let (elapsed, rest) = self.vm_check(i)?;
+            let rss = rest.iter().find_map(|l| json_number(l, "vmm_peak_rss_kib"));
+            let mut v = vec![("boot.agent_listening", ms(elapsed))];
+            if let Some(kib) = rss {
+                v.push(("boot.peak_rss", kib / 1024.0));
+            }
+            return Ok(v);
+        }
+        let (kernel, initrd) = self.boot_image.clone().ok_or_else(|| SampleError::Other("no guest image".into()))?;
+        if !Path::new("/dev/vhost-vsock").exists() {
+            // The agent listens on vsock; without the device it never does.
+            let _ = std::process::Command::new("modprobe").arg("vhost_vsock").status();
+            if !Path::new("/dev/vhost-vsock").exists() {
+                return Err(SampleError::Other(
+                    "QEMU's vsock device needs /dev/vhost-vsock: modprobe vhost_vsock".into(),
+                ));
+            }
+        }
+        let cid = 3 + (std::process::id() % 100_000);
+        let mut c = std::process::Command::new(self.rts[i].program());
+        c.args(["-M", "microvm", "-enable-kvm", "-cpu", "host", "-m", "256", "-smp", "1"])
+            .args(["-nodefaults", "-no-user-config", "-nographic", "-serial", "stdio"])
+            .arg("-kernel")
+            .arg(&kernel)
+            .arg("-initrd")
+            .arg(&initrd)
+            .args(["-append", crate::vm::GUEST_CMDLINE, "-device"])
+            .arg(format!("vhost-vsock-device,guest-cid={cid}"));
+        let (elapsed, _lines, mut child) = until_marker(&mut c, &self.errfile(), "qemu-system-x86_64")?;
+        let hwm = std::fs::read_to_string(format!("/proc/{}/status", child.id())).ok().and_then(|s| {
+            s.lines().find_map(|l| l.strip_prefix("VmHWM:")?.split_whitespace().next()?.parse::<f64>().ok())
+        });
+        let _ = child.kill();
+        let _ = child.wait();
+        let mut v = vec![("boot.agent_listening", ms(elapsed))];
+        if let Some(kib) = hwm {
+            v.push(("boot.peak_rss", kib / 1024.0));
+        }
+        Ok(v)
     }
 
     fn next_id(&mut self) -> String {
@@ -399,7 +512,28 @@ impl<'a> Runner<'a> {
         let (id, _lines) = self.start_idle(i, false)?;
         sleep_checked(self.plan.sizes.settle)?;
         let (pss, rss) = self.instance_memory(i, &id)?;
-        Ok(vec![("memory.pss", pss), ("memory.rss", rss)])
+        let mut v = vec![("memory.pss", pss), ("memory.rss", rss)];
+        // The container's own view: its cgroup's usage, which in VM
+        // isolation is the guest's cgroup (amphi's `events --stats`).
+        if self.rts[i].isolation().is_some() {
+            v.push(("memory.cgroup", self.cgroup_usage_mib(i, &id)?));
+        }
+        Ok(v)
+    }
+
+    fn cgroup_usage_mib(&self, i: usize, id: &str) -> Result<f64, SampleError> {
+        let out = self.ws.dir.join("stats.json");
+        let f = std::fs::File::create(&out).map_err(|e| SampleError::Other(format!("{}: {e}", out.display())))?;
+        let mut c = self.rts[i].command(["events", "--stats", id]);
+        c.stdout(f);
+        proc::timed("events --stats", &mut c, &self.errfile(), COMMAND_DEADLINE)?;
+        let text = std::fs::read_to_string(&out).unwrap_or_default();
+        let v: serde_json::Value = serde_json::from_str(text.lines().next().unwrap_or(""))
+            .map_err(|e| SampleError::Other(format!("events --stats printed no JSON ({e}): {text}")))?;
+        v.pointer("/data/memory/usage/usage")
+            .and_then(serde_json::Value::as_f64)
+            .map(|b| b / (1024.0 * 1024.0))
+            .ok_or_else(|| SampleError::Other(format!("events --stats has no memory usage: {text}")))
     }
 
     /// PSS and RSS in MiB of a running instance's host processes.
@@ -427,6 +561,9 @@ impl<'a> Runner<'a> {
         for n in counts {
             for i in 0..self.rts.len() {
                 let subject = self.rts[i].subject;
+                if !takes_part(subject, Group::Density) {
+                    continue;
+                }
                 match self.density_once(i, n) {
                     Ok((start_ms, pss)) => {
                         eprintln!(
@@ -478,7 +615,7 @@ impl<'a> Runner<'a> {
         };
         if let Some(err) = ok {
             eprintln!("bench: Network: {err}");
-            for rt in self.rts {
+            for rt in self.rts.iter().filter(|rt| takes_part(rt.subject, Group::Network)) {
                 for id in group_ids(Group::Network, false) {
                     self.fail(id, rt.subject, None, &err);
                 }
@@ -487,7 +624,7 @@ impl<'a> Runner<'a> {
         }
         let total = self.plan.warmup + self.plan.runs;
         let n = self.rts.len();
-        let mut failed = vec![false; n];
+        let mut failed: Vec<bool> = self.rts.iter().map(|rt| !takes_part(rt.subject, Group::Network)).collect();
         for r in 0..total {
             for k in 0..n {
                 let i = (k + r as usize) % n;
@@ -619,6 +756,61 @@ impl Drop for Runner<'_> {
     }
 }
 
+/// Who takes part in a group: QEMU boots a bare guest only, and a bare
+/// boot is a VM's only.
+fn takes_part(subject: Subject, group: Group) -> bool {
+    match group {
+        Group::Boot => matches!(subject, Subject::Vm | Subject::QemuMicrovm),
+        _ => subject != Subject::QemuMicrovm,
+    }
+}
+
+/// Spawns `cmd` with stdout on a pipe and waits for the guest agent's
+/// listening line; the child keeps running. A child that fails to get there
+/// within the deadline is killed.
+fn until_marker(
+    cmd: &mut std::process::Command,
+    errfile: &Path,
+    what: &str,
+) -> Result<(Duration, Lines, std::process::Child), SampleError> {
+    use std::os::unix::process::CommandExt;
+    let err = std::fs::File::create(errfile).map_err(|e| SampleError::Other(format!("{}: {e}", errfile.display())))?;
+    let (mut lines, w) = proc::pipe().map_err(|e| SampleError::Other(format!("a pipe: {e}")))?;
+    cmd.stdin(Stdio::null()).stdout(Stdio::from(w)).stderr(err).process_group(0);
+    let t0 = Instant::now();
+    let mut child = cmd
+        .spawn()
+        .map_err(|source| ProcError::Spawn { program: cmd.get_program().to_string_lossy().into_owned(), source })?;
+    // Our copy of the write end goes, so that the pipe ends with the child.
+    let _ = std::mem::replace(cmd, std::process::Command::new("true"));
+    let deadline = Instant::now() + CREATE_DEADLINE;
+    loop {
+        match lines.next_line(what, deadline) {
+            Ok(Some(l)) if l.contains(crate::agent::LISTENING_MARKER) => return Ok((t0.elapsed(), lines, child)),
+            Ok(Some(_)) => {}
+            Ok(None) => {
+                let _ = child.wait();
+                let stderr = std::fs::read_to_string(errfile).unwrap_or_default();
+                let last = stderr.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("no message");
+                return Err(SampleError::Other(format!("{what} ended before the agent listened: {last}")));
+            }
+            Err(e) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(e.into());
+            }
+        }
+    }
+}
+
+/// `"name": 123` anywhere in a line of JSON.
+fn json_number(line: &str, name: &str) -> Option<f64> {
+    let at = line.find(&format!("\"{name}\""))?;
+    let rest = line[at + name.len() + 2..].trim_start().strip_prefix(':')?.trim_start();
+    let end = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(rest.len());
+    rest[..end].parse().ok()
+}
+
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
@@ -657,6 +849,21 @@ fn progress(group: Group, subject: Subject, label: &str, values: &[(&'static str
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn numbers_are_found_in_a_json_line() {
+        assert_eq!(json_number(r#"  "vmm_peak_rss_kib": 5120,"#, "vmm_peak_rss_kib"), Some(5120.0));
+        assert_eq!(json_number(r#"{"a": 1}"#, "b"), None);
+    }
+
+    #[test]
+    fn qemu_boots_only_and_only_vms_boot() {
+        assert!(takes_part(Subject::QemuMicrovm, Group::Boot));
+        assert!(takes_part(Subject::Vm, Group::Boot));
+        assert!(!takes_part(Subject::Container, Group::Boot));
+        assert!(!takes_part(Subject::QemuMicrovm, Group::Cpu));
+        assert!(takes_part(Subject::Runc, Group::Density));
+    }
 
     #[test]
     fn result_lines_map_to_steps() {

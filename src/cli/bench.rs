@@ -23,8 +23,9 @@ pub struct BenchArgs {
     #[arg(long, value_name = "N")]
     pub warmup: Option<u32>,
 
-    /// Peer runtimes measured in the same run (container isolation's peers).
-    #[arg(long, value_enum, value_delimiter = ',', value_name = "runc,crun")]
+    /// Peers measured in the same run: runc and crun beside container
+    /// isolation, QEMU microvm booting the same guest beside amphi's VMM.
+    #[arg(long, value_enum, value_delimiter = ',', value_name = "runc,crun,qemu")]
     pub compare: Vec<PeerArg>,
 
     /// Instance counts of the density step [default: 1,5,10,20; quick: 1,2].
@@ -42,6 +43,11 @@ pub struct BenchArgs {
     /// Write a self-contained HTML report with charts.
     #[arg(long, value_name = "FILE")]
     pub html: Option<PathBuf>,
+
+    /// Measure nothing: print the table (and write --html) of the results
+    /// a run wrote with --json.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["bundle", "runs", "warmup", "compare", "density", "only", "json"])]
+    pub from: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -54,11 +60,13 @@ pub enum SuiteArg {
 pub enum PeerArg {
     Runc,
     Crun,
+    Qemu,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum GroupArg {
     Lifecycle,
+    Boot,
     Cpu,
     Syscall,
     Spawn,

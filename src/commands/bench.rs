@@ -30,12 +30,20 @@ pub fn run(global: &GlobalArgs, a: BenchArgs) -> anyhow::Result<u8> {
             .map(|p| match p {
                 PeerArg::Runc => Subject::Runc,
                 PeerArg::Crun => Subject::Crun,
+                PeerArg::Qemu => Subject::QemuMicrovm,
             })
             .collect(),
         density: a.density,
         only: a.only.iter().map(|g| group(*g)).collect(),
     };
-    let results = amphi::bench::run(&opts)?;
+    let results = match &a.from {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+            serde_json::from_str(&text)
+                .with_context(|| format!("{} is not the JSON of an amphi bench run (--json)", path.display()))?
+        }
+        None => amphi::bench::run(&opts)?,
+    };
     print!("{}", amphi::bench::report::table(&results));
     if let Some(path) = &a.json {
         let text = serde_json::to_string_pretty(&results).context("encoding the results")?;
@@ -57,6 +65,7 @@ pub fn run(global: &GlobalArgs, a: BenchArgs) -> anyhow::Result<u8> {
 fn group(g: GroupArg) -> Group {
     match g {
         GroupArg::Lifecycle => Group::Lifecycle,
+        GroupArg::Boot => Group::Boot,
         GroupArg::Cpu => Group::Cpu,
         GroupArg::Syscall => Group::Syscall,
         GroupArg::Spawn => Group::Spawn,

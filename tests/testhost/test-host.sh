@@ -171,7 +171,7 @@ printf '%s\n' "$cmd" > "$r/testhost/cmd"
   for e in ${envs[@]+"${envs[@]}"}; do printf 'export %s=%q\n' "${e%%=*}" "${e#*=}"; done
   printf 'cd %q || exit 125\n' "$cwd"
 } > "$r/testhost/env"
-echo "kvm_amd bridge veth tun sch_ingress cls_u32 act_mirred br_netfilter nf_tables nft_compat nft_chain_nat nf_nat nf_conntrack xt_conntrack xt_MASQUERADE xt_addrtype xt_comment xt_mark xt_multiport xt_nat $modules" \
+echo "kvm_amd vhost_vsock bridge veth tun sch_ingress cls_u32 act_mirred br_netfilter nf_tables nft_compat nft_chain_nat nf_nat nf_conntrack xt_conntrack xt_MASQUERADE xt_addrtype xt_comment xt_mark xt_multiport xt_nat $modules" \
   > "$r/testhost/modules"
 echo "$kroot/lib/modules" > "$r/testhost/moddir"
 i=0

@@ -6,6 +6,7 @@
 //! Latencies and memory are drawn on a log axis because VM and container
 //! figures often differ tenfold; on a linear one the smaller vanish.
 
+use plotters::coord::combinators::BindKeyPoints;
 use plotters::coord::ranged1d::SegmentValue::{CenterOf, Exact};
 use plotters::coord::ranged1d::SegmentedCoord;
 use plotters::coord::types::RangedCoordi32;
@@ -33,14 +34,39 @@ fn tick(v: f64) -> String {
     ((v * 1000.0).round() / 1000.0).to_string()
 }
 
-/// A label on a log axis, which plotters ticks at every 1..9 of a decade:
-/// only 1, 2 and 5 are written, so labels do not run into each other.
-fn log_tick(v: f64) -> String {
-    let mantissa = v / 10f64.powf(v.log10().floor());
-    match [1.0, 2.0, 5.0].iter().any(|m| (mantissa - m).abs() < 1e-6) {
-        true => tick(v),
-        false => String::new(),
+/// The ticks of a log axis from `low` to `high`. plotters puts its own
+/// only at powers of ten, so an axis within one decade would have none:
+/// 1-2-5 steps where they give at least three ticks, every 1..9 step where
+/// that is needed, and the two ends when even that leaves fewer than two.
+fn log_points(low: f64, high: f64) -> Vec<f64> {
+    let within = |mantissas: &[f64]| -> Vec<f64> {
+        let (first, last) = (low.log10().floor() as i32, high.log10().ceil() as i32);
+        (first..=last)
+            .flat_map(|k| mantissas.iter().map(move |m| m * 10f64.powi(k)))
+            .filter(|v| *v >= low && *v <= high)
+            .collect()
+    };
+    let coarse = within(&[1.0, 2.0, 5.0]);
+    if coarse.len() >= 3 {
+        return coarse;
     }
+    let fine = within(&[1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0]);
+    if fine.len() >= 2 {
+        return fine;
+    }
+    let mut ends = vec![low * 1.05, high / 1.05];
+    ends.extend(fine);
+    ends.sort_by(f64::total_cmp);
+    ends
+}
+
+/// Two significant digits: a tick at 3.4567 ms reads "3.5".
+fn significant(v: f64) -> String {
+    if v <= 0.0 {
+        return tick(v);
+    }
+    let scale = 10f64.powf(v.log10().floor() - 1.0);
+    tick((v / scale).round() * scale)
 }
 
 /// `n` categories along an axis. plotters maps a one-value range to a single
@@ -70,11 +96,11 @@ pub fn boxes(step: &Step) -> Result<Option<String>, ReportError> {
     {
         let root = SVGBackend::with_string(&mut svg, (640, 320)).into_drawing_area();
         root.fill(&WHITE)?;
-        let mut chart = ChartBuilder::on(&root)
-            .margin(12)
-            .x_label_area_size(30)
-            .y_label_area_size(60)
-            .build_cartesian_2d(segments(boxes.len()), (low / 1.3..high * 1.3).log_scale())?;
+        let mut chart =
+            ChartBuilder::on(&root).margin(12).x_label_area_size(30).y_label_area_size(60).build_cartesian_2d(
+                segments(boxes.len()),
+                (low / 1.3..high * 1.3).log_scale().with_key_points(log_points(low / 1.3, high * 1.3)),
+            )?;
         let label = |v: &_| match v {
             CenterOf(i) => boxes.get(*i as usize).map_or("", |b| b.0.label()).to_string(),
             _ => String::new(),
@@ -84,7 +110,7 @@ pub fn boxes(step: &Step) -> Result<Option<String>, ReportError> {
             .disable_x_mesh()
             .light_line_style(TRANSPARENT)
             .x_label_formatter(&label)
-            .y_label_formatter(&|v| log_tick(*v))
+            .y_label_formatter(&|v| significant(*v))
             .y_desc(format!("{} (log scale)", step.unit.symbol()))
             .label_style((FONT, 13))
             .draw()?;
@@ -142,7 +168,7 @@ pub fn overhead(results: &Results) -> Result<Option<String>, ReportError> {
             .margin(12)
             .x_label_area_size(40)
             .y_label_area_size(250)
-            .build_cartesian_2d((low..high).log_scale(), segments(bars.len()))?;
+            .build_cartesian_2d((low..high).log_scale().with_key_points(log_points(low, high)), segments(bars.len()))?;
         // The first bar on top, in the order of the table.
         let label = |v: &_| match v {
             CenterOf(i) => bars.get((rows - 1 - i) as usize).map_or(String::new(), |b| b.0.clone()),
@@ -154,10 +180,7 @@ pub fn overhead(results: &Results) -> Result<Option<String>, ReportError> {
             .light_line_style(TRANSPARENT)
             .y_labels(rows as usize)
             .y_label_formatter(&label)
-            .x_label_formatter(&|v| match log_tick(*v) {
-                t if t.is_empty() => t,
-                t => t + "x",
-            })
+            .x_label_formatter(&|v| significant(*v) + "x")
             .x_desc("median, times container isolation's (log scale; > 1: slower or costlier; throughput inverted)")
             .label_style((FONT, 12))
             .draw()?;
@@ -201,17 +224,17 @@ pub fn density(step: &Step) -> Result<Option<String>, ReportError> {
         root.fill(&WHITE)?;
         // The legend beside the plot, where no line can run under it.
         let (plot, legend) = root.split_horizontally(500);
-        let mut chart = ChartBuilder::on(&plot)
-            .margin(12)
-            .x_label_area_size(40)
-            .y_label_area_size(60)
-            .build_cartesian_2d(0..right + 1, (low / 1.5..high * 1.5).log_scale())?;
+        let mut chart =
+            ChartBuilder::on(&plot).margin(12).x_label_area_size(40).y_label_area_size(60).build_cartesian_2d(
+                0..right + 1,
+                (low / 1.5..high * 1.5).log_scale().with_key_points(log_points(low / 1.5, high * 1.5)),
+            )?;
         chart
             .configure_mesh()
             .light_line_style(TRANSPARENT)
             .x_desc("instances")
             .y_desc(format!("median {} (log scale)", step.unit.symbol()))
-            .y_label_formatter(&|v| log_tick(*v))
+            .y_label_formatter(&|v| significant(*v))
             .label_style((FONT, 13))
             .draw()?;
         let name = TextStyle::from((FONT, 13).into_font()).pos(Pos::new(HPos::Left, VPos::Center));
@@ -227,4 +250,20 @@ pub fn density(step: &Step) -> Result<Option<String>, ReportError> {
         root.present()?;
     }
     Ok(Some(svg))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_log_axis_has_ticks_even_within_one_decade() {
+        assert_eq!(log_points(0.8, 120.0), vec![1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0]);
+        assert_eq!(log_points(1.2, 7.5), vec![2.0, 3.0, 4.0, 5.0, 6.0, 7.0]);
+        let ends = log_points(1.21, 1.9);
+        assert_eq!(ends.len(), 2);
+        assert!(ends[0] > 1.21 && ends[1] < 1.9);
+        assert_eq!(significant(3.4567), "3.5");
+        assert_eq!(significant(1234.0), "1200");
+    }
 }

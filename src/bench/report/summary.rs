@@ -4,7 +4,7 @@
 //! of a comparison gives no sentence rather than a guess.
 
 use super::super::model::{Group, Results, Step, Subject, Unit};
-use super::super::stats::worse_factor;
+use super::super::stats::{find, worse_factor};
 use super::{against_container, number, times};
 
 pub fn plain_summary(results: &Results) -> Vec<String> {
@@ -30,6 +30,23 @@ pub fn plain_summary(results: &Results) -> Vec<String> {
             .collect();
         if !peers.is_empty() {
             out.push(format!("For the same lifecycle, {}.", peers.join(" and ")));
+        }
+    }
+
+    // The boot step has no container side: amphi's VMM is compared with QEMU.
+    if let Some(boot) = step("boot.agent_listening") {
+        let amphi = find(boot, Subject::Vm, None);
+        let qemu = find(boot, Subject::QemuMicrovm, None);
+        match (amphi, qemu) {
+            (Some(a), Some(q)) if q.median > 0.0 => out.push(format!(
+                "amphi's VMM boots the guest to its agent in {} (median), {} QEMU microvm's {}.",
+                value(a.median, boot.unit),
+                times(a.median / q.median),
+                value(q.median, boot.unit)
+            )),
+            (Some(a), _) => out
+                .push(format!("amphi's VMM boots the guest to its agent in {} (median).", value(a.median, boot.unit))),
+            _ => {}
         }
     }
 
@@ -162,5 +179,24 @@ mod tests {
         let all = plain_summary(&r);
         assert!(all.iter().all(|s| !s.contains("CPU-bound") && !s.contains("nested") && !s.contains("instances")));
         assert!(sentence(&plain_summary(&fixture()), "VMs ran nested").contains("bare metal"));
+    }
+
+    #[test]
+    fn the_boot_sentence_compares_the_vmms() {
+        use super::super::super::model::{Series, Step};
+        let mut r = fixture();
+        let series = |subject, samples: Vec<f64>| Series { subject, x: None, samples, error: None };
+        r.steps.push(Step {
+            id: "boot.agent_listening".into(),
+            group: Group::Boot,
+            title: "VMM launched to the agent listening".into(),
+            unit: Unit::Milliseconds,
+            series: vec![series(Subject::Vm, vec![400.0, 420.0, 410.0]), series(Subject::QemuMicrovm, vec![820.0])],
+        });
+        let s = sentence(&plain_summary(&r), "amphi's VMM boots");
+        assert_eq!(s, "amphi's VMM boots the guest to its agent in 410 ms (median), 0.50x QEMU microvm's 820 ms.");
+        r.steps.last_mut().unwrap().series[1].error = Some("no vhost-vsock".into());
+        let s = sentence(&plain_summary(&r), "amphi's VMM boots");
+        assert_eq!(s, "amphi's VMM boots the guest to its agent in 410 ms (median).");
     }
 }
