@@ -215,12 +215,27 @@ suite_cgroups() {
   done | awk '!seen[$0]++'
 }
 
+# Whether process group PG has a process that is not a zombie.
+live_in_group() {
+  local pid
+  for pid in $(pgrep -g "$1" 2>/dev/null); do
+    [ "$(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null)" = Z ] || return 0
+  done
+  return 1
+}
+
 # Removes what a test left behind and prints one line per leftover.
 leftovers() {
   local d=$1 pg=$2 id c pid m
   for id in $(ls -A "$d/root" 2>/dev/null); do
     echo "container $id"
     timeout -k 2 10 "$RT" --root "$d/root" delete --force "$id" > /dev/null 2>&1
+  done
+  # A test's own helpers (linux_ns_path's namespace holders) may still be
+  # exiting from the test's kill: give the group a second to empty.
+  for _ in $(seq 20); do
+    live_in_group "$pg" || break
+    sleep 0.05
   done
   for pid in $(pgrep -g "$pg" 2>/dev/null); do
     [ "$(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null)" = Z ] && continue
