@@ -87,18 +87,6 @@ impl BenchError {
     }
 }
 
-const ALL_GROUPS: [Group; 9] = [
-    Group::Lifecycle,
-    Group::Boot,
-    Group::Cpu,
-    Group::Syscall,
-    Group::Spawn,
-    Group::FileIo,
-    Group::Memory,
-    Group::Density,
-    Group::Network,
-];
-
 extern "C" fn on_signal(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
     proc::INTERRUPTED.store(true, Ordering::Relaxed);
 }
@@ -121,9 +109,9 @@ pub fn plan(opts: &Options) -> Result<Plan, BenchError> {
         }
         vec![Group::Lifecycle]
     } else if opts.only.is_empty() {
-        ALL_GROUPS.to_vec()
+        Group::ALL.to_vec()
     } else {
-        ALL_GROUPS.iter().copied().filter(|g| opts.only.contains(g)).collect()
+        Group::ALL.iter().copied().filter(|g| opts.only.contains(g)).collect()
     };
     Ok(Plan {
         sizes: if quick { Sizes::quick() } else { Sizes::standard() },

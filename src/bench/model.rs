@@ -98,6 +98,19 @@ pub enum Group {
 }
 
 impl Group {
+    /// Every group, in suite and report order.
+    pub const ALL: [Group; 9] = [
+        Group::Lifecycle,
+        Group::Boot,
+        Group::Cpu,
+        Group::Syscall,
+        Group::Spawn,
+        Group::FileIo,
+        Group::Memory,
+        Group::Density,
+        Group::Network,
+    ];
+
     pub fn title(self) -> &'static str {
         match self {
             Group::Lifecycle => "Lifecycle",

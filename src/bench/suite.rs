@@ -198,11 +198,13 @@ pub struct Runner<'a> {
     seq: u32,
     /// The kernel and initramfs `amphi vm check` booted, which QEMU boots too.
     boot_image: Option<(PathBuf, PathBuf)>,
+    /// Where the network step's instance listens.
+    net_addr: Option<String>,
 }
 
 impl<'a> Runner<'a> {
     pub fn new(ws: &'a mut Workspace, rts: &'a [Runtime], plan: &'a Plan) -> Self {
-        Runner { ws, rts, plan, steps: Vec::new(), live: Vec::new(), seq: 0, boot_image: None }
+        Runner { ws, rts, plan, steps: Vec::new(), live: Vec::new(), seq: 0, boot_image: None, net_addr: None }
     }
 
     /// Runs every group of the plan; only Ctrl-C stops it early.
@@ -210,7 +212,6 @@ impl<'a> Runner<'a> {
         for &g in &self.plan.groups {
             match g {
                 Group::Density => self.density()?,
-                Group::Network => self.network()?,
                 _ => self.rounds(g)?,
             }
         }
@@ -224,12 +225,14 @@ impl<'a> Runner<'a> {
         if failed.iter().all(|f| *f) {
             return Ok(());
         }
-        if group == Group::Boot {
-            match self.boot_prepare() {
-                Ok(()) => {}
-                Err(SampleError::Proc(ProcError::Interrupted)) => return Err(ProcError::Interrupted),
-                Err(e) => {
-                    let msg = format!("preparing the guest image: {}", chain(&e));
+        if let Err(e) = self.prepare(group) {
+            match e {
+                SampleError::Proc(ProcError::Interrupted) => return Err(ProcError::Interrupted),
+                e => {
+                    let msg = match group {
+                        Group::Boot => format!("preparing the guest image: {}", chain(&e)),
+                        _ => chain(&e),
+                    };
                     eprintln!("bench: {}: failed: {msg}", group.title());
                     let taking: Vec<Subject> =
                         self.rts.iter().zip(&failed).filter(|(_, f)| !**f).map(|(rt, _)| rt.subject).collect();
@@ -301,7 +304,25 @@ impl<'a> Runner<'a> {
                 v.extend(self.idle_memory(i)?);
                 Ok(v)
             }
-            Group::Density | Group::Network => Ok(Vec::new()),
+            Group::Network => {
+                let addr = self.net_addr.clone().ok_or_else(|| SampleError::Other("no network namespace".into()))?;
+                self.network_once(i, &addr)
+            }
+            Group::Density => Ok(Vec::new()),
+        }
+    }
+
+    /// What a group needs once before its rounds: the guest image for the
+    /// boot step, the namespace and veth pair for the network step.
+    fn prepare(&mut self, group: Group) -> Result<(), SampleError> {
+        match group {
+            Group::Boot => self.boot_prepare(),
+            Group::Network => {
+                let ns = self.ws.network()?;
+                self.net_addr = Some(format!("{}:{NET_PORT}", ns.guest_addr));
+                Ok(())
+            }
+            _ => Ok(()),
         }
     }
 
@@ -608,61 +629,6 @@ impl<'a> Runner<'a> {
 
     /// TCP from the host into an instance through a veth pair in the
     /// instance's network namespace, the way an engine connects one.
-    fn network(&mut self) -> Result<(), ProcError> {
-        let (addr, ok) = match self.ws.network() {
-            Ok(ns) => (format!("{}:{NET_PORT}", ns.guest_addr), None),
-            Err(e) => (String::new(), Some(e.to_string())),
-        };
-        if let Some(err) = ok {
-            eprintln!("bench: Network: {err}");
-            for rt in self.rts.iter().filter(|rt| takes_part(rt.subject, Group::Network)) {
-                for id in group_ids(Group::Network, false) {
-                    self.fail(id, rt.subject, None, &err);
-                }
-            }
-            return Ok(());
-        }
-        let total = self.plan.warmup + self.plan.runs;
-        let n = self.rts.len();
-        let mut failed: Vec<bool> = self.rts.iter().map(|rt| !takes_part(rt.subject, Group::Network)).collect();
-        for r in 0..total {
-            for k in 0..n {
-                let i = (k + r as usize) % n;
-                if failed[i] {
-                    continue;
-                }
-                let subject = self.rts[i].subject;
-                let label = if r < self.plan.warmup {
-                    "warm-up".to_string()
-                } else {
-                    format!("run {}/{}", r - self.plan.warmup + 1, self.plan.runs)
-                };
-                let got = self.network_once(i, &addr);
-                self.sweep();
-                match got {
-                    Ok(values) => {
-                        progress(Group::Network, subject, &label, &values);
-                        if r >= self.plan.warmup {
-                            for (id, v) in values {
-                                self.record(id, subject, None, v);
-                            }
-                        }
-                    }
-                    Err(SampleError::Proc(ProcError::Interrupted)) => return Err(ProcError::Interrupted),
-                    Err(e) => {
-                        let msg = format!("{label}: {}", chain(&e));
-                        eprintln!("bench: Network: {}: failed: {msg}", subject.label());
-                        failed[i] = true;
-                        for id in group_ids(Group::Network, false) {
-                            self.fail(id, subject, None, &msg);
-                        }
-                    }
-                }
-            }
-        }
-        Ok(())
-    }
-
     fn network_once(&mut self, i: usize, addr: &str) -> Result<Vec<(&'static str, f64)>, SampleError> {
         let (_id, _lines) = self.start_idle(i, true)?;
         let s = &self.plan.sizes;
@@ -877,16 +843,7 @@ mod tests {
 
     #[test]
     fn every_group_id_is_described() {
-        for g in [
-            Group::Lifecycle,
-            Group::Cpu,
-            Group::Syscall,
-            Group::Spawn,
-            Group::FileIo,
-            Group::Memory,
-            Group::Density,
-            Group::Network,
-        ] {
+        for g in Group::ALL {
             for id in group_ids(g, false) {
                 let (group, title, _) = describe(id);
                 assert_eq!(group, g, "{id}");

@@ -39,6 +39,8 @@ pub enum WorkspaceError {
         #[source]
         source: serde_json::Error,
     },
+    #[error("the bundle {path}'s config.json is not a JSON object: give the directory of an OCI bundle")]
+    NotASpec { path: PathBuf },
     #[error("setting up the network step's namespace failed: `{command}`: {stderr}")]
     Network { command: String, stderr: String },
 }
@@ -115,6 +117,10 @@ impl Workspace {
         let text = std::fs::read_to_string(&cfg_path).map_err(io(&cfg_path))?;
         let template: Value =
             serde_json::from_str(&text).map_err(|source| WorkspaceError::BadBundle { path: bundle.into(), source })?;
+        // configure() adds annotations to it, which needs an object.
+        if !template.is_object() {
+            return Err(WorkspaceError::NotASpec { path: bundle.into() });
+        }
         let root = template.pointer("/root/path").and_then(Value::as_str).unwrap_or("rootfs");
         let base = bundle.join(root);
         let base = base.canonicalize().map_err(io(&base))?;
@@ -186,8 +192,11 @@ impl Workspace {
         }
         cfg["process"]["terminal"] = json!(false);
         if let Some(iso) = rt.isolation() {
-            let ann =
-                cfg.as_object_mut().expect("a spec is an object").entry("annotations").or_insert_with(|| json!({}));
+            let ann = cfg
+                .as_object_mut()
+                .expect("for_bundle and standard only keep objects")
+                .entry("annotations")
+                .or_insert_with(|| json!({}));
             ann["run.amphi.isolation"] = json!(iso);
             // Boots under TCG (the nested test host) take seconds, more so
             // under the density step's load.
@@ -295,6 +304,14 @@ fn build_rootfs(root: &Path, programs: &Programs) -> Result<(), WorkspaceError> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_bundle_whose_config_is_not_an_object_is_refused() {
+        let b = tempfile::tempdir().unwrap();
+        std::fs::write(b.path().join("config.json"), "[]").unwrap();
+        let e = Workspace::for_bundle(b.path()).err().unwrap();
+        assert!(matches!(e, WorkspaceError::NotASpec { .. }), "{e}");
+    }
 
     #[test]
     fn the_template_is_the_example_bundle() {
