@@ -1,6 +1,6 @@
 //! What PID 1 sets up before serving: a root that pivot_root can leave,
 //! mounts (with cgroup2 for the containers' cgroups), modules, the
-//! loopback, and the reaper.
+//! loopback, and the reaper; and whether this boot makes a VM template.
 
 use std::io::Write;
 use std::os::fd::AsFd;
@@ -14,6 +14,8 @@ use crate::reaper::Exits;
 pub struct State {
     pub modules_loaded: Vec<String>,
     pub exits: Arc<Exits>,
+    /// The command line names [`amphi::agent::TEMPLATE_CMDLINE_WORD`].
+    pub template: bool,
 }
 
 /// Writes one line to the console (PID 1's stdout is /dev/console).
@@ -122,6 +124,10 @@ fn run_dirs() -> Result<(), String> {
 pub fn setup() -> Result<State, String> {
     switch_root()?;
     mounts()?;
+    // Unreadable, it could hide a template boot: fail rather than serve
+    // a guest that may share its RNG state with others.
+    let cmdline = std::fs::read_to_string("/proc/cmdline").map_err(|e| format!("read /proc/cmdline: {e}"))?;
+    let template = crate::restore::is_template_boot(&cmdline);
     seal_root()?;
     cgroups()?;
     run_dirs()?;
@@ -131,5 +137,5 @@ pub fn setup() -> Result<State, String> {
     // namespace (no namespace in the spec, or a VM with interfaces) expect
     // 127.0.0.1 as they would on a host.
     amphi::linux::namespaces::loopback_up().map_err(|e| format!("cannot bring the loopback up: {e}"))?;
-    Ok(State { modules_loaded, exits })
+    Ok(State { modules_loaded, exits, template })
 }

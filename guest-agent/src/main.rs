@@ -6,7 +6,9 @@
 //! [`amphi::agent::AGENT_VSOCK_PORT`]. It prints one line saying it
 //! listens, which the VMM watches for. A fatal setup error is printed and
 //! the guest powered off, so the host sees a quick, explained failure
-//! instead of a timeout (PID 1 exiting would panic the kernel).
+//! instead of a timeout (PID 1 exiting would panic the kernel). A boot
+//! that makes a VM template serves only what starts nothing until the
+//! host says the guest was restored (restore.rs).
 
 mod containers;
 mod disks;
@@ -14,6 +16,7 @@ mod helper;
 mod init;
 mod network;
 mod reaper;
+mod restore;
 mod server;
 mod sessions;
 
@@ -51,5 +54,9 @@ fn main() {
         env!("CARGO_PKG_VERSION"),
         init_ms
     ));
-    server::serve(listener, server::Context::new(state.modules_loaded, init_ms, state.exits));
+    if state.template {
+        init::console("amphi-agent: VM template boot: nothing runs until the host sends restored");
+    }
+    let restore = restore::Restore::new(state.template, Box::new(restore::Linux));
+    server::serve(listener, server::Context::new(state.modules_loaded, init_ms, state.exits, restore));
 }

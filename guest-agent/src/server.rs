@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use crate::containers::Containers;
 use crate::reaper::Exits;
+use crate::restore::Restore;
 use crate::sessions::Sessions;
 
 use amphi::agent::message::{classify_bad_request, ShutdownResponse};
@@ -21,10 +22,11 @@ pub struct Context {
     pub exits: Arc<Exits>,
     pub sessions: Arc<Sessions>,
     pub containers: Containers,
+    pub restore: Restore,
 }
 
 impl Context {
-    pub fn new(modules_loaded: Vec<String>, init_ms: u64, exits: Arc<Exits>) -> Context {
+    pub fn new(modules_loaded: Vec<String>, init_ms: u64, exits: Arc<Exits>, restore: Restore) -> Context {
         let sessions = Arc::new(Sessions::default());
         Context {
             modules_loaded,
@@ -32,6 +34,7 @@ impl Context {
             containers: Containers::new(exits.clone(), sessions.clone()),
             exits,
             sessions,
+            restore,
         }
     }
 }
@@ -97,6 +100,8 @@ fn health(ctx: &Context) -> Result<HealthResponse, AgentError> {
         mem_available_kib: field("MemAvailable:"),
         zombies_reaped: ctx.exits.reaped(),
         online_cpus: std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1),
+        awaiting_restore: ctx.restore.awaiting(),
+        generation: ctx.restore.generation(),
     })
 }
 
@@ -137,6 +142,9 @@ pub fn handle(mut conn: File, ctx: &Context) -> Option<(ShutdownAction, File)> {
             }
             Err(_) => return None,
         };
+        // For `restored`: the guest's time since this point is added to
+        // the host's wall clock.
+        let received = ctx.restore.monotonic_ns();
         let env: RequestEnvelope = match serde_json::from_slice(&payload) {
             Ok(r) => r,
             Err(_) => {
@@ -165,6 +173,8 @@ pub fn handle(mut conn: File, ctx: &Context) -> Option<(ShutdownAction, File)> {
                     kernel_release: kernel_release(),
                     modules_loaded: ctx.modules_loaded.clone(),
                     agent_init_ms: ctx.init_ms,
+                    awaiting_restore: ctx.restore.awaiting(),
+                    generation: ctx.restore.generation(),
                 }))
             }
             // A stdio stream: its one frame stands in for the handshake.
@@ -184,6 +194,8 @@ pub fn handle(mut conn: File, ctx: &Context) -> Option<(ShutdownAction, File)> {
                 return None;
             }
             _ if !handshaken => Err(AgentError::new(ErrorCode::HandshakeRequired, "send a handshake request first")),
+            r if !ctx.restore.admits(&r) => Err(crate::restore::not_restored(&r)),
+            Request::Restored(r) => ctx.restore.restored(&r, received).map(Response::Restored),
             Request::Health => health(ctx).map(Response::Health),
             Request::Shutdown(s) => {
                 after = Some(s.action);
@@ -227,12 +239,17 @@ mod tests {
     use amphi::agent::{Client, HandshakeRequest, ProtocolError, ProtocolVersion, ShutdownRequest};
     use std::os::unix::net::UnixStream;
 
-    fn ctx() -> Context {
+    fn booted(template: bool) -> Context {
         let exits = Arc::new(Exits::default());
         for pid in 0..3 {
             exits.record(100 + pid, amphi::agent::container::ExitStatus::exited(0));
         }
-        Context::new(vec!["vsock".into()], 7, exits)
+        let kernel = crate::restore::tests::FakeKernel { realtime_ns: 5_000, ..Default::default() };
+        Context::new(vec!["vsock".into()], 7, exits, Restore::new(template, Box::new(kernel)))
+    }
+
+    fn ctx() -> Context {
+        booted(false)
     }
 
     fn file(s: UnixStream) -> File {
@@ -241,9 +258,102 @@ mod tests {
 
     /// Runs the agent's handler on one end of a socketpair.
     fn agent() -> (Client<UnixStream>, std::thread::JoinHandle<Option<ShutdownAction>>) {
+        agent_of(ctx())
+    }
+
+    fn agent_of(ctx: Context) -> (Client<UnixStream>, std::thread::JoinHandle<Option<ShutdownAction>>) {
         let (host, guest) = UnixStream::pair().unwrap();
-        let h = std::thread::spawn(move || handle(file(guest), &ctx()).map(|(a, _)| a));
+        let h = std::thread::spawn(move || handle(file(guest), &ctx).map(|(a, _)| a));
         (Client::new(host), h)
+    }
+
+    fn refused(c: &mut Client<UnixStream>, request: Request) -> AgentError {
+        match c.call(request) {
+            Err(ProtocolError::Agent(e)) => e,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// What a template boot must not do before `restored`: make a
+    /// container, run a process in one, or touch the network.
+    fn starters() -> Vec<Request> {
+        use amphi::agent::container::{CreateContainerRequest, ExecRequest, StdioRequest};
+        let stdio = StdioRequest { session: "s".into(), streams: vec![], window: None };
+        vec![
+            Request::CreateContainer(CreateContainerRequest {
+                id: "c".into(),
+                config: serde_json::json!({}),
+                share: "fs0".into(),
+                stdio: stdio.clone(),
+                runtime_hooks: false,
+                no_pivot: false,
+                no_new_keyring: false,
+                disks: vec![],
+            }),
+            Request::Exec(ExecRequest { id: "c".into(), exec_id: "e".into(), process: serde_json::json!({}), stdio }),
+            Request::ConfigureNetwork(amphi::agent::NetworkRequest {
+                id: String::new(),
+                interfaces: vec![],
+                routes: vec![],
+            }),
+            Request::StartContainer(amphi::agent::container::ContainerRef { id: "c".into() }),
+        ]
+    }
+
+    fn restored(seed_len: usize, generation: u64) -> Request {
+        Request::Restored(amphi::agent::RestoredRequest { realtime_ns: 9_000, seed: vec![1; seed_len], generation })
+    }
+
+    #[test]
+    fn a_template_boot_starts_nothing_until_restored() {
+        let (mut c, _h) = agent_of(booted(true));
+        match c.call(hello()).unwrap() {
+            Response::Handshake(r) => assert_eq!((r.awaiting_restore, r.generation), (true, None)),
+            other => panic!("{other:?}"),
+        }
+        for r in starters() {
+            let method = r.method();
+            let e = refused(&mut c, r);
+            assert_eq!(e.code, ErrorCode::NotRestored, "{method}: {e}");
+        }
+        match c.call(Request::Health).unwrap() {
+            Response::Health(h) => assert!(h.awaiting_restore),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(refused(&mut c, restored(31, 1)).code, ErrorCode::InvalidConfig);
+        assert_eq!(refused(&mut c, restored(257, 1)).code, ErrorCode::InvalidConfig);
+        match c.call(restored(64, 2)).unwrap() {
+            Response::Restored(r) => {
+                // From the fake's 5000 ns to the host's 9000 (its
+                // monotonic clock stands still).
+                assert_eq!((r.guest_realtime_before_ns, r.clock_step_ns), (5_000, 4_000));
+            }
+            other => panic!("{other:?}"),
+        }
+        // Served now: an invalid network request is judged on its merits.
+        let network = starters().remove(2);
+        assert_eq!(refused(&mut c, network).code, ErrorCode::InvalidConfig);
+        match c.call(Request::Health).unwrap() {
+            Response::Health(h) => assert_eq!((h.awaiting_restore, h.generation), (false, Some(2))),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_cold_boot_serves_as_before() {
+        let (mut c, _h) = agent();
+        match c.call(hello()).unwrap() {
+            Response::Handshake(r) => assert_eq!((r.awaiting_restore, r.generation), (false, None)),
+            other => panic!("{other:?}"),
+        }
+        let network = starters().remove(2);
+        assert_eq!(refused(&mut c, network).code, ErrorCode::InvalidConfig);
+    }
+
+    #[test]
+    fn restored_needs_the_handshake_too() {
+        let (mut c, _h) = agent_of(booted(true));
+        assert_eq!(refused(&mut c, restored(64, 1)).code, ErrorCode::HandshakeRequired);
     }
 
     fn hello() -> Request {

@@ -18,7 +18,16 @@ pub const AGENT_VSOCK_PORT: u32 = 1024;
 
 /// This build's protocol version. Same major: compatible; the minor
 /// version only adds optional fields, methods and error codes.
-pub const PROTOCOL_VERSION: ProtocolVersion = ProtocolVersion { major: 1, minor: 4 };
+pub const PROTOCOL_VERSION: ProtocolVersion = ProtocolVersion { major: 1, minor: 5 };
+
+/// The kernel command-line word that makes a boot a VM template's: the
+/// agent then waits for [`Request::Restored`] before it runs anything.
+/// It stays in the snapshot's memory, so every restored guest sees it.
+pub const TEMPLATE_CMDLINE_WORD: &str = "amphi.template";
+
+/// How many bytes of host randomness a [`RestoredRequest`] may carry: at
+/// least 256 bits, and no more than the kernel usefully takes at once.
+pub const RESTORE_SEED_LEN: std::ops::RangeInclusive<usize> = 32..=256;
 
 /// The line the agent prints on the guest console once its vsock listener
 /// is up; the VMM watches the serial output for it to time the boot.
@@ -88,6 +97,9 @@ pub enum Request {
     /// 1.4: give the guest's network interfaces the host interfaces'
     /// addresses, routes and MTU.
     ConfigureNetwork(NetworkRequest),
+    /// 1.5: the guest was restored from a template: reseed its RNG, set
+    /// its wall clock, and (on a template boot) start serving.
+    Restored(RestoredRequest),
 }
 
 /// Every method name, in the order of [`Request`]'s variants.
@@ -109,6 +121,7 @@ pub const METHODS: &[&str] = &[
     "stats",
     "update",
     "configure_network",
+    "restored",
 ];
 
 impl Request {
@@ -131,6 +144,7 @@ impl Request {
             Request::Stats(_) => "stats",
             Request::Update(_) => "update",
             Request::ConfigureNetwork(_) => "configure_network",
+            Request::Restored(_) => "restored",
         }
     }
 }
@@ -206,6 +220,7 @@ pub enum Response {
     Stats(StatsResponse),
     Update,
     ConfigureNetwork(NetworkResponse),
+    Restored(RestoredReply),
 }
 
 impl Response {
@@ -228,6 +243,7 @@ impl Response {
             Response::Stats(_) => "stats",
             Response::Update => "update",
             Response::ConfigureNetwork(_) => "configure_network",
+            Response::Restored(_) => "restored",
         }
     }
 }
@@ -246,6 +262,12 @@ pub struct HandshakeResponse {
     /// Milliseconds from the agent's start to its listener being up.
     #[serde(default)]
     pub agent_init_ms: u64,
+    /// 1.5: the guest booted as a template and still waits for `restored`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub awaiting_restore: bool,
+    /// 1.5: the `generation` of the last `restored`; absent until one came.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generation: Option<u64>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -256,6 +278,54 @@ pub struct HealthResponse {
     /// Children PID 1 has reaped since boot.
     pub zombies_reaped: u64,
     pub online_cpus: u32,
+    /// 1.5: as in [`HandshakeResponse::awaiting_restore`].
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub awaiting_restore: bool,
+    /// 1.5: as in [`HandshakeResponse::generation`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generation: Option<u64>,
+}
+
+/// What a guest restored from a template needs from the host: the wall
+/// clock (the template's stopped when it was snapshotted) and fresh
+/// randomness (every guest restored from one template starts with the
+/// same RNG state).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestoredRequest {
+    /// The host's `CLOCK_REALTIME` when it sent the request, in
+    /// nanoseconds since the epoch.
+    pub realtime_ns: u64,
+    /// Bytes from the host's `getrandom`, [`RESTORE_SEED_LEN`] of them.
+    pub seed: Vec<u8>,
+    /// Which restore this is, as the host counts them; the agent reports
+    /// it in `handshake` and `health`.
+    pub generation: u64,
+}
+
+impl RestoredRequest {
+    /// Refuses a seed whose length is outside [`RESTORE_SEED_LEN`].
+    pub fn check_seed(&self) -> Result<(), AgentError> {
+        if RESTORE_SEED_LEN.contains(&self.seed.len()) {
+            return Ok(());
+        }
+        Err(AgentError::new(
+            ErrorCode::InvalidConfig,
+            format!(
+                "a restore seed of {} bytes (it must have {} to {})",
+                self.seed.len(),
+                RESTORE_SEED_LEN.start(),
+                RESTORE_SEED_LEN.end()
+            ),
+        ))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestoredReply {
+    /// The guest's `CLOCK_REALTIME` just before the agent set it.
+    pub guest_realtime_before_ns: u64,
+    /// How far the agent moved the guest's wall clock (negative: back).
+    pub clock_step_ns: i64,
 }
 
 /// The guest's side of the host interfaces wired to the VM's TAPs, for
@@ -332,6 +402,9 @@ pub enum ErrorCode {
     DiskNotFound,
     /// 1.4: the guest's network could not be set up as asked.
     NetworkFailed,
+    /// 1.5: the guest booted as a template and runs nothing until
+    /// `restored` arrived.
+    NotRestored,
 }
 
 impl ErrorCode {
@@ -355,6 +428,7 @@ impl ErrorCode {
             ErrorCode::GuestSetupFailed => "guest_setup_failed",
             ErrorCode::DiskNotFound => "disk_not_found",
             ErrorCode::NetworkFailed => "network_failed",
+            ErrorCode::NotRestored => "not_restored",
         }
     }
 }
@@ -402,7 +476,7 @@ mod tests {
         let v: serde_json::Value = serde_json::to_value(&r).unwrap();
         assert_eq!(
             v,
-            serde_json::json!({"id":3,"method":"handshake","params":{"protocol":{"major":1,"minor":4},"host_version":"0.1.0"}})
+            serde_json::json!({"id":3,"method":"handshake","params":{"protocol":{"major":1,"minor":5},"host_version":"0.1.0"}})
         );
         let h: serde_json::Value = serde_json::to_value(RequestEnvelope { id: 4, request: Request::Health }).unwrap();
         assert_eq!(h, serde_json::json!({"id":4,"method":"health"}));
@@ -449,6 +523,7 @@ mod tests {
             ErrorCode::GuestSetupFailed,
             ErrorCode::DiskNotFound,
             ErrorCode::NetworkFailed,
+            ErrorCode::NotRestored,
         ] {
             assert_eq!(serde_json::to_value(code).unwrap(), serde_json::Value::String(code.as_str().into()));
         }
@@ -465,7 +540,60 @@ mod tests {
         assert_eq!(n.interfaces[0].mac.to_string(), "8a:01:02:03:04:05");
         assert_eq!(n.routes[0].to_string(), "default via 10.88.0.1");
         assert_eq!(serde_json::to_value(&r).unwrap(), json);
+        assert!(METHODS.contains(&r.request.method()));
+    }
+
+    #[test]
+    fn restored_has_its_documented_wire_form() {
+        let json = serde_json::json!({"id": 2, "method": "restored",
+            "params": {"realtime_ns": 1_790_000_000_123_456_789_u64, "seed": [1, 2, 255], "generation": 7}});
+        let r: RequestEnvelope = serde_json::from_value(json.clone()).unwrap();
+        let Request::Restored(q) = &r.request else { panic!("{r:?}") };
+        assert_eq!((q.realtime_ns, q.seed.as_slice(), q.generation), (1_790_000_000_123_456_789, &[1, 2, 255][..], 7));
+        assert_eq!(serde_json::to_value(&r).unwrap(), json);
         assert_eq!(Some(&r.request.method()), METHODS.last());
+
+        let ok = ResponseEnvelope::ok(
+            2,
+            Response::Restored(RestoredReply {
+                guest_realtime_before_ns: 1_700_000_000_000_000_000,
+                clock_step_ns: -5,
+            }),
+        );
+        let wire = serde_json::json!({"id": 2, "result": {"method": "restored",
+            "guest_realtime_before_ns": 1_700_000_000_000_000_000_u64, "clock_step_ns": -5}});
+        assert_eq!(serde_json::to_value(&ok).unwrap(), wire);
+        assert_eq!(serde_json::from_value::<ResponseEnvelope>(wire).unwrap(), ok);
+        assert_eq!(ErrorCode::NotRestored.as_str(), "not_restored");
+    }
+
+    #[test]
+    fn a_restore_seed_has_32_to_256_bytes() {
+        let with = |n: usize| RestoredRequest { realtime_ns: 1, seed: vec![0xa5; n], generation: 1 };
+        for n in [32, 64, 256] {
+            assert!(with(n).check_seed().is_ok(), "{n} bytes");
+        }
+        for n in [0, 31, 257, 4096] {
+            let e = with(n).check_seed().unwrap_err();
+            assert_eq!(e.code, ErrorCode::InvalidConfig, "{n} bytes");
+            assert!(e.message.contains(&format!("{n} bytes")), "{e}");
+        }
+    }
+
+    /// A cold boot's handshake and health read exactly as before 1.5, and
+    /// a 1.4 agent's answers still parse.
+    #[test]
+    fn the_restore_fields_appear_only_when_set() {
+        let health = HealthResponse { uptime_ms: 1, online_cpus: 1, ..HealthResponse::default() };
+        let v = serde_json::to_value(Response::Health(health.clone())).unwrap();
+        assert!(v.get("awaiting_restore").is_none() && v.get("generation").is_none(), "{v}");
+        let waiting = HealthResponse { awaiting_restore: true, generation: Some(3), ..health };
+        let v = serde_json::to_value(Response::Health(waiting)).unwrap();
+        assert_eq!((v["awaiting_restore"].as_bool(), v["generation"].as_u64()), (Some(true), Some(3)));
+        let old =
+            r#"{"method":"handshake","protocol":{"major":1,"minor":4},"agent_version":"0.1.0","kernel_release":"6.1"}"#;
+        let Response::Handshake(h) = serde_json::from_str(old).unwrap() else { panic!() };
+        assert_eq!((h.awaiting_restore, h.generation), (false, None));
     }
 
     #[test]

@@ -16,8 +16,9 @@ pub mod relay;
 pub use frame::{read_frame, write_frame, FrameError, FRAME_HEADER_LEN, FRAME_MAGIC, FRAME_VERSION, MAX_FRAME_LEN};
 pub use message::{
     AgentError, ErrorCode, GuestInterface, HandshakeRequest, HandshakeResponse, HealthResponse, NetworkRequest,
-    NetworkResponse, ProtocolVersion, Request, RequestEnvelope, Response, ResponseEnvelope, ShutdownAction,
-    ShutdownRequest, AGENT_VSOCK_PORT, LISTENING_MARKER, PROTOCOL_VERSION,
+    NetworkResponse, ProtocolVersion, Request, RequestEnvelope, Response, ResponseEnvelope, RestoredReply,
+    RestoredRequest, ShutdownAction, ShutdownRequest, AGENT_VSOCK_PORT, LISTENING_MARKER, PROTOCOL_VERSION,
+    RESTORE_SEED_LEN, TEMPLATE_CMDLINE_WORD,
 };
 
 use std::io::{Read, Write};
@@ -185,6 +186,7 @@ mod tests {
             Request::Handshake(HandshakeRequest { protocol: PROTOCOL_VERSION, host_version: "0.1.0".into() }),
             Request::Health,
             Request::Shutdown(ShutdownRequest { action: ShutdownAction::PowerOff }),
+            Request::Restored(RestoredRequest { realtime_ns: 1 << 60, seed: vec![7; 32], generation: 2 }),
         ]
         .into_iter()
         .enumerate()

@@ -14,7 +14,7 @@ use crate::agent::container::{
 };
 use crate::agent::{
     self, Client, HandshakeRequest, HandshakeResponse, HealthResponse, NetworkRequest, NetworkResponse, ProtocolError,
-    Request, Response, ShutdownAction, ShutdownRequest, PROTOCOL_VERSION,
+    Request, Response, RestoredReply, RestoredRequest, ShutdownAction, ShutdownRequest, PROTOCOL_VERSION,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -32,6 +32,10 @@ pub enum AgentClientError {
     Protocol(#[from] ProtocolError),
     #[error("the agent speaks protocol {agent}, this amphi speaks {host}: upgrade the agent in the guest image")]
     IncompatibleVersion { host: agent::ProtocolVersion, agent: agent::ProtocolVersion },
+    #[error("the agent speaks protocol {agent}, which lacks `{method}` (protocol {needs})")]
+    TooOld { method: &'static str, needs: agent::ProtocolVersion, agent: agent::ProtocolVersion },
+    #[error("the host's wall clock is before 1970")]
+    HostClock(#[source] std::time::SystemTimeError),
 }
 
 /// Reads the `OK <port>\n` line byte by byte, leaving the stream at the
@@ -253,6 +257,21 @@ impl AgentClient {
     pub fn configure_network(&mut self, req: NetworkRequest) -> Result<NetworkResponse, AgentClientError> {
         expect!(self.call(Request::ConfigureNetwork(req))?, "configure_network", Response::ConfigureNetwork(r) => r)
     }
+
+    /// Tells a guest restored from a template that it was: it takes
+    /// `seed` (host randomness, [`agent::RESTORE_SEED_LEN`] bytes) into
+    /// its RNG and the host's wall clock, read here, as its own. Refused
+    /// without a round trip by an agent older than 1.5.
+    pub fn restored(&mut self, seed: &[u8], generation: u64) -> Result<RestoredReply, AgentClientError> {
+        let needs = agent::ProtocolVersion { major: 1, minor: 5 };
+        if let Some(v) = self.agent_protocol.filter(|v| v.minor < needs.minor) {
+            return Err(AgentClientError::TooOld { method: "restored", needs, agent: v });
+        }
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+        let realtime_ns = u64::try_from(now.map_err(AgentClientError::HostClock)?.as_nanos()).unwrap_or(u64::MAX);
+        let req = RestoredRequest { realtime_ns, seed: seed.to_vec(), generation };
+        expect!(self.call(Request::Restored(req))?, "restored", Response::Restored(r) => r)
+    }
 }
 
 /// Opens one stdio stream of `session` to the agent. The stream carries
@@ -280,6 +299,26 @@ mod tests {
     use std::io::BufRead;
     use std::os::unix::net::UnixListener;
 
+    /// Reads a handshake request and answers it as an agent of `protocol`.
+    fn answer_handshake(
+        r: &mut impl Read,
+        w: &mut impl Write,
+        protocol: agent::ProtocolVersion,
+        awaiting_restore: bool,
+    ) {
+        let req: RequestEnvelope = receive(r).unwrap().unwrap();
+        let reply = Response::Handshake(HandshakeResponse {
+            protocol,
+            agent_version: "9.9.9".into(),
+            kernel_release: "6.1.0-test".into(),
+            modules_loaded: vec![],
+            agent_init_ms: 1,
+            awaiting_restore,
+            generation: None,
+        });
+        send(w, &ResponseEnvelope::ok(req.id, reply)).unwrap();
+    }
+
     /// A VMM-side stand-in: refuses the first CONNECT (guest not listening
     /// yet), accepts the second and answers one handshake.
     fn fake_vmm(path: &Path) -> std::thread::JoinHandle<String> {
@@ -292,15 +331,7 @@ mod tests {
             r.read_line(&mut line).unwrap();
             let mut w = s;
             w.write_all(b"OK 1073741824\n").unwrap();
-            let req: RequestEnvelope = receive(&mut r).unwrap().unwrap();
-            let reply = Response::Handshake(HandshakeResponse {
-                protocol: PROTOCOL_VERSION,
-                agent_version: "9.9.9".into(),
-                kernel_release: "6.1.0-test".into(),
-                modules_loaded: vec![],
-                agent_init_ms: 1,
-            });
-            send(&mut w, &ResponseEnvelope::ok(req.id, reply)).unwrap();
+            answer_handshake(&mut r, &mut w, PROTOCOL_VERSION, false);
             line
         })
     }
@@ -376,6 +407,49 @@ mod tests {
         assert!(waited < Duration::from_secs(30), "the call took {waited:?}");
         drop(c);
         assert!(agent.join().unwrap(), "the agent saw the host hang up");
+    }
+
+    /// An agent of protocol `minor` on the other end of a socketpair:
+    /// answers the handshake, then one `restored` if it gets one, and
+    /// returns that request.
+    fn restorable_agent(minor: u32) -> (AgentClient, std::thread::JoinHandle<Option<RestoredRequest>>) {
+        let (host, guest) = UnixStream::pair().unwrap();
+        let agent = std::thread::spawn(move || {
+            let mut r = std::io::BufReader::new(guest.try_clone().unwrap());
+            let mut w = guest;
+            answer_handshake(&mut r, &mut w, agent::ProtocolVersion { major: 1, minor }, true);
+            let env: RequestEnvelope = receive(&mut r).unwrap()?;
+            let Request::Restored(req) = env.request else { panic!("{env:?}") };
+            let reply = RestoredReply { guest_realtime_before_ns: 5, clock_step_ns: 6 };
+            send(&mut w, &ResponseEnvelope::ok(env.id, Response::Restored(reply))).unwrap();
+            Some(req)
+        });
+        let mut c = AgentClient::new(host);
+        c.set_timeout(Some(Duration::from_secs(10)));
+        assert!(c.handshake().unwrap().awaiting_restore);
+        (c, agent)
+    }
+
+    #[test]
+    fn restored_sends_the_seed_the_generation_and_the_host_clock() {
+        let (mut c, agent) = restorable_agent(5);
+        let before = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64;
+        let reply = c.restored(&[9; 64], 4).unwrap();
+        let after = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64;
+        assert_eq!(reply, RestoredReply { guest_realtime_before_ns: 5, clock_step_ns: 6 });
+        let req = agent.join().unwrap().unwrap();
+        assert_eq!((req.seed, req.generation), (vec![9; 64], 4));
+        assert!((before..=after).contains(&req.realtime_ns), "{before} <= {} <= {after}", req.realtime_ns);
+    }
+
+    #[test]
+    fn restored_is_not_sent_to_an_agent_older_than_1_5() {
+        let (mut c, agent) = restorable_agent(4);
+        let e = c.restored(&[9; 64], 1).unwrap_err();
+        assert!(matches!(e, AgentClientError::TooOld { method: "restored", .. }), "{e}");
+        assert_eq!(e.to_string(), "the agent speaks protocol 1.4, which lacks `restored` (protocol 1.5)");
+        drop(c);
+        assert!(agent.join().unwrap().is_none(), "nothing reached the agent");
     }
 
     const AGENT_PORT_FOR_TEST: u32 = crate::agent::AGENT_VSOCK_PORT;
