@@ -63,7 +63,17 @@ pub struct GlobalArgs {
     /// annotation. `both` is for `bench` only.
     #[arg(long, global = true, value_enum, value_name = "container|vm")]
     pub isolation: Option<IsolationArg>,
+
+    /// Whether new VM containers may restore a VM template instead of
+    /// booting (default true); `false` boots every VM cold, as does the
+    /// `run.amphi.vm.template=false` annotation.
+    #[arg(long = "vm-template", global = true, env = VM_TEMPLATE_ENV, value_name = "true|false",
+          value_parser = clap::value_parser!(bool))]
+    pub vm_template: Option<bool>,
 }
+
+/// Sets `--vm-template` for clients that cannot add flags.
+pub const VM_TEMPLATE_ENV: &str = "AMPHI_VM_TEMPLATE";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
@@ -547,6 +557,26 @@ mod tests {
             }
             other => panic!("parsed as {other:?}"),
         }
+    }
+
+    #[test]
+    fn vm_template_is_a_global_true_or_false_also_read_from_the_environment() {
+        let parse = |args: &[&str]| Cli::try_parse_from(args).map(|c| c.global.vm_template);
+        // The only test that sets the variable, and only to a valid value:
+        // other tests parsing meanwhile see it but never read the field.
+        std::env::remove_var(VM_TEMPLATE_ENV);
+        assert_eq!(parse(&["amphi", "state", "c"]).unwrap(), None);
+        assert_eq!(parse(&["amphi", "--vm-template", "false", "create", "c"]).unwrap(), Some(false));
+        assert_eq!(parse(&["amphi", "--vm-template=true", "run", "c"]).unwrap(), Some(true));
+        assert_eq!(parse(&["amphi", "create", "--vm-template=false", "c"]).unwrap(), Some(false));
+        let e = parse(&["amphi", "--vm-template", "no", "create", "c"]).unwrap_err().to_string();
+        assert!(e.contains("--vm-template") && e.contains("true") && e.contains("false"), "{e}");
+        std::env::set_var(VM_TEMPLATE_ENV, "false");
+        let from_env = parse(&["amphi", "create", "c"]);
+        let flag_wins = parse(&["amphi", "--vm-template=true", "create", "c"]);
+        std::env::remove_var(VM_TEMPLATE_ENV);
+        assert_eq!(from_env.unwrap(), Some(false));
+        assert_eq!(flag_wins.unwrap(), Some(true));
     }
 
     #[test]

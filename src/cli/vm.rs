@@ -13,6 +13,80 @@ pub enum VmCommand {
     /// Run the VMM itself (started by amphi; not for direct use).
     #[command(hide = true)]
     RunVmm(RunVmmArgs),
+    /// VM templates: a guest booted once and snapshotted, which new VMs
+    /// restore instead of booting.
+    #[command(subcommand)]
+    Template(TemplateCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TemplateCommand {
+    /// List the cached templates, most recently used first.
+    #[command(alias = "ls")]
+    List(TemplateListArgs),
+    /// Build the template VM containers of this size restore (if it is
+    /// not built yet; waits for another build of it).
+    Build(TemplateBuildArgs),
+    /// Remove templates (VMs running from one keep running).
+    Rm(TemplateRmArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct TemplateCacheArg {
+    /// Directory of the guest image cache; templates live in its
+    /// `templates` subdirectory.
+    #[arg(long = "cache-dir", value_name = "DIR", default_value = amphi::vm::guest::DEFAULT_CACHE_DIR)]
+    pub cache_dir: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct TemplateListArgs {
+    /// Print the list as JSON.
+    #[arg(long)]
+    pub json: bool,
+
+    /// Show each template's inputs, notes and the end of its boot console.
+    #[arg(short, long)]
+    pub verbose: bool,
+
+    #[command(flatten)]
+    pub cache: TemplateCacheArg,
+}
+
+#[derive(Debug, Args)]
+pub struct TemplateBuildArgs {
+    /// Guest kernel, bzImage or ELF vmlinux [default: the one VM containers
+    /// boot].
+    #[arg(long, value_name = "PATH")]
+    pub kernel: Option<PathBuf>,
+
+    /// Guest memory in MiB (a VM container gets its memory limit plus 128,
+    /// or 512 without a limit).
+    #[arg(long, value_name = "MIB", default_value_t = amphi::vm::sandbox::plan::DEFAULT_MEMORY_MIB)]
+    pub memory: u64,
+
+    /// Number of vCPUs.
+    #[arg(long, value_name = "N", default_value_t = amphi::vm::sandbox::plan::DEFAULT_VCPUS,
+          value_parser = clap::value_parser!(u8).range(1..=254))]
+    pub cpus: u8,
+
+    #[command(flatten)]
+    pub cache: TemplateCacheArg,
+}
+
+#[derive(Debug, Args)]
+pub struct TemplateRmArgs {
+    /// Keys of the templates to remove (or the start of one), as `list`
+    /// shows them.
+    #[arg(value_name = "KEY", required_unless_present = "all", conflicts_with = "all")]
+    pub keys: Vec<String>,
+
+    /// Remove every template.
+    #[arg(long)]
+    pub all: bool,
+
+    #[command(flatten)]
+    pub cache: TemplateCacheArg,
 }
 
 #[derive(Debug, Args)]
@@ -116,7 +190,7 @@ mod tests {
     use crate::cli::{Cli, Command};
     use clap::Parser;
 
-    use super::VmCommand;
+    use super::{TemplateCommand, VmCommand};
 
     #[test]
     fn vm_check_takes_the_documented_flags() {
@@ -217,5 +291,44 @@ mod tests {
             }
             other => panic!("parsed as {other:?}"),
         }
+    }
+
+    #[test]
+    fn vm_template_takes_its_subcommands() {
+        let parse = |args: &[&str]| match Cli::try_parse_from(["amphi", "vm", "template"].iter().chain(args)) {
+            Ok(cli) => match cli.command {
+                Command::Vm(VmCommand::Template(t)) => Ok(t),
+                other => panic!("parsed as {other:?}"),
+            },
+            Err(e) => Err(e.to_string()),
+        };
+        match parse(&["list", "--json", "-v"]).unwrap() {
+            TemplateCommand::List(l) => {
+                assert!(l.json && l.verbose);
+                assert_eq!(l.cache.cache_dir, std::path::Path::new("/var/lib/amphi/cache"));
+            }
+            other => panic!("{other:?}"),
+        }
+        match parse(&["build", "--kernel", "/k", "--memory", "1024", "--cpus", "2", "--cache-dir", "/c"]).unwrap() {
+            TemplateCommand::Build(b) => {
+                assert_eq!((b.kernel.as_deref(), b.memory, b.cpus), (Some(std::path::Path::new("/k")), 1024, 2));
+                assert_eq!(b.cache.cache_dir, std::path::Path::new("/c"));
+            }
+            other => panic!("{other:?}"),
+        }
+        match parse(&["build"]).unwrap() {
+            TemplateCommand::Build(b) => assert_eq!((b.memory, b.cpus), (512, 1), "the size of a default VM container"),
+            other => panic!("{other:?}"),
+        }
+        match parse(&["rm", "ab12", "cd34"]).unwrap() {
+            TemplateCommand::Rm(r) => {
+                assert_eq!((r.keys.as_slice(), r.all), (&["ab12".to_string(), "cd34".into()][..], false))
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(parse(&["rm", "--all"]).unwrap(), TemplateCommand::Rm(r) if r.all && r.keys.is_empty()));
+        assert!(parse(&["rm"]).is_err(), "rm needs keys or --all");
+        assert!(parse(&["rm", "--all", "ab12"]).is_err(), "not both");
+        assert!(parse(&["build", "--cpus", "0"]).is_err());
     }
 }

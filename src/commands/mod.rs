@@ -74,6 +74,7 @@ pub fn dispatch(cli: Cli) -> ExitCode {
                 .downcast_ref::<ContainerError>()
                 .map(ContainerError::exit_code)
                 .or_else(|| e.downcast_ref::<amphi::vm::CheckError>().map(amphi::vm::CheckError::exit_code))
+                .or_else(|| e.downcast_ref::<amphi::vm::template::TemplateError>().map(|t| t.exit_code()))
                 .or_else(|| e.downcast_ref::<amphi::container::stats::DurationError>().map(|_| amphi::exit::USAGE))
                 .or_else(|| e.downcast_ref::<amphi::bench::BenchError>().map(amphi::bench::BenchError::exit_code))
                 .unwrap_or(amphi::exit::GENERAL);

@@ -5,15 +5,28 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use amphi::vm::check::{CheckOptions, ConsoleTarget};
+use amphi::vm::guest::GuestOptions;
 use amphi::vm::process::ChildArgs;
+use amphi::vm::template::{self, BuildOptions, Cache, TemplateBuilder, TemplateError};
 
-use crate::cli::vm::{CheckArgs, RunVmmArgs, VmCommand};
+use crate::cli::vm::{
+    CheckArgs, RunVmmArgs, TemplateBuildArgs, TemplateCommand, TemplateListArgs, TemplateRmArgs, VmCommand,
+};
 use crate::cli::GlobalArgs;
+
+/// The VMM's template builder for `vm template build`.
+// LEAD: plug the VMM's builder (design C8) in here. While it is `None`,
+// `vm template build` fails with `TemplateError::Unavailable` instead of
+// pretending to build.
+const TEMPLATE_BUILDER: Option<&'static dyn TemplateBuilder> = None;
 
 pub fn run(_global: &GlobalArgs, cmd: VmCommand) -> anyhow::Result<u8> {
     match cmd {
         VmCommand::Check(a) => check(a),
         VmCommand::RunVmm(a) => Ok(run_vmm(a)),
+        VmCommand::Template(TemplateCommand::List(a)) => template_list(a),
+        VmCommand::Template(TemplateCommand::Build(a)) => template_build(a, TEMPLATE_BUILDER),
+        VmCommand::Template(TemplateCommand::Rm(a)) => template_rm(a),
     }
 }
 
@@ -78,4 +91,55 @@ fn run_vmm(a: RunVmmArgs) -> u8 {
         nets: a.net,
     };
     amphi::vm::process::run_child(args.into_config(), event_fd)
+}
+
+fn template_list(a: TemplateListArgs) -> anyhow::Result<u8> {
+    let infos = Cache::in_cache_dir(&a.cache.cache_dir).list()?;
+    let mut out = std::io::stdout().lock();
+    if a.json {
+        serde_json::to_writer_pretty(&mut out, &infos)?;
+        writeln!(out)?;
+    } else {
+        template::render_list(&infos, a.verbose, &mut out)?;
+    }
+    Ok(0)
+}
+
+fn template_build(a: TemplateBuildArgs, builder: Option<&dyn TemplateBuilder>) -> anyhow::Result<u8> {
+    let builder = builder.ok_or(TemplateError::Unavailable)?;
+    let opts = BuildOptions {
+        guest: GuestOptions {
+            kernel: a.kernel,
+            cache_dir: a.cache.cache_dir,
+            exe: amphi::linux::exe::original_exe(),
+            ..GuestOptions::default()
+        },
+        mem_mib: a.memory,
+        vcpus: a.cpus,
+    };
+    let done = template::build(&opts, builder, &mut |m| eprintln!("amphi: {m}"))?;
+    let t = &done.template;
+    if done.built {
+        println!("built template {} in {} ms ({})", t.key, t.manifest.build_ms, t.dir.display());
+    } else {
+        println!("template {} is already built ({})", t.key, t.dir.display());
+    }
+    Ok(0)
+}
+
+fn template_rm(a: TemplateRmArgs) -> anyhow::Result<u8> {
+    let cache = Cache::in_cache_dir(&a.cache.cache_dir);
+    if a.all {
+        for k in cache.remove_all()? {
+            println!("{k}");
+        }
+        return Ok(0);
+    }
+    // All resolved first, so a mistyped key removes nothing.
+    let keys = a.keys.iter().map(|k| cache.resolve(k)).collect::<Result<Vec<_>, _>>()?;
+    for k in keys {
+        cache.remove(&k)?;
+        println!("{k}");
+    }
+    Ok(0)
 }

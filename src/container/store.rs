@@ -89,7 +89,7 @@ fn lock_within(file: File, path: &Path, id: &str, limit: Duration) -> Result<Flo
 
 /// Who holds the flock on `file`, from /proc/locks (a pid in our pid
 /// namespace, when the holder is visible there).
-fn lock_holder(file: &File) -> Option<i32> {
+pub(crate) fn lock_holder(file: &File) -> Option<i32> {
     use std::os::unix::fs::MetadataExt;
     let meta = file.metadata().ok()?;
     let text = fs::read_to_string("/proc/locks").ok()?;

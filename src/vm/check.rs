@@ -244,7 +244,7 @@ impl Drop for VmmChild {
     }
 }
 
-fn tail(path: Option<&Path>, n: usize) -> Vec<String> {
+pub(crate) fn tail(path: Option<&Path>, n: usize) -> Vec<String> {
     let Some(text) = path.and_then(|p| std::fs::read(p).ok()) else {
         return Vec::new();
     };

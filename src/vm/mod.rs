@@ -8,6 +8,7 @@
 //! - [`process`]: the VMM as a child process, reporting its milestones.
 //! - [`agent_client`]: the host end of the agent protocol over vsock.
 //! - [`uds`]: Unix socket paths longer than a socket address takes.
+//! - [`template`]: snapshots of a booted guest that new VMs restore.
 //! - [`check`]: `amphi vm check`, which ties all of the above together.
 
 pub mod agent_client;
@@ -21,6 +22,7 @@ pub mod jail;
 pub mod kernel;
 pub mod process;
 pub mod sandbox;
+pub mod template;
 pub mod uds;
 pub mod vmm;
 

@@ -15,6 +15,7 @@ use sha2::{Digest, Sha256};
 
 use super::cpio::CpioWriter;
 use super::modules::{self, ModuleError};
+use super::stamp;
 
 /// The agent reads the modules to load, one path a line, from here.
 pub const MODULE_LIST_PATH: &str = "etc/amphi/modules";
@@ -94,30 +95,17 @@ fn stamp_key(spec: &InitramfsSpec<'_>) -> String {
     h.finalize().iter().take(12).map(|b| format!("{b:02x}")).collect()
 }
 
-/// A short key for one input path (names the stamp of a single file).
-pub(super) fn path_key(p: &Path) -> String {
-    Sha256::digest(p.as_os_str().as_encoded_bytes()).iter().take(12).map(|b| format!("{b:02x}")).collect()
-}
-
-/// A file's identity as stat(2) sees it: a change of content changes it.
-fn file_stamp(p: &Path) -> Option<(u64, u64, i64, i64)> {
-    use std::os::unix::fs::MetadataExt;
-    let m = std::fs::metadata(p).ok()?;
-    Some((m.dev(), m.ino(), m.size() as i64, m.mtime() * 1_000_000_000 + m.mtime_nsec()))
-}
-
 #[derive(serde::Serialize, serde::Deserialize)]
-struct Stamp {
+struct ImageStamp {
     image: String,
     modules: Vec<String>,
-    files: Vec<(PathBuf, (u64, u64, i64, i64))>,
 }
 
 /// The image a stamp names, if every input file is unchanged since (so
 /// nothing needs to be read, decompressed or hashed again).
-pub(super) fn stamp_hit(stamp: &Path, cache_dir: &Path) -> Option<(PathBuf, Vec<String>)> {
-    let s: Stamp = serde_json::from_slice(&std::fs::read(stamp).ok()?).ok()?;
-    if s.image.contains('/') || s.files.iter().any(|(p, st)| file_stamp(p).as_ref() != Some(st)) {
+pub(super) fn stamp_hit(stamp_path: &Path, cache_dir: &Path) -> Option<(PathBuf, Vec<String>)> {
+    let s: ImageStamp = stamp::read(stamp_path)?;
+    if s.image.contains('/') {
         return None;
     }
     let image = cache_dir.join(&s.image);
@@ -126,16 +114,10 @@ pub(super) fn stamp_hit(stamp: &Path, cache_dir: &Path) -> Option<(PathBuf, Vec<
 
 /// Records the inputs of an image (best effort: without a stamp, the next
 /// run just hashes the contents again).
-pub(super) fn write_stamp(stamp: &Path, image: &Path, inputs: &[&Path], modules: &[String]) {
-    let files: Option<Vec<_>> = inputs.iter().map(|p| file_stamp(p).map(|st| (p.to_path_buf(), st))).collect();
-    let (Some(files), Some(name)) = (files, image.file_name()) else { return };
-    let s = Stamp { image: name.to_string_lossy().into_owned(), modules: modules.to_vec(), files };
-    if let Ok(bytes) = serde_json::to_vec(&s) {
-        let tmp = stamp.with_extension(format!("{}.tmp", std::process::id()));
-        if std::fs::write(&tmp, bytes).and_then(|_| std::fs::rename(&tmp, stamp)).is_err() {
-            let _ = std::fs::remove_file(&tmp);
-        }
-    }
+pub(super) fn write_stamp(stamp_path: &Path, image: &Path, inputs: &[&Path], modules: &[String]) {
+    let Some(name) = image.file_name() else { return };
+    let s = ImageStamp { image: name.to_string_lossy().into_owned(), modules: modules.to_vec() };
+    stamp::write(stamp_path, &s, inputs);
 }
 
 /// Writes a cache file aside and renames it into place, so a concurrent or

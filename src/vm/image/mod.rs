@@ -6,6 +6,7 @@
 pub mod cpio;
 pub mod initramfs;
 pub mod modules;
+pub(crate) mod stamp;
 pub mod vmlinux;
 
 pub use initramfs::{build_or_reuse, BuiltInitramfs, ImageError, InitramfsSpec, MODULE_LIST_PATH};

@@ -119,7 +119,7 @@ pub fn uncompressed(
     cache_dir: &Path,
     progress: &mut dyn FnMut(&str),
 ) -> Result<Option<PathBuf>, ImageError> {
-    let stamp_path = cache_dir.join(format!("stamp-vmlinux-{}.json", super::initramfs::path_key(kernel)));
+    let stamp_path = cache_dir.join(format!("stamp-vmlinux-{}.json", super::stamp::path_key(kernel)));
     if let Some((path, _)) = super::initramfs::stamp_hit(&stamp_path, cache_dir) {
         return Ok(Some(path));
     }

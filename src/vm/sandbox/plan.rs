@@ -23,6 +23,9 @@ pub const ANNOTATION_BOOT_TIMEOUT: &str = "run.amphi.vm.boot_timeout";
 /// "false" turns free page reporting off: the guest keeps what it frees
 /// until a balloon target asks for it (for comparisons).
 pub const ANNOTATION_FREE_PAGE_REPORTING: &str = "run.amphi.vm.free_page_reporting";
+/// "false" boots the VM cold instead of restoring it from a template
+/// (`crate::vm::template`); "true" (or no annotation) allows a template.
+pub const ANNOTATION_TEMPLATE: &str = "run.amphi.vm.template";
 
 /// Guest RAM when the bundle sets no memory limit.
 pub const DEFAULT_MEMORY_MIB: u64 = 512;
@@ -105,6 +108,21 @@ fn parse_number(spec: &Spec, key: &'static str, host_max: Option<u64>) -> Result
     Ok(Some(n))
 }
 
+/// A "true"/"false" annotation; `None` when the bundle does not set it.
+fn parse_bool(spec: &Spec, key: &'static str) -> Result<Option<bool>, PlanError> {
+    match annotation(spec, key).map(str::trim) {
+        None => Ok(None),
+        Some("true") => Ok(Some(true)),
+        Some("false") => Ok(Some(false)),
+        Some(v) => Err(PlanError::Annotation { key, value: v.to_string(), problem: "use true or false".into() }),
+    }
+}
+
+/// The bundle's [`ANNOTATION_TEMPLATE`]: `None` when it does not set it.
+pub fn template_annotation(spec: &Spec) -> Result<Option<bool>, PlanError> {
+    parse_bool(spec, ANNOTATION_TEMPLATE)
+}
+
 /// Number of CPUs in a cpuset list such as "0-3,6".
 pub fn cpuset_count(list: &str) -> Option<u64> {
     let mut n = 0u64;
@@ -184,17 +202,7 @@ pub fn size(spec: &Spec, host_cpus: u64) -> Result<VmSize, PlanError> {
     }
     let boot_timeout =
         parse_number(spec, ANNOTATION_BOOT_TIMEOUT, None)?.map(Duration::from_secs).unwrap_or(DEFAULT_BOOT_TIMEOUT);
-    let free_page_reporting = match annotation(spec, ANNOTATION_FREE_PAGE_REPORTING).map(str::trim) {
-        None | Some("true") => true,
-        Some("false") => false,
-        Some(v) => {
-            return Err(PlanError::Annotation {
-                key: ANNOTATION_FREE_PAGE_REPORTING,
-                value: v.to_string(),
-                problem: "use true or false".into(),
-            })
-        }
-    };
+    let free_page_reporting = parse_bool(spec, ANNOTATION_FREE_PAGE_REPORTING)?.unwrap_or(true);
     Ok(VmSize {
         memory_mib,
         vcpus: vcpus as u8,
@@ -501,6 +509,18 @@ mod tests {
         ] {
             let e = size(&spec(json!({"annotations": {k: v}})), 4).unwrap_err().to_string();
             assert!(e.contains(k) && e.contains(needle), "{e}");
+        }
+    }
+
+    #[test]
+    fn the_template_annotation_is_true_false_or_absent() {
+        assert_eq!(template_annotation(&spec(json!({}))), Ok(None));
+        assert_eq!(template_annotation(&spec(json!({"annotations": {ANNOTATION_TEMPLATE: "false"}}))), Ok(Some(false)));
+        assert_eq!(template_annotation(&spec(json!({"annotations": {ANNOTATION_TEMPLATE: " true "}}))), Ok(Some(true)));
+        for v in ["no", "0", "", "False"] {
+            let e =
+                template_annotation(&spec(json!({"annotations": {ANNOTATION_TEMPLATE: v}}))).unwrap_err().to_string();
+            assert!(e.contains("run.amphi.vm.template") && e.contains("use true or false"), "{e}");
         }
     }
 
