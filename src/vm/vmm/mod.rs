@@ -10,6 +10,7 @@
 pub mod api;
 pub mod cpuid;
 pub mod memory;
+pub mod snapshot;
 pub mod vcpu;
 
 use std::io::Write;
