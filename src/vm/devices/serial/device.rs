@@ -26,8 +26,8 @@ pub enum ConsoleEvent {
 pub struct ConsoleWatcher {
     line: Vec<u8>,
     notify: Arc<dyn Fn(ConsoleEvent) + Send + Sync>,
-    listening_seen: bool,
-    panic_seen: bool,
+    pub(super) listening_seen: bool,
+    pub(super) panic_seen: bool,
 }
 
 pub const MAX_LINE: usize = 1024;
@@ -68,7 +68,7 @@ impl ConsoleWatcher {
 /// The UART's output: the chosen sink plus the watcher.
 pub struct ConsoleOutput {
     sink: Box<dyn Write + Send>,
-    watcher: ConsoleWatcher,
+    pub(super) watcher: ConsoleWatcher,
 }
 
 impl ConsoleOutput {
@@ -95,7 +95,7 @@ impl Write for ConsoleOutput {
 
 /// COM1 on the I/O bus.
 pub struct SerialDevice {
-    uart: Serial<IrqTrigger, NoEvents, ConsoleOutput>,
+    pub(super) uart: Serial<IrqTrigger, NoEvents, ConsoleOutput>,
 }
 
 impl SerialDevice {
@@ -120,11 +120,11 @@ impl BusDevice for SerialDevice {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use std::sync::Mutex;
 
-    fn watcher() -> (ConsoleWatcher, Arc<Mutex<Vec<ConsoleEvent>>>) {
+    pub(in crate::vm::devices::serial) fn watcher() -> (ConsoleWatcher, Arc<Mutex<Vec<ConsoleEvent>>>) {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let s = seen.clone();
         (ConsoleWatcher::new(Arc::new(move |e| s.lock().unwrap().push(e))), seen)

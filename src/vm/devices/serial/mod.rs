@@ -2,10 +2,12 @@
 //! stdout, with a watcher that recognizes the lines the VMM cares about
 //! (the agent's "listening" line, a kernel panic). The guest console has no
 //! input in this stage, so the device has no event handler. `log.rs`: the
-//! log file's size cap.
+//! log file's size cap; `persist.rs`: the UART's saved state.
 
 pub mod device;
 pub mod log;
+pub mod persist;
 
 pub use device::{ConsoleEvent, ConsoleOutput, ConsoleWatcher, SerialDevice};
 pub use log::CappedLog;
+pub use persist::{SerialRestoreError, SerialSnapshot};

@@ -6,12 +6,14 @@
 //! notifications and host-side events in `<dev>/event_handler.rs`; the
 //! [`mmio::MmioTransport`] owns the register interface and hands the
 //! configured queues to the device when the driver sets DRIVER_OK.
+//! `persist.rs` holds the saved state of both, for VM templates.
 
 pub mod balloon;
 pub mod block;
 pub mod fs;
 pub mod mmio;
 pub mod net;
+pub mod persist;
 pub mod vsock;
 
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -21,6 +23,7 @@ use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::vm::devices::IrqTrigger;
+use persist::{DeviceSnapshot, PersistError};
 
 /// VIRTIO_F_VERSION_1: the only transport feature amphi offers.
 pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
@@ -76,6 +79,18 @@ impl VirtioInterrupt {
     pub fn ack(&self, bits: u32) {
         self.status.fetch_and(!bits, Ordering::SeqCst);
     }
+
+    /// Puts back a saved status word, raising no interrupt.
+    pub fn restore_status(&self, bits: u32) {
+        self.status.store(bits, Ordering::SeqCst);
+    }
+
+    /// Raises the interrupt again for whatever the status word holds: after
+    /// a restore, the edge the guest had not yet taken is gone with the old
+    /// VM's interrupt controller.
+    pub fn resignal(&self) -> std::io::Result<()> {
+        self.irq.0.write(1)
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -128,4 +143,28 @@ pub trait VirtioDevice: Send {
     ) -> Result<(), ActivateError>;
     /// Back to the pre-activation state (driver wrote status 0).
     fn reset(&mut self);
+
+    /// Stops the device and returns its state (persist.rs). The device may
+    /// stay stopped for good: a template VMM exits right after saving. A
+    /// device whose state cannot be carried over keeps this default.
+    fn save(&mut self) -> Result<DeviceSnapshot, PersistError> {
+        Err(PersistError::Unsupported(persist::device_name(self.device_type())))
+    }
+
+    /// Puts a freshly made device back in the state `snap` describes; an
+    /// active one is activated with its saved queues, positions included.
+    /// Runs before the vCPUs' state is restored: anything the device must
+    /// tell the guest waits for [`VirtioDevice::after_restore`].
+    fn restore(
+        &mut self,
+        mem: GuestMemoryMmap,
+        interrupt: std::sync::Arc<VirtioInterrupt>,
+        snap: &DeviceSnapshot,
+    ) -> Result<(), PersistError> {
+        persist::restore_by_activation(self, mem, interrupt, snap)
+    }
+
+    /// The kick phase of a restore, once all KVM state (interrupt
+    /// controllers included) is back: interrupts and events for the guest.
+    fn after_restore(&mut self) {}
 }

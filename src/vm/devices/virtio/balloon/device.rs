@@ -26,6 +26,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::event_handler::{self, Command, Worker};
 use super::request::{self, STAT_TAGS};
+use crate::vm::devices::virtio::persist::{DeviceSnapshot, PersistError};
 use crate::vm::devices::virtio::{ActivateError, VirtioDevice, VirtioInterrupt, VIRTIO_F_VERSION_1};
 
 pub const VIRTIO_ID_BALLOON: u32 = virtio_bindings::virtio_ids::VIRTIO_ID_BALLOON;
@@ -343,8 +344,9 @@ struct WorkerLink {
     commands: Option<Sender<Command>>,
     /// Written after each command, so the worker's event loop looks.
     wake: EventFd,
-    /// One message per Stop command, once the worker let go of the queues.
-    stopped: Receiver<()>,
+    /// One message per Stop command, once the worker let go of the queues:
+    /// them, with the held stats buffer (`None` if it had none).
+    stopped: Receiver<Option<Box<Active>>>,
     /// Set to make the worker stop between two chains.
     cancel: Arc<AtomicBool>,
 }
@@ -360,11 +362,11 @@ impl WorkerLink {
 pub struct VirtioBalloon {
     free_page_reporting: bool,
     queue_sizes: Vec<u16>,
-    acked_features: u64,
+    pub(super) acked_features: u64,
     queue_evts: Vec<EventFd>,
-    shared: Arc<Shared>,
+    pub(super) shared: Arc<Shared>,
     link: WorkerLink,
-    active: bool,
+    pub(super) active: bool,
 }
 
 impl VirtioBalloon {
@@ -413,11 +415,12 @@ impl VirtioBalloon {
     }
 
     /// Takes the queues back from the worker and waits until it has let
-    /// go of them.
-    fn stop_worker(&mut self) {
+    /// go of them; returns them (`None` if the device was not active or
+    /// the worker has ended).
+    pub(super) fn stop_worker(&mut self) -> Option<Box<Active>> {
         *self.shared.interrupt.lock().unwrap_or_else(|e| e.into_inner()) = None;
         if !self.active {
-            return;
+            return None;
         }
         self.active = false;
         self.link.cancel.store(true, Ordering::Release);
@@ -428,8 +431,37 @@ impl VirtioBalloon {
         // the queues; without a wake-up, `cancel` alone keeps it from
         // taking anything more from them.
         if self.link.send(Command::Stop).is_ok() {
-            let _ = self.link.stopped.recv();
+            self.link.stopped.recv().ok().flatten()
+        } else {
+            None
         }
+    }
+
+    /// Hands the worker `queues` (in index order, as many as the accepted
+    /// features call for) and the stats buffer the device holds, if any.
+    pub(super) fn start_worker(
+        &mut self,
+        mem: GuestMemoryMmap,
+        interrupt: Arc<VirtioInterrupt>,
+        queues: Vec<Queue>,
+        stats_head: Option<u16>,
+    ) -> Result<(), ActivateError> {
+        let roles = queue_roles(self.acked_features);
+        if queues.len() != roles.len() {
+            return Err(ActivateError::QueueCount { want: roles.len(), got: queues.len() });
+        }
+        self.stop_worker();
+        let queues = roles.into_iter().zip(queues).map(|(role, queue)| ActiveQueue { role, queue }).collect();
+        self.link.cancel.store(false, Ordering::Release);
+        let active = Active { mem, queues, interrupt: interrupt.clone(), shared: self.shared.clone(), stats_head };
+        let sent = self.link.send(Command::Activate(Box::new(active)));
+        // A command on the channel reaches the worker even if waking it
+        // failed, so the next reset or activation must take the queues back.
+        self.active = !matches!(sent, Err(ActivateError::Worker(_)));
+        if self.active {
+            *self.shared.interrupt.lock().unwrap_or_else(|e| e.into_inner()) = Some(interrupt);
+        }
+        sent
     }
 }
 
@@ -492,23 +524,7 @@ impl VirtioDevice for VirtioBalloon {
         interrupt: Arc<VirtioInterrupt>,
         queues: Vec<Queue>,
     ) -> Result<(), ActivateError> {
-        let roles = queue_roles(self.acked_features);
-        if queues.len() != roles.len() {
-            return Err(ActivateError::QueueCount { want: roles.len(), got: queues.len() });
-        }
-        self.stop_worker();
-        let queues = roles.into_iter().zip(queues).map(|(role, queue)| ActiveQueue { role, queue }).collect();
-        self.link.cancel.store(false, Ordering::Release);
-        let active =
-            Active { mem, queues, interrupt: interrupt.clone(), shared: self.shared.clone(), stats_head: None };
-        let sent = self.link.send(Command::Activate(Box::new(active)));
-        // A command on the channel reaches the worker even if waking it
-        // failed, so the next reset or activation must take the queues back.
-        self.active = !matches!(sent, Err(ActivateError::Worker(_)));
-        if self.active {
-            *self.shared.interrupt.lock().unwrap_or_else(|e| e.into_inner()) = Some(interrupt);
-        }
-        sent
+        self.start_worker(mem, interrupt, queues, None)
     }
 
     /// The balloon's pages stay given back (they read as zeros when the
@@ -518,6 +534,21 @@ impl VirtioDevice for VirtioBalloon {
         self.stop_worker();
         self.acked_features = 0;
         self.shared.actual.store(0, Ordering::Release);
+    }
+
+    /// The queues, the held stats buffer and `actual` (persist.rs); the
+    /// worker stays stopped.
+    fn save(&mut self) -> Result<DeviceSnapshot, PersistError> {
+        self.save_state()
+    }
+
+    fn restore(
+        &mut self,
+        mem: GuestMemoryMmap,
+        interrupt: Arc<VirtioInterrupt>,
+        snap: &DeviceSnapshot,
+    ) -> Result<(), PersistError> {
+        self.restore_state(mem, interrupt, snap)
     }
 }
 

@@ -28,7 +28,7 @@ use super::device::{Active, Shared};
 pub(crate) enum Command {
     /// Serve these queues until a Stop.
     Activate(Box<Active>),
-    /// Let go of the queues and say so on the stopped channel.
+    /// Let go of the queues and hand them back on the stopped channel.
     Stop,
 }
 
@@ -37,7 +37,7 @@ pub(crate) struct Worker {
     wake: EventFd,
     /// One per queue the device offers, by queue index.
     kicks: Vec<EventFd>,
-    stopped: Sender<()>,
+    stopped: Sender<Option<Box<Active>>>,
     cancel: Arc<AtomicBool>,
     shared: Arc<Shared>,
     active: Option<Box<Active>>,
@@ -49,7 +49,7 @@ impl Worker {
         commands: Receiver<Command>,
         wake: EventFd,
         kicks: Vec<EventFd>,
-        stopped: Sender<()>,
+        stopped: Sender<Option<Box<Active>>>,
         cancel: Arc<AtomicBool>,
         shared: Arc<Shared>,
     ) -> Self {
@@ -68,8 +68,7 @@ impl Worker {
                     }
                 }
                 Ok(Command::Stop) => {
-                    self.active = None;
-                    let _ = self.stopped.send(());
+                    let _ = self.stopped.send(self.active.take());
                 }
                 Err(TryRecvError::Empty) => break,
                 Err(TryRecvError::Disconnected) => {

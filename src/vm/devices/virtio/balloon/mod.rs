@@ -11,11 +11,14 @@
 //!   active, so no discarding runs on the VMM's event loop or a vCPU.
 //! - `request.rs`: one chain of each queue, and everything a hostile
 //!   guest can put in one.
+//! - `persist.rs`: the device's saved state beyond its queues (the held
+//!   stats buffer, `actual`).
 //! - `reclaim.rs`: discarding guest pages (madvise MADV_DONTNEED on the
 //!   guest memory mapping), checked against guest memory.
 
 pub mod device;
 pub mod event_handler;
+pub mod persist;
 pub mod reclaim;
 pub mod request;
 

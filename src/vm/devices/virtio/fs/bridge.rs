@@ -8,9 +8,10 @@
 //! each queue from the state the driver programmed through the transport.
 //! When fuse-backend-rs moves on, this module goes away (docs/vm.md).
 
-use fuse_virtio_queue::QueueT as _;
 use fuse_vm_memory::mmap::MmapRegionBuilder;
 use vm_memory::{GuestMemoryBackend, GuestMemoryRegion, MemoryRegionAddress};
+
+use crate::vm::devices::virtio::persist::QueueSnapshot;
 
 /// Guest memory as fuse-backend-rs sees it.
 pub type FuseMemory = fuse_vm_memory::GuestMemoryMmap;
@@ -67,40 +68,16 @@ pub fn view(mem: &vm_memory::GuestMemoryMmap) -> Result<SharedMemory, BridgeErro
     Ok(SharedMemory { _owner: mem.clone(), view })
 }
 
-/// A virtio-queue 0.17 queue in the state the driver left `q` in.
+/// A virtio-queue 0.17 queue in the state the driver left `q` in, rebuilt
+/// (and checked) from the state both versions share.
 pub fn queue(index: usize, q: &virtio_queue::Queue) -> Result<FuseQueue, BridgeError> {
-    use virtio_queue::QueueT;
-    let bad = || BridgeError::Queue(index);
-    let mut out = FuseQueue::new(q.max_size()).map_err(|_| bad())?;
-    out.set_size(q.size());
-    let split = |a: u64| (Some(a as u32), Some((a >> 32) as u32));
-    let (lo, hi) = split(q.desc_table());
-    out.set_desc_table_address(lo, hi);
-    let (lo, hi) = split(q.avail_ring());
-    out.set_avail_ring_address(lo, hi);
-    let (lo, hi) = split(q.used_ring());
-    out.set_used_ring_address(lo, hi);
-    out.set_event_idx(q.event_idx_enabled());
-    out.set_next_avail(q.next_avail());
-    out.set_next_used(q.next_used());
-    out.set_ready(q.ready());
-    // The setters ignore what they cannot take (a size that is not a power
-    // of two, a misaligned ring): check that nothing was dropped.
-    let same = out.size() == q.size()
-        && out.desc_table() == q.desc_table()
-        && out.avail_ring() == q.avail_ring()
-        && out.used_ring() == q.used_ring()
-        && out.ready() == q.ready();
-    if same {
-        Ok(out)
-    } else {
-        Err(bad())
-    }
+    FuseQueue::try_from(&QueueSnapshot::from(q)).map_err(|_| BridgeError::Queue(index))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use fuse_virtio_queue::QueueT as _;
     use fuse_vm_memory::Bytes as _;
     use virtio_queue::mock::MockSplitQueue;
     use vm_memory::{Bytes, GuestAddress};

@@ -23,6 +23,7 @@ use vmm_sys_util::eventfd::EventFd;
 use super::bridge::{self, FuseMemory, FuseQueue, SharedMemory};
 use super::event_handler::QueueHandler;
 use super::filesystem::{open_share, ShareError, ShareFs, TAG_MAX};
+use crate::vm::devices::virtio::persist::{DeviceSnapshot, PersistError, QueueSnapshot};
 use crate::vm::devices::virtio::{ActivateError, VirtioDevice, VirtioInterrupt, VIRTIO_F_VERSION_1};
 
 pub const VIRTIO_ID_FS: u32 = 26;
@@ -117,7 +118,8 @@ struct Serve {
 enum Reply {
     Serving,
     Failed(ShareError),
-    Stopped,
+    /// With the queues it served, as they were when it stopped.
+    Stopped(Vec<FuseQueue>),
 }
 
 /// The device's worker thread, made with the device and living as long as
@@ -174,9 +176,9 @@ impl WorkerSide {
             };
             let _ = self.replies.send(Reply::Serving);
             let active = Active { server: Server::new(fs), mem, queues, interrupt };
-            QueueHandler::new(active, [hiprio, request], stop).run();
+            let queues = QueueHandler::new(active, [hiprio, request], stop).run();
             let _ = self.stop.read();
-            let _ = self.replies.send(Reply::Stopped);
+            let _ = self.replies.send(Reply::Stopped(queues));
         }
     }
 }
@@ -245,17 +247,19 @@ impl VirtioFs {
     /// Stops serving and waits for the worker to say so: it finishes the
     /// request in hand first. Waiting is what makes a reset complete
     /// (virtio 1.2, 2.4: the device must be done with the queues before
-    /// the driver reuses them).
-    fn stop_worker(&mut self) {
+    /// the driver reuses them). Returns the queues the worker handed back;
+    /// `None` if the device was not active or the worker is gone.
+    fn stop_worker(&mut self) -> Option<Vec<FuseQueue>> {
         if !std::mem::take(&mut self.active) {
-            return;
+            return None;
         }
         let _ = self.worker.stop.write(1);
         while let Ok(reply) = self.worker.replies.recv() {
-            if matches!(reply, Reply::Stopped) {
-                break;
+            if let Reply::Stopped(queues) = reply {
+                return Some(queues);
             }
         }
+        None
     }
 
     fn start_worker(
@@ -280,7 +284,7 @@ impl VirtioFs {
                 Ok(())
             }
             Ok(Reply::Failed(e)) => Err(setup(Box::new(e))),
-            Ok(Reply::Stopped) | Err(_) => Err(gone()),
+            Ok(Reply::Stopped(_)) | Err(_) => Err(gone()),
         }
     }
 }
@@ -329,6 +333,26 @@ impl VirtioDevice for VirtioFs {
     fn reset(&mut self) {
         self.stop_worker();
         self.acked_features = 0;
+    }
+
+    /// The queues the worker hands back when it stops (it stays stopped).
+    /// The share's FUSE session is not saved: a template is taken before
+    /// the guest mounts the share, and the restored device serves a fresh
+    /// filesystem from its first FUSE_INIT.
+    fn save(&mut self) -> Result<DeviceSnapshot, PersistError> {
+        let activated = self.active;
+        let queues = match self.stop_worker() {
+            Some(queues) => queues.iter().map(QueueSnapshot::from).collect(),
+            None if activated => return Err(PersistError::WorkerDidNotStop("virtio-fs")),
+            None => Vec::new(),
+        };
+        Ok(DeviceSnapshot {
+            device_type: VIRTIO_ID_FS,
+            acked_features: self.acked_features,
+            activated,
+            queues,
+            extra: serde_json::Value::Null,
+        })
     }
 }
 

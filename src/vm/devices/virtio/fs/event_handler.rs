@@ -16,6 +16,7 @@ use std::os::fd::AsRawFd;
 use event_manager::{EventManager, EventOps, EventSet, Events, MutEventSubscriber, SubscriberOps};
 use vmm_sys_util::eventfd::EventFd;
 
+use super::bridge::FuseQueue;
 #[cfg(doc)]
 use super::device::BUDGET;
 use super::device::{Active, HIPRIO_QUEUE, REQUEST_QUEUE};
@@ -33,20 +34,22 @@ impl QueueHandler {
         QueueHandler { active, kicks, stop, stopped: false }
     }
 
-    /// Serves until the device is reset or dropped (the stop event), or
-    /// until its event loop breaks.
-    pub(crate) fn run(self) {
-        let Ok(mut em) = EventManager::<QueueHandler>::new() else { return };
+    /// Serves until the device is reset, saved or dropped (the stop
+    /// event), or until its event loop breaks; returns the queues, with
+    /// their positions, for a save.
+    pub(crate) fn run(self) -> Vec<FuseQueue> {
+        let Ok(mut em) = EventManager::<QueueHandler>::new() else { return self.active.queues };
         let id = em.add_subscriber(self);
         loop {
             if em.run().is_err() {
-                return;
+                break;
             }
             match em.subscriber_mut(id) {
                 Ok(h) if !h.stopped => {}
-                _ => return,
+                _ => break,
             }
         }
+        em.remove_subscriber(id).map(|h| h.active.queues).unwrap_or_default()
     }
 
     fn serve(&mut self, q: usize) {

@@ -19,6 +19,8 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::backend::VsockBackend;
 use super::packet::MAX_PKT_DATA;
+use super::persist::ResetEvent;
+use crate::vm::devices::virtio::persist::{DeviceSnapshot, PersistError};
 use crate::vm::devices::virtio::{ActivateError, VirtioDevice, VirtioInterrupt, VIRTIO_F_VERSION_1};
 
 pub const VIRTIO_ID_VSOCK: u32 = 19;
@@ -39,12 +41,15 @@ pub(crate) struct Active {
 pub struct Vsock<B: VsockBackend> {
     cid: u64,
     pub(crate) backend: B,
-    acked_features: u64,
+    pub(crate) acked_features: u64,
     pub(crate) queue_evts: Vec<EventFd>,
     /// Written when the transport activates the device, so the event loop
     /// starts watching the queues.
     pub(crate) activate_evt: EventFd,
     pub(crate) active: Option<Active>,
+    /// Where the transport reset a restore owes the guest stands; RX waits
+    /// until the guest has taken it (persist.rs).
+    pub(crate) reset_event: ResetEvent,
 }
 
 impl<B: VsockBackend> Vsock<B> {
@@ -60,6 +65,7 @@ impl<B: VsockBackend> Vsock<B> {
             queue_evts,
             activate_evt: EventFd::new(libc::EFD_NONBLOCK)?,
             active: None,
+            reset_event: ResetEvent::None,
         })
     }
 
@@ -75,7 +81,7 @@ impl<B: VsockBackend> Vsock<B> {
         self.active.is_some()
     }
 
-    fn signal(&self) {
+    pub(crate) fn signal(&self) {
         if let Some(a) = &self.active {
             // A lost edge only delays the guest until the next one.
             let _ = a.interrupt.signal_used_queue();
@@ -112,8 +118,13 @@ impl<B: VsockBackend> Vsock<B> {
         used
     }
 
-    /// Fills RX buffers with what the backend has for the guest.
+    /// Fills RX buffers with what the backend has for the guest; nothing
+    /// while a transport reset is owed or unacknowledged (a packet the
+    /// guest took before it would belong to a connection the reset ends).
     pub fn process_rx(&mut self) -> bool {
+        if self.reset_event.holds_rx() {
+            return false;
+        }
         let Some(active) = self.active.as_mut() else {
             return false;
         };
@@ -199,6 +210,17 @@ impl<B: VsockBackend> VirtioDevice for Vsock<B> {
     fn reset(&mut self) {
         self.active = None;
         self.acked_features = 0;
+        self.reset_event = ResetEvent::None;
+    }
+
+    /// The queues only: host-side connections are not saved, the restored
+    /// device starts with an empty backend and tells the guest so.
+    fn save(&mut self) -> Result<DeviceSnapshot, PersistError> {
+        Ok(self.save_state())
+    }
+
+    fn after_restore(&mut self) {
+        self.start_transport_reset();
     }
 }
 
@@ -260,11 +282,11 @@ pub(crate) mod tests {
         fn notify(&mut self, _: EventSet) {}
     }
 
-    fn desc(addr: u64, len: u32, flags: u32, next: u16) -> RawDescriptor {
+    pub(crate) fn desc(addr: u64, len: u32, flags: u32, next: u16) -> RawDescriptor {
         RawDescriptor::from(SplitDescriptor::new(addr, len, flags as u16, next))
     }
 
-    fn tx_header(op: u16, len: u32) -> Vec<u8> {
+    pub(crate) fn tx_header(op: u16, len: u32) -> Vec<u8> {
         let mut h = vec![0u8; PKT_HEADER_SIZE];
         h[0..8].copy_from_slice(&3u64.to_le_bytes());
         h[8..16].copy_from_slice(&2u64.to_le_bytes());
@@ -363,7 +385,7 @@ pub(crate) mod tests {
 
     /// Guest memory and a device activated on three queues of `size`
     /// entries (rx, tx, event at 64 KiB, 128 KiB, 192 KiB).
-    fn activated<'a>(
+    pub(crate) fn activated<'a>(
         mem: &'a GuestMemoryMmap,
         size: u16,
         backend: FakeBackend,
@@ -376,12 +398,12 @@ pub(crate) mod tests {
         (qs, dev)
     }
 
-    fn memory() -> GuestMemoryMmap {
+    pub(crate) fn memory() -> GuestMemoryMmap {
         GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x100_0000)]).unwrap()
     }
 
     /// A packet for the guest: an RW with `data`.
-    fn to_guest(data: &[u8]) -> (Header, Vec<u8>) {
+    pub(crate) fn to_guest(data: &[u8]) -> (Header, Vec<u8>) {
         let h = Header {
             src_cid: 2,
             dst_cid: 3,
@@ -395,7 +417,7 @@ pub(crate) mod tests {
         (h, data.to_vec())
     }
 
-    fn used(q: &MockSplitQueue<'_, GuestMemoryMmap>) -> Vec<(u32, u32)> {
+    pub(crate) fn used(q: &MockSplitQueue<'_, GuestMemoryMmap>) -> Vec<(u32, u32)> {
         (0..q.used().idx().load())
             .map(|i| {
                 let e = q.used().ring().ref_at(usize::from(i)).unwrap().load();

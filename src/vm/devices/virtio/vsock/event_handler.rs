@@ -1,8 +1,9 @@
 //! Event handling of the vsock device: before activation it waits for the
 //! transport's activate event; then it watches the rx and tx queue kicks
 //! and the backend's fd, and after each event moves whatever packets can
-//! move. The event queue carries only transport resets, which amphi never
-//! sends, so its kicks are drained and ignored.
+//! move. The event queue carries only the transport reset sent after a
+//! restore: its kicks bring the buffer for it, or acknowledge it, which
+//! lets RX run again (persist.rs).
 
 use std::os::fd::AsRawFd;
 
@@ -45,6 +46,7 @@ impl<B: VsockBackend> MutEventSubscriber for Vsock<B> {
             self.process_tx();
         } else if fd == self.queue_evts[EVQ].as_raw_fd() {
             let _ = self.queue_evts[EVQ].read();
+            self.event_queue_kicked();
         } else if fd == self.backend.as_raw_fd() {
             self.backend.notify(events.event_set());
         }

@@ -6,6 +6,8 @@
 //!   crate.
 //! - `event_handler.rs`: which events wake the device (queue kicks, backend
 //!   readiness) and what it does then.
+//! - `persist.rs`: saving the queues, and the transport reset a restored
+//!   device sends the guest (its host-side connections are gone).
 //! - `unix/`: the AF_UNIX backend: host connects to `<socket>` and writes
 //!   `CONNECT <port>\n`, gets `OK <host port>\n`; a guest connecting to port
 //!   P reaches `<socket>_P`. Connection state, credit flow control and RST
@@ -15,6 +17,7 @@ pub mod backend;
 pub mod device;
 pub mod event_handler;
 pub mod packet;
+pub mod persist;
 pub mod unix;
 
 pub use backend::VsockBackend;

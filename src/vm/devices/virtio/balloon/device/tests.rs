@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::*;
+use crate::vm::devices::virtio::balloon::persist::BalloonExtra;
 use crate::vm::devices::virtio::balloon::reclaim::PAGE_SIZE;
 use crate::vm::devices::virtio::block::test_driver::{guest_memory, Buf, Driver};
 use crate::vm::devices::virtio::INT_CONFIG;
@@ -66,6 +67,11 @@ fn send(dev: &VirtioBalloon, d: &mut Driver, q: usize, bytes: &[u8], write: bool
     d.publish(head);
     dev.queue_events()[q].write(1).unwrap();
     head
+}
+
+/// One stats entry: le16 tag, le64 value.
+fn stat_entry(tag: u16, v: u64) -> Vec<u8> {
+    tag.to_le_bytes().into_iter().chain(v.to_le_bytes()).collect()
 }
 
 fn pfns(list: &[u64]) -> Vec<u8> {
@@ -205,15 +211,14 @@ fn stats_arrive_and_are_asked_for_again_through_the_handle() {
     let mut d = drivers(&mem, 4);
     handle.request_stats(); // while inactive: dropped
     activate(&mut dev, ALL, &mem, &d, &irq);
-    let entry = |tag: u16, v: u64| tag.to_le_bytes().into_iter().chain(v.to_le_bytes()).collect::<Vec<u8>>();
-    send(&dev, &mut d[2], 2, &entry(4, 77), false);
+    send(&dev, &mut d[2], 2, &stat_entry(4, 77), false);
     eventually("the stats arrive", || handle.stats().updates() == 1);
     assert_eq!(handle.stats().free_memory(), Some(77));
     std::thread::sleep(Duration::from_millis(20));
     assert_eq!(d[2].used_idx(), 0, "the buffer is held");
     handle.request_stats();
     eventually("the buffer is given back", || d[2].used_idx() == 1);
-    send(&dev, &mut d[2], 2, &entry(4, 78), false);
+    send(&dev, &mut d[2], 2, &stat_entry(4, 78), false);
     eventually("new stats arrive", || handle.stats().updates() == 2);
     assert_eq!(handle.stats().free_memory(), Some(78));
 }
@@ -252,4 +257,82 @@ fn reset_reactivation_and_drop() {
     config.handle.set_target_pages(5);
     config.handle.request_stats();
     assert_eq!(config.handle.target_pages(), 5);
+}
+
+/// A save stops the worker and takes back its queues and the stats buffer
+/// it held; a fresh device restored from it goes on from the saved ring
+/// positions, with `actual`, and still holds the buffer: it gives it back
+/// when the host asks for stats.
+#[test]
+fn queues_the_held_stats_buffer_and_actual_survive_save_and_restore() {
+    let mem = guest_memory();
+    let mut dev = VirtioBalloon::new(&BalloonConfig::default()).unwrap();
+    let handle = dev.handle();
+    let mut d = drivers(&mem, 4);
+    activate(&mut dev, ALL, &mem, &d, &interrupt());
+    fill(&mem, VICTIM, 2 * PAGE_SIZE);
+    send(&dev, &mut d[0], 0, &pfns(&[VICTIM]), false);
+    eventually("the inflate chain is used", || d[0].used_idx() == 1);
+    let stats_head = send(&dev, &mut d[2], 2, &stat_entry(4, 77), false);
+    eventually("the stats arrive", || handle.stats().updates() == 1);
+    dev.write_config(4, &256u32.to_le_bytes());
+
+    let snap = dev.save().unwrap();
+    assert!(!dev.is_active(), "a saved device stays stopped");
+    let positions: Vec<_> = snap.queues.iter().map(|q| (q.next_avail, q.next_used)).collect();
+    assert_eq!(positions, [(1, 1), (0, 0), (1, 0), (0, 0)]);
+    let extra: BalloonExtra = serde_json::from_value(snap.extra.clone()).unwrap();
+    assert_eq!(extra, BalloonExtra { actual: 256, stats_head: Some(stats_head) });
+    // Nothing is served after the save.
+    send(&dev, &mut d[0], 0, &pfns(&[VICTIM + PAGE_SIZE]), false);
+    std::thread::sleep(Duration::from_millis(20));
+    assert_eq!(d[0].used_idx(), 1);
+    assert!(!zeroed(&mem, VICTIM + PAGE_SIZE, PAGE_SIZE));
+    drop(dev);
+
+    let snap: DeviceSnapshot = serde_json::from_str(&serde_json::to_string(&snap).unwrap()).unwrap();
+    let config = BalloonConfig::default();
+    let mut back = VirtioBalloon::new(&config).unwrap();
+    back.restore(mem.clone(), interrupt(), &snap).unwrap();
+    assert!(back.is_active());
+    assert_eq!(config.handle.actual_pages(), 256);
+    assert_eq!(config_u32(&back, 4), 256);
+    eventually("the chain queued meanwhile is served", || d[0].used_idx() == 2);
+    assert!(zeroed(&mem, VICTIM + PAGE_SIZE, PAGE_SIZE));
+    std::thread::sleep(Duration::from_millis(20));
+    assert_eq!(d[2].used_idx(), 0, "the stats buffer is still held");
+    config.handle.request_stats();
+    eventually("the held buffer is given back", || d[2].used_idx() == 1);
+    assert_eq!(d[2].used(), [(u32::from(stats_head), 0)]);
+}
+
+#[test]
+fn a_held_stats_buffer_that_cannot_be_is_refused() {
+    let mem = guest_memory();
+    let mut dev = VirtioBalloon::new(&BalloonConfig::default()).unwrap();
+    let d = drivers(&mem, 4);
+    activate(&mut dev, ALL, &mem, &d, &interrupt());
+    let snap = dev.save().unwrap();
+    let with = |features: u64, queues: usize, stats_head: u16| {
+        let mut s = snap.clone();
+        s.acked_features = features;
+        s.queues.truncate(queues);
+        s.extra = serde_json::to_value(BalloonExtra { actual: 0, stats_head: Some(stats_head) }).unwrap();
+        s
+    };
+    let mut back = VirtioBalloon::new(&BalloonConfig::default()).unwrap();
+    let bad = [
+        with(ALL, 4, QUEUE_SIZE),
+        with(VIRTIO_F_VERSION_1 | 1 << VIRTIO_BALLOON_F_REPORTING, 3, 0),
+        DeviceSnapshot { activated: false, queues: Vec::new(), ..with(ALL, 4, 0) },
+    ];
+    for s in bad {
+        assert!(matches!(back.restore(mem.clone(), interrupt(), &s), Err(PersistError::BadExtra { .. })), "{s:?}");
+        assert!(!back.is_active());
+    }
+    let mut s = snap.clone();
+    s.extra = serde_json::json!({"actual": "lots"});
+    assert!(matches!(back.restore(mem.clone(), interrupt(), &s), Err(PersistError::Extra { .. })));
+    back.restore(mem.clone(), interrupt(), &with(ALL, 4, QUEUE_SIZE - 1)).unwrap();
+    assert!(back.is_active());
 }

@@ -183,3 +183,14 @@ fn a_disk_that_cannot_be_opened_is_named_in_the_error() {
     let e = VirtioBlock::new(Path::new("/nonexistent/amphi-disk.img"), true, "").err().unwrap();
     assert!(e.to_string().contains("/nonexistent/amphi-disk.img"), "{e}");
 }
+
+/// Requests in flight and the disk behind them cannot be carried into a
+/// restored VM: a disk refuses to be saved, by name.
+#[test]
+fn a_disk_cannot_be_saved() {
+    let f = image(8);
+    let mut dev = VirtioBlock::new(f.path(), false, "").unwrap();
+    let err = dev.save().unwrap_err();
+    assert!(matches!(err, crate::vm::devices::virtio::persist::PersistError::Unsupported("virtio-blk")));
+    assert_eq!(err.to_string(), "virtio-blk cannot be saved or restored");
+}

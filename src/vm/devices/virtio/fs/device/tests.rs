@@ -26,6 +26,7 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::*;
 use crate::vm::devices::virtio::fs::filesystem::passthrough_config;
+use crate::vm::devices::virtio::persist::DeviceSnapshot;
 use crate::vm::devices::IrqTrigger;
 
 const MEM_SIZE: u64 = 0x400_0000;
@@ -942,14 +943,73 @@ fn the_workers_umask_does_not_leak_into_the_vmm() {
         status.lines().find(|l| l.starts_with("Umask:")).unwrap().to_string()
     };
     let before = umask();
-    let mut dev = VirtioFs::new("share", dir.path(), false).unwrap();
-    let hiprio = Driver::new(&mem, HIPRIO_AT, 128);
-    let mut req = Driver::new(&mem, REQUEST_AT, 1024);
+    let (dev, _, _) = serving(&mem, dir.path());
+    drop(dev);
+    assert_eq!(umask(), before);
+}
+
+/// FUSE_INIT, numbered `unique`.
+fn init_message(unique: u64) -> Vec<u8> {
     let init = InitIn { major: KERNEL_VERSION, minor: KERNEL_MINOR_VERSION, max_readahead: 0, flags: 0 };
-    req.request(&message(Opcode::Init, 1, 0, &[init.as_slice()]), 256);
+    message(Opcode::Init, unique, 0, &[init.as_slice()])
+}
+
+/// A device on `root` whose worker has served a first FUSE_INIT, and the
+/// guest's side of its hiprio and request queues.
+fn serving<'m>(mem: &'m GuestMemoryMmap, root: &Path) -> (VirtioFs, Driver<'m>, Driver<'m>) {
+    let mut dev = VirtioFs::new("share", root, false).unwrap();
+    let hiprio = Driver::new(mem, HIPRIO_AT, 128);
+    let mut req = Driver::new(mem, REQUEST_AT, 1024);
+    req.request(&init_message(1), 256);
+    dev.set_acked_features(dev.avail_features());
     let irq = Arc::new(VirtioInterrupt::new(IrqTrigger::new().unwrap()));
     dev.activate(mem.clone(), irq, vec![hiprio.queue(), req.queue()]).unwrap();
     wait_used(&mut req, 1);
+    (dev, hiprio, req)
+}
+
+/// A save stops the worker and takes its queues back; a fresh device
+/// restored from it serves from the saved ring positions, with a fresh
+/// filesystem (a template is taken before the guest mounts the share).
+#[test]
+fn ring_positions_survive_save_and_restore() {
+    let dir = share_dir();
+    let mem = guest_memory();
+    let (mut dev, _hiprio, mut req) = serving(&mem, dir.path());
+
+    let snap = dev.save().unwrap();
+    assert!(!dev.is_active(), "a saved device stays stopped");
+    assert!(snap.activated);
+    assert_eq!(snap.acked_features, dev.avail_features());
+    let positions: Vec<_> = snap.queues.iter().map(|q| (q.next_avail, q.next_used)).collect();
+    assert_eq!(positions, [(0, 0), (1, 1)]);
+    // Nothing is served after the save.
+    let (head, out) = req.request(&init_message(2), 256);
+    dev.queue_events()[REQUEST_QUEUE].write(1).unwrap();
+    std::thread::sleep(Duration::from_millis(20));
+    assert!(req.used().is_empty());
     drop(dev);
-    assert_eq!(umask(), before);
+
+    let snap: DeviceSnapshot = serde_json::from_str(&serde_json::to_string(&snap).unwrap()).unwrap();
+    let mut back = VirtioFs::new("share", dir.path(), false).unwrap();
+    let irq = Arc::new(VirtioInterrupt::new(IrqTrigger::new().unwrap()));
+    back.restore(mem.clone(), irq.clone(), &snap).unwrap();
+    assert!(back.is_active());
+    // The request queued meanwhile is served at once, from position 1.
+    let used = wait_used(&mut req, 1);
+    assert_eq!(used[0].0, u32::from(head));
+    assert_eq!(req.q.used().idx().load(), 2);
+    let reply = req.read_reply(out, used[0].1);
+    assert_eq!(reply.error(), 0, "a fresh filesystem answers the new session's FUSE_INIT");
+    assert_eq!(irq.status() & 1, 1);
+
+    let mut wrong = snap.clone();
+    wrong.queues[REQUEST_QUEUE].max_size = 256;
+    let mut other = VirtioFs::new("share", dir.path(), false).unwrap();
+    let irq = Arc::new(VirtioInterrupt::new(IrqTrigger::new().unwrap()));
+    assert!(matches!(
+        other.restore(mem.clone(), irq, &wrong),
+        Err(PersistError::QueueSize { index: 1, saved: 256, device: 1024 })
+    ));
+    assert!(!other.is_active());
 }
