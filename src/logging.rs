@@ -99,6 +99,17 @@ pub fn debug_with(msg: impl FnOnce() -> String) {
     }
 }
 
+/// A step a user waits on (a VM template being built): on a terminal it
+/// is shown, elsewhere it is an info line (seen with --debug).
+pub fn progress(msg: &str) {
+    use std::io::IsTerminal;
+    if !has_file() && std::io::stderr().is_terminal() {
+        eprintln!("amphi: {msg}");
+    } else {
+        log(Level::Info, msg);
+    }
+}
+
 pub fn warn(msg: &str) {
     log(Level::Warn, msg);
 }

@@ -147,6 +147,11 @@ pub struct CheckArgs {
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
+
+    /// Restore the guest from its VM template (built first if missing)
+    /// instead of booting it, and time that.
+    #[arg(long)]
+    pub template: bool,
 }
 
 #[derive(Debug, Args)]
@@ -183,6 +188,18 @@ pub struct RunVmmArgs {
     /// interface; `mac=` and `mtu=` as for `vm check`. Repeatable.
     #[arg(long, value_name = "TAP[,mac=MAC][,mtu=N]")]
     pub net: Vec<NetConfig>,
+    /// Give the guest a virtio-balloon device.
+    #[arg(long)]
+    pub balloon: bool,
+    /// With --balloon: the guest reports its free pages.
+    #[arg(long = "free-page-reporting", requires = "balloon")]
+    pub free_page_reporting: bool,
+    /// Save the VM into DIR once the agent listens, then end.
+    #[arg(long = "template-out", value_name = "DIR", conflicts_with = "restore")]
+    pub template_out: Option<PathBuf>,
+    /// Start from the template saved in DIR instead of booting.
+    #[arg(long, value_name = "DIR")]
+    pub restore: Option<PathBuf>,
 }
 
 #[cfg(test)]

@@ -92,6 +92,7 @@ pub fn runtime(global: &GlobalArgs) -> Runtime {
         IsolationArg::Both => None,
     });
     Runtime::new(global.root.clone(), isolation, global.systemd_cgroup, amphi::isolation::sandbox_for)
+        .with_vm_template(global.vm_template)
 }
 
 pub fn create_options(o: CreateOpts) -> CreateOptions {

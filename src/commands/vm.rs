@@ -58,6 +58,7 @@ fn check(a: CheckArgs) -> anyhow::Result<u8> {
         kvm_path: amphi::vm::host::DEFAULT_KVM_PATH.into(),
         vmm_binary: std::env::current_exe().unwrap_or_else(|_| "amphi".into()),
         cancel: Some(&INTERRUPTED),
+        template: a.template,
         disks: a.disk,
         nets: a.net,
     };
@@ -74,7 +75,6 @@ fn check(a: CheckArgs) -> anyhow::Result<u8> {
 }
 
 fn run_vmm(a: RunVmmArgs) -> u8 {
-    let event_fd = a.event_fd;
     let args = ChildArgs {
         kernel: a.kernel,
         initrd: a.initrd,
@@ -84,13 +84,16 @@ fn run_vmm(a: RunVmmArgs) -> u8 {
         serial: a.serial,
         vsock_uds: a.vsock_uds,
         vsock_cid: a.vsock_cid,
-        event_fd,
+        event_fd: a.event_fd,
         kvm_path: a.kvm,
         shares: a.share,
         disks: a.disk,
         nets: a.net,
+        balloon: a.balloon.then_some(a.free_page_reporting),
+        template_out: a.template_out,
+        restore: a.restore,
     };
-    amphi::vm::process::run_child(args.into_config(), event_fd)
+    amphi::vm::process::run_child(args)
 }
 
 fn template_list(a: TemplateListArgs) -> anyhow::Result<u8> {

@@ -128,6 +128,7 @@ pub struct Runtime {
     systemd_cgroup: bool,
     sandboxes: SandboxFor,
     hook_delegate: Option<HookDelegate>,
+    vm_template: Option<bool>,
 }
 
 /// Runs the runtime-namespace hooks (prestart, createRuntime) somewhere
@@ -155,11 +156,24 @@ impl Runtime {
         systemd_cgroup: bool,
         sandboxes: SandboxFor,
     ) -> Runtime {
-        Runtime { store: Store::new(root), isolation, systemd_cgroup, sandboxes, hook_delegate: None }
+        Runtime {
+            store: Store::new(root),
+            isolation,
+            systemd_cgroup,
+            sandboxes,
+            hook_delegate: None,
+            vm_template: None,
+        }
     }
 
     /// The prestart and createRuntime hooks are not run here but handed to
     /// `delegate` at the moment they are due.
+    /// `--vm-template`: whether VM containers may start from a template.
+    pub fn with_vm_template(mut self, enabled: Option<bool>) -> Runtime {
+        self.vm_template = enabled;
+        self
+    }
+
     pub fn with_hook_delegate(mut self, delegate: HookDelegate) -> Runtime {
         self.hook_delegate = Some(delegate);
         self
@@ -619,6 +633,7 @@ impl Runtime {
             cgroups_path,
             mode,
             keep_console: foreground && terminal && opts.console_socket.is_none(),
+            vm_template: self.vm_template,
         };
         let hooks = bundle.spec.hooks().clone();
         let mut created = {

@@ -42,6 +42,8 @@ pub struct CreateRequest<'a> {
     /// `run` in the foreground with a terminal and no console socket: the
     /// pty master comes back in [`Created::console`].
     pub keep_console: bool,
+    /// `--vm-template`: false turns VM templates off for this container.
+    pub vm_template: Option<bool>,
 }
 
 /// Called by the isolation when the container's namespaces exist and the

@@ -36,6 +36,28 @@ pub enum AgentClientError {
     TooOld { method: &'static str, needs: agent::ProtocolVersion, agent: agent::ProtocolVersion },
     #[error("the host's wall clock is before 1970")]
     HostClock(#[source] std::time::SystemTimeError),
+    #[error("cannot read the host's random number generator")]
+    HostRandom(#[source] std::io::Error),
+}
+
+/// Fills `buf` from getrandom(2) (the host's CRNG, ready long after boot).
+fn fill_random(buf: &mut [u8]) -> std::io::Result<()> {
+    let mut done = 0;
+    while done < buf.len() {
+        let rest = &mut buf[done..];
+        // SAFETY: getrandom writes at most `rest.len()` bytes into `rest`,
+        // a live mutable slice.
+        let n = unsafe { libc::getrandom(rest.as_mut_ptr().cast(), rest.len(), 0) };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() != std::io::ErrorKind::Interrupted {
+                return Err(e);
+            }
+            continue;
+        }
+        done += n as usize;
+    }
+    Ok(())
 }
 
 /// Reads the `OK <port>\n` line byte by byte, leaving the stream at the
@@ -262,6 +284,16 @@ impl AgentClient {
     /// `seed` (host randomness, [`agent::RESTORE_SEED_LEN`] bytes) into
     /// its RNG and the host's wall clock, read here, as its own. Refused
     /// without a round trip by an agent older than 1.5.
+    /// [`Self::restored`] with a seed and generation from the host's RNG:
+    /// what a VM restored from a template is told before anything runs.
+    pub fn announce_restore(&mut self) -> Result<RestoredReply, AgentClientError> {
+        let mut b = [0u8; 72];
+        fill_random(&mut b).map_err(AgentClientError::HostRandom)?;
+        let (seed, generation) = b.split_at(64);
+        let generation = u64::from_le_bytes(generation.try_into().unwrap_or_default());
+        self.restored(seed, generation)
+    }
+
     pub fn restored(&mut self, seed: &[u8], generation: u64) -> Result<RestoredReply, AgentClientError> {
         let needs = agent::ProtocolVersion { major: 1, minor: 5 };
         if let Some(v) = self.agent_protocol.filter(|v| v.minor < needs.minor) {

@@ -58,6 +58,9 @@ pub struct CheckOptions {
     /// Set (from a signal handler, say) to stop the check early; everything
     /// is still cleaned up.
     pub cancel: Option<&'static AtomicBool>,
+    /// Restore the guest from its template (built first if there is none)
+    /// instead of booting it.
+    pub template: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -94,6 +97,10 @@ pub enum CheckError {
     Teardown(Duration),
     #[error("interrupted; the VM was stopped and its files removed")]
     Interrupted,
+    #[error("cannot restore the guest from a template")]
+    Template(#[source] crate::vm::template::TemplateError),
+    #[error("--template cannot be used with --disk or --net: a template carries no disks or network interfaces")]
+    TemplateDevices,
 }
 
 fn tail_suffix(lines: &[String]) -> String {
@@ -115,6 +122,8 @@ impl CheckError {
             CheckError::Agent(_) => exit::VM_AGENT_PROTOCOL,
             // As a shell reports a command ended by SIGINT.
             CheckError::Interrupted => 130,
+            CheckError::Template(e) => e.exit_code(),
+            CheckError::TemplateDevices => exit::USAGE,
             _ => exit::GENERAL,
         }
     }
@@ -128,6 +137,10 @@ pub struct Timings {
     pub agent_listening_to_handshake_ms: f64,
     pub boot_to_handshake_ms: f64,
     pub teardown_ms: f64,
+    /// From the VMM's start to the agent's handshake when the VM was
+    /// restored from a template (the kernel and agent phases are then 0).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub restore_to_handshake_ms: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -150,6 +163,9 @@ pub struct CheckReport {
     pub vmm_peak_rss_kib: u64,
     /// The part of the peak RSS that is guest memory the guest touched.
     pub guest_rss_kib: u64,
+    /// The template the VM was restored from, if it was.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub template: Option<String>,
 }
 
 impl CheckReport {
@@ -184,6 +200,9 @@ impl CheckReport {
         )?;
         writeln!(w, "  shutdown        {}", self.exit)?;
         writeln!(w, "time breakdown")?;
+        if let Some(key) = &self.template {
+            writeln!(w, "  restored from the template {key}")?;
+        }
         writeln!(w, "  VMM start -> kernel entry        {:9.1} ms", t.vmm_start_to_kernel_entry_ms)?;
         writeln!(w, "  kernel entry -> agent listening  {:9.1} ms", t.kernel_entry_to_agent_listening_ms)?;
         writeln!(w, "  agent listening -> handshake     {:9.1} ms", t.agent_listening_to_handshake_ms)?;
@@ -290,6 +309,149 @@ fn ms(d: Duration) -> f64 {
 }
 
 /// Runs the whole check. `progress` hears about slow steps.
+/// The VMM child's events, with their arrival times.
+type EventRx = mpsc::Receiver<(Instant, ChildEvent)>;
+
+/// Starts `amphi vm run-vmm` with `args` (its event pipe filled in) in a
+/// process group of its own; events arrive on the returned channel.
+fn spawn_vmm(
+    binary: &Path,
+    args: &mut ChildArgs,
+    console_on_stdout: bool,
+) -> Result<(VmmChild, EventRx, std::thread::JoinHandle<()>), CheckError> {
+    let (read_end, write_end) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| CheckError::TempDir(e.into()))?;
+    nix::fcntl::fcntl(write_end.as_fd(), nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()))
+        .map_err(|e| CheckError::TempDir(e.into()))?;
+    // Its write end is made inheritable just for the spawn: another thread
+    // spawning at that moment would inherit it too, which is why nothing
+    // waits for the pipe's EOF.
+    args.event_fd = write_end.as_raw_fd();
+    let spawned = Command::new(binary)
+        .args(args.to_argv())
+        .stdin(Stdio::null())
+        .stdout(if console_on_stdout { Stdio::inherit() } else { Stdio::null() })
+        .stderr(Stdio::inherit())
+        .process_group(0)
+        .spawn()
+        .map_err(|source| CheckError::Spawn { binary: binary.to_path_buf(), source });
+    drop(write_end);
+    let child = VmmChild(Some(spawned?));
+    let (tx, rx) = mpsc::channel();
+    let reader = process::spawn_reader(std::fs::File::from(read_end), tx);
+    Ok((child, rx, reader))
+}
+
+/// How a template is booted: the guest, the VM's size, and the devices
+/// every container VM has (vsock, the `amphi` share, the balloon), so that
+/// container VMs can start from it.
+#[derive(Debug, Clone)]
+pub struct TemplateBoot {
+    /// The kernel as the VMM loads it (the boot ELF).
+    pub kernel: PathBuf,
+    pub initramfs: PathBuf,
+    /// The command line of the VMs restored from it, without the word
+    /// that makes the boot a template (`agent::TEMPLATE_CMDLINE_WORD`).
+    pub cmdline: String,
+    pub memory_mib: u64,
+    pub cpus: u8,
+    pub free_page_reporting: bool,
+    pub kvm_path: PathBuf,
+    pub vmm_binary: PathBuf,
+    /// From VMM start to the saved template.
+    pub timeout: Duration,
+}
+
+impl TemplateBoot {
+    /// The template's own command line: what is in its memory.
+    pub fn template_cmdline(&self) -> String {
+        format!("{} {}", self.cmdline, crate::agent::TEMPLATE_CMDLINE_WORD)
+    }
+
+    /// The VMM's arguments for a VM with this template's devices.
+    pub fn child_args(&self, uds: PathBuf, serial: Option<PathBuf>, share: &Path) -> ChildArgs {
+        ChildArgs {
+            kernel: self.kernel.clone(),
+            initrd: self.initramfs.clone(),
+            cmdline: self.template_cmdline(),
+            memory_mib: self.memory_mib,
+            cpus: self.cpus,
+            serial,
+            vsock_uds: uds,
+            vsock_cid: crate::vm::devices::virtio::vsock::DEFAULT_GUEST_CID,
+            event_fd: -1,
+            kvm_path: self.kvm_path.clone(),
+            shares: vec![crate::vm::vmm::FsShare {
+                tag: crate::vm::sandbox::plan::SHARE_TAG.into(),
+                path: share.to_path_buf(),
+                read_only: false,
+            }],
+            disks: Vec::new(),
+            nets: Vec::new(),
+            balloon: Some(self.free_page_reporting),
+            template_out: None,
+            restore: None,
+        }
+    }
+
+    /// The virtio devices, as the template's state names them.
+    pub fn devices(&self) -> Vec<String> {
+        let args = self.child_args(PathBuf::new(), None, Path::new("/"));
+        args.into_config().map(|c| crate::vm::vmm::persist::device_names(&c)).unwrap_or_default()
+    }
+}
+
+/// Boots `boot` cold and has the VMM save it into `dir` once the agent
+/// listens; the console goes to `dir/console.log`. Returns how long it took.
+pub fn build_template(boot: &TemplateBoot, dir: &Path, cancel: Option<&AtomicBool>) -> Result<Duration, CheckError> {
+    let tmp = TempDir::new().map_err(CheckError::TempDir)?;
+    let share = tmp.0.join("share");
+    std::fs::create_dir(&share).map_err(CheckError::TempDir)?;
+    let console = dir.join("console.log");
+    let console_tail = || tail(Some(&console), 15);
+    let mut args = boot.child_args(tmp.0.join("vsock.sock"), Some(console.clone()), &share);
+    args.template_out = Some(dir.to_path_buf());
+    let t0 = Instant::now();
+    let (mut child, rx, _reader) = spawn_vmm(&boot.vmm_binary, &mut args, false)?;
+    let deadline = t0 + boot.timeout;
+    let mut panic_line = None;
+    loop {
+        match next_event(&rx, deadline, cancel) {
+            Ok((_, ChildEvent::GuestPanic { line })) => panic_line = Some(line),
+            Ok((_, ChildEvent::Error { message })) => return Err(CheckError::Vmm { message, console: console_tail() }),
+            Ok((_, ChildEvent::Exit { reason, panic, .. })) => {
+                child.wait_timeout(TEARDOWN_TIMEOUT);
+                if reason == "snapshotted" {
+                    return Ok(t0.elapsed());
+                }
+                if let Some(line) = panic.or(panic_line) {
+                    return Err(CheckError::GuestPanic { line, console: console_tail() });
+                }
+                if reason == "emulation_failure" {
+                    return Err(CheckError::Emulation);
+                }
+                return Err(CheckError::GuestEnded { reason, console: console_tail() });
+            }
+            Ok(_) => {}
+            Err(WaitEnd::Cancelled) => return Err(CheckError::Interrupted),
+            Err(WaitEnd::Timeout) => {
+                return Err(CheckError::Timeout {
+                    timeout: boot.timeout,
+                    phase: "the template was not saved",
+                    console: console_tail(),
+                })
+            }
+            Err(WaitEnd::Disconnected) => {
+                let status = child.wait_timeout(Duration::from_secs(1));
+                return Err(CheckError::Vmm {
+                    message: format!("the VMM process exited ({status:?}) without reporting why"),
+                    console: console_tail(),
+                });
+            }
+        }
+    }
+}
+
 pub fn check(opts: &CheckOptions, progress: &mut dyn FnMut(&str)) -> Result<CheckReport, CheckError> {
     host::check(&SystemHost, &opts.kvm_path)?;
     if opts.memory_mib < MIN_MEM_MIB {
@@ -319,15 +481,33 @@ pub fn check(opts: &CheckOptions, progress: &mut dyn FnMut(&str)) -> Result<Chec
     };
     let console_tail = || tail(console_file.as_deref(), 15);
 
-    // The event pipe. Its write end is made inheritable just for the spawn:
-    // another thread spawning at that moment would inherit it too, which is
-    // why nothing here waits for the pipe's EOF (part 2, with concurrent
-    // spawns, should move the fd with a pre-exec dup2 instead).
-    let (read_end, write_end) =
-        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| CheckError::TempDir(e.into()))?;
-    nix::fcntl::fcntl(write_end.as_fd(), nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()))
-        .map_err(|e| CheckError::TempDir(e.into()))?;
-    let args = ChildArgs {
+    let template = if opts.template {
+        if !opts.disks.is_empty() || !opts.nets.is_empty() {
+            return Err(CheckError::TemplateDevices);
+        }
+        let cache = crate::vm::template::Cache::in_cache_dir(&opts.cache_dir);
+        let builder = crate::vm::template::vmm::VmmBuilder {
+            kvm_path: opts.kvm_path.clone(),
+            vmm_binary: opts.vmm_binary.clone(),
+            kernel_args: opts.append.clone(),
+            free_page_reporting: true,
+            fingerprint_dir: cache.root().to_path_buf(),
+        };
+        let guest = Guest {
+            kernel: kernel_path.clone(),
+            boot_kernel: boot_kernel.clone(),
+            release: release.clone(),
+            initramfs: initramfs.clone(),
+            initramfs_cached,
+        };
+        let built = crate::vm::template::build_for(&cache, &guest, opts.memory_mib, opts.cpus, &builder, progress)
+            .map_err(CheckError::Template)?;
+        Some((built.template, builder))
+    } else {
+        None
+    };
+
+    let mut args = ChildArgs {
         kernel: boot_kernel.clone(),
         initrd: initramfs.clone(),
         cmdline: match &opts.append {
@@ -339,27 +519,23 @@ pub fn check(opts: &CheckOptions, progress: &mut dyn FnMut(&str)) -> Result<Chec
         serial: serial_arg,
         vsock_uds: uds.clone(),
         vsock_cid: crate::vm::devices::virtio::vsock::DEFAULT_GUEST_CID,
-        event_fd: write_end.as_raw_fd(),
+        event_fd: -1,
         kvm_path: opts.kvm_path.clone(),
         shares: Vec::new(),
         disks: opts.disks.clone(),
         nets: opts.nets.clone(),
+        balloon: None,
+        template_out: None,
+        restore: None,
     };
+    if let Some((t, builder)) = &template {
+        let share = tmp.0.join("share");
+        std::fs::create_dir(&share).map_err(CheckError::TempDir)?;
+        args = builder.boot_args(&t.manifest.inputs, uds.clone(), args.serial.clone(), &share);
+        args.restore = Some(t.dir.clone());
+    }
     let t0 = Instant::now();
-    let spawned = Command::new(&opts.vmm_binary)
-        .args(args.to_argv())
-        .stdin(Stdio::null())
-        .stdout(if opts.console == ConsoleTarget::Stdout { Stdio::inherit() } else { Stdio::null() })
-        .stderr(Stdio::inherit())
-        // Its own process group: a terminal's ^C reaches amphi, which then
-        // stops the VM and cleans up, instead of killing both mid-way.
-        .process_group(0)
-        .spawn()
-        .map_err(|source| CheckError::Spawn { binary: opts.vmm_binary.clone(), source });
-    drop(write_end);
-    let mut child = VmmChild(Some(spawned?));
-    let (tx, rx) = mpsc::channel();
-    let reader = process::spawn_reader(std::fs::File::from(read_end), tx);
+    let (mut child, rx, reader) = spawn_vmm(&opts.vmm_binary, &mut args, opts.console == ConsoleTarget::Stdout)?;
 
     let deadline = t0 + opts.timeout;
     let mut kernel_entry = None;
@@ -371,6 +547,8 @@ pub fn check(opts: &CheckOptions, progress: &mut dyn FnMut(&str)) -> Result<Chec
         match next_event(&rx, deadline, cancel) {
             Ok((t, ChildEvent::KernelEntry)) => kernel_entry = Some(t),
             Ok((t, ChildEvent::AgentListening)) => listening = Some(t),
+            // A restored agent listens already: no kernel entry, no line.
+            Ok((t, ChildEvent::Restored)) => (kernel_entry, listening) = (Some(t), Some(t)),
             Ok((_, ChildEvent::GuestPanic { line })) => panic_line = Some(line),
             Ok((_, ChildEvent::Error { message })) => {
                 return Err(CheckError::Vmm { message, console: console_tail() });
@@ -421,6 +599,9 @@ pub fn check(opts: &CheckOptions, progress: &mut dyn FnMut(&str)) -> Result<Chec
     client.set_timeout(Some(left));
     let hello: HandshakeResponse = client.handshake().map_err(CheckError::Agent)?;
     let handshake_done = Instant::now();
+    if template.is_some() {
+        client.announce_restore().map_err(CheckError::Agent)?;
+    }
     let health = client.health().map_err(CheckError::Agent)?;
 
     // Phase 3: power off, and wait for the VMM to be gone.
@@ -482,9 +663,11 @@ pub fn check(opts: &CheckOptions, progress: &mut dyn FnMut(&str)) -> Result<Chec
             agent_listening_to_handshake_ms: ms(handshake_done - listening),
             boot_to_handshake_ms: ms(handshake_done - t0),
             teardown_ms: ms(teardown_end - teardown_start),
+            restore_to_handshake_ms: template.is_some().then(|| ms(handshake_done - t0)),
         },
         vmm_peak_rss_kib: peak,
         guest_rss_kib: guest_rss,
+        template: template.map(|(t, _)| t.key.to_string()),
     })
 }
 

@@ -19,6 +19,8 @@ use crate::vm::vmm::{self, DiskConfig, ExitReason, FsShare, NetConfig, VmmConfig
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum ChildEvent {
     KernelEntry,
+    /// Restored from a template; the vCPUs are about to run.
+    Restored,
     AgentListening,
     GuestPanic {
         line: String,
@@ -48,6 +50,7 @@ pub fn reason_name(r: &ExitReason) -> String {
         ExitReason::Halted => "halted".into(),
         ExitReason::EmulationFailure => "emulation_failure".into(),
         ExitReason::Stopped => "stopped".into(),
+        ExitReason::Snapshotted => "snapshotted".into(),
         ExitReason::Error(e) => format!("error: {e}"),
     }
 }
@@ -56,7 +59,7 @@ pub fn reason_name(r: &ExitReason) -> String {
 pub fn exit_code(reason: &ExitReason, panicked: bool) -> u8 {
     match reason {
         _ if panicked => exit::VM_GUEST_PANIC,
-        ExitReason::PowerOff | ExitReason::Stopped => 0,
+        ExitReason::PowerOff | ExitReason::Stopped | ExitReason::Snapshotted => 0,
         ExitReason::Reset | ExitReason::TripleFault => exit::VM_GUEST_REBOOT,
         ExitReason::Crash => exit::VM_GUEST_PANIC,
         ExitReason::Halted => exit::VM_GUEST_FAILED,
@@ -91,12 +94,10 @@ pub fn limit_open_files() {
 
 /// Body of `amphi vm run-vmm`: runs the VM, reports on `event_fd`, returns
 /// the process exit status.
-pub fn run_child(config: VmmConfig, event_fd: i32) -> u8 {
+pub fn run_child(args: ChildArgs) -> u8 {
+    let event_fd = args.event_fd;
     // If the parent dies, so does the VM: nothing is left behind.
     let _ = nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL);
-    if !config.shares.is_empty() {
-        limit_open_files();
-    }
     let pipe: Box<dyn Write + Send> =
         match std::fs::OpenOptions::new().write(true).open(format!("/proc/self/fd/{event_fd}")) {
             Ok(f) => Box::new(f),
@@ -119,11 +120,23 @@ pub fn run_child(config: VmmConfig, event_fd: i32) -> u8 {
         Arc::new(move |e: VmmEvent| {
             send(&match e {
                 VmmEvent::KernelEntry => ChildEvent::KernelEntry,
+                VmmEvent::Restored => ChildEvent::Restored,
                 VmmEvent::AgentListening => ChildEvent::AgentListening,
                 VmmEvent::GuestPanic(line) => ChildEvent::GuestPanic { line },
             })
         })
     };
+    let _ = crate::vm::vmm::memory::keep_smaps();
+    let config = match args.into_config() {
+        Ok(c) => c,
+        Err(e) => {
+            send(&ChildEvent::Error { message: crate::logging::chain(&e) });
+            return exit::GENERAL;
+        }
+    };
+    if !config.shares.is_empty() {
+        limit_open_files();
+    }
     match vmm::run(&config, on_event, Arc::new(AtomicBool::new(false))) {
         Ok(outcome) => {
             send(&ChildEvent::Exit {
@@ -178,6 +191,14 @@ pub struct ChildArgs {
     pub disks: Vec<DiskConfig>,
     /// Network interfaces over virtio-net (`--net TAP[,mac=..][,mtu=..]`).
     pub nets: Vec<NetConfig>,
+    /// A virtio-balloon device (`--balloon`), with free page reporting
+    /// (`--free-page-reporting`) if true.
+    pub balloon: Option<bool>,
+    /// Save the VM as a template into this directory once the agent
+    /// listens (`--template-out DIR`).
+    pub template_out: Option<PathBuf>,
+    /// Start from the template in this directory (`--restore DIR`).
+    pub restore: Option<PathBuf>,
 }
 
 impl ChildArgs {
@@ -220,11 +241,29 @@ impl ChildArgs {
             v.push("--net".into());
             v.push(net.to_string());
         }
+        if let Some(fpr) = self.balloon {
+            v.push("--balloon".into());
+            if fpr {
+                v.push("--free-page-reporting".into());
+            }
+        }
+        for (flag, dir) in [("--template-out", &self.template_out), ("--restore", &self.restore)] {
+            if let Some(d) = dir {
+                v.push(flag.into());
+                v.push(d.display().to_string());
+            }
+        }
         v
     }
 
-    pub fn into_config(self) -> VmmConfig {
-        VmmConfig {
+    /// The VMM's configuration; a template to restore is read here.
+    pub fn into_config(self) -> Result<VmmConfig, vmm::persist::PersistenceError> {
+        let template = match (self.template_out, self.restore) {
+            (_, Some(dir)) => Some(vmm::TemplateMode::Restore(Arc::new(vmm::persist::RestoreSource::open(&dir)?))),
+            (Some(dir), None) => Some(vmm::TemplateMode::Save(dir)),
+            (None, None) => None,
+        };
+        Ok(VmmConfig {
             kvm_path: self.kvm_path,
             kernel: self.kernel,
             initrd: Some(self.initrd),
@@ -241,9 +280,15 @@ impl ChildArgs {
             disks: self.disks,
             nets: self.nets,
             api: None,
-            // Not offered: `vm check` has nothing to set a target with.
-            balloon: None,
-        }
+            // Only templates have one: `vm check` has nothing to set a
+            // target with, but a template must have the devices of the
+            // containers' VMs.
+            balloon: self.balloon.map(|fpr| crate::vm::devices::virtio::balloon::BalloonConfig {
+                free_page_reporting: fpr,
+                ..Default::default()
+            }),
+            template,
+        })
     }
 }
 
@@ -301,6 +346,9 @@ mod tests {
             shares: vec!["rootfs=/r".parse().unwrap(), "vol=/v:ro".parse().unwrap()],
             disks: vec!["/d/root.img".parse().unwrap(), "data=/d/data.img:ro".parse().unwrap()],
             nets: vec!["tap0,mac=02:00:00:00:00:07,mtu=1400".parse().unwrap()],
+            balloon: Some(true),
+            template_out: Some("/t/tpl".into()),
+            restore: None,
         };
         let argv = a.to_argv();
         assert_eq!(&argv[..2], ["vm", "run-vmm"]);
@@ -311,7 +359,11 @@ mod tests {
         assert_eq!(disks, ["/d/root.img", "data=/d/data.img:ro"]);
         let nets: Vec<&str> = argv.windows(2).filter(|w| w[0] == "--net").map(|w| w[1].as_str()).collect();
         assert_eq!(nets, ["tap0,mac=02:00:00:00:00:07,mtu=1400"]);
-        let c = a.into_config();
+        assert!(argv.windows(2).any(|w| w[0] == "--balloon" && w[1] == "--free-page-reporting"));
+        assert!(argv.windows(2).any(|w| w == ["--template-out", "/t/tpl"]));
+        let c = a.into_config().unwrap();
+        assert!(c.balloon.as_ref().is_some_and(|b| b.free_page_reporting));
+        assert!(matches!(&c.template, Some(vmm::TemplateMode::Save(d)) if d == std::path::Path::new("/t/tpl")));
         assert_eq!(c.serial, vmm::SerialOutput::Stdout);
         assert_eq!(c.shares.len(), 2);
         assert!(c.shares[1].read_only);

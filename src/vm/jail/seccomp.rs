@@ -142,6 +142,8 @@ const VMM: &[&str] = &[
     "getsockname",
     "getsockopt",
     "mincore",
+    // Reading the smaps kept open for a restored VM's memory stats.
+    "pread64",
     "prlimit64",
     "recvfrom",
     "recvmsg",

@@ -51,6 +51,7 @@ use crate::vm::guest::{self, GuestError, GuestOptions};
 use crate::vm::host::{self, HostError, SystemHost};
 use crate::vm::jail;
 use crate::vm::process::ChildEvent;
+use crate::vm::template;
 use crate::vm::vmm::{api, DiskConfig, FsShare, SerialOutput, VmmConfig, VsockConfig};
 use plan::{PlanError, VmSize};
 use stdio::Local;
@@ -502,10 +503,39 @@ fn create(req: &CreateRequest<'_>, hooks: &mut RuntimeHooks<'_>) -> Result<Creat
             modules: None,
             agent: None,
             cache_dir: PathBuf::from(guest::DEFAULT_CACHE_DIR),
-            exe,
+            exe: exe.clone(),
         },
         &mut |m| crate::logging::debug(m),
     )?;
+    let boot = {
+        let cache = template::Cache::in_cache_dir(Path::new(guest::DEFAULT_CACHE_DIR));
+        let builder = template::vmm::VmmBuilder {
+            kvm_path: PathBuf::from(host::DEFAULT_KVM_PATH),
+            vmm_binary: exe,
+            kernel_args: size.kernel_args.clone(),
+            free_page_reporting: size.free_page_reporting,
+            fingerprint_dir: cache.root().to_path_buf(),
+        };
+        let wanted = template::vmm::Wanted {
+            annotation: plan::template_annotation(spec)?,
+            global: req.vm_template,
+            disks: gplan.disks.len(),
+            nets: net.taps,
+        };
+        template::vmm::choose(&wanted, &cache, &builder, &guest, size.memory_mib, size.vcpus, &mut |m| {
+            crate::logging::progress(m)
+        })
+    };
+    let restore = match boot {
+        template::vmm::Boot::Restore { template, source } => {
+            crate::logging::debug_with(|| format!("create {}: restoring the VM template {}", req.id, template.key));
+            Some(source)
+        }
+        template::vmm::Boot::Cold(why) => {
+            crate::logging::debug_with(|| format!("create {}: cold boot: {why}", req.id));
+            None
+        }
+    };
 
     // The host pty, when the process has a terminal: the master goes to the
     // console socket (or back to `run`), the VMM keeps the slave.
@@ -570,6 +600,7 @@ fn create(req: &CreateRequest<'_>, hooks: &mut RuntimeHooks<'_>) -> Result<Creat
         // Free page reporting gives back what the guest frees; `update
         // --memory` sets a target through the control socket.
         balloon: Some(BalloonConfig { free_page_reporting: size.free_page_reporting, ..BalloonConfig::default() }),
+        template: restore.clone().map(crate::vm::vmm::TemplateMode::Restore),
     };
     let session = session_name();
     let pipe = || nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| io("pipe")(e.into()));
@@ -619,6 +650,11 @@ fn create(req: &CreateRequest<'_>, hooks: &mut RuntimeHooks<'_>) -> Result<Creat
     let deadline = Instant::now() + size.boot_timeout;
     let mut client = AgentClient::connect(&uds, deadline)?;
     client.set_timeout(Some(Duration::from_secs(120)));
+    if restore.is_some() {
+        // Before anything runs in the guest: its RNG was the template's.
+        client.announce_restore()?;
+        crate::logging::timing("create:restored_announced");
+    }
     // Disks came in 1.2, a rootfs on a disk in 1.3, the network in 1.4.
     let minor = if net.taps > 0 {
         4
@@ -779,7 +815,8 @@ fn wait_for_agent(events: OwnedFd, timeout: Duration, console: &Path) -> Result<
         }
         match serde_json::from_str::<ChildEvent>(line.trim_end()) {
             Ok(ChildEvent::KernelEntry) => kernel_entered = true,
-            Ok(ChildEvent::AgentListening) => return Ok(()),
+            // A VM restored from a template has its agent listening already.
+            Ok(ChildEvent::AgentListening | ChildEvent::Restored) => return Ok(()),
             Ok(ChildEvent::GuestPanic { line }) => panic_line = Some(line),
             Ok(ChildEvent::Error { message }) => return Err(VmError::Boot { message, console: console_tail(console) }),
             Ok(ChildEvent::Exit { reason, panic, .. }) => {

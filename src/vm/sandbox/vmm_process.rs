@@ -244,8 +244,14 @@ pub fn run(plan: VmmPlan) -> i32 {
         keep.push(t.as_raw_fd());
     }
     keep.extend(crate::logging::timing_fd());
+    // The template's memory, opened before the jail (which has no path to it).
+    if let Some(crate::vm::vmm::TemplateMode::Restore(src)) = &config.template {
+        keep.push(src.memory.as_raw_fd());
+    }
     drop(join);
     close_others(&keep);
+    // Guest memory stats read it once /proc is out of reach (memory.rs).
+    let _ = crate::vm::vmm::memory::keep_smaps();
     process::limit_open_files();
     if let Err(e) = jail::root::prepare(&root) {
         return fail("cannot prepare the VMM's root", crate::logging::chain(&e));
@@ -325,7 +331,8 @@ pub fn run(plan: VmmPlan) -> i32 {
         let _ = std::thread::Builder::new().name("supervisor".into()).spawn(move || {
             // Its stdio relays inherit this filter.
             jail::seccomp::enter_or_exit(ThreadKind::Io);
-            if !rx.iter().any(|e| e == VmmEvent::AgentListening) {
+            // A restored agent listens from the first instruction on.
+            if !rx.iter().any(|e| matches!(e, VmmEvent::AgentListening | VmmEvent::Restored)) {
                 return;
             }
             let deadline = Instant::now() + ATTACH_DEADLINE;
@@ -356,11 +363,13 @@ pub fn run(plan: VmmPlan) -> i32 {
         Arc::new(move |e: VmmEvent| {
             match &e {
                 VmmEvent::KernelEntry => crate::logging::timing("vmm:kernel_entry"),
+                VmmEvent::Restored => crate::logging::timing("vmm:restored"),
                 VmmEvent::AgentListening => crate::logging::timing("vmm:agent_listening"),
                 VmmEvent::GuestPanic(_) => {}
             }
             events.send(&match &e {
                 VmmEvent::KernelEntry => ChildEvent::KernelEntry,
+                VmmEvent::Restored => ChildEvent::Restored,
                 VmmEvent::AgentListening => ChildEvent::AgentListening,
                 VmmEvent::GuestPanic(line) => ChildEvent::GuestPanic { line: line.clone() },
             });

@@ -7,6 +7,7 @@
 
 pub mod cache;
 pub mod key;
+pub mod vmm;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};

@@ -10,27 +10,30 @@
 pub mod api;
 pub mod cpuid;
 pub mod memory;
+pub mod persist;
 pub mod snapshot;
 pub mod vcpu;
 
 use std::io::Write;
-use std::os::fd::{AsRawFd, OwnedFd};
-use std::path::PathBuf;
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use event_manager::{EventManager, EventOps, EventSet, Events, MutEventSubscriber, SubscriberOps};
 use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
-use kvm_ioctls::{IoEventAddress, Kvm};
-use vm_memory::{GuestMemoryBackend, GuestMemoryRegion, MemoryRegionAddress};
+use kvm_ioctls::{IoEventAddress, Kvm, VmFd};
+use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, MemoryRegionAddress};
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 
 use crate::vm::boot::{self, acpi, layout, params, regs, BootError, EntryPoint};
 use crate::vm::devices::power::{PowerDevice, PowerEvent, PowerPort};
 use crate::vm::devices::serial::log as serial_log;
-use crate::vm::devices::serial::{CappedLog, ConsoleEvent, ConsoleOutput, ConsoleWatcher, SerialDevice};
+use crate::vm::devices::serial::{
+    CappedLog, ConsoleEvent, ConsoleOutput, ConsoleWatcher, SerialDevice, SerialSnapshot,
+};
 use crate::vm::devices::virtio::balloon::{BalloonConfig, BalloonHandle, VirtioBalloon};
 use crate::vm::devices::virtio::block::{DiskError, VirtioBlock};
 use crate::vm::devices::virtio::fs::{ShareError, VirtioFs};
@@ -306,6 +309,19 @@ pub struct VmmConfig {
     pub balloon: Option<BalloonConfig>,
     /// One virtio-net device each, after the disks and the balloon.
     pub nets: Vec<NetConfig>,
+    /// Whether this VM makes a template or starts from one.
+    pub template: Option<TemplateMode>,
+}
+
+/// A VM that becomes a template, or one that starts from a template.
+#[derive(Debug, Clone)]
+pub enum TemplateMode {
+    /// Boot cold; once the agent listens and the guest has given back its
+    /// free pages, save the VM into this (empty) directory and end with
+    /// [`ExitReason::Snapshotted`].
+    Save(PathBuf),
+    /// Start from a saved VM instead of booting.
+    Restore(Arc<persist::RestoreSource>),
 }
 
 /// Milestones the VMM reports while the guest boots.
@@ -313,6 +329,8 @@ pub struct VmmConfig {
 pub enum VmmEvent {
     /// The boot vCPU is about to enter the kernel for the first time.
     KernelEntry,
+    /// The VM was restored from a template and its vCPUs are about to run.
+    Restored,
     /// The agent printed its listening line on the console.
     AgentListening,
     /// The kernel printed a panic.
@@ -337,6 +355,8 @@ pub enum ExitReason {
     EmulationFailure,
     /// The caller asked the VMM to stop.
     Stopped,
+    /// The VM was saved as a template ([`TemplateMode::Save`]).
+    Snapshotted,
     Error(String),
 }
 
@@ -406,6 +426,8 @@ pub enum VmmError {
     VcpuCount { vcpus: u8, max: usize },
     #[error("{mib} MiB of guest memory is too little; at least {min} MiB are needed")]
     TooLittleMemory { mib: u64, min: u64 },
+    #[error("cannot restore the VM from its template")]
+    Restore(#[source] persist::PersistenceError),
 }
 
 /// The first reason wins; the event loop is woken through `evt`.
@@ -497,14 +519,30 @@ struct VirtioSlot {
     events: Option<Subscriber>,
 }
 
-/// Boots the VM described by `config` and runs it to its end. `events`
-/// receives the boot milestones (from any thread); setting `stop` ends the
-/// VM from outside.
-pub fn run(
-    config: &VmmConfig,
-    events: Arc<dyn Fn(VmmEvent) + Send + Sync>,
-    stop: Arc<AtomicBool>,
-) -> Result<VmOutcome, VmmError> {
+/// A VM before its vCPUs run: KVM objects, guest memory, the buses with
+/// every device on them and the event loop. A cold boot and a restore from
+/// a template build it the same way, so a restored VM has exactly the
+/// devices, MMIO windows and interrupt lines its template had.
+struct Machine {
+    kvm: Kvm,
+    vm: VmFd,
+    mem: GuestMemoryMmap,
+    pio: Arc<Bus>,
+    mmio: Arc<Bus>,
+    /// The virtio transports in slot order, typed: the bus only knows them
+    /// as bus devices, and saving or restoring a VM needs the transports.
+    transports: Vec<Arc<Mutex<MmioTransport>>>,
+    mmio_infos: Vec<acpi::MmioDeviceInfo>,
+    serial: Arc<Mutex<SerialDevice>>,
+    em: EventManager<Subscriber>,
+    latch: Arc<ExitLatch>,
+    done: Arc<AtomicBool>,
+    panic_line: Arc<Mutex<Option<String>>>,
+    panic_at: Arc<Mutex<Option<Instant>>>,
+}
+
+/// Opens KVM and makes the VM with its in-kernel irqchip and PIT.
+fn create_vm(config: &VmmConfig) -> Result<(Kvm, VmFd), VmmError> {
     if config.mem_mib < MIN_MEM_MIB {
         return Err(VmmError::TooLittleMemory { mib: config.mem_mib, min: MIN_MEM_MIB });
     }
@@ -522,14 +560,15 @@ pub fn run(
     vm.create_irq_chip().map_err(|e| VmmError::Kvm("KVM_CREATE_IRQCHIP", e))?;
     let pit = kvm_pit_config { flags: KVM_PIT_SPEAKER_DUMMY, ..Default::default() };
     vm.create_pit2(pit).map_err(|e| VmmError::Kvm("KVM_CREATE_PIT2", e))?;
+    Ok((kvm, vm))
+}
 
-    // Guest memory.
-    let mem_size = config.mem_mib << 20;
-    let mem = memory::create(mem_size).map_err(|source| VmmError::Memory { mib: config.mem_mib, source })?;
+/// Hands every region of `mem` to KVM, one memory slot each.
+fn register_memory(vm: &VmFd, mem: &GuestMemoryMmap, mib: u64) -> Result<(), VmmError> {
     for (slot, region) in mem.iter().enumerate() {
         let host = region
             .get_host_address(MemoryRegionAddress(0))
-            .map_err(|_| VmmError::Memory { mib: config.mem_mib, source: memory::MemoryError::Region { start: 0 } })?;
+            .map_err(|_| VmmError::Memory { mib, source: memory::MemoryError::Region { start: 0 } })?;
         let r = kvm_userspace_memory_region {
             slot: slot as u32,
             guest_phys_addr: region.start_addr().0,
@@ -537,69 +576,203 @@ pub fn run(
             userspace_addr: host as u64,
             flags: 0,
         };
-        // SAFETY: the region is a live mapping owned by `mem`, which
-        // outlives the VM (both are dropped at the end of this function,
-        // the VM's vCPUs are joined before).
+        // SAFETY: the region is a live mapping owned by `mem`, which the
+        // VMM keeps until the VM is gone (guest memory is never unmapped
+        // while the process lives, see memory.rs).
         unsafe { vm.set_user_memory_region(r) }.map_err(|e| VmmError::Kvm("KVM_SET_USER_MEMORY_REGION", e))?;
     }
+    Ok(())
+}
 
-    let latch = Arc::new(ExitLatch {
-        reason: Mutex::new(None),
-        evt: EventFd::new(libc::EFD_NONBLOCK).map_err(|e| VmmError::Device("exit", e))?,
-    });
-    let panic_line: Arc<Mutex<Option<String>>> = Arc::new(Mutex::new(None));
-    let panic_at: Arc<Mutex<Option<Instant>>> = Arc::new(Mutex::new(None));
+impl Machine {
+    /// Builds the VM around `mem`: legacy devices and the virtio devices in
+    /// their fixed order, each with its irqfd, ioeventfds and MMIO window.
+    fn build(
+        config: &VmmConfig,
+        kvm: Kvm,
+        vm: VmFd,
+        mem: GuestMemoryMmap,
+        events: &Arc<dyn Fn(VmmEvent) + Send + Sync>,
+        serial_state: Option<&SerialSnapshot>,
+    ) -> Result<Machine, VmmError> {
+        register_memory(&vm, &mem, config.mem_mib)?;
+        let latch = Arc::new(ExitLatch {
+            reason: Mutex::new(None),
+            evt: EventFd::new(libc::EFD_NONBLOCK).map_err(|e| VmmError::Device("exit", e))?,
+        });
+        let panic_line: Arc<Mutex<Option<String>>> = Arc::new(Mutex::new(None));
+        let panic_at: Arc<Mutex<Option<Instant>>> = Arc::new(Mutex::new(None));
 
-    // Legacy devices.
-    let mut pio = Bus::new();
-    let console_events = {
-        let events = events.clone();
-        let (panic_line, panic_at) = (panic_line.clone(), panic_at.clone());
-        Arc::new(move |e: ConsoleEvent| match e {
-            ConsoleEvent::AgentListening => events(VmmEvent::AgentListening),
-            ConsoleEvent::KernelPanic(line) => {
-                *panic_line.lock().unwrap_or_else(|e| e.into_inner()) = Some(line.clone());
-                panic_at.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert_with(Instant::now);
-                events(VmmEvent::GuestPanic(line));
-            }
-        })
-    };
-    let sink: Box<dyn Write + Send> = match &config.serial {
-        SerialOutput::Stdout => Box::new(std::io::stdout()),
-        // Capped: a guest printing without end must not fill the host's disk.
-        SerialOutput::File(path) => Box::new(
-            CappedLog::create(path, serial_log::DEFAULT_HEAD, serial_log::DEFAULT_TAIL)
-                .map_err(|source| VmmError::SerialLog { path: path.clone(), source })?,
-        ),
-        SerialOutput::Discard => Box::new(std::io::sink()),
-    };
-    let serial_irq = IrqTrigger::new().map_err(|e| VmmError::Device("serial", e))?;
-    vm.register_irqfd(&serial_irq.0, layout::SERIAL_IRQ).map_err(|e| VmmError::Kvm("KVM_IRQFD", e))?;
-    let serial = SerialDevice::new(serial_irq, ConsoleOutput::new(sink, ConsoleWatcher::new(console_events)));
-    pio.insert(u64::from(layout::SERIAL_PORT), 8, Arc::new(Mutex::new(serial)))?;
-    let power_notify = {
-        let latch = latch.clone();
-        Arc::new(move |e: PowerEvent| {
-            latch.set(match e {
-                PowerEvent::PowerOff => ExitReason::PowerOff,
-                PowerEvent::Reset => ExitReason::Reset,
+        // Legacy devices.
+        let mut pio = Bus::new();
+        let console_events = {
+            let events = events.clone();
+            let (panic_line, panic_at) = (panic_line.clone(), panic_at.clone());
+            Arc::new(move |e: ConsoleEvent| match e {
+                ConsoleEvent::AgentListening => events(VmmEvent::AgentListening),
+                ConsoleEvent::KernelPanic(line) => {
+                    *panic_line.lock().unwrap_or_else(|e| e.into_inner()) = Some(line.clone());
+                    panic_at.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert_with(Instant::now);
+                    events(VmmEvent::GuestPanic(line));
+                }
             })
-        })
-    };
-    pio.insert(
-        u64::from(layout::ACPI_PM_PORT),
-        1,
-        Arc::new(Mutex::new(PowerDevice::new(PowerPort::Acpi, power_notify.clone()))),
-    )?;
-    pio.insert(
-        u64::from(layout::I8042_PORT),
-        1,
-        Arc::new(Mutex::new(PowerDevice::new(PowerPort::I8042, power_notify))),
-    )?;
+        };
+        let sink: Box<dyn Write + Send> = match &config.serial {
+            SerialOutput::Stdout => Box::new(std::io::stdout()),
+            // Capped: a guest printing without end must not fill the host's disk.
+            SerialOutput::File(path) => Box::new(
+                CappedLog::create(path, serial_log::DEFAULT_HEAD, serial_log::DEFAULT_TAIL)
+                    .map_err(|source| VmmError::SerialLog { path: path.clone(), source })?,
+            ),
+            SerialOutput::Discard => Box::new(std::io::sink()),
+        };
+        let serial_irq = IrqTrigger::new().map_err(|e| VmmError::Device("serial", e))?;
+        vm.register_irqfd(&serial_irq.0, layout::SERIAL_IRQ).map_err(|e| VmmError::Kvm("KVM_IRQFD", e))?;
+        let output = ConsoleOutput::new(sink, ConsoleWatcher::new(console_events));
+        let serial = Arc::new(Mutex::new(match serial_state {
+            Some(state) => SerialDevice::restore(serial_irq, output, state)
+                .map_err(|e| VmmError::Restore(persist::PersistenceError::Serial(e)))?,
+            None => SerialDevice::new(serial_irq, output),
+        }));
+        pio.insert(u64::from(layout::SERIAL_PORT), 8, serial.clone())?;
+        let power_notify = {
+            let latch = latch.clone();
+            Arc::new(move |e: PowerEvent| {
+                latch.set(match e {
+                    PowerEvent::PowerOff => ExitReason::PowerOff,
+                    PowerEvent::Reset => ExitReason::Reset,
+                })
+            })
+        };
+        pio.insert(
+            u64::from(layout::ACPI_PM_PORT),
+            1,
+            Arc::new(Mutex::new(PowerDevice::new(PowerPort::Acpi, power_notify.clone()))),
+        )?;
+        pio.insert(
+            u64::from(layout::I8042_PORT),
+            1,
+            Arc::new(Mutex::new(PowerDevice::new(PowerPort::I8042, power_notify))),
+        )?;
 
-    // virtio-mmio devices: vsock first, then one virtio-fs device per
-    // share, then one virtio-blk device per disk, then the balloon, then
-    // one virtio-net device per network interface.
+        let mut mmio = Bus::new();
+        let mut mmio_infos = Vec::new();
+        let mut transports = Vec::new();
+        let mut em: EventManager<Subscriber> = EventManager::new().map_err(VmmError::EventLoop)?;
+        for (index, slot) in virtio_devices(config)?.into_iter().enumerate() {
+            let count = index + 1;
+            let (base, irq) = layout::virtio_mmio_slot(index)
+                .ok_or(VmmError::TooManyDevices { count, max: layout::VIRTIO_MMIO_MAX_DEVICES })?;
+            let interrupt =
+                Arc::new(VirtioInterrupt::new(IrqTrigger::new().map_err(|e| VmmError::Device(slot.name, e))?));
+            // Interrupts reach the guest through an irqfd, queue notifications
+            // arrive on ioeventfds (one per queue, told apart by the value
+            // written): neither needs a vCPU exit to userspace.
+            vm.register_irqfd(interrupt.irq_fd(), irq).map_err(|e| VmmError::Kvm("KVM_IRQFD", e))?;
+            {
+                let d = slot.device.lock().unwrap_or_else(|e| e.into_inner());
+                for (q, evt) in d.queue_events().iter().enumerate() {
+                    vm.register_ioevent(evt, &IoEventAddress::Mmio(base + NOTIFY_REG_OFFSET), q as u32)
+                        .map_err(|e| VmmError::Kvm("KVM_IOEVENTFD", e))?;
+                }
+            }
+            let transport = Arc::new(Mutex::new(MmioTransport::new(slot.device, mem.clone(), interrupt)));
+            mmio.insert(base, layout::VIRTIO_MMIO_SIZE, transport.clone())?;
+            transports.push(transport);
+            mmio_infos.push(acpi::MmioDeviceInfo { addr: base, len: layout::VIRTIO_MMIO_SIZE, irq });
+            if let Some(events) = slot.events {
+                em.add_subscriber(events);
+            }
+        }
+        let done = Arc::new(AtomicBool::new(false));
+        em.add_subscriber(Arc::new(Mutex::new(ExitSubscriber { latch: latch.clone(), done: done.clone() })));
+        if let Some(path) = &config.api {
+            let listener = crate::vm::uds::bind(path)
+                .and_then(|l| {
+                    let balloon = config.balloon.as_ref().map(|b| b.handle.clone());
+                    api::ApiServer::new(l, Box::new(ApiBackend { mem: mem.clone(), mib: config.mem_mib, balloon }))
+                })
+                .map_err(|source| VmmError::Api { path: path.clone(), source })?;
+            em.add_subscriber(Arc::new(Mutex::new(listener)));
+        }
+        Ok(Machine {
+            kvm,
+            vm,
+            mem,
+            pio: Arc::new(pio),
+            mmio: Arc::new(mmio),
+            transports,
+            mmio_infos,
+            serial,
+            em,
+            latch,
+            done,
+            panic_line,
+            panic_at,
+        })
+    }
+
+    /// Loads the kernel, initramfs, command line, ACPI tables and boot
+    /// structures, and returns the vCPUs set up to enter the kernel.
+    fn boot_cold(&self, config: &VmmConfig) -> Result<Vec<vcpu::Vcpu>, VmmError> {
+        let mem = &self.mem;
+        let mem_size = config.mem_mib << 20;
+        let kernel = boot::load_kernel(mem, &config.kernel)?;
+        let initrd = match &config.initrd {
+            Some(p) => Some(boot::load_initrd(mem, p, mem_size, &kernel)?),
+            None => None,
+        };
+        boot::write_cmdline(mem, &config.cmdline)?;
+        let rsdp = acpi::write_tables(mem, config.vcpus, &self.mmio_infos)?;
+        let pvh = matches!(kernel.entry, EntryPoint::Pvh { .. });
+        params::write_boot_params(mem, pvh, kernel.setup_header, mem_size, config.cmdline.len(), initrd, rsdp)?;
+        regs::write_tables(mem, kernel.entry)?;
+        boot::write_reset_stub(mem)?;
+
+        let base_cpuid = self
+            .kvm
+            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+            .map_err(|e| VmmError::Kvm("KVM_GET_SUPPORTED_CPUID", e))?;
+        let vcpus = self.create_vcpus(config.vcpus)?;
+        for v in &vcpus {
+            v.configure(&self.kvm, &base_cpuid, config.vcpus, kernel.entry)?;
+        }
+        Ok(vcpus)
+    }
+
+    fn create_vcpus(&self, count: u8) -> Result<Vec<vcpu::Vcpu>, VmmError> {
+        (0..count).map(|i| vcpu::Vcpu::new(&self.vm, i, self.pio.clone(), self.mmio.clone())).collect()
+    }
+
+    /// Puts the template's state into this machine's fresh vCPUs, KVM and
+    /// devices, and kicks the devices.
+    fn restore(&self, snap: &persist::VmSnapshot, count: u8) -> Result<Vec<vcpu::Vcpu>, VmmError> {
+        let vcpus = self.create_vcpus(count)?;
+        persist::restore(snap, &self.vm, &vcpus, &self.transports).map_err(VmmError::Restore)?;
+        persist::after_restore(&self.transports);
+        self.serial.lock().unwrap_or_else(|e| e.into_inner()).after_restore();
+        Ok(vcpus)
+    }
+
+    /// Saves the stopped VM into `dir`.
+    fn save(&self, config: &VmmConfig, vcpus: &[vcpu::Vcpu], dir: &Path) -> Result<(), persist::PersistenceError> {
+        let serial = self.serial.lock().unwrap_or_else(|e| e.into_inner()).save();
+        let parts = persist::SaveParts {
+            kvm: &self.kvm,
+            vm: &self.vm,
+            mem: &self.mem,
+            vcpus,
+            serial,
+            transports: &self.transports,
+        };
+        persist::save(config, parts, dir).map(|_| ())
+    }
+}
+
+/// The virtio devices of `config` in their fixed order: vsock first, then
+/// one virtio-fs device per share, one virtio-blk device per disk, the
+/// balloon, and one virtio-net device per network interface.
+fn virtio_devices(config: &VmmConfig) -> Result<Vec<VirtioSlot>, VmmError> {
     let mut virtio: Vec<VirtioSlot> = Vec::new();
     if let Some(vs) = &config.vsock {
         let muxer = VsockMuxer::new(vs.guest_cid, &vs.uds_path)?;
@@ -635,125 +808,195 @@ pub fn run(
     if virtio.len() > layout::VIRTIO_MMIO_MAX_DEVICES {
         return Err(VmmError::TooManyDevices { count: virtio.len(), max: layout::VIRTIO_MMIO_MAX_DEVICES });
     }
-    let mut mmio = Bus::new();
-    let mut mmio_infos = Vec::new();
-    let mut em: EventManager<Subscriber> = EventManager::new().map_err(VmmError::EventLoop)?;
-    for (index, slot) in virtio.into_iter().enumerate() {
-        let count = index + 1;
-        let (base, irq) = layout::virtio_mmio_slot(index)
-            .ok_or(VmmError::TooManyDevices { count, max: layout::VIRTIO_MMIO_MAX_DEVICES })?;
-        let interrupt = Arc::new(VirtioInterrupt::new(IrqTrigger::new().map_err(|e| VmmError::Device(slot.name, e))?));
-        // Interrupts reach the guest through an irqfd, queue notifications
-        // arrive on ioeventfds (one per queue, told apart by the value
-        // written): neither needs a vCPU exit to userspace.
-        vm.register_irqfd(interrupt.irq_fd(), irq).map_err(|e| VmmError::Kvm("KVM_IRQFD", e))?;
-        {
-            let d = slot.device.lock().unwrap_or_else(|e| e.into_inner());
-            for (q, evt) in d.queue_events().iter().enumerate() {
-                vm.register_ioevent(evt, &IoEventAddress::Mmio(base + NOTIFY_REG_OFFSET), q as u32)
-                    .map_err(|e| VmmError::Kvm("KVM_IOEVENTFD", e))?;
+    Ok(virtio)
+}
+
+/// The running vCPU threads; each hands its vCPU back when it ends.
+struct VcpuThreads {
+    stop: Arc<AtomicBool>,
+    handles: Vec<std::thread::JoinHandle<vcpu::Vcpu>>,
+}
+
+impl VcpuThreads {
+    /// One thread per vCPU, each under its seccomp filter. `on_entry` runs
+    /// on the boot vCPU's thread just before it first enters the guest.
+    fn spawn(
+        vcpus: Vec<vcpu::Vcpu>,
+        latch: &Arc<ExitLatch>,
+        on_entry: Arc<dyn Fn() + Send + Sync>,
+    ) -> Result<VcpuThreads, VmmError> {
+        // The kick signal only has to interrupt KVM_RUN; registering twice is harmless.
+        let _ = register_signal_handler(SIGRTMIN(), kick_handler);
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut handles = Vec::new();
+        for mut v in vcpus {
+            let (latch, stop, on_entry) = (latch.clone(), stop.clone(), on_entry.clone());
+            let boot_cpu = v.index == 0;
+            let h = std::thread::Builder::new()
+                .name(format!("vcpu{}", v.index))
+                .spawn(move || {
+                    crate::vm::jail::seccomp::enter_or_exit(crate::vm::jail::seccomp::ThreadKind::Vcpu);
+                    let reason = v.run(&stop, move || {
+                        if boot_cpu {
+                            on_entry()
+                        }
+                    });
+                    if reason != ExitReason::Stopped {
+                        latch.set(reason);
+                    }
+                    v
+                })
+                .map_err(VmmError::Thread)?;
+            handles.push(h);
+        }
+        Ok(VcpuThreads { stop, handles })
+    }
+
+    /// Stops every vCPU (kicking it out of KVM_RUN) and returns them, in
+    /// index order, with their last exit completed.
+    fn stop(self) -> Vec<vcpu::Vcpu> {
+        self.stop.store(true, Ordering::Release);
+        let mut vcpus = Vec::new();
+        for h in self.handles {
+            while !h.is_finished() {
+                let _ = h.kill(SIGRTMIN());
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            if let Ok(v) = h.join() {
+                vcpus.push(v);
             }
         }
-        let transport = MmioTransport::new(slot.device, mem.clone(), interrupt);
-        mmio.insert(base, layout::VIRTIO_MMIO_SIZE, Arc::new(Mutex::new(transport)))?;
-        mmio_infos.push(acpi::MmioDeviceInfo { addr: base, len: layout::VIRTIO_MMIO_SIZE, irq });
-        if let Some(events) = slot.events {
-            em.add_subscriber(events);
+        vcpus
+    }
+}
+
+/// Boots the VM described by `config` (or restores it from its template)
+/// and runs it to its end. `events` receives the boot milestones (from any
+/// thread); setting `stop` ends the VM from outside.
+pub fn run(
+    config: &VmmConfig,
+    events: Arc<dyn Fn(VmmEvent) + Send + Sync>,
+    stop: Arc<AtomicBool>,
+) -> Result<VmOutcome, VmmError> {
+    let (kvm, vm) = create_vm(config)?;
+    let mem_size = config.mem_mib << 20;
+    let memory_err = |source| VmmError::Memory { mib: config.mem_mib, source };
+    let (mem, restore) = match &config.template {
+        Some(TemplateMode::Restore(src)) => {
+            src.check(config).map_err(VmmError::Restore)?;
+            let mem = memory::create_from_file(mem_size, &src.memory, &src.snapshot.memory).map_err(memory_err)?;
+            (mem, Some(src.clone()))
         }
-    }
-    let done = Arc::new(AtomicBool::new(false));
-    em.add_subscriber(Arc::new(Mutex::new(ExitSubscriber { latch: latch.clone(), done: done.clone() })));
-    if let Some(path) = &config.api {
-        let listener = crate::vm::uds::bind(path)
-            .and_then(|l| {
-                let balloon = config.balloon.as_ref().map(|b| b.handle.clone());
-                api::ApiServer::new(l, Box::new(ApiBackend { mem: mem.clone(), mib: config.mem_mib, balloon }))
-            })
-            .map_err(|source| VmmError::Api { path: path.clone(), source })?;
-        em.add_subscriber(Arc::new(Mutex::new(listener)));
-    }
-
-    // Kernel, initramfs, command line, ACPI, boot structures.
-    let kernel = boot::load_kernel(&mem, &config.kernel)?;
-    let initrd = match &config.initrd {
-        Some(p) => Some(boot::load_initrd(&mem, p, mem_size, &kernel)?),
-        None => None,
+        _ => (memory::create(mem_size).map_err(memory_err)?, None),
     };
-    boot::write_cmdline(&mem, &config.cmdline)?;
-    let rsdp = acpi::write_tables(&mem, config.vcpus, &mmio_infos)?;
-    let pvh = matches!(kernel.entry, EntryPoint::Pvh { .. });
-    params::write_boot_params(&mem, pvh, kernel.setup_header, mem_size, config.cmdline.len(), initrd, rsdp)?;
-    regs::write_tables(&mem, kernel.entry)?;
-    boot::write_reset_stub(&mem)?;
-
-    // vCPUs.
-    let base_cpuid =
-        kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).map_err(|e| VmmError::Kvm("KVM_GET_SUPPORTED_CPUID", e))?;
-    let (pio, mmio) = (Arc::new(pio), Arc::new(mmio));
-    let mut vcpus = Vec::new();
-    for i in 0..config.vcpus {
-        let v = vcpu::Vcpu::new(&vm, i, pio.clone(), mmio.clone())?;
-        v.configure(&kvm, &base_cpuid, config.vcpus, kernel.entry)?;
-        vcpus.push(v);
-    }
-    // The kick signal only has to interrupt KVM_RUN; registering twice is harmless.
-    let _ = register_signal_handler(SIGRTMIN(), kick_handler);
-    let vcpu_stop = Arc::new(AtomicBool::new(false));
-    let mut handles = Vec::new();
-    for v in vcpus {
-        let (latch, vcpu_stop, events) = (latch.clone(), vcpu_stop.clone(), events.clone());
-        let boot_cpu = v.index == 0;
-        let h = std::thread::Builder::new()
-            .name(format!("vcpu{}", v.index))
-            .spawn(move || {
-                crate::vm::jail::seccomp::enter_or_exit(crate::vm::jail::seccomp::ThreadKind::Vcpu);
-                let reason = v.run(vcpu_stop, move || {
-                    if boot_cpu {
-                        events(VmmEvent::KernelEntry)
-                    }
-                });
-                if reason != ExitReason::Stopped {
-                    latch.set(reason);
-                }
-            })
-            .map_err(VmmError::Thread)?;
-        handles.push(h);
-    }
+    // A template is saved once its agent listens.
+    let listening = Arc::new(AtomicBool::new(false));
+    let events: Arc<dyn Fn(VmmEvent) + Send + Sync> = {
+        let listening = listening.clone();
+        Arc::new(move |e: VmmEvent| {
+            if e == VmmEvent::AgentListening {
+                listening.store(true, Ordering::Release);
+            }
+            events(e)
+        })
+    };
+    let mut machine = Machine::build(config, kvm, vm, mem, &events, restore.as_ref().map(|src| &src.snapshot.serial))?;
+    let (vcpus, first) = match &restore {
+        Some(src) => (machine.restore(&src.snapshot, config.vcpus)?, VmmEvent::Restored),
+        None => (machine.boot_cold(config)?, VmmEvent::KernelEntry),
+    };
+    let on_entry = {
+        let events = events.clone();
+        Arc::new(move || events(first.clone()))
+    };
+    let threads = VcpuThreads::spawn(vcpus, &machine.latch, on_entry)?;
 
     // From here on this thread only runs the event loop and ends the VM.
     crate::vm::jail::seccomp::enter_or_exit(crate::vm::jail::seccomp::ThreadKind::Vmm);
-    // Event loop until the VM ends or the caller stops it.
-    while !done.load(Ordering::Acquire) {
-        if stop.load(Ordering::Acquire) {
-            latch.set(ExitReason::Stopped);
+    let Some(TemplateMode::Save(dir)) = &config.template else {
+        machine.event_loop(&stop, &mut || false);
+        threads.stop();
+        return Ok(machine.outcome());
+    };
+    let mut settled = Settle::new(config.balloon.as_ref().map(|b| b.handle.clone()));
+    let due = machine.event_loop(&stop, &mut || listening.load(Ordering::Acquire) && settled.done(Instant::now()));
+    let vcpus = threads.stop();
+    if due {
+        match machine.save(config, &vcpus, dir) {
+            Ok(()) => machine.latch.set(ExitReason::Snapshotted),
+            Err(e) => {
+                machine.latch.set(ExitReason::Error(format!("saving the template: {}", crate::logging::chain(&e))))
+            }
         }
-        // A panicked kernel normally resets (panic=-1); one that does not
-        // (panic=0, or a reset that never comes) is ended after a grace
-        // period that lets it print the rest of its report.
-        let since_panic = panic_at.lock().unwrap_or_else(|e| e.into_inner()).map(|t| t.elapsed());
-        if since_panic.is_some_and(|d| d >= PANIC_GRACE) {
-            latch.set(ExitReason::Crash);
-        }
-        if let Err(e) = em.run_with_timeout(50) {
-            latch.set(ExitReason::Error(format!("event loop: {e}")));
-            break;
-        }
+    }
+    Ok(machine.outcome())
+}
+
+/// When a template's guest has given back the pages it freed after boot
+/// (free page reporting): nothing reported for [`SETTLE_QUIET`], or
+/// [`SETTLE_MAX`] after the agent listened. Pages given back are zero,
+/// holes in the memory file, and never copied into a VM restored from it.
+struct Settle {
+    balloon: Option<BalloonHandle>,
+    start: Option<Instant>,
+    last: (u64, Instant),
+}
+
+/// How long the reported total must stay still.
+const SETTLE_QUIET: Duration = Duration::from_millis(1500);
+/// The longest a template build waits for reports.
+const SETTLE_MAX: Duration = Duration::from_secs(6);
+
+impl Settle {
+    fn new(balloon: Option<BalloonHandle>) -> Settle {
+        let now = Instant::now();
+        Settle { balloon, start: None, last: (0, now) }
     }
 
-    vcpu_stop.store(true, Ordering::Release);
-    for h in handles {
-        while !h.is_finished() {
-            let _ = h.kill(SIGRTMIN());
-            std::thread::sleep(Duration::from_millis(1));
+    fn done(&mut self, now: Instant) -> bool {
+        let start = *self.start.get_or_insert(now);
+        let Some(b) = &self.balloon else { return true };
+        let reported = b.reported_bytes();
+        if reported != self.last.0 || self.last.1 < start {
+            self.last = (reported, now);
         }
-        let _ = h.join();
+        now.duration_since(self.last.1) >= SETTLE_QUIET || now.duration_since(start) >= SETTLE_MAX
     }
-    let reason = latch.reason.lock().unwrap_or_else(|e| e.into_inner()).take().unwrap_or(ExitReason::Stopped);
-    let panic = panic_line.lock().unwrap_or_else(|e| e.into_inner()).take();
-    let guest_resident_kib = mem.iter().map(memory::resident_kib).sum();
-    drop(em);
-    let _ = vm.as_raw_fd();
-    Ok(VmOutcome { reason, panic, guest_resident_kib })
+}
+
+impl Machine {
+    /// Runs the event loop until the VM ends or the caller stops it
+    /// (false), or until `until` says so (true).
+    fn event_loop(&mut self, stop: &AtomicBool, until: &mut dyn FnMut() -> bool) -> bool {
+        while !self.done.load(Ordering::Acquire) {
+            if until() {
+                return true;
+            }
+            if stop.load(Ordering::Acquire) {
+                self.latch.set(ExitReason::Stopped);
+            }
+            // A panicked kernel normally resets (panic=-1); one that does not
+            // (panic=0, or a reset that never comes) is ended after a grace
+            // period that lets it print the rest of its report.
+            let since_panic = self.panic_at.lock().unwrap_or_else(|e| e.into_inner()).map(|t| t.elapsed());
+            if since_panic.is_some_and(|d| d >= PANIC_GRACE) {
+                self.latch.set(ExitReason::Crash);
+            }
+            if let Err(e) = self.em.run_with_timeout(50) {
+                self.latch.set(ExitReason::Error(format!("event loop: {e}")));
+                break;
+            }
+        }
+        false
+    }
+
+    /// How the VM ended (once its vCPUs are stopped).
+    fn outcome(self) -> VmOutcome {
+        let reason = self.latch.reason.lock().unwrap_or_else(|e| e.into_inner()).take().unwrap_or(ExitReason::Stopped);
+        let panic = self.panic_line.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let guest_resident_kib = self.mem.iter().map(memory::resident_kib).sum();
+        VmOutcome { reason, panic, guest_resident_kib }
+    }
 }
 
 #[cfg(test)]

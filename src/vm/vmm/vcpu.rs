@@ -158,13 +158,20 @@ impl Vcpu {
         Ok(())
     }
 
+    /// The vCPU's KVM handle, for saving and restoring its state.
+    pub fn fd(&self) -> &VcpuFd {
+        &self.fd
+    }
+
     /// Runs until the VM must end or `stop` is set (then a signal kicks the
     /// thread out of KVM_RUN). `on_first_entry` runs just before the first
-    /// KVM_RUN.
-    pub fn run(mut self, stop: Arc<AtomicBool>, on_first_entry: impl FnOnce()) -> ExitReason {
+    /// KVM_RUN. A stopped vCPU has its last exit completed, so its state
+    /// can be saved.
+    pub fn run(&mut self, stop: &AtomicBool, on_first_entry: impl FnOnce()) -> ExitReason {
         let mut first = Some(on_first_entry);
         loop {
             if stop.load(Ordering::Acquire) {
+                self.complete_exit();
                 return ExitReason::Stopped;
             }
             if let Some(f) = first.take() {
@@ -186,6 +193,16 @@ impl Vcpu {
                 Err(e) => return ExitReason::Error(format!("KVM_RUN failed: {e}")),
             }
         }
+    }
+
+    /// An I/O or MMIO exit is complete (the read value in the guest's
+    /// register, the instruction retired) only once KVM_RUN is entered
+    /// again; with `immediate_exit` set KVM finishes it and returns at once
+    /// without running guest code (KVM API, "kvm_run").
+    fn complete_exit(&mut self) {
+        self.fd.set_kvm_immediate_exit(1);
+        let _ = self.fd.run();
+        self.fd.set_kvm_immediate_exit(0);
     }
 }
 
