@@ -718,3 +718,58 @@ teardown() {
   A delete --force vmc-net2a
   nothing_left vmc-net2a
 }
+
+@test "VM templates: a run restores the cached template, each clone gets its own entropy and the host's time, and opting out (or not in) boots cold" {
+  cmd='head -c 16 /dev/urandom | od -An -tx1 | tr -d " \n"; echo; date +%s'
+  b=$(mkbundle tpl ".process.args = $(args /bin/sh -c "$cmd")")
+  # The first run builds the template if there is none; the next restore it.
+  for i in 1 2 3; do
+    run --separate-stderr A --debug --vm-template=true run --bundle "$b" "vmc-tpl$i"
+    trace
+    [ "$status" -eq 0 ]
+    [[ "$stderr" == *"create vmc-tpl$i: restoring the VM template"* ]]
+    echo "${lines[0]}" >> "$WORK/tpl-random"
+    now=$(date +%s)
+    [ $(( now - ${lines[1]} )) -le 5 ] && [ $(( ${lines[1]} - now )) -le 5 ]
+    nothing_left "vmc-tpl$i"
+  done
+  [ "$(sort -u "$WORK/tpl-random" | wc -l)" -eq 3 ]
+  run "$AMPHI" vm template list --json
+  trace
+  [ "$(echo "$output" | jq 'length')" -ge 1 ]
+  b=$(mkbundle tpl-off ".process.args = $(args /bin/true) | .annotations[\"run.amphi.vm.template\"] = \"false\"")
+  run --separate-stderr A --debug --vm-template=true run --bundle "$b" vmc-tpl-off
+  trace
+  [ "$status" -eq 0 ]
+  [[ "$stderr" == *"cold boot: the annotation run.amphi.vm.template is false"* ]]
+  b=$(mkbundle tpl-flag ".process.args = $(args /bin/true)")
+  run --separate-stderr A --debug --vm-template=false run --bundle "$b" vmc-tpl-flag
+  trace
+  [ "$status" -eq 0 ]
+  [[ "$stderr" == *"cold boot: templates are off"* ]]
+  run --separate-stderr A --debug run --bundle "$b" vmc-tpl-default
+  trace
+  [ "$status" -eq 0 ]
+  [[ "$stderr" == *"cold boot: templates are opt-in"* ]]
+  b=$(mkbundle tpl-bad ".process.args = $(args /bin/true) | .annotations[\"run.amphi.vm.template\"] = \"maybe\"")
+  run A run --bundle "$b" vmc-tpl-bad
+  trace
+  [ "$status" -ne 0 ]
+  [[ "$output" == *"run.amphi.vm.template"* ]]
+  nothing_left vmc-tpl-bad
+}
+
+@test "VM templates: exec works in a restored VM, and vm check --template restores and reports it" {
+  b=$(mkbundle tpl-exec ".process.args = $(args /bin/sleep 1000)")
+  A --vm-template=true run -d --bundle "$b" vmc-tpl-exec </dev/null >/dev/null 2>&1
+  run A exec vmc-tpl-exec /bin/sh -c 'echo in-clone; exit 3'
+  trace
+  [ "$status" -eq 3 ]
+  [ "$output" = in-clone ]
+  A delete --force vmc-tpl-exec
+  nothing_left vmc-tpl-exec
+  run "$AMPHI" vm check --template --json
+  trace
+  [ "$status" -eq 0 ]
+  echo "$output" | jq -e '.template != null and .timings.restore_to_handshake_ms > 0 and .agent_protocol == "1.5"'
+}

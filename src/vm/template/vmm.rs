@@ -156,13 +156,19 @@ pub struct Wanted {
 impl Wanted {
     /// Why this VM boots cold whatever the cache holds, if it does. Either
     /// setting can turn templates off; the annotation cannot turn them on
-    /// against the global setting.
+    /// against the global setting. Until a restored VM's balloon follows
+    /// `update --memory` (docs/vm.md, "Templates"), templates are opt-in.
     pub fn refusal(&self) -> Option<String> {
         if self.annotation == Some(false) {
             return Some("the annotation run.amphi.vm.template is false".into());
         }
         if self.global == Some(false) {
             return Some("templates are off (--vm-template=false or AMPHI_VM_TEMPLATE=false)".into());
+        }
+        if self.annotation.is_none() && self.global.is_none() {
+            return Some(
+                "templates are opt-in for now: run.amphi.vm.template=true or --vm-template=true turns them on".into(),
+            );
         }
         if self.disks > 0 {
             return Some("the VM has disks, which a template cannot carry".into());
@@ -192,7 +198,9 @@ pub fn choose(
     }
     let inputs = match builder.inputs(guest, mem_mib, vcpus) {
         Ok(i) => i,
-        Err(e) => return Boot::Cold(format!("cannot work out the template's inputs: {}", crate::logging::chain(e.as_ref()))),
+        Err(e) => {
+            return Boot::Cold(format!("cannot work out the template's inputs: {}", crate::logging::chain(e.as_ref())))
+        }
     };
     let key = match cache.key(&inputs) {
         Ok(k) => k,
@@ -236,13 +244,17 @@ mod tests {
 
     #[test]
     fn templates_are_on_unless_a_setting_or_the_devices_say_otherwise() {
-        assert_eq!(wanted().refusal(), None);
+        let on = Wanted { global: Some(true), ..wanted() };
+        assert_eq!(on.refusal(), None);
+        assert_eq!(Wanted { annotation: Some(true), ..wanted() }.refusal(), None);
         assert_eq!(Wanted { annotation: Some(true), global: Some(true), ..wanted() }.refusal(), None);
         let off = |w: Wanted| w.refusal().unwrap();
+        assert!(off(wanted()).contains("opt-in"));
         assert!(off(Wanted { annotation: Some(false), ..wanted() }).contains("run.amphi.vm.template"));
         assert!(off(Wanted { annotation: Some(true), global: Some(false), ..wanted() }).contains("--vm-template"));
-        assert!(off(Wanted { disks: 1, ..wanted() }).contains("disks"));
-        assert!(off(Wanted { nets: 2, ..wanted() }).contains("network"));
+        assert!(off(Wanted { annotation: Some(false), global: Some(true), ..wanted() }).contains("annotation"));
+        assert!(off(Wanted { disks: 1, ..on }).contains("disks"));
+        assert!(off(Wanted { nets: 2, ..on }).contains("network"));
     }
 
     #[test]
