@@ -723,15 +723,17 @@ teardown() {
   cmd='head -c 16 /dev/urandom | od -An -tx1 | tr -d " \n"; echo; date +%s'
   b=$(mkbundle tpl ".process.args = $(args /bin/sh -c "$cmd")")
   # The first run builds the template if there is none; the next restore it.
-  for i in 1 2 3; do
-    run --separate-stderr A --debug --vm-template=true run --bundle "$b" "vmc-tpl$i"
+  # (`run` may change a variable named i: the ID is fixed before it.)
+  for id in vmc-tpl1 vmc-tpl2 vmc-tpl3; do
+    run --separate-stderr A --debug --vm-template=true run --bundle "$b" "$id"
     trace
     [ "$status" -eq 0 ]
-    [[ "$stderr" == *"create vmc-tpl$i: restoring the VM template"* ]]
+    grep -q "create $id: restoring the VM template" <<<"$stderr"
     echo "${lines[0]}" >> "$WORK/tpl-random"
     now=$(date +%s)
-    [ $(( now - ${lines[1]} )) -le 5 ] && [ $(( ${lines[1]} - now )) -le 5 ]
-    nothing_left "vmc-tpl$i"
+    [ $(( now - ${lines[1]} )) -le 5 ]
+    [ $(( ${lines[1]} - now )) -le 5 ]
+    nothing_left "$id"
   done
   [ "$(sort -u "$WORK/tpl-random" | wc -l)" -eq 3 ]
   run "$AMPHI" vm template list --json
@@ -741,16 +743,16 @@ teardown() {
   run --separate-stderr A --debug --vm-template=true run --bundle "$b" vmc-tpl-off
   trace
   [ "$status" -eq 0 ]
-  [[ "$stderr" == *"cold boot: the annotation run.amphi.vm.template is false"* ]]
+  grep -q "cold boot: the annotation run.amphi.vm.template is false" <<<"$stderr"
   b=$(mkbundle tpl-flag ".process.args = $(args /bin/true)")
   run --separate-stderr A --debug --vm-template=false run --bundle "$b" vmc-tpl-flag
   trace
   [ "$status" -eq 0 ]
-  [[ "$stderr" == *"cold boot: templates are off"* ]]
+  grep -q "cold boot: templates are off" <<<"$stderr"
   run --separate-stderr A --debug run --bundle "$b" vmc-tpl-default
   trace
   [ "$status" -eq 0 ]
-  [[ "$stderr" == *"cold boot: templates are opt-in"* ]]
+  grep -q "cold boot: templates are opt-in" <<<"$stderr"
   b=$(mkbundle tpl-bad ".process.args = $(args /bin/true) | .annotations[\"run.amphi.vm.template\"] = \"maybe\"")
   run A run --bundle "$b" vmc-tpl-bad
   trace
@@ -768,7 +770,7 @@ teardown() {
   [ "$output" = in-clone ]
   A delete --force vmc-tpl-exec
   nothing_left vmc-tpl-exec
-  run "$AMPHI" vm check --template --json
+  run --separate-stderr "$AMPHI" vm check --template --json
   trace
   [ "$status" -eq 0 ]
   echo "$output" | jq -e '.template != null and .timings.restore_to_handshake_ms > 0 and .agent_protocol == "1.5"'
