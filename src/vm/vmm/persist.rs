@@ -11,6 +11,8 @@
 
 use std::fs::File;
 use std::io::Write;
+// The memory holds the template kernel's secrets (docs/security.md): 0600.
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -215,7 +217,7 @@ pub fn save(config: &VmmConfig, parts: SaveParts<'_>, dir: &Path) -> Result<VmSn
         .read(true)
         .write(true)
         .create_new(true)
-        .mode_0600()
+        .mode(0o600)
         .open(&mem_path)
         .map_err(write_err(mem_path.clone()))?;
     let memory = snapshot::memory::dump(parts.mem, &mem_file)?;
@@ -236,7 +238,7 @@ pub fn save(config: &VmmConfig, parts: SaveParts<'_>, dir: &Path) -> Result<VmSn
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
-        .mode_0600()
+        .mode(0o600)
         .open(&state_path)
         .map_err(write_err(state_path.clone()))?;
     f.write_all(&json).and_then(|_| f.sync_all()).map_err(write_err(state_path))?;
@@ -286,18 +288,6 @@ pub fn restore(
 pub fn after_restore(transports: &[Arc<std::sync::Mutex<crate::vm::devices::virtio::mmio::MmioTransport>>]) {
     for t in transports {
         t.lock().unwrap_or_else(|e| e.into_inner()).after_restore();
-    }
-}
-
-trait CreateMode {
-    fn mode_0600(&mut self) -> &mut Self;
-}
-
-impl CreateMode for std::fs::OpenOptions {
-    fn mode_0600(&mut self) -> &mut Self {
-        use std::os::unix::fs::OpenOptionsExt;
-        // The memory holds the template kernel's secrets (docs/security.md).
-        self.mode(0o600)
     }
 }
 
