@@ -7,25 +7,20 @@ use std::time::Duration;
 use amphi::vm::check::{CheckOptions, ConsoleTarget};
 use amphi::vm::guest::GuestOptions;
 use amphi::vm::process::ChildArgs;
-use amphi::vm::template::{self, BuildOptions, Cache, TemplateBuilder, TemplateError};
+use amphi::vm::template::vmm::VmmBuilder;
+use amphi::vm::template::{self, BuildOptions, Cache};
 
 use crate::cli::vm::{
     CheckArgs, RunVmmArgs, TemplateBuildArgs, TemplateCommand, TemplateListArgs, TemplateRmArgs, VmCommand,
 };
 use crate::cli::GlobalArgs;
 
-/// The VMM's template builder for `vm template build`.
-// LEAD: plug the VMM's builder (design C8) in here. While it is `None`,
-// `vm template build` fails with `TemplateError::Unavailable` instead of
-// pretending to build.
-const TEMPLATE_BUILDER: Option<&'static dyn TemplateBuilder> = None;
-
 pub fn run(_global: &GlobalArgs, cmd: VmCommand) -> anyhow::Result<u8> {
     match cmd {
         VmCommand::Check(a) => check(a),
         VmCommand::RunVmm(a) => Ok(run_vmm(a)),
         VmCommand::Template(TemplateCommand::List(a)) => template_list(a),
-        VmCommand::Template(TemplateCommand::Build(a)) => template_build(a, TEMPLATE_BUILDER),
+        VmCommand::Template(TemplateCommand::Build(a)) => template_build(a),
         VmCommand::Template(TemplateCommand::Rm(a)) => template_rm(a),
     }
 }
@@ -108,19 +103,24 @@ fn template_list(a: TemplateListArgs) -> anyhow::Result<u8> {
     Ok(0)
 }
 
-fn template_build(a: TemplateBuildArgs, builder: Option<&dyn TemplateBuilder>) -> anyhow::Result<u8> {
-    let builder = builder.ok_or(TemplateError::Unavailable)?;
+/// Builds the template VM containers of this size restore: the same VMM
+/// settings as theirs by default (no extra kernel arguments, free page
+/// reporting on).
+fn template_build(a: TemplateBuildArgs) -> anyhow::Result<u8> {
+    let exe = amphi::linux::exe::original_exe();
+    let builder = VmmBuilder {
+        kvm_path: amphi::vm::host::DEFAULT_KVM_PATH.into(),
+        vmm_binary: exe.clone(),
+        kernel_args: None,
+        free_page_reporting: true,
+        fingerprint_dir: Cache::in_cache_dir(&a.cache.cache_dir).root().to_path_buf(),
+    };
     let opts = BuildOptions {
-        guest: GuestOptions {
-            kernel: a.kernel,
-            cache_dir: a.cache.cache_dir,
-            exe: amphi::linux::exe::original_exe(),
-            ..GuestOptions::default()
-        },
+        guest: GuestOptions { kernel: a.kernel, cache_dir: a.cache.cache_dir, exe, ..GuestOptions::default() },
         mem_mib: a.memory,
         vcpus: a.cpus,
     };
-    let done = template::build(&opts, builder, &mut |m| eprintln!("amphi: {m}"))?;
+    let done = template::build(&opts, &builder, &mut |m| eprintln!("amphi: {m}"))?;
     let t = &done.template;
     if done.built {
         println!("built template {} in {} ms ({})", t.key, t.manifest.build_ms, t.dir.display());

@@ -6,7 +6,7 @@
 # /dev/kvm, which runs stock kernels where this machine's PVM one cannot.
 #
 # Usage: tests/testhost/run-tests.sh [SUITE...]
-#   suites (default: all, in this order): selfcheck podman containerd docker cgroups vm bench load-vm crash-vm oci-vm
+#   suites (default: all, in this order): selfcheck podman containerd docker cgroups vm bench load-vm crash-vm oci-vm oci-vm-cold
 #   (tests/testhost/suites.sh says what each runs)
 # On the host first: the static amphi, amphi-agent and containerd-shim-amphi-v2
 # ($AMPHI's directory when it holds all three static, as scripts/setup.sh
@@ -23,7 +23,7 @@ main() {
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
 . "$repo/tests/vm/lib.sh"
-all=(selfcheck podman containerd docker cgroups vm bench load-vm crash-vm oci-vm)
+all=(selfcheck podman containerd docker cgroups vm bench load-vm crash-vm oci-vm oci-vm-cold)
 suites=("$@")
 [ ${#suites[@]} -gt 0 ] || suites=("${all[@]}")
 for s in "${suites[@]}"; do
@@ -67,7 +67,7 @@ fi
 
 # The OCI suite's build (cached in /var/tmp/amphi-oci, which the test host
 # sees): made here, where apt and the network are.
-if [[ " ${suites[*]} " == *" oci-vm "* ]]; then
+if [[ " ${suites[*]} " == *" oci-vm"* ]]; then
   "$repo/tests/oci/validation.sh" --build-only || fail "the OCI validation suite did not build"
 fi
 
@@ -82,7 +82,7 @@ boot() { # TIMEOUT SUITE...
     --env "TH_BIN=$bindir" --env "TH_TESTS=${tests# }" --console-log "$results/console.log" \
     "tests/testhost/suites.sh $results $*"
 }
-boot 2400 "${suites[@]}"
+boot 2700 "${suites[@]}"
 rc=$?
 # A stalled test host (exit 124: its emulated kernel stopped scheduling,
 # both vCPUs spinning in the scheduler with interrupts off; seen in up to

@@ -29,7 +29,9 @@
 #   oci-vm      the OCI validation suite in VM isolation, the programs in
 #               OCI_VM_TESTS (a subset: the whole suite is one command in
 #               docs/testing.md); tests/oci/known-failures-vm.txt lists
-#               the failures expected there
+#               the failures expected there; the VMs restore a template
+#   oci-vm-cold the same subset with templates off (--vm-template=false):
+#               every VM boots cold
 # Env: TH_BIN (static amphi, amphi-agent, containerd-shim-amphi-v2 side by
 # side), TH_TESTS ("name=path ..."). Each suite's whole output goes to
 # RESULTS_DIR/<suite>.log and to stdout; then one line per suite
@@ -219,17 +221,22 @@ poststart_fail poststop mounts process process_user process_rlimits process_capa
 linux_sysctl linux_seccomp"
 # validation.sh ends with "P passed, F failed" and exits 0 when every
 # failure is a known one: then the suite's last line counts them apart.
-suite_oci-vm() {
-  local rc counts
-  OCI_RUNTIME_ARGS="--isolation vm" OCI_TIMEOUT=180 OCI_OUT=$results/oci-vm \
+# oci_vm NAME GLOBAL_ARGS: the subset, its logs under RESULTS_DIR/NAME.
+oci_vm() {
+  local name=$1 args=$2 rc counts
+  OCI_RUNTIME_ARGS="--isolation vm $args" OCI_TIMEOUT=180 OCI_OUT=$results/$name \
     tests/oci/validation.sh --known tests/oci/known-failures-vm.txt "$TH_BIN/amphi" $OCI_VM_TESTS |
-    tee "$results/oci-vm.raw"
+    tee "$results/$name.raw"
   rc=${PIPESTATUS[0]}
-  counts=$(total_counts "$results/oci-vm.raw")
+  counts=$(total_counts "$results/$name.raw")
   [ "$rc" = 0 ] && [ -n "$counts" ] &&
-    echo "oci-vm: ${counts%% *} passed, 0 failed ($(echo "$counts" | awk '{print $2}') known failures)"
+    echo "$name: ${counts%% *} passed, 0 failed ($(echo "$counts" | awk '{print $2}') known failures)"
   return "$rc"
 }
+# The VMs restore a template (the default); the same subset with cold
+# boots must pass the same.
+suite_oci-vm() { oci_vm oci-vm ""; }
+suite_oci-vm-cold() { oci_vm oci-vm-cold "--vm-template=false"; }
 # amphi bench in both isolations, the quick suite with 2 runs: the results
 # and the report land in RESULTS_DIR/bench (the bench tier screenshots the
 # report on the host, where chromium runs at native speed).

@@ -719,13 +719,13 @@ teardown() {
   nothing_left vmc-net2a
 }
 
-@test "VM templates: a run restores the cached template, each clone gets its own entropy and the host's time, and opting out (or not in) boots cold" {
+@test "VM templates: a run restores the cached template by default, each clone gets its own entropy and the host's time, and opting out boots cold" {
   cmd='head -c 16 /dev/urandom | od -An -tx1 | tr -d " \n"; echo; date +%s'
   b=$(mkbundle tpl ".process.args = $(args /bin/sh -c "$cmd")")
   # The first run builds the template if there is none; the next restore it.
   # (`run` may change a variable named i: the ID is fixed before it.)
   for id in vmc-tpl1 vmc-tpl2 vmc-tpl3; do
-    run --separate-stderr A --debug --vm-template=true run --bundle "$b" "$id"
+    run --separate-stderr A --debug run --bundle "$b" "$id"
     trace
     [ "$status" -eq 0 ]
     grep -q "create $id: restoring the VM template" <<<"$stderr"
@@ -749,10 +749,12 @@ teardown() {
   trace
   [ "$status" -eq 0 ]
   grep -q "cold boot: templates are off" <<<"$stderr"
-  run --separate-stderr A --debug run --bundle "$b" vmc-tpl-default
+  # The annotation cannot turn them on against the global setting.
+  b=$(mkbundle tpl-on ".process.args = $(args /bin/true) | .annotations[\"run.amphi.vm.template\"] = \"true\"")
+  run --separate-stderr env AMPHI_VM_TEMPLATE=false "$AMPHI" --root "$ROOT" --debug run --bundle "$b" vmc-tpl-env
   trace
   [ "$status" -eq 0 ]
-  grep -q "cold boot: templates are opt-in" <<<"$stderr"
+  grep -q "cold boot: templates are off" <<<"$stderr"
   b=$(mkbundle tpl-bad ".process.args = $(args /bin/true) | .annotations[\"run.amphi.vm.template\"] = \"maybe\"")
   run A run --bundle "$b" vmc-tpl-bad
   trace
@@ -763,7 +765,7 @@ teardown() {
 
 @test "VM templates: exec works in a restored VM, and vm check --template restores and reports it" {
   b=$(mkbundle tpl-exec ".process.args = $(args /bin/sleep 1000)")
-  A --vm-template=true run -d --bundle "$b" vmc-tpl-exec </dev/null >/dev/null 2>&1
+  A run -d --bundle "$b" vmc-tpl-exec </dev/null >/dev/null 2>&1
   run A exec vmc-tpl-exec /bin/sh -c 'echo in-clone; exit 3'
   trace
   [ "$status" -eq 3 ]

@@ -60,8 +60,6 @@ pub enum TemplateError {
         #[source]
         source: BuildFailure,
     },
-    #[error("building VM templates is not available in this build of amphi yet")]
-    Unavailable,
 }
 
 fn join(keys: &[TemplateKey]) -> String {
@@ -75,7 +73,6 @@ impl TemplateError {
             TemplateError::BadKey(_) | TemplateError::Ambiguous { .. } => exit::BAD_INPUT,
             TemplateError::NotFound { .. } => exit::NOT_FOUND,
             TemplateError::Bad { .. } | TemplateError::Busy { .. } => exit::CONFLICT,
-            TemplateError::Unavailable => exit::UNSUPPORTED,
             // The VMM's own failures keep the status `amphi vm check` gives
             // them (boot timeout, guest panic, ...).
             TemplateError::Build { source, .. } => {
@@ -377,7 +374,6 @@ mod tests {
         assert_eq!(TemplateError::BadKey("x".into()).exit_code(), exit::BAD_INPUT);
         assert_eq!(TemplateError::NotFound { key: "ab".into(), root: "/r".into() }.exit_code(), exit::NOT_FOUND);
         assert_eq!(TemplateError::Bad { key: k.clone(), reason: "r".into() }.exit_code(), exit::CONFLICT);
-        assert_eq!(TemplateError::Unavailable.exit_code(), exit::UNSUPPORTED);
         let e = TemplateError::Busy { key: k, pid: Some(7) };
         assert!(e.to_string().ends_with("being built by pid 7"), "{e}");
         assert_eq!(date(951_782_400), "2000-02-29 00:00:00");

@@ -154,21 +154,15 @@ pub struct Wanted {
 }
 
 impl Wanted {
-    /// Why this VM boots cold whatever the cache holds, if it does. Either
-    /// setting can turn templates off; the annotation cannot turn them on
-    /// against the global setting. Until a restored VM's balloon follows
-    /// `update --memory` (docs/vm.md, "Templates"), templates are opt-in.
+    /// Why this VM boots cold whatever the cache holds, if it does:
+    /// templates are on unless either setting turns them off (the
+    /// annotation cannot turn them on against the global setting).
     pub fn refusal(&self) -> Option<String> {
         if self.annotation == Some(false) {
             return Some("the annotation run.amphi.vm.template is false".into());
         }
         if self.global == Some(false) {
             return Some("templates are off (--vm-template=false or AMPHI_VM_TEMPLATE=false)".into());
-        }
-        if self.annotation.is_none() && self.global.is_none() {
-            return Some(
-                "templates are opt-in for now: run.amphi.vm.template=true or --vm-template=true turns them on".into(),
-            );
         }
         if self.disks > 0 {
             return Some("the VM has disks, which a template cannot carry".into());
@@ -244,12 +238,12 @@ mod tests {
 
     #[test]
     fn templates_are_on_unless_a_setting_or_the_devices_say_otherwise() {
-        let on = Wanted { global: Some(true), ..wanted() };
+        let on = wanted();
         assert_eq!(on.refusal(), None);
+        assert_eq!(Wanted { global: Some(true), ..wanted() }.refusal(), None);
         assert_eq!(Wanted { annotation: Some(true), ..wanted() }.refusal(), None);
         assert_eq!(Wanted { annotation: Some(true), global: Some(true), ..wanted() }.refusal(), None);
         let off = |w: Wanted| w.refusal().unwrap();
-        assert!(off(wanted()).contains("opt-in"));
         assert!(off(Wanted { annotation: Some(false), ..wanted() }).contains("run.amphi.vm.template"));
         assert!(off(Wanted { annotation: Some(true), global: Some(false), ..wanted() }).contains("--vm-template"));
         assert!(off(Wanted { annotation: Some(false), global: Some(true), ..wanted() }).contains("annotation"));

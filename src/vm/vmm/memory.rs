@@ -14,7 +14,14 @@
 //! A VM restored from a snapshot maps the snapshot's memory file private
 //! (copy-on-write) into the same kind of aligned reservation: every VM
 //! restored from one template shares its unmodified pages through the page
-//! cache, and each pays only for the pages it writes.
+//! cache, and each pays only for the pages it writes. The file's large
+//! holes (memory the guest never used or gave back) are mapped anonymous
+//! instead: the guest's first write to a hole page of a file mapping would
+//! make the filesystem allocate a zeroed page cache page for the hole and
+//! then copy it, two pages and a copy for each of the guest's (a restored
+//! guest zeroes every page it allocates, so its balloon inflated at a
+//! seventh of a cold guest's speed), and the page cache page would stay
+//! with the template, growing it for every VM.
 
 use std::fs::File;
 use std::num::NonZeroUsize;
@@ -107,13 +114,92 @@ fn map_aligned(size: usize, backing: Option<(&File, u64)>) -> Result<*mut u8, Me
             let _ = unsafe { nix::sys::mman::munmap(t, tail) };
         }
     }
-    if backing.is_none() {
-        // Only a hint: where THP is "madvise" this makes huge pages
-        // possible. (A file mapping's copied pages are 4 KiB whatever.)
-        // SAFETY: the range is the RAM mapping just created.
-        let _ = unsafe { nix::sys::mman::madvise(ram, size, MmapAdvise::MADV_HUGEPAGE) };
+    let anonymous = match backing {
+        None => vec![(0, size)],
+        Some((file, offset)) => huge_holes(&file_holes(file, offset, size as u64), size),
+    };
+    for (at, len) in anonymous {
+        let (Some(start), Some(nz)) = (NonZeroUsize::new(ram.as_ptr() as usize + at), NonZeroUsize::new(len)) else {
+            continue;
+        };
+        if backing.is_some() {
+            let fixed = flags | MapFlags::MAP_FIXED;
+            let prot = ProtFlags::PROT_READ | ProtFlags::PROT_WRITE;
+            // SAFETY: [start, start + len) lies inside the file mapping
+            // just made (huge_holes keeps to `size`), which nothing uses
+            // yet; the file has no data there, so the anonymous zero pages
+            // read the same as the file would.
+            if let Err(e) = unsafe { nix::sys::mman::mmap_anonymous(Some(start), nz, prot, fixed) } {
+                // A failed MAP_FIXED may have unmapped part of the range:
+                // the whole mapping goes, so no guest ever runs on it.
+                // SAFETY: `ram` is the mapping of `size` bytes made above,
+                // not yet handed to anyone.
+                let _ = unsafe { nix::sys::mman::munmap(ram, size) };
+                return Err(err(e));
+            }
+        }
+        // Only a hint, and only for a cold boot's RAM: where THP is
+        // "madvise" this makes huge pages possible. A restored VM's holes
+        // get none: its guest allocates scattered pages (the page allocator
+        // shuffles), and a huge page for each would undo the memory a
+        // template saves. (A file mapping's copied pages are 4 KiB.)
+        if let (None, Some(p)) = (backing, std::ptr::NonNull::new(start.get() as *mut std::ffi::c_void)) {
+            // SAFETY: the range is anonymous guest RAM mapped just above.
+            let _ = unsafe { nix::sys::mman::madvise(p, len, MmapAdvise::MADV_HUGEPAGE) };
+        }
     }
     Ok(ram.as_ptr() as *mut u8)
+}
+
+/// The holes of `file` in `[offset, offset + len)`, as `(start, end)`
+/// relative to `offset`, from SEEK_DATA and SEEK_HOLE. A filesystem that
+/// cannot tell (or any error) gives none: the whole range is then file
+/// data, which is only slower.
+fn file_holes(file: &File, offset: u64, len: u64) -> Vec<(u64, u64)> {
+    use nix::unistd::{lseek, Whence};
+    let seek = |at: u64, whence| {
+        let at = libc::off_t::try_from(at).map_err(|_| nix::Error::EINVAL)?;
+        lseek(file, at, whence).map(|p| p as u64)
+    };
+    let end = offset.saturating_add(len);
+    let mut holes = Vec::new();
+    let mut pos = offset;
+    while pos < end {
+        let data = match seek(pos, Whence::SeekData) {
+            Ok(d) => d.min(end),
+            // No data from here to the end of the file.
+            Err(nix::Error::ENXIO) => end,
+            Err(_) => return Vec::new(),
+        };
+        if data > pos {
+            holes.push((pos - offset, data - offset));
+        }
+        if data >= end {
+            break;
+        }
+        pos = match seek(data, Whence::SeekHole) {
+            // Past `data`, or the filesystem is not making progress.
+            Ok(h) if h > data => h,
+            _ => return holes,
+        };
+    }
+    holes
+}
+
+/// The parts of `holes` (relative `(start, end)` pairs, sorted) that are
+/// whole 2 MiB-aligned stretches inside `[0, size)`, as `(start, len)`:
+/// small holes stay in the file mapping, which bounds the number of
+/// mappings a fragmented file makes to one per 2 MiB, and keeps every
+/// anonymous stretch eligible for huge pages.
+fn huge_holes(holes: &[(u64, u64)], size: usize) -> Vec<(usize, usize)> {
+    holes
+        .iter()
+        .filter_map(|&(a, b)| {
+            let a = align_up(usize::try_from(a).ok()?);
+            let b = usize::try_from(b).ok()?.min(size) & !(HUGE_PAGE - 1);
+            (b > a).then(|| (a, b - a))
+        })
+        .collect()
 }
 
 /// One byte per page of `[host, host + len)`, bit 0 set where the page is
@@ -332,6 +418,49 @@ mod tests {
         let anon = create(8 << 20).unwrap();
         anon.write_slice(&[1u8; 3 * PAGE], GuestAddress(0)).unwrap();
         assert!(resident_kib(anon.iter().next().unwrap()) >= 12);
+    }
+
+    #[test]
+    fn only_whole_aligned_2mib_stretches_of_holes_go_anonymous() {
+        const M: u64 = HUGE_PAGE as u64;
+        // A small hole, one straddling 2 MiB boundaries, one past the end.
+        let holes = [(4096, 8192), (M / 2, 3 * M + 4096), (5 * M, 9 * M)];
+        assert_eq!(huge_holes(&holes, 8 * HUGE_PAGE), vec![(HUGE_PAGE, 2 * HUGE_PAGE), (5 * HUGE_PAGE, 3 * HUGE_PAGE)]);
+        assert_eq!(huge_holes(&[(M, 2 * M - 1)], 8 * HUGE_PAGE), vec![]);
+    }
+
+    #[test]
+    fn a_memory_files_large_holes_are_mapped_anonymous_and_read_zero() {
+        const M: u64 = HUGE_PAGE as u64;
+        let (file, l) = template(8 << 20);
+        // Data in the first and the last 2 MiB; holes between.
+        file.write_all_at(&[0x77; PAGE], 3 * M + 4096).unwrap();
+        let holes = file_holes(&file, 0, 4 * M);
+        assert_eq!(holes, vec![(2 * PAGE as u64, 3 * M + 4096), (3 * M + 8192, 4 * M)]);
+        assert_eq!(huge_holes(&holes, 4 * HUGE_PAGE), vec![(HUGE_PAGE, 2 * HUGE_PAGE)]);
+        let mem = create_from_file(8 << 20, &file, &l).unwrap();
+        let region = mem.iter().next().unwrap();
+        let host = region.get_host_address(MemoryRegionAddress(0)).unwrap() as usize;
+        assert_eq!(mem.read_obj::<u8>(GuestAddress(PAGE as u64)).unwrap(), 0x5a);
+        assert_eq!(mem.read_obj::<u8>(GuestAddress(3 * M + 4096)).unwrap(), 0x77);
+        assert_eq!(mem.read_obj::<u64>(GuestAddress(2 * M)).unwrap(), 0);
+        // /proc/self/maps: the hole's mapping has no file (inode 0).
+        let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+        let line = maps
+            .lines()
+            .find(|l| {
+                let (a, b) = l.split_once(' ').unwrap().0.split_once('-').unwrap();
+                let (a, b) = (usize::from_str_radix(a, 16).unwrap(), usize::from_str_radix(b, 16).unwrap());
+                a <= host + 2 * HUGE_PAGE && host + 2 * HUGE_PAGE < b
+            })
+            .unwrap();
+        assert_eq!(line.split_whitespace().nth(4), Some("0"), "{line}");
+        // Writes to either kind count as this VM's own memory.
+        mem.write_obj(1u8, GuestAddress(0)).unwrap();
+        mem.write_obj(1u8, GuestAddress(2 * M)).unwrap();
+        // (A huge page, where THP is "always", for the hole's write.)
+        let kib = resident_kib(region);
+        assert!(kib == 8 || kib == 4 + 2048, "{kib} KiB");
     }
 
     #[test]
