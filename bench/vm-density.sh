@@ -49,24 +49,8 @@ for s in "${setups[@]}"; do
     "$repo/bundles/hello/config.json" > "$b/config.json"
 done
 
-# pss_rss_kib PID...: the PSS and RSS of these processes, summed.
-pss_rss_kib() {
-  local p pss=0 rss=0 a b
-  for p in "$@"; do
-    read -r a b < <(awk '/^Pss:/ {p=$2} /^Rss:/ {r=$2} END {print p+0, r+0}' "/proc/$p/smaps_rollup" 2>/dev/null)
-    pss=$((pss + ${a:-0})); rss=$((rss + ${b:-0}))
-  done
-  echo "$pss $rss"
-}
-# The host processes of a container: its pid (the VMM in VM isolation,
-# the init in container isolation) and every process of its host cgroup.
-procs_of() {
-  local id=$1 pid cg
-  pid=$(A state "$id" | jq -r .pid)
-  cg=$(awk -F: '$1 == "0" {print $3}' "/proc/$pid/cgroup" 2>/dev/null)
-  { echo "$pid"; [ -n "$cg" ] && cat "/sys/fs/cgroup$cg/cgroup.procs" 2>/dev/null; } | sort -u
-}
-avail_kib() { awk '/^MemAvailable:/ {print $2}' /proc/meminfo; }
+# The host processes of a container (bench/lib.sh).
+procs_of() { host_procs "$(A state "$1" | jq -r .pid)"; }
 
 echo "| setup | N | start all (s) | PSS per instance (MiB) | RSS per instance (MiB) | MemAvailable drop per instance (MiB) |"
 echo "|---|---|---|---|---|---|"
