@@ -38,7 +38,9 @@
 # Needs a /dev/kvm that runs stock kernels: on this project's PVM machines
 # run it in the full test host (its default 4 GiB is enough: 20 restored
 # VMs share their template's pages); about 10 minutes under TCG, and
-# -r 2 -n 2 -c 1,2 about 3:
+# -r 2 -n 2 -c 1,2 about 4. A test host that runs microVMs stalls now and
+# then (docs/testing.md): -s runs the sections one at a time, so a stall
+# costs less.
 #   tests/testhost/test-host.sh 'bench/vm-template.sh [OPTIONS] [AMPHI]'
 # Usage: bench/vm-template.sh [-r RUNS] [-n VMS] [-c C,C...] [-m LIMIT_MIB]
 #          [-t SECS] [-s boot,run,memory,concurrency] [AMPHI]
