@@ -114,38 +114,38 @@ fn map_aligned(size: usize, backing: Option<(&File, u64)>) -> Result<*mut u8, Me
             let _ = unsafe { nix::sys::mman::munmap(t, tail) };
         }
     }
-    let anonymous = match backing {
-        None => vec![(0, size)],
-        Some((file, offset)) => huge_holes(&file_holes(file, offset, size as u64), size),
-    };
-    for (at, len) in anonymous {
-        let (Some(start), Some(nz)) = (NonZeroUsize::new(ram.as_ptr() as usize + at), NonZeroUsize::new(len)) else {
-            continue;
-        };
-        if backing.is_some() {
-            let fixed = flags | MapFlags::MAP_FIXED;
-            let prot = ProtFlags::PROT_READ | ProtFlags::PROT_WRITE;
-            // SAFETY: [start, start + len) lies inside the file mapping
-            // just made (huge_holes keeps to `size`), which nothing uses
-            // yet; the file has no data there, so the anonymous zero pages
-            // read the same as the file would.
-            if let Err(e) = unsafe { nix::sys::mman::mmap_anonymous(Some(start), nz, prot, fixed) } {
-                // A failed MAP_FIXED may have unmapped part of the range:
-                // the whole mapping goes, so no guest ever runs on it.
-                // SAFETY: `ram` is the mapping of `size` bytes made above,
-                // not yet handed to anyone.
-                let _ = unsafe { nix::sys::mman::munmap(ram, size) };
-                return Err(err(e));
-            }
+    match backing {
+        None => {
+            // Only a hint: where THP is "madvise" this makes huge pages
+            // possible. (A file mapping's copied pages are 4 KiB whatever.)
+            // SAFETY: the range is the RAM mapping just created.
+            let _ = unsafe { nix::sys::mman::madvise(ram, size, MmapAdvise::MADV_HUGEPAGE) };
         }
-        // Only a hint, and only for a cold boot's RAM: where THP is
-        // "madvise" this makes huge pages possible. A restored VM's holes
-        // get none: its guest allocates scattered pages (the page allocator
-        // shuffles), and a huge page for each would undo the memory a
-        // template saves. (A file mapping's copied pages are 4 KiB.)
-        if let (None, Some(p)) = (backing, std::ptr::NonNull::new(start.get() as *mut std::ffi::c_void)) {
-            // SAFETY: the range is anonymous guest RAM mapped just above.
-            let _ = unsafe { nix::sys::mman::madvise(p, len, MmapAdvise::MADV_HUGEPAGE) };
+        // The holes get no such hint: a restored guest allocates scattered
+        // pages (its page allocator shuffles), and a huge page for each
+        // would undo the memory a template saves.
+        Some((file, offset)) => {
+            for (at, len) in huge_holes(&file_holes(file, offset, size as u64), size) {
+                let (Some(start), Some(len)) = (NonZeroUsize::new(ram.as_ptr() as usize + at), NonZeroUsize::new(len))
+                else {
+                    continue;
+                };
+                let prot = ProtFlags::PROT_READ | ProtFlags::PROT_WRITE;
+                let fixed = flags | MapFlags::MAP_FIXED;
+                // SAFETY: [start, start + len) lies inside the file mapping
+                // just made (huge_holes keeps to `size`), which nothing uses
+                // yet; the file has no data there, so the anonymous zero
+                // pages read the same as the file would.
+                let placed = unsafe { nix::sys::mman::mmap_anonymous(Some(start), len, prot, fixed) };
+                if let Err(e) = placed {
+                    // A failed MAP_FIXED may have unmapped part of the
+                    // range: the whole mapping goes, so no guest runs on it.
+                    // SAFETY: `ram` is the mapping of `size` bytes made
+                    // above, not yet handed to anyone.
+                    let _ = unsafe { nix::sys::mman::munmap(ram, size) };
+                    return Err(err(e));
+                }
+            }
         }
     }
     Ok(ram.as_ptr() as *mut u8)
@@ -189,8 +189,7 @@ fn file_holes(file: &File, offset: u64, len: u64) -> Vec<(u64, u64)> {
 /// The parts of `holes` (relative `(start, end)` pairs, sorted) that are
 /// whole 2 MiB-aligned stretches inside `[0, size)`, as `(start, len)`:
 /// small holes stay in the file mapping, which bounds the number of
-/// mappings a fragmented file makes to one per 2 MiB, and keeps every
-/// anonymous stretch eligible for huge pages.
+/// mappings a fragmented file makes to one per 2 MiB.
 fn huge_holes(holes: &[(u64, u64)], size: usize) -> Vec<(usize, usize)> {
     holes
         .iter()
