@@ -2,7 +2,8 @@
 //! conventions:
 //!
 //! - `start`: run with the bundle as working directory; starts the serving
-//!   shim as a separate process (it outlives this one), writes the socket
+//!   shim as a separate process (it outlives this one), or finds the one
+//!   already serving the container's group (its pod), writes the socket
 //!   address to `<bundle>/address` and prints it.
 //! - no action: serve the Task API on `-socket` until Shutdown.
 //! - `delete`: clean up after a shim that died: delete the container with
@@ -191,12 +192,13 @@ fn stdin_options() -> ShimOptions {
 /// `start`: launch the serving shim and print its address.
 fn start(flags: &Flags) -> Result<(), BootError> {
     let bundle = std::env::current_dir().map_err(io_err("cannot read the working directory (the bundle)"))?;
-    // One shim per container: the container id is the grouping.
-    let address = containerd_shim::socket_address(&flags.address, &flags.namespace, &flags.id);
+    let group = group_of(&bundle, &flags.id);
+    let address = containerd_shim::socket_address(&flags.address, &flags.namespace, &group);
     let path = socket_path(&address);
     if Path::new(path).exists() {
         if UnixStream::connect(path).is_ok() {
-            // A shim already serves this container (containerd retried).
+            // A shim already serves this group (the pod's sandbox started
+            // it, or containerd retried).
             return announce(&address);
         }
         std::fs::remove_file(path).map_err(io_err(format!("cannot remove the stale socket {path}")))?;
@@ -229,6 +231,10 @@ fn start(flags: &Flags) -> Result<(), BootError> {
     }
     if !said.trim().is_empty() {
         let _ = child.wait();
+        if UnixStream::connect(path).is_ok() {
+            // Another container of the group started its shim first.
+            return announce(&address);
+        }
         return Err(BootError::Daemon(said.trim().to_string()));
     }
     if let Ok(Some(status)) = child.try_wait() {
@@ -239,6 +245,27 @@ fn start(flags: &Flags) -> Result<(), BootError> {
     // Best effort: nothing may reach stdout but the address.
     let _ = containerd_shim::cgroup::set_cgroup_and_oom_score(child.id(), opts.shim_cgroup.as_deref().unwrap_or(""));
     announce(&address)
+}
+
+/// Annotations that put containers in one shim, first match wins: ours,
+/// then the CRI's pod (sandbox) id, which the sandbox carries too.
+const GROUP_ANNOTATIONS: [&str; 2] = ["io.containerd.amphi.v2.group", "io.kubernetes.cri.sandbox-id"];
+
+/// The shim group of the container in `bundle`: a pod's containers share
+/// one shim (one VM in VM isolation), as containerd's shim v2 protocol
+/// expects of a runtime that serves pods. A lone container, or a bundle
+/// whose config cannot be read here (amphi's create reports that), is a
+/// group of its own.
+pub fn group_of(bundle: &Path, id: &str) -> String {
+    let config = std::fs::read(bundle.join("config.json")).ok();
+    let annotations = config
+        .as_deref()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(b).ok())
+        .and_then(|v| v.get("annotations").cloned());
+    GROUP_ANNOTATIONS
+        .iter()
+        .find_map(|k| annotations.as_ref()?.get(k)?.as_str().filter(|g| !g.is_empty()).map(str::to_string))
+        .unwrap_or_else(|| id.to_string())
 }
 
 /// Records the address in the bundle (containerd reads it back after a
@@ -317,7 +344,7 @@ fn serve(flags: &Flags) -> Result<(), BootError> {
         Server::new().add_listener(listener.into_raw_fd()).map_err(ttrpc_err)?.register_service(task_methods(service));
     server.start().map_err(ttrpc_err)?;
     ready()?;
-    containerd_shim::info!("serving {} for container {} on {}", RUNTIME_NAME, flags.id, flags.socket);
+    containerd_shim::info!("serving {} for the group of container {} on {}", RUNTIME_NAME, flags.id, flags.socket);
 
     exit.wait();
     server.shutdown();
@@ -430,6 +457,25 @@ mod tests {
         assert!(a.starts_with("unix:///run/containerd/s/"), "{a}");
         assert_eq!(socket_path(&a).len(), "/run/containerd/s/".len() + 64);
         assert_eq!(socket_path("/plain/path"), "/plain/path");
+    }
+
+    #[test]
+    fn a_pods_containers_share_the_sandboxs_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |annotations: serde_json::Value| {
+            let config = serde_json::json!({ "annotations": annotations });
+            std::fs::write(dir.path().join("config.json"), config.to_string()).unwrap()
+        };
+        let cri = "io.kubernetes.cri.sandbox-id";
+        write(serde_json::json!({ cri: "pod1", "io.kubernetes.cri.container-type": "container" }));
+        assert_eq!(group_of(dir.path(), "app"), "pod1");
+        write(serde_json::json!({ "io.containerd.amphi.v2.group": "g", cri: "pod1" }));
+        assert_eq!(group_of(dir.path(), "app"), "g");
+        write(serde_json::json!({ cri: "" }));
+        assert_eq!(group_of(dir.path(), "app"), "app");
+        std::fs::write(dir.path().join("config.json"), "not json").unwrap();
+        assert_eq!(group_of(dir.path(), "lone"), "lone");
+        assert_eq!(group_of(&dir.path().join("missing"), "lone"), "lone");
     }
 
     #[test]

@@ -1,12 +1,21 @@
 //! Where the shim finds the amphi binary and its state, and which runtime
 //! options from containerd it honours.
 //!
-//! containerd hands a runtime its options as a protobuf `Any`. For runc-style
-//! runtimes that is `containerd.runc.v1.Options` (what a CRI runtime entry's
-//! `options` table, or ctr's runc flags, become), so the shim accepts the
-//! fields that mean the same for amphi: `BinaryName`, `Root`, `NoPivotRoot`,
-//! `NoNewKeyring`, `SystemdCgroup` and `ShimCgroup`. Any other options type
-//! is ignored, as containerd's own shims ignore options they do not know.
+//! containerd hands a runtime its options as a protobuf `Any`, of one of
+//! two types:
+//!
+//! - `containerd.runc.v1.Options` (ctr's runc flags, or any client that
+//!   treats amphi like runc): the shim takes the fields that mean the same
+//!   for amphi: `BinaryName`, `Root`, `NoPivotRoot`, `NoNewKeyring`,
+//!   `SystemdCgroup` and `ShimCgroup`.
+//! - `runtimeoptions.v1.Options`: what containerd's CRI plugin makes of a
+//!   runtime's `options` table for any runtime type but runc's. It carries
+//!   only `ConfigPath`, so the shim reads its options from that file: TOML
+//!   with the same keys plus `Isolation` ("container" or "vm"), which is how
+//!   one runtime handler (`amphi-vm`) puts every pod in a VM.
+//!
+//! Any other options type is ignored, as containerd's own shims ignore
+//! options they do not know.
 
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
@@ -14,6 +23,8 @@ use std::path::{Path, PathBuf};
 use containerd_shim::protos::protobuf::well_known_types::any::Any;
 use containerd_shim::protos::protobuf::Message;
 use containerd_shim::protos::shim::oci::Options as RuncOptions;
+
+use amphi::spec::Isolation;
 
 /// Where the runtime state lives unless the options say otherwise; one
 /// directory per containerd namespace below it, as containerd's runc shim
@@ -25,6 +36,8 @@ pub const AMPHI: &str = "amphi";
 
 /// The options type url containerd uses for runc-style runtimes.
 const RUNC_OPTIONS_TYPE: &str = "containerd.runc.v1.Options";
+/// The options type url of containerd's CRI plugin for other runtimes.
+const CRI_OPTIONS_TYPE: &str = "runtimeoptions.v1.Options";
 
 /// What the shim takes from containerd's runtime options.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -38,14 +51,49 @@ pub struct ShimOptions {
     pub systemd_cgroup: bool,
     /// `ShimCgroup`: the cgroup the shim process itself moves into.
     pub shim_cgroup: Option<String>,
+    /// `Isolation` (options file only): amphi's `--isolation` for every
+    /// container this runtime creates, over their annotations.
+    pub isolation: Option<Isolation>,
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("cannot decode the runtime options ({type_url}): pass containerd.runc.v1.Options or none")]
-pub struct OptionsError {
-    type_url: String,
-    #[source]
-    source: containerd_shim::protos::protobuf::Error,
+pub enum OptionsError {
+    #[error(
+        "cannot decode the runtime options ({type_url}): pass containerd.runc.v1.Options, \
+         runtimeoptions.v1.Options or none"
+    )]
+    Decode {
+        type_url: String,
+        #[source]
+        source: containerd_shim::protos::protobuf::Error,
+    },
+    #[error("cannot read the shim options file {path} (ConfigPath in the runtime's options)")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the shim options file {path} is not valid: {message} (keys: {KEYS})")]
+    Invalid { path: PathBuf, message: String },
+}
+
+/// The keys an options file may hold, for error messages.
+const KEYS: &str = "BinaryName, Root, NoPivotRoot, NoNewKeyring, SystemdCgroup, ShimCgroup, Isolation";
+
+/// The options file `ConfigPath` names.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(rename_all = "PascalCase", deny_unknown_fields)]
+struct OptionsFile {
+    binary_name: Option<PathBuf>,
+    root: Option<PathBuf>,
+    #[serde(default)]
+    no_pivot_root: bool,
+    #[serde(default)]
+    no_new_keyring: bool,
+    #[serde(default)]
+    systemd_cgroup: bool,
+    shim_cgroup: Option<String>,
+    isolation: Option<String>,
 }
 
 impl ShimOptions {
@@ -55,12 +103,40 @@ impl ShimOptions {
         let Some(any) = any else { return Ok(ShimOptions::default()) };
         // Type urls may carry a prefix ("types.googleapis.com/...").
         let name = any.type_url.rsplit('/').next().unwrap_or_default();
-        if name != RUNC_OPTIONS_TYPE {
-            return Ok(ShimOptions::default());
+        let decode = |source| OptionsError::Decode { type_url: any.type_url.clone(), source };
+        match name {
+            RUNC_OPTIONS_TYPE => {
+                Ok(ShimOptions::from_runc(&RuncOptions::parse_from_bytes(&any.value).map_err(decode)?))
+            }
+            CRI_OPTIONS_TYPE => match config_path(&any.value).map_err(decode)? {
+                Some(path) => ShimOptions::from_file(Path::new(&path)),
+                None => Ok(ShimOptions::default()),
+            },
+            _ => Ok(ShimOptions::default()),
         }
-        let o = RuncOptions::parse_from_bytes(&any.value)
-            .map_err(|source| OptionsError { type_url: any.type_url.clone(), source })?;
-        Ok(ShimOptions::from_runc(&o))
+    }
+
+    /// The options file a CRI runtime entry names in `ConfigPath`.
+    pub fn from_file(path: &Path) -> Result<ShimOptions, OptionsError> {
+        let text =
+            std::fs::read_to_string(path).map_err(|source| OptionsError::Read { path: path.to_path_buf(), source })?;
+        let invalid = |message: String| OptionsError::Invalid { path: path.to_path_buf(), message };
+        let f: OptionsFile = toml::from_str(&text).map_err(|e| invalid(e.message().to_string()))?;
+        let isolation = match f.isolation.as_deref() {
+            None => None,
+            Some("container") => Some(Isolation::Container),
+            Some("vm") => Some(Isolation::Vm),
+            Some(other) => return Err(invalid(format!("Isolation is \"container\" or \"vm\", not {other:?}"))),
+        };
+        Ok(ShimOptions {
+            binary: f.binary_name.filter(|p| !p.as_os_str().is_empty()),
+            root: f.root.filter(|p| !p.as_os_str().is_empty()),
+            no_pivot: f.no_pivot_root,
+            no_new_keyring: f.no_new_keyring,
+            systemd_cgroup: f.systemd_cgroup,
+            shim_cgroup: f.shim_cgroup.filter(|s| !s.is_empty()),
+            isolation,
+        })
     }
 
     pub fn from_runc(o: &RuncOptions) -> ShimOptions {
@@ -72,6 +148,7 @@ impl ShimOptions {
             no_new_keyring: o.no_new_keyring,
             systemd_cgroup: o.systemd_cgroup,
             shim_cgroup: some(&o.shim_cgroup),
+            isolation: None,
         }
     }
 
@@ -94,6 +171,28 @@ impl ShimOptions {
     pub fn state_root(&self, namespace: &str) -> PathBuf {
         self.root.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_ROOT)).join(namespace)
     }
+}
+
+/// `config_path` (field 2) of a `runtimeoptions.v1.Options` message, the
+/// one field the shim needs from it; containerd-shim's protos do not carry
+/// the CRI plugin's types.
+fn config_path(bytes: &[u8]) -> Result<Option<String>, containerd_shim::protos::protobuf::Error> {
+    let mut input = containerd_shim::protos::protobuf::CodedInputStream::from_bytes(bytes);
+    let mut path = None;
+    while let Some(tag) = input.read_raw_tag_or_eof()? {
+        match tag {
+            // Field 2, length-delimited.
+            18 => path = Some(input.read_string()?),
+            _ => {
+                input.skip_field(containerd_shim::protos::protobuf::rt::WireType::new(tag & 7).ok_or_else(|| {
+                    containerd_shim::protos::protobuf::Error::from(std::io::Error::from(
+                        std::io::ErrorKind::InvalidData,
+                    ))
+                })?)?
+            }
+        }
+    }
+    Ok(path.filter(|p| !p.is_empty()))
 }
 
 /// Finds the amphi binary: `BinaryName` when given (a path, or a name looked
@@ -154,10 +253,48 @@ mod tests {
         assert_eq!(ShimOptions::from_runc(&got.to_runc()), got);
     }
 
+    /// A `runtimeoptions.v1.Options` message, encoded as containerd does.
+    fn cri_options(type_url: &str, config_path: &str) -> Any {
+        let mut value = Vec::new();
+        for (tag, s) in [(10u8, type_url), (18u8, config_path)] {
+            if !s.is_empty() {
+                value.push(tag);
+                value.push(s.len() as u8);
+                value.extend_from_slice(s.as_bytes());
+            }
+        }
+        Any { type_url: format!("type.googleapis.com/{CRI_OPTIONS_TYPE}"), value, ..Default::default() }
+    }
+
+    #[test]
+    fn the_cri_plugins_options_name_a_file() {
+        let d = tempfile::tempdir().unwrap();
+        let file = d.path().join("vm.toml");
+        std::fs::write(&file, "Isolation = \"vm\"\nRoot = \"/run/amphi-k8s\"\nSystemdCgroup = true\n").unwrap();
+        let got = ShimOptions::from_any(Some(&cri_options("x", file.to_str().unwrap()))).unwrap();
+        assert_eq!(got.isolation, Some(Isolation::Vm));
+        assert_eq!(got.state_root("k8s.io"), PathBuf::from("/run/amphi-k8s/k8s.io"));
+        assert!(got.systemd_cgroup && !got.no_pivot);
+        // No ConfigPath: the defaults.
+        assert_eq!(ShimOptions::from_any(Some(&cri_options("x", ""))).unwrap(), ShimOptions::default());
+
+        std::fs::write(&file, "Isolation = \"kvm\"\n").unwrap();
+        let e = ShimOptions::from_file(&file).unwrap_err();
+        assert!(e.to_string().contains("Isolation is \"container\" or \"vm\", not \"kvm\""), "{e}");
+        std::fs::write(&file, "Isolaton = \"vm\"\n").unwrap();
+        let e = ShimOptions::from_file(&file).unwrap_err();
+        assert!(e.to_string().contains("Isolaton") && e.to_string().contains("keys: BinaryName"), "{e}");
+        let e = ShimOptions::from_any(Some(&cri_options("", "/nonexistent/amphi.toml"))).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "cannot read the shim options file /nonexistent/amphi.toml (ConfigPath in the runtime's options)"
+        );
+    }
+
     #[test]
     fn missing_or_foreign_options_give_defaults() {
         assert_eq!(ShimOptions::from_any(None).unwrap(), ShimOptions::default());
-        let foreign = Any { type_url: "runtimeoptions.v1.Options".into(), value: vec![1, 2, 3], ..Default::default() };
+        let foreign = Any { type_url: "io.example.Options".into(), value: vec![1, 2, 3], ..Default::default() };
         assert_eq!(ShimOptions::from_any(Some(&foreign)).unwrap(), ShimOptions::default());
         assert_eq!(ShimOptions::default().state_root("default"), PathBuf::from("/run/containerd/amphi/default"));
     }

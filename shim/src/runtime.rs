@@ -80,6 +80,8 @@ pub struct CreateFlags {
     pub console_socket: Option<PathBuf>,
     pub no_pivot: bool,
     pub no_new_keyring: bool,
+    /// `--isolation`, from the runtime's options file.
+    pub isolation: Option<amphi::spec::Isolation>,
 }
 
 /// One amphi binary with its global flags.
@@ -152,6 +154,9 @@ impl Amphi {
         }
         if flags.no_new_keyring {
             c.arg("--no-new-keyring");
+        }
+        if let Some(isolation) = flags.isolation {
+            c.arg("--isolation").arg(isolation.to_string());
         }
         c.arg(id).current_dir(bundle).stdin(stdio.stdin).stdout(stdio.stdout).stderr(stdio.stderr);
         self.run("create", c).map(drop)
@@ -293,6 +298,7 @@ mod tests {
             console_socket: Some("/tmp/s/console.sock".into()),
             no_pivot: true,
             no_new_keyring: false,
+            isolation: Some(amphi::spec::Isolation::Vm),
         };
         a.create("c1", Path::new("/b"), &flags, CreateStdio::null()).unwrap();
         a.exec("c1", Path::new("/b/p.json"), Path::new("/b/e1.pid"), Some(Path::new("/s/c.sock")), CreateStdio::null())
@@ -307,7 +313,7 @@ mod tests {
         assert_eq!(lines[2].join(" "), format!("{g} start c1"));
         assert_eq!(
             lines[3].join(" "),
-            format!("{g} create --bundle /b --pid-file /b/init.pid --console-socket /tmp/s/console.sock --no-pivot c1")
+            format!("{g} create --bundle /b --pid-file /b/init.pid --console-socket /tmp/s/console.sock --no-pivot --isolation vm c1")
         );
         assert_eq!(
             lines[4].join(" "),

@@ -1,4 +1,9 @@
-//! The Task service containerd calls, for one container per shim.
+//! The Task service containerd calls, for every container of a group.
+//!
+//! One shim serves a group: a pod's sandbox and its containers (grouped by
+//! the CRI's sandbox-id annotation, see [`crate::bootstrap`]), or a lone
+//! container. Containers are kept by id; an exit is matched to its
+//! container by pid, and the shim stays up until the last one is deleted.
 //!
 //! Each call maps onto one amphi command (see [`crate::runtime`]) plus the
 //! shim's own bookkeeping: the init's phase and exit status
@@ -84,7 +89,7 @@ impl Container {
 struct Shared {
     events: Arc<dyn Publish>,
     book: ExitBook,
-    container: Mutex<Option<Arc<Container>>>,
+    containers: Mutex<HashMap<String, Arc<Container>>>,
     /// Held while a state change and its event go out together, so that
     /// containerd never sees a TaskExit before the TaskStart of the same
     /// process.
@@ -101,8 +106,12 @@ fn timestamp(t: SystemTime) -> Timestamp {
 }
 
 impl Shared {
-    fn current(&self) -> Option<Arc<Container>> {
-        lock(&self.container).clone()
+    fn get(&self, id: &str) -> Option<Arc<Container>> {
+        lock(&self.containers).get(id).cloned()
+    }
+
+    fn is_empty(&self) -> bool {
+        lock(&self.containers).is_empty()
     }
 
     /// A reaped child: if it is the init, record and report its exit.
@@ -111,11 +120,14 @@ impl Shared {
         // Under the order lock: a create that registered this pid has then
         // also recorded the container and sent TaskCreate.
         let _order = lock(&self.order);
-        let Some(c) = self.current() else { return };
-        if c.init.pid() == pid {
-            self.send_exit(&c, &c.id, pid, exit);
-        } else if let Some(e) = c.exec_by_pid(pid) {
-            self.send_exit(&c, &e.id, pid, exit);
+        let all: Vec<Arc<Container>> = lock(&self.containers).values().cloned().collect();
+        for c in all {
+            if c.init.pid() == pid {
+                return self.send_exit(&c, &c.id, pid, exit);
+            }
+            if let Some(e) = c.exec_by_pid(pid) {
+                return self.send_exit(&c, &e.id, pid, exit);
+            }
         }
     }
 
@@ -138,15 +150,19 @@ impl Shared {
 pub struct Service {
     cfg: Config,
     shared: Arc<Shared>,
-    /// Serializes Create (one container per shim).
+    /// Serializes Create, so that an id is checked and taken at once.
     creating: Mutex<()>,
     exit: Arc<ExitSignal>,
 }
 
 impl Service {
     pub fn new(cfg: Config, events: Arc<dyn Publish>, exit: Arc<ExitSignal>) -> Service {
-        let shared =
-            Arc::new(Shared { events, book: ExitBook::default(), container: Mutex::new(None), order: Mutex::new(()) });
+        let shared = Arc::new(Shared {
+            events,
+            book: ExitBook::default(),
+            containers: Mutex::new(HashMap::new()),
+            order: Mutex::new(()),
+        });
         Service { cfg, shared, creating: Mutex::new(()), exit }
     }
 
@@ -167,10 +183,7 @@ impl Service {
     }
 
     fn container(&self, id: &str) -> Result<Arc<Container>, ShimError> {
-        self.shared
-            .current()
-            .filter(|c| c.id == id)
-            .ok_or_else(|| ShimError::NotFound(format!("container \"{id}\" does not exist")))
+        self.shared.get(id).ok_or_else(|| ShimError::NotFound(format!("container \"{id}\" does not exist")))
     }
 
     /// The exec process a request names, or None for the init.
@@ -207,11 +220,8 @@ impl Service {
 
     pub fn do_create(&self, req: CreateTaskRequest) -> Result<CreateTaskResponse, ShimError> {
         let _one = lock(&self.creating);
-        if let Some(c) = self.shared.current() {
-            return Err(ShimError::AlreadyExists(format!(
-                "this shim already runs container \"{}\": containerd starts one shim per container",
-                c.id
-            )));
+        if self.shared.get(&req.id).is_some() {
+            return Err(ShimError::AlreadyExists(format!("container \"{}\" exists already", req.id)));
         }
         amphi::container::ContainerId::new(&req.id).map_err(|e| ShimError::InvalidArgument(e.to_string()))?;
         if !req.checkpoint.is_empty() {
@@ -258,6 +268,7 @@ impl Service {
             console_socket: console.as_ref().map(|c| c.path()),
             no_pivot: opts.no_pivot,
             no_new_keyring: opts.no_new_keyring,
+            isolation: opts.isolation,
         };
 
         let creating = self.shared.book.begin_create();
@@ -309,7 +320,7 @@ impl Service {
             cgroups: Cgroups::of(pid as u32),
             execs: Mutex::new(HashMap::new()),
         });
-        *lock(&self.shared.container) = Some(c.clone());
+        lock(&self.shared.containers).insert(c.id.clone(), c.clone());
         send(
             &*self.shared.events,
             TaskCreate {
@@ -607,7 +618,7 @@ impl Service {
             rootfs::unmount(r)?;
         }
         self.shared.book.forget(c.init.pid());
-        *lock(&self.shared.container) = None;
+        lock(&self.shared.containers).remove(&c.id);
         let pid = c.init.pid() as u32;
         send(
             &*self.shared.events,
@@ -714,19 +725,19 @@ impl Service {
         Ok(StatsResponse { stats: Some(cg.metrics()?).into(), ..Default::default() })
     }
 
-    pub fn do_connect(&self, _req: ConnectRequest) -> ConnectResponse {
+    pub fn do_connect(&self, req: ConnectRequest) -> ConnectResponse {
         ConnectResponse {
             shim_pid: std::process::id(),
-            task_pid: self.shared.current().map_or(0, |c| c.init.pid() as u32),
+            task_pid: self.shared.get(&req.id).map_or(0, |c| c.init.pid() as u32),
             version: env!("CARGO_PKG_VERSION").to_string(),
             ..Default::default()
         }
     }
 
     pub fn do_shutdown(&self, req: ShutdownRequest) {
-        // containerd asks after every Delete; a shim with a container keeps
-        // serving it unless told to stop now.
-        if self.shared.current().is_some() && !req.now {
+        // containerd asks after every Delete; a shim with a container left
+        // (another of the pod's) keeps serving unless told to stop now.
+        if !self.shared.is_empty() && !req.now {
             return;
         }
         self.exit.signal();
@@ -838,7 +849,9 @@ mod tests {
             }
             if sub == "create" || sub == "exec" {
                 let i = args.iter().position(|a| a == "--pid-file").unwrap();
-                let pid = if sub == "exec" { self.pid + 1 } else { self.pid };
+                // Each further container of a pod gets its own pid.
+                let earlier = self.calls.lock().unwrap().iter().filter(|c| c.starts_with("create ")).count() as i32 - 1;
+                let pid = if sub == "exec" { self.pid + 1 } else { self.pid + 100 * earlier };
                 std::fs::write(&args[i + 1], pid.to_string()).unwrap();
             }
             Ok(Finished::default())
@@ -983,8 +996,43 @@ mod tests {
         // Nothing was recorded: a fixed bundle can be created again.
         *f.amphi.fail.lock().unwrap() = None;
         f.svc.do_create(create_req(&f, "c3")).unwrap();
-        let e = f.svc.do_create(create_req(&f, "c4")).unwrap_err();
+        let e = f.svc.do_create(create_req(&f, "c3")).unwrap_err();
         assert_eq!(e.code(), Code::ALREADY_EXISTS);
+        assert_eq!(e.to_string(), "container \"c3\" exists already");
+    }
+
+    #[test]
+    fn one_shim_serves_every_container_of_a_pod() {
+        let f = fixture(999_001_000);
+        assert_eq!(f.svc.do_create(create_req(&f, "sandbox")).unwrap().pid, 999_001_000);
+        assert_eq!(f.svc.do_create(create_req(&f, "app")).unwrap().pid, 999_001_100);
+        for id in ["sandbox", "app"] {
+            f.svc.do_start(id_req(|r: &mut StartRequest| r.id = id.into())).unwrap();
+        }
+        let pid_of = |id: &str| f.svc.do_connect(id_req(|r: &mut ConnectRequest| r.id = id.into())).task_pid;
+        assert_eq!((pid_of("sandbox"), pid_of("app")), (999_001_000, 999_001_100));
+
+        // The app's exit is the app's, and the sandbox keeps running.
+        f.svc.shared.on_exit(999_001_100, 7, SystemTime::now());
+        let w = f.svc.do_wait(id_req(|r: &mut WaitRequest| r.id = "app".into())).unwrap();
+        assert_eq!(w.exit_status, 7);
+        let exit = f.events.0.lock().unwrap().iter().find_map(|(_, m)| m.downcast_ref::<TaskExit>().cloned()).unwrap();
+        assert_eq!((exit.container_id.as_str(), exit.id.as_str(), exit.exit_status), ("app", "app", 7));
+        f.svc
+            .do_kill(id_req(|r: &mut KillRequest| {
+                r.id = "sandbox".into();
+                r.signal = 15;
+            }))
+            .unwrap();
+
+        // Deleting the app leaves the shim serving the sandbox.
+        f.svc.do_delete(id_req(|r: &mut DeleteRequest| r.id = "app".into())).unwrap();
+        f.svc.do_shutdown(ShutdownRequest::default());
+        assert!(!signalled(&f.exit), "the sandbox is still there");
+        f.svc.shared.on_exit(999_001_000, 0, SystemTime::now());
+        f.svc.do_delete(id_req(|r: &mut DeleteRequest| r.id = "sandbox".into())).unwrap();
+        f.svc.do_shutdown(ShutdownRequest::default());
+        assert!(signalled(&f.exit));
     }
 
     #[test]
@@ -1116,7 +1164,7 @@ mod tests {
             }))
             .unwrap_err();
         assert_eq!(e.code(), Code::FAILED_PRECONDITION);
-        let c = f.svc.do_connect(ConnectRequest::default());
+        let c = f.svc.do_connect(id_req(|r: &mut ConnectRequest| r.id = "c7".into()));
         assert_eq!((c.shim_pid, c.task_pid), (std::process::id(), 999_999_999));
         let p = f.svc.do_pids(id_req(|r: &mut PidsRequest| r.id = "c7".into())).unwrap();
         assert_eq!(p.processes.iter().map(|p| p.pid).collect::<Vec<_>>(), [999_999_999]);
