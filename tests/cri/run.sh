@@ -57,8 +57,8 @@ AMPHI_CRI_HANDLER=$handler AMPHI_CRI_DIR=$dir "$bin" --ignored --exact "$test_na
 rc=$?
 # libtest's own lines (with --nocapture its verdict lands on a line of its
 # own) and the blank ones.
-grep -v -E '^(running [0-9]+ tests?|test result: .*|test .* \.\.\. ?(ok|FAILED)?|ok|FAILED|failures:|    '"$test_name"')?$' "$log" |
-  sed '/^$/d'
+sed "s/^test $test_name \.\.\. //" "$log" |
+  grep -v -E '^(running [0-9]+ tests?|test result: .*|ok|FAILED|failures:|    '"$test_name"')?$'
 skipped=$(grep -m1 '^SKIPPED: ' "$log")
 passed=$(grep -c '^ok - ' "$log")
 failed=$(grep -c '^not ok - ' "$log")
