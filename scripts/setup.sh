@@ -41,6 +41,10 @@ PACKAGES=(
   golang-go golang-github-opencontainers-runtime-tools-dev
   # test and benchmark tools
   bats hyperfine jq time iproute2 procps util-linux
+  # the CRI test (tests/cri): the pods' CNI plugins, a static pause (libc.a
+  # from libc6-dev, in build-essential) and protoc for the CRI client's
+  # protobufs (k8s-cri builds them)
+  containernetworking-plugins protobuf-compiler
   # renders amphi bench's HTML report for tests/bench/screenshot-check.sh
   chromium
 )
