@@ -9,6 +9,8 @@
 #   load        200 lifecycles 16 at a time; 1,000 containers in one store
 #                                                       tests/load/lifecycles.sh
 #   oci podman containerd docker   conformance and real clients on this host
+#   cri         a Kubernetes pod through containerd's CRI plugin, handler
+#               amphi                                   tests/cri/run.sh amphi
 #   vm          VM end to end                           tests/vm/run-tests.sh
 #   testhost    real clients and the pure-cgroup2 root tests in the full
 #               test host                               tests/testhost/run-tests.sh
@@ -21,13 +23,13 @@
 #   +  leak check: nothing the suite made (containers, cgroups, mounts,
 #      processes) may remain afterwards.
 # Usage: scripts/test.sh [--no-setup] [TIER...]
-#   (tiers: lint unit root crash load oci podman containerd docker vm testhost bench fuzz; default all)
+#   (tiers: lint unit root crash load oci podman containerd cri docker vm testhost bench fuzz; default all)
 # The summary shows each tier as PASS, FAIL or SKIP (reason) with its
 # counts; a test that could not run is counted as skipped, never passed.
 set -uo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
-all=(lint unit root crash load oci podman containerd docker vm testhost bench fuzz)
+all=(lint unit root crash load oci podman containerd cri docker vm testhost bench fuzz)
 setup=1
 tiers=()
 for a in "$@"; do
@@ -127,12 +129,15 @@ tests/leaks.sh snapshot "$log/before"
 
 want lint && run_tier lint lint
 want unit && run_tier unit tests/cargo-test.sh unit --workspace --locked
-want root && run_tier root tests/cargo-test.sh root --workspace --locked -- --ignored --test-threads=2
+# The CRI test is its own tier (it prints its checks one by one).
+want root && run_tier root tests/cargo-test.sh root --workspace --locked -- --ignored --test-threads=2 \
+  --skip a_pod_runs_through_the_cri_and_leaves_nothing_behind
 want crash && run_tier crash tests/crash/kill9.sh 100
 want load && run_tier load tests/load/lifecycles.sh 200 16 1000
 want oci && run_tier oci tests/oci/validation.sh --known tests/oci/known-failures.txt "$AMPHI"
 want podman && run_tier podman bats tests/clients/podman.bats
 want containerd && run_tier containerd tests/clients/containerd.sh
+want cri && run_tier cri tests/cri/run.sh amphi
 want docker && run_tier docker tests/clients/docker.sh
 want vm && run_tier vm tests/vm/run-tests.sh
 want testhost && run_tier testhost tests/testhost/run-tests.sh

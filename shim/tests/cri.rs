@@ -132,12 +132,9 @@ async fn pod_lifecycle(env: &Env, handler: &str, report: &mut Report) -> Ids {
     // container (Kubernetes' default).
     let uid = format!("{:08x}-cri-test", std::process::id());
     let log_dir = Path::new(env.var("CRI_LOG_DIR")).join(&uid);
-    let mut annotations = HashMap::new();
-    if handler == "amphi-vm" {
-        // amphi-vm passes the run.amphi.* pod annotations through to every
-        // OCI spec of the pod (pod_annotations in env.sh's configuration).
-        annotations.insert("run.amphi.isolation".to_string(), "vm".to_string());
-    }
+    // amphi-vm puts the pod in a VM by its options file (env.sh), not by an
+    // annotation: the pod says nothing about isolation.
+    let annotations = HashMap::new();
     let pod_config = PodSandboxConfig {
         metadata: Some(PodSandboxMetadata {
             name: "cri-test".into(),
@@ -352,11 +349,14 @@ async fn containers(
         }
     }
 
-    // containerd's runc shim serves a whole pod (it groups containers by
-    // the sandbox id annotation); amphi's shim serves one container until
-    // issue 12's per-pod shim lands. Said, not checked, until then.
+    // Both shims serve a whole pod: they group containers by the sandbox id
+    // annotation.
     let shims = processes_naming(&[], socket).iter().filter(|p| p.contains("containerd-shim")).count();
-    println!("# {shims} shim processes serve the pod (sandbox and {} started containers)", started.len());
+    report.check(
+        &format!("one shim process serves the pod (sandbox and {} started containers)", started.len()),
+        shims == 1,
+        || format!("{shims} shim processes"),
+    );
 
     let name = "ListContainers lists the pod's containers in their states";
     match call(cri.list_containers(ListContainersRequest {

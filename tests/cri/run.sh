@@ -6,8 +6,9 @@
 # Usage (as root): tests/cri/run.sh [HANDLER]
 #   HANDLER: amphi (default, or $AMPHI_CRI_HANDLER), amphi-vm, runc.
 #   runc checks the harness itself with containerd's own runc shim.
-# Builds the test (cargo test --no-run; set CARGO_TARGET_DIR as usual) and
-# runs it with --ignored. It prints each check as "ok - ..." or
+# Builds the test (cargo test --no-run; set CARGO_TARGET_DIR as usual), or
+# takes the test binary from CRI_TEST_BIN (the test host, where building is
+# slow, gets it so), and runs it with --ignored. It prints each check as "ok - ..." or
 # "not ok - ...", and last "N passed, M failed"; when the host cannot run it
 # (not root, no containerd, ...) "SKIPPED: why" and
 # "0 passed, 0 failed (skipped)". Exits non-zero on a failure.
@@ -40,7 +41,9 @@ cleanup() {
 trap cleanup EXIT
 
 cd "$repo" || exit 1
-if ! bin=$(cargo test -p containerd-shim-amphi-v2 --test cri --locked --no-run --message-format=json 2>"$log" |
+if [ -n "${CRI_TEST_BIN:-}" ]; then
+  bin=$CRI_TEST_BIN
+elif ! bin=$(cargo test -p containerd-shim-amphi-v2 --test cri --locked --no-run --message-format=json 2>"$log" |
   jq -r 'select(.reason == "compiler-artifact" and .target.name == "cri" and .executable != null) | .executable' | tail -1) ||
   [ -z "$bin" ]; then
   tail -30 "$log"

@@ -23,7 +23,7 @@ main() {
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
 . "$repo/tests/vm/lib.sh"
-all=(selfcheck podman containerd docker cgroups vm bench load-vm crash-vm oci-vm oci-vm-cold)
+all=(selfcheck podman containerd cri docker cgroups vm bench load-vm crash-vm oci-vm oci-vm-cold)
 suites=("$@")
 [ ${#suites[@]} -gt 0 ] || suites=("${all[@]}")
 for s in "${suites[@]}"; do
@@ -65,6 +65,14 @@ if [[ " ${suites[*]} " == *" cgroups "* ]]; then
   done
 fi
 
+# The CRI test's binary, built here (cargo under TCG is slow).
+cri_bin=
+if [[ " ${suites[*]} " == *" cri "* ]]; then
+  cri_bin=$(cd "$repo" && cargo test -p containerd-shim-amphi-v2 --test cri --no-run --locked --message-format=json 2>/dev/null |
+    jq -r 'select(.reason == "compiler-artifact" and .target.name == "cri" and .executable != null) | .executable' | tail -n 1)
+  [ -x "$cri_bin" ] || fail "the CRI test did not build (cargo test -p containerd-shim-amphi-v2 --test cri --no-run)"
+fi
+
 # The OCI suite's build (cached in /var/tmp/amphi-oci, which the test host
 # sees): made here, where apt and the network are.
 if [[ " ${suites[*]} " == *" oci-vm"* ]]; then
@@ -79,7 +87,7 @@ boot() { # TIMEOUT SUITE...
   local timeout=$1
   shift
   "$here/test-host.sh" --quiet --timeout "$timeout" --share "$results" --cwd "$repo" \
-    --env "TH_BIN=$bindir" --env "TH_TESTS=${tests# }" --console-log "$results/console.log" \
+    --env "TH_BIN=$bindir" --env "TH_TESTS=${tests# }" --env "TH_CRI=$cri_bin" --console-log "$results/console.log" \
     "tests/testhost/suites.sh $results $*"
 }
 boot 2700 "${suites[@]}"

@@ -11,6 +11,9 @@
 #               (with amphi as the runtime)
 #   podman      bats tests/clients/podman.bats      (AMPHI=$TH_BIN/amphi)
 #   containerd  tests/clients/containerd.sh         (SHIM_DIR=$TH_BIN)
+#   cri         tests/cri/run.sh amphi: a pod through containerd's CRI
+#               plugin, container isolation on pure cgroup2 (CRI_TEST_BIN=
+#               $TH_CRI, built before the boot)
 #   docker      dockerd with amphi as a runtime: run (bridge network),
 #               exit code, run -d + stop + rm
 #   cgroups     the root tests that need a pure cgroup2 host: the cargo
@@ -208,6 +211,7 @@ suite_docker() {
   docker_down
 }
 suite_containerd() { SHIM_DIR=$TH_BIN tests/clients/containerd.sh; }
+suite_cri() { SHIM_DIR=$TH_BIN CRI_TEST_BIN=$TH_CRI tests/cri/run.sh amphi; }
 suite_vm() {
   local rc=0
   AMPHI=$TH_BIN/amphi bats --tap tests/vm/containers.bats || rc=1
