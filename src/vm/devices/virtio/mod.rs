@@ -80,9 +80,13 @@ impl VirtioInterrupt {
         self.status.fetch_and(!bits, Ordering::SeqCst);
     }
 
-    /// Puts back a saved status word, raising no interrupt.
+    /// Puts back a saved status word, raising no interrupt. Merged, not
+    /// stored: the device's own restore has started its worker, which may
+    /// already have used a queue and set a bit of its own; losing that bit
+    /// would leave the guest reading a status of 0 on that interrupt and
+    /// waiting for a completion it was never told of.
     pub fn restore_status(&self, bits: u32) {
-        self.status.store(bits, Ordering::SeqCst);
+        self.status.fetch_or(bits, Ordering::SeqCst);
     }
 
     /// Raises the interrupt again for whatever the status word holds: after
@@ -167,4 +171,22 @@ pub trait VirtioDevice: Send {
     /// The kick phase of a restore, once all KVM state (interrupt
     /// controllers included) is back: interrupts and events for the guest.
     fn after_restore(&mut self) {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_restored_status_keeps_what_the_device_signalled_meanwhile() {
+        let int = VirtioInterrupt::new(IrqTrigger::new().unwrap());
+        // The worker, started by the device's restore, used a queue...
+        int.signal_used_queue().unwrap();
+        // ...before the transport put the saved word back.
+        int.restore_status(INT_CONFIG);
+        assert_eq!(int.status(), INT_VRING | INT_CONFIG);
+        int.ack(INT_VRING | INT_CONFIG);
+        int.restore_status(0);
+        assert_eq!(int.status(), 0);
+    }
 }

@@ -1,10 +1,13 @@
 //! Giving guest pages back to the host: `madvise(MADV_DONTNEED)` on the
 //! VMM's mapping of guest memory.
 //!
-//! Guest RAM is a private anonymous mapping (`vmm::memory`), so DONTNEED
-//! frees the host pages at once and the next guest access to them finds
-//! zero-filled pages; KVM learns of the change through its MMU notifier,
-//! so nothing else needs to be told. Every range is checked to lie wholly
+//! Guest RAM is a private mapping (`vmm::memory`): anonymous after a cold
+//! boot, the template's memory file (copy on write) after a restore. Either
+//! way DONTNEED frees the VMM's own pages at once; the next guest access
+//! finds a zero-filled page, or the template's page again where the file
+//! has data (harmless: the guest gave the page up and zeroes what it
+//! allocates). KVM learns of the change through its MMU notifier, so
+//! nothing else needs to be told. Every range is checked to lie wholly
 //! inside guest memory before anything is discarded, and only whole 4 KiB
 //! pages are: a range the guest gives that is not page aligned loses its
 //! partial pages at either end (they may hold live data of the guest).

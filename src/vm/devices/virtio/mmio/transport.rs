@@ -178,7 +178,9 @@ impl MmioTransport {
     pub fn after_restore(&mut self) {
         self.dev().after_restore();
         if self.interrupt.status() != 0 {
-            // A lost edge only delays the guest until the next one.
+            // The edge raised before the interrupt controllers were back is
+            // lost, and a queue with no further traffic would never raise
+            // another: raise it again.
             let _ = self.interrupt.resignal();
         }
     }
@@ -308,7 +310,7 @@ impl BusDevice for MmioTransport {
 mod tests {
     use super::*;
     use crate::vm::devices::virtio::persist::DeviceSnapshot;
-    use crate::vm::devices::virtio::{ActivateError, VIRTIO_F_VERSION_1};
+    use crate::vm::devices::virtio::{ActivateError, INT_VRING, VIRTIO_F_VERSION_1};
     use crate::vm::devices::IrqTrigger;
     use vm_memory::GuestAddress;
     use vmm_sys_util::eventfd::EventFd;
@@ -324,6 +326,8 @@ mod tests {
         /// The queues it was activated with, for a save.
         queues: Vec<Queue>,
         after_restores: u32,
+        /// Uses a queue as soon as it is activated (or restored).
+        used_on_activation: bool,
     }
 
     impl VirtioDevice for Dummy {
@@ -352,11 +356,15 @@ mod tests {
         fn activate(
             &mut self,
             _: GuestMemoryMmap,
-            _: Arc<VirtioInterrupt>,
+            interrupt: Arc<VirtioInterrupt>,
             q: Vec<Queue>,
         ) -> Result<(), ActivateError> {
             self.activated_with = Some(q.len());
             self.queues = q;
+            if self.used_on_activation {
+                // As a worker that finds requests waiting does.
+                interrupt.signal_used_queue().map_err(ActivateError::Notify)?;
+            }
             Ok(())
         }
         fn reset(&mut self) {
@@ -388,6 +396,7 @@ mod tests {
             needed: None,
             queues: Vec::new(),
             after_restores: 0,
+            used_on_activation: false,
         }));
         let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
         let irq = Arc::new(VirtioInterrupt::new(IrqTrigger::new().unwrap()));
@@ -578,6 +587,22 @@ mod tests {
         // A guest reset still reaches the device.
         wr(&mut back, 0x70, 0);
         assert_eq!(back_dev.lock().unwrap().resets, 1);
+    }
+
+    #[test]
+    fn a_queue_used_while_the_device_restores_is_not_forgotten() {
+        let (mut t, _) = setup();
+        initialize(&mut t);
+        wr(&mut t, 0x70, DRIVER_OK);
+        let s = round_trip(&t.save().unwrap());
+        assert_eq!(s.interrupt_status, 0, "nothing pending at the save");
+        let (mut back, back_dev) = setup();
+        back_dev.lock().unwrap().used_on_activation = true;
+        back.restore(&s).unwrap();
+        assert_eq!(rd(&mut back, 0x60), INT_VRING, "the saved status did not wipe the worker's bit");
+        let _ = back.interrupt.irq_fd().read();
+        back.after_restore();
+        assert_eq!(back.interrupt.irq_fd().read().unwrap(), 1, "raised again once the controllers are back");
     }
 
     #[test]
