@@ -100,38 +100,12 @@ cleanup() {
 trap cleanup EXIT
 
 # --- a private containerd ---------------------------------------------------
-# The cgroups monitor and restart plugins are off (nothing to restart), as
-# are the ones that write outside the temporary directory (opt writes
-# /opt/containerd) or need what the host lacks (CRI, aufs, btrfs, zfs,
-# devmapper, tracing).
-cat > "$tmp/config.toml" <<EOF
-version = 2
-root = "$tmp/root"
-state = "$tmp/state"
-disabled_plugins = [
-  "io.containerd.grpc.v1.cri",
-  "io.containerd.internal.v1.opt",
-  "io.containerd.internal.v1.restart",
-  "io.containerd.internal.v1.tracing",
-  "io.containerd.tracing.processor.v1.otlp",
-  "io.containerd.snapshotter.v1.aufs",
-  "io.containerd.snapshotter.v1.btrfs",
-  "io.containerd.snapshotter.v1.devmapper",
-  "io.containerd.snapshotter.v1.zfs",
-]
-[grpc]
-  address = "$tmp/containerd.sock"
-[ttrpc]
-  address = "$tmp/containerd.sock.ttrpc"
-EOF
+# tests/lib/containerd.sh says which plugins are off (CRI among them).
+. "$repo/tests/lib/containerd.sh"
+containerd_config "$tmp" > "$tmp/config.toml"
 PATH="$SHIM_DIR:$PATH" containerd --config "$tmp/config.toml" >"$tmp/containerd.log" 2>&1 &
 containerd_pid=$!
-for _ in $(seq 100); do
-  ctr_ version >/dev/null 2>&1 && break
-  kill -0 "$containerd_pid" 2>/dev/null || { tail -20 "$tmp/containerd.log" >&2; die "containerd exited at startup"; }
-  sleep 0.1
-done
-ctr_ version >/dev/null 2>&1 || die "containerd did not answer on $tmp/containerd.sock"
+containerd_wait "$containerd_pid" "$tmp" "$tmp/containerd.log"
 
 # overlayfs when the filesystem under /tmp takes it, else native snapshots.
 mkdir -p "$tmp/ov/l" "$tmp/ov/u" "$tmp/ov/w" "$tmp/ov/m"

@@ -44,6 +44,7 @@
 set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
+. "$repo/tests/lib/containerd.sh"
 
 usage() { echo "usage: tests/cri/env.sh start|stop DIR" >&2; exit 2; }
 [ $# = 2 ] || usage
@@ -126,29 +127,13 @@ start() {
 }
 EOF
 
-  # The plugins that write outside DIR (opt writes /opt/containerd) or need
-  # what the host lacks (aufs, btrfs, zfs, devmapper, tracing) are off.
   # The shim's options for amphi-vm (docs/shim.md: the CRI plugin hands a
   # runtime of our type only this file's path).
   printf 'Isolation = "vm"\n' > "$dir/amphi-vm.toml"
-  cat > "$dir/config.toml" <<EOF
-version = 2
-root = "$dir/root"
-state = "$dir/state"
-disabled_plugins = [
-  "io.containerd.internal.v1.opt",
-  "io.containerd.internal.v1.restart",
-  "io.containerd.internal.v1.tracing",
-  "io.containerd.tracing.processor.v1.otlp",
-  "io.containerd.snapshotter.v1.aufs",
-  "io.containerd.snapshotter.v1.btrfs",
-  "io.containerd.snapshotter.v1.devmapper",
-  "io.containerd.snapshotter.v1.zfs",
-]
-[grpc]
-  address = "$dir/containerd.sock"
-[ttrpc]
-  address = "$dir/containerd.sock.ttrpc"
+  # The head of the config is shared with tests/clients/containerd.sh.
+  {
+    containerd_config "$dir" cri
+    cat <<EOF
 [plugins."io.containerd.grpc.v1.cri"]
   sandbox_image = "$pause_image"
   # The streaming server (Exec, Attach, PortForward) listens on the loopback
@@ -179,6 +164,7 @@ disabled_plugins = [
     conf_dir = "$dir/cni/conf"
     max_conf_num = 1
 EOF
+  } > "$dir/config.toml"
 
   # containerd in a new network namespace; its loopback up for the streaming
   # server. setsid: a ^C meant for the client does not reach it.
@@ -188,12 +174,7 @@ EOF
     containerd --config "$dir/config.toml" --log-level debug </dev/null >"$dir/containerd.log" 2>&1 &
   local pid=$!
   echo "$pid" > "$dir/containerd.pid"
-  for _ in $(seq 100); do
-    ctr_ version >/dev/null 2>&1 && break
-    kill -0 "$pid" 2>/dev/null || { tail -20 "$dir/containerd.log" >&2; die "containerd exited at startup"; }
-    sleep 0.1
-  done
-  ctr_ version >/dev/null 2>&1 || die "containerd did not answer on $dir/containerd.sock"
+  containerd_wait "$pid" "$dir" "$dir/containerd.log"
   ctr_ plugins ls 2>/dev/null | awk '$2 == "cri" {print $NF}' | grep -qx ok || {
     grep -i 'cri' "$dir/containerd.log" | tail -5 >&2
     die "containerd's CRI plugin (io.containerd.grpc.v1.cri) did not load: $(ctr_ plugins ls 2>&1 | awk '$2 == "cri"')"
