@@ -436,9 +436,19 @@ fn joining_a_network_namespace_by_path() {
     let a = Amphi::new();
     let mut holder =
         std::process::Command::new("unshare").args(["--net", "sleep", "30"]).stdout(Stdio::null()).spawn().unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(200));
+    // Until unshare(1) has made its namespace the holder is in ours; a fixed
+    // 200 ms was too short in a loaded test host.
     let ns = format!("/proc/{}/ns/net", holder.id());
-    let want = std::fs::read_link(&ns).unwrap();
+    let ours = std::fs::read_link("/proc/self/ns/net").unwrap();
+    let mut want = std::fs::read_link(&ns).unwrap();
+    for _ in 0..300 {
+        if want != ours {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        want = std::fs::read_link(&ns).unwrap();
+    }
+    assert_ne!(want, ours, "unshare --net did not make a namespace in 30 s");
     let mut b = Bundle::new(&["/bin/readlink", "/proc/self/ns/net"]);
     b.edit(|c| {
         let nss = c["linux"]["namespaces"].as_array_mut().unwrap();

@@ -297,13 +297,10 @@ impl Root {
     pub fn open_with(&self, p: &Path, flags: OFlag) -> Result<OwnedFd, Errno> {
         let rel = clean_relative(p);
         let target: &Path = if rel.as_os_str().is_empty() { Path::new(".") } else { &rel };
-        openat2(
-            self.fd.as_fd(),
-            target,
-            OpenHow::new()
-                .flags(flags | OFlag::O_CLOEXEC)
-                .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS),
-        )
+        let how = OpenHow::new()
+            .flags(flags | OFlag::O_CLOEXEC)
+            .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS);
+        retry_eagain(|| openat2(self.fd.as_fd(), target, how))
     }
 
     /// Creates every missing directory of `p` inside the root and returns an
@@ -441,9 +438,63 @@ pub fn set_recursive_attrs(target: &impl AsRawFd, set: u64, clear: u64) -> Resul
     }
 }
 
+/// How often a lookup that met a concurrent mount or rename is tried again.
+const EAGAIN_TRIES: u32 = 64;
+
+/// Runs `op` again while it fails with EAGAIN, at most [`EAGAIN_TRIES`]
+/// times. openat2(2) with RESOLVE_IN_ROOT returns EAGAIN when a `..` in the
+/// path was walked while any mount or rename happened anywhere on the
+/// system (the kernel cannot then prove the walk stayed inside the root),
+/// and asks the caller to retry. A busy host (parallel creates, each
+/// mounting) made an image's `up -> ../../..` symlink fail a create with
+/// "cannot mount tmpfs ...: EAGAIN".
+fn retry_eagain<T>(mut op: impl FnMut() -> Result<T, Errno>) -> Result<T, Errno> {
+    let mut tries = 1;
+    loop {
+        match op() {
+            Err(Errno::EAGAIN) if tries < EAGAIN_TRIES => tries += 1,
+            r => return r,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_lookup_that_met_a_concurrent_mount_is_tried_again_but_not_forever() {
+        let mut n = 0;
+        assert_eq!(
+            retry_eagain(|| {
+                n += 1;
+                if n < 3 {
+                    Err(Errno::EAGAIN)
+                } else {
+                    Ok(n)
+                }
+            }),
+            Ok(3)
+        );
+        let mut n = 0;
+        assert_eq!(
+            retry_eagain(|| -> Result<(), Errno> {
+                n += 1;
+                Err(Errno::EAGAIN)
+            }),
+            Err(Errno::EAGAIN)
+        );
+        assert_eq!(n, EAGAIN_TRIES);
+        let mut n = 0;
+        assert_eq!(
+            retry_eagain(|| -> Result<(), Errno> {
+                n += 1;
+                Err(Errno::ENOENT)
+            }),
+            Err(Errno::ENOENT)
+        );
+        assert_eq!(n, 1);
+    }
 
     fn opts(s: &[&str]) -> MountOptions {
         parse_options(&s.iter().map(|s| s.to_string()).collect::<Vec<_>>())
