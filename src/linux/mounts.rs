@@ -464,36 +464,24 @@ mod tests {
 
     #[test]
     fn a_lookup_that_met_a_concurrent_mount_is_tried_again_but_not_forever() {
-        let mut n = 0;
-        assert_eq!(
-            retry_eagain(|| {
+        // (failures before success, their errno, result, calls made)
+        let cases = [
+            (2, Errno::EAGAIN, Ok(()), 3),
+            (u32::MAX, Errno::EAGAIN, Err(Errno::EAGAIN), EAGAIN_TRIES),
+            (u32::MAX, Errno::ENOENT, Err(Errno::ENOENT), 1),
+        ];
+        for (fails, errno, want, calls) in cases {
+            let mut n = 0;
+            let got = retry_eagain(|| {
                 n += 1;
-                if n < 3 {
-                    Err(Errno::EAGAIN)
+                if n <= fails {
+                    Err(errno)
                 } else {
-                    Ok(n)
+                    Ok(())
                 }
-            }),
-            Ok(3)
-        );
-        let mut n = 0;
-        assert_eq!(
-            retry_eagain(|| -> Result<(), Errno> {
-                n += 1;
-                Err(Errno::EAGAIN)
-            }),
-            Err(Errno::EAGAIN)
-        );
-        assert_eq!(n, EAGAIN_TRIES);
-        let mut n = 0;
-        assert_eq!(
-            retry_eagain(|| -> Result<(), Errno> {
-                n += 1;
-                Err(Errno::ENOENT)
-            }),
-            Err(Errno::ENOENT)
-        );
-        assert_eq!(n, 1);
+            });
+            assert_eq!((got, n), (want, calls), "{fails} failures with {errno}");
+        }
     }
 
     fn opts(s: &[&str]) -> MountOptions {
