@@ -148,6 +148,7 @@ impl From<VmError> for SandboxError {
         match e {
             VmError::Host(h) => SandboxError::Unsupported(h.to_string()),
             VmError::Plan(PlanError::Unsupported(m)) => SandboxError::Unsupported(m),
+            VmError::Plan(p @ PlanError::MountPoint { .. }) => SandboxError::isolation(VmError::Plan(p)),
             VmError::Plan(p) => SandboxError::BadConfig(p.to_string()),
             VmError::Config(m) => SandboxError::BadConfig(m),
             VmError::Guest2(a) if a.code == ErrorCode::InvalidConfig => {
@@ -486,6 +487,9 @@ fn create(req: &CreateRequest<'_>, hooks: &mut RuntimeHooks<'_>) -> Result<Creat
         .map_err(|m| VmError::Config(m.into()))?;
     let window = if req.keep_console { window_of_stdin() } else { None };
     let mut gplan = plan::guest_plan(spec, &req.bundle.dir, &req.bundle.rootfs, req.cgroups_path.as_deref(), window)?;
+    if gplan.entries.iter().any(|e| e.name == "rootfs" && e.read_only) {
+        plan::make_mount_points(spec, &req.bundle.dir, &req.bundle.rootfs)?;
+    }
     let net = network::plan(spec)?;
     if net.taps > 0 {
         plan::guest_network_namespace(&mut gplan.config, req.id);

@@ -60,6 +60,16 @@ pub enum PlanError {
     NotNetworkNamespace { path: PathBuf, problem: String },
     #[error(transparent)]
     Disk(#[from] DiskPlanError),
+    #[error(
+        "mount #{index} ({destination}): cannot make its mount point in the read-only root on the host: fix the \
+         image or set root.readonly to false"
+    )]
+    MountPoint {
+        index: usize,
+        destination: String,
+        #[source]
+        errno: nix::errno::Errno,
+    },
 }
 
 /// Checks that `path` is a network namespace (`NS_GET_NSTYPE`), as
@@ -235,6 +245,40 @@ pub struct GuestPlan {
 fn is_bind(m: &oci_spec::runtime::Mount) -> bool {
     m.typ().as_deref() == Some("bind")
         || m.options().as_ref().is_some_and(|o| o.iter().any(|x| x == "bind" || x == "rbind"))
+}
+
+/// Makes, on the host, the mount points a read-only root lacks. The guest
+/// cannot: its view of the rootfs is the share, read-only when
+/// `root.readonly` is, so a mount on a missing directory fails with EROFS.
+/// runc makes them in the rootfs before it remounts the root read-only,
+/// and images need not have them: Kubernetes' pause image is one file,
+/// and the CRI makes the sandbox's root read-only. Only destinations in
+/// the root itself: one below an earlier mount (/dev/pts below /dev)
+/// lives in that mount, which the guest makes. A bind of a file gets an
+/// empty file, anything else a directory; every path is resolved inside
+/// the rootfs, so a symlink in the image cannot send one elsewhere.
+pub fn make_mount_points(spec: &Spec, bundle_dir: &Path, rootfs: &Path) -> Result<(), PlanError> {
+    let Some(mounts) = spec.mounts() else { return Ok(()) };
+    let root = crate::linux::mounts::Root::open(rootfs).map_err(|errno| PlanError::MountPoint {
+        index: 0,
+        destination: "/".into(),
+        errno,
+    })?;
+    for (i, m) in mounts.iter().enumerate() {
+        let dest = m.destination();
+        let in_earlier = mounts[..i].iter().any(|e| {
+            let d = e.destination();
+            d.components().count() > 1 && d != dest && dest.starts_with(d)
+        });
+        if in_earlier || crate::linux::mounts::clean_relative(dest).as_os_str().is_empty() {
+            continue;
+        }
+        let source = m.source().as_ref().map(|s| if s.is_absolute() { s.clone() } else { bundle_dir.join(s) });
+        let file = is_bind(m) && source.is_some_and(|s| std::fs::metadata(s).is_ok_and(|md| !md.is_dir()));
+        let made = if file { root.create_file(dest, 0o644) } else { root.mkdir_all(dest, 0o755) };
+        made.map_err(|errno| PlanError::MountPoint { index: i, destination: dest.display().to_string(), errno })?;
+    }
+    Ok(())
 }
 
 /// The guest's view of the bundle. The rootfs and every bind-mount source
@@ -421,6 +465,35 @@ pub fn host_resources_typed(spec: &Spec, size: &VmSize) -> LinuxResources {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_read_only_root_gets_its_missing_mount_points_inside_the_rootfs() {
+        let d = tempfile::tempdir().unwrap();
+        let rootfs = d.path().join("rootfs");
+        let outside = d.path().join("outside");
+        std::fs::create_dir_all(&rootfs).unwrap();
+        std::fs::create_dir_all(&outside).unwrap();
+        std::fs::write(rootfs.join("pause"), b"").unwrap();
+        std::fs::write(d.path().join("hosts"), b"").unwrap();
+        std::fs::create_dir(d.path().join("vol")).unwrap();
+        std::os::unix::fs::symlink(&outside, rootfs.join("evil")).unwrap();
+        let s = spec(json!({"root": {"path": "rootfs", "readonly": true}, "mounts": [
+            {"destination": "/proc", "type": "proc", "source": "proc"},
+            {"destination": "/dev", "type": "tmpfs", "source": "tmpfs"},
+            {"destination": "/dev/pts", "type": "devpts", "source": "devpts"},
+            {"destination": "/etc/hosts", "type": "bind", "source": "hosts", "options": ["rbind", "ro"]},
+            {"destination": "/data/vol", "type": "bind", "source": d.path().join("vol"), "options": ["rbind"]},
+            {"destination": "/evil/x", "type": "tmpfs", "source": "tmpfs"},
+        ]}));
+        make_mount_points(&s, d.path(), &rootfs).unwrap();
+        assert!(rootfs.join("proc").is_dir() && rootfs.join("dev").is_dir() && rootfs.join("data/vol").is_dir());
+        assert!(!rootfs.join("dev/pts").exists(), "below /dev: the guest's tmpfs holds it");
+        assert!(rootfs.join("etc/hosts").is_file(), "a file bind gets a file");
+        assert!(!outside.join("x").exists(), "the image's symlink stays inside the rootfs");
+        assert!(rootfs.join(outside.strip_prefix("/").unwrap()).join("x").is_dir(), "the link's target, in the rootfs");
+        // What exists stays; a second run changes nothing.
+        make_mount_points(&s, d.path(), &rootfs).unwrap();
+    }
 
     fn spec(json: Value) -> Spec {
         let mut base = json!({"ociVersion": "1.0.2", "root": {"path": "rootfs"}, "process": {"args": ["true"], "cwd": "/", "user": {"uid": 0, "gid": 0}}});
