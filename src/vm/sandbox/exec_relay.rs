@@ -27,6 +27,8 @@ use crate::vm::agent_client::{AgentClient, AgentClientError};
 
 /// How long the exec may take to start.
 pub const START_DEADLINE: Duration = Duration::from_secs(60);
+/// How long the agent may take to create a pod's container.
+const CREATE_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long the output may take to be copied out after the process ended.
 const FLUSH_LIMIT: Duration = Duration::from_secs(5);
 
@@ -118,6 +120,8 @@ pub fn run(plan: ExecPlan) -> i32 {
             Start::Member { mut create, control: c } => {
                 control = Some(c);
                 create.stdio = stdio;
+                // As a lone VM container's: the guest runtime makes it.
+                client.set_timeout(Some(CREATE_TIMEOUT));
                 client.create_container(*create)?.pid
             }
         };

@@ -295,6 +295,10 @@ fn in_vmm_namespace(
     let fail = |message: String| PodError::Mount { what: what.to_string(), message };
     let ns = std::fs::File::open(format!("/proc/{vmm_pid}/ns/mnt"))
         .map_err(|e| fail(format!("the VMM's mount namespace: {e}")))?;
+    // Its root, the directory it pivoted into: joining the namespace
+    // alone starts at the namespace's root, which need not be it.
+    let root =
+        std::fs::File::open(format!("/proc/{vmm_pid}/root")).map_err(|e| fail(format!("the VMM's root: {e}")))?;
     if process::liveness(vmm_pid, start_time) != process::Liveness::Alive {
         return Err(fail("the pod's VMM is gone".into()));
     }
@@ -305,6 +309,8 @@ fn in_vmm_namespace(
         unsafe { libc::close(r_raw) };
         let result = nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNS)
             .map_err(|e| format!("join the VMM's mount namespace: {e}"))
+            .and_then(|()| nix::unistd::fchdir(&root).map_err(|e| format!("enter the VMM's root: {e}")))
+            .and_then(|()| nix::unistd::chroot(".").map_err(|e| format!("enter the VMM's root: {e}")))
             .and_then(|()| f());
         match result {
             Ok(()) => 0,
