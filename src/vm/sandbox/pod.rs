@@ -588,4 +588,95 @@ mod tests {
         let e = find_sandbox(&member, "pod1").err().unwrap();
         assert!(e.to_string().contains("still being created"), "{e}");
     }
+
+    /// A stand-in for a sandbox's VMM: a child jailed in its own root and
+    /// mount namespace by the VMM's own code, with a private tmpfs as its
+    /// share, that waits to be killed.
+    fn fake_vmm(dir: &Path, kernel: &Path) -> i32 {
+        let (r, w) = nix::unistd::pipe().unwrap();
+        let (dir, kernel) = (dir.to_path_buf(), kernel.to_path_buf());
+        let pid = crate::linux::process::clone_child(nix::sched::CloneFlags::empty(), None, move || {
+            use crate::vm::jail::root;
+            root::prepare(&dir).unwrap();
+            let share = root::host_path(&dir, root::SHARE);
+            std::fs::create_dir_all(&share).unwrap();
+            nix::mount::mount(Some("t"), &share, Some("tmpfs"), nix::mount::MsFlags::empty(), Some("size=1m")).unwrap();
+            let plan =
+                root::RootPlan { dir: &dir, kvm: Path::new("/dev/null"), kernel: &kernel, initrd: None, disks: &[] };
+            root::enter(&plan).unwrap();
+            nix::unistd::write(&w, b"r").unwrap();
+            loop {
+                std::thread::sleep(std::time::Duration::from_secs(1));
+            }
+        })
+        .unwrap();
+        let mut b = [0u8; 1];
+        nix::unistd::read(&r, &mut b).unwrap();
+        pid
+    }
+
+    /// Needs root (mount namespaces, open_tree, move_mount).
+    #[test]
+    #[ignore]
+    fn a_members_files_reach_the_running_vmms_share_and_leave_it_again() {
+        let t = tempfile::tempdir().unwrap();
+        let vmm_root = t.path().join("vmm");
+        std::fs::create_dir(&vmm_root).unwrap();
+        let kernel = t.path().join("kernel");
+        std::fs::write(&kernel, b"k").unwrap();
+        let rootfs = t.path().join("rootfs");
+        std::fs::create_dir_all(rootfs.join("etc")).unwrap();
+        std::fs::write(rootfs.join("etc/hello"), b"from the member").unwrap();
+        let vol = t.path().join("vol");
+        std::fs::create_dir(&vol).unwrap();
+        std::fs::write(vol.join("data"), b"volume").unwrap();
+
+        let pid = fake_vmm(&vmm_root, &kernel);
+        let (start, _) = process::stat(pid).unwrap();
+        let mut entries = vec![
+            ShareEntry { name: "rootfs".into(), source: rootfs.clone(), read_only: false, recursive: true },
+            ShareEntry { name: "m3/vol".into(), source: vol.clone(), read_only: true, recursive: false },
+        ];
+        place_under_pod("c1", &mut entries, &mut json!({}), Path::new("/run/amphi/fs/amphi"));
+        let result = attach(pid, start, &entries);
+        let seen = Path::new("/proc").join(pid.to_string()).join("root/share/pod/c1");
+        let read = |p: &str| std::fs::read_to_string(seen.join(p));
+        let checks = (|| {
+            result.map_err(|e| e.to_string())?;
+            assert_eq!(read("rootfs/etc/hello").map_err(|e| e.to_string())?, "from the member");
+            assert_eq!(read("m3/vol/data").map_err(|e| e.to_string())?, "volume");
+            // Writable where the bundle says so, read-only where it says so.
+            std::fs::write(seen.join("rootfs/etc/new"), b"w").map_err(|e| e.to_string())?;
+            let e = std::fs::write(seen.join("m3/vol/new"), b"w").unwrap_err();
+            assert_eq!(e.raw_os_error(), Some(libc::EROFS), "{e}");
+            // Nothing is mounted on the host.
+            let host = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+            assert!(!host.contains(t.path().to_str().unwrap()), "{host}");
+            let member = MemberState {
+                sandbox: "pod1".into(),
+                vmm_pid: pid,
+                vmm_start_time: start,
+                entries: entries.iter().map(|e| e.name.clone()).collect(),
+            };
+            detach(&member).map_err(|e| e.to_string())?;
+            assert!(!seen.exists());
+            Ok::<(), String>(())
+        })();
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+        let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
+        checks.unwrap();
+        // The member's files are where they were, with what it wrote.
+        assert_eq!(std::fs::read(rootfs.join("etc/hello")).unwrap(), b"from the member");
+        assert_eq!(std::fs::read(rootfs.join("etc/new")).unwrap(), b"w");
+        assert_eq!(std::fs::read(vol.join("data")).unwrap(), b"volume");
+        // A VMM that is gone: nothing to attach to, nothing to detach.
+        assert!(attach(pid, start, &entries).is_err());
+        let gone = MemberState {
+            vmm_pid: pid,
+            vmm_start_time: start,
+            entries: vec!["pod/c1/rootfs".into()],
+            ..Default::default()
+        };
+        detach(&gone).unwrap();
+    }
 }
