@@ -58,7 +58,7 @@ member() {
   pid=$(A state pod1 | jq -r .pid)
   mkbundle "$1" container '.linux.namespaces = [{type: "pid"}, {type: "mount"}, {type: "cgroup"},
       {type: "network", path: "/proc/'"$pid"'/ns/net"}, {type: "ipc", path: "/proc/'"$pid"'/ns/ipc"},
-      {type: "uts", path: "/proc/'"$pid"'/ns/uts"}] | '"$2"
+      {type: "uts", path: "/proc/'"$pid"'/ns/uts"}] | del(.hostname) | '"$2"
 }
 
 status_of() { A state "$1" | jq -r .status; }
