@@ -10,7 +10,8 @@
 //! - [`decide_joins`] turns the member's namespace paths (the CRI names the
 //!   sandbox's, `/proc/<sandbox pid>/ns/ipc`, which for a VM container is
 //!   its VMM) into the sandbox's namespaces *in the guest*: a path that is
-//!   the sandbox's (same namespace inode) is joined there, anything else
+//!   the sandbox's (same namespace inode; the VMM has network, IPC and UTS
+//!   namespaces of its own, `vmm_process`) is joined there, anything else
 //!   is refused, as a host namespace cannot cross the VM boundary.
 //! - [`attach`] brings the member's rootfs and bind-mount sources into the
 //!   running VM: they are mounted into the sandbox VMM's own virtio-fs
