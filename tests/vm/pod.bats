@@ -7,7 +7,9 @@
 # says why it skips.
 #
 # AMPHI: a static amphi with a static amphi-agent beside it
-# (tests/vm/build-static.sh).
+# (tests/vm/build-static.sh). HELLO_ROOTFS: the busybox rootfs the bundles
+# copy (default bundles/hello/rootfs of this checkout, which a worktree
+# may lack).
 
 bats_require_minimum_version 1.5.0
 
@@ -43,7 +45,7 @@ args() { jq -cn '$ARGS.positional' --args -- "$@"; }
 mkbundle() {
   local b=$WORK/$1
   rm -rf "$b"; mkdir -p "$b"
-  cp -a "$REPO/bundles/hello/rootfs" "$b/rootfs"
+  cp -a "${HELLO_ROOTFS:-$REPO/bundles/hello/rootfs}" "$b/rootfs"
   jq --arg type "$2" '.annotations["run.amphi.isolation"] = "vm"
       | .annotations["io.kubernetes.cri.container-type"] = $type
       | .annotations["io.kubernetes.cri.sandbox-id"] = "pod1"
