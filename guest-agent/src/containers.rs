@@ -22,9 +22,9 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use amphi::agent::container::{
-    CreateContainerRequest, CreateContainerResponse, CreateTimings, ExecRequest, ExecResponse, ExitStatus, PsRequest,
-    PsResponse, ResizeRequest, SignalRequest, StatsResponse, StreamKind, UpdateRequest, WaitRequest, GUEST_BUNDLE_DIR,
-    GUEST_SHARE_DIR, GUEST_STATE_DIR,
+    CreateContainerRequest, CreateContainerResponse, CreateTimings, ExecRequest, ExecResponse, ExitStatus,
+    JoinNamespace, PsRequest, PsResponse, ResizeRequest, SignalRequest, StatsResponse, StreamKind, UpdateRequest,
+    WaitRequest, GUEST_BUNDLE_DIR, GUEST_SHARE_DIR, GUEST_STATE_DIR,
 };
 use amphi::agent::relay;
 use amphi::agent::{AgentError, ErrorCode};
@@ -165,6 +165,25 @@ impl Containers {
         let share_ms = t0.elapsed().as_millis() as u64;
         let setup = |e: String| err(ErrorCode::GuestSetupFailed, e);
         let mut config = req.config;
+        if let Some(join) = &req.join {
+            let sandbox = self.container(&join.sandbox).map_err(|_| {
+                err(
+                    ErrorCode::NoSuchContainer,
+                    format!(
+                        "the pod's sandbox {:?} does not run in this guest: create the sandbox first",
+                        join.sandbox
+                    ),
+                )
+            })?;
+            // A sandbox whose init ended has no namespaces left to join.
+            if nix::sys::signal::kill(nix::unistd::Pid::from_raw(sandbox.init.pid), None).is_err() {
+                return Err(err(
+                    ErrorCode::WrongState,
+                    format!("the pod's sandbox {:?} has stopped: start a new pod", join.sandbox),
+                ));
+            }
+            join_namespaces(&mut config, sandbox.init.pid, &join.namespaces);
+        }
         if !req.disks.is_empty() {
             let filesystems = std::fs::read_to_string("/proc/filesystems").unwrap_or_default();
             if let Some(root) =
@@ -200,6 +219,27 @@ impl Containers {
         let t1 = Instant::now();
         let helper = spawn_helper(&args, child_fds)?;
         self.drive(id, helper, stdio, CreateTimings { share_ms, runtime_ms: 0 }, t1)
+    }
+
+    /// `delete_container`: a pod member goes while the guest stays. What
+    /// is left of it is killed, the runtime's state and the bundle go.
+    pub fn delete(&self, id: &str) -> Result<(), AgentError> {
+        let parked = self.parked.lock().unwrap_or_else(|e| e.into_inner()).remove(id);
+        let known = self.table.lock().unwrap_or_else(|e| e.into_inner()).get(id).cloned();
+        if parked.is_none() && known.is_none() {
+            return Err(err(ErrorCode::NoSuchContainer, format!("no container {id:?} in the guest")));
+        }
+        // A parked creation's helper ends when its channel closes.
+        drop(parked);
+        let r = Self::runtime().delete(id, true).map_err(from_runtime);
+        if let Some(c) = known {
+            // The wait of whoever stands for it on the host answers first.
+            let _ = self.exits.wait(c.init.pid, Some(Instant::now() + Duration::from_secs(5)));
+            finish_relays(&c.init);
+            self.table.lock().unwrap_or_else(|e| e.into_inner()).remove(id);
+        }
+        let _ = std::fs::remove_dir_all(Path::new(GUEST_BUNDLE_DIR).join(id));
+        r
     }
 
     /// `resume_create`: the host ran the hooks.
@@ -440,6 +480,26 @@ impl Containers {
     }
 }
 
+/// Points the namespaces a pod member shares with its sandbox at the
+/// sandbox's init, adding the ones the config does not list; the others
+/// keep what the config says (new ones: the host refuses other paths).
+fn join_namespaces(config: &mut serde_json::Value, sandbox_pid: i32, kinds: &[JoinNamespace]) {
+    if !config["linux"].is_object() {
+        config["linux"] = serde_json::json!({});
+    }
+    if !config["linux"]["namespaces"].is_array() {
+        config["linux"]["namespaces"] = serde_json::json!([]);
+    }
+    let Some(nss) = config["linux"]["namespaces"].as_array_mut() else { return };
+    for k in kinds {
+        let path = format!("/proc/{sandbox_pid}/ns/{}", k.proc_name());
+        match nss.iter_mut().find(|n| n["type"] == k.oci_type()) {
+            Some(n) => n["path"] = serde_json::json!(path),
+            None => nss.push(serde_json::json!({"type": k.oci_type(), "path": path})),
+        }
+    }
+}
+
 fn resize(p: &Proc, req: &ResizeRequest) -> Result<(), AgentError> {
     let Some(master) = &p.console else {
         return Err(err(ErrorCode::WrongState, "the process has no terminal"));
@@ -623,5 +683,31 @@ fn finish_relays(p: &Proc) {
         for h in r.outputs {
             let _ = h.join();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_member_joins_the_sandboxs_namespaces_and_keeps_its_own_others() {
+        let mut config = serde_json::json!({"linux": {"namespaces": [
+            {"type": "mount"}, {"type": "network"}, {"type": "ipc", "path": "/somewhere"}, {"type": "pid"}
+        ]}});
+        join_namespaces(&mut config, 42, &[JoinNamespace::Network, JoinNamespace::Ipc, JoinNamespace::Uts]);
+        assert_eq!(
+            config["linux"]["namespaces"],
+            serde_json::json!([
+                {"type": "mount"},
+                {"type": "network", "path": "/proc/42/ns/net"},
+                {"type": "ipc", "path": "/proc/42/ns/ipc"},
+                {"type": "pid"},
+                {"type": "uts", "path": "/proc/42/ns/uts"}
+            ])
+        );
+        let mut bare = serde_json::json!({});
+        join_namespaces(&mut bare, 7, &[JoinNamespace::Pid]);
+        assert_eq!(bare["linux"]["namespaces"], serde_json::json!([{"type": "pid", "path": "/proc/7/ns/pid"}]));
     }
 }

@@ -53,7 +53,8 @@ pub fn allowed_before_restore(request: &Request) -> bool {
         | Request::Ps(_)
         | Request::Stats(_)
         | Request::Update(_)
-        | Request::ConfigureNetwork(_) => false,
+        | Request::ConfigureNetwork(_)
+        | Request::DeleteContainer(_) => false,
     }
 }
 

@@ -217,6 +217,7 @@ pub fn handle(mut conn: File, ctx: &Context) -> Option<(ShutdownAction, File)> {
             Request::Ps(p) => ctx.containers.ps(&p).map(Response::Ps),
             Request::Stats(c) => ctx.containers.stats(&c.id).map(Response::Stats),
             Request::Update(u) => ctx.containers.update(&u).map(|()| Response::Update),
+            Request::DeleteContainer(c) => ctx.containers.delete(&c.id).map(|()| Response::DeleteContainer),
             Request::ConfigureNetwork(n) => crate::network::configure(&n).map(Response::ConfigureNetwork),
         };
         let reply = match outcome {
@@ -289,6 +290,7 @@ mod tests {
                 no_pivot: false,
                 no_new_keyring: false,
                 disks: vec![],
+                join: None,
             }),
             Request::Exec(ExecRequest { id: "c".into(), exec_id: "e".into(), process: serde_json::json!({}), stdio }),
             Request::ConfigureNetwork(amphi::agent::NetworkRequest {

@@ -103,6 +103,61 @@ pub struct CreateContainerRequest {
     /// 1.1 agent does not know them; the host refuses to send disks to it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub disks: Vec<GuestDisk>,
+    /// 1.6: the container is a member of a pod whose sandbox runs in this
+    /// guest: the namespaces listed are the sandbox's, every other one is
+    /// new. A 1.5 agent does not know it; the host refuses to send it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub join: Option<JoinRequest>,
+}
+
+/// 1.6: which namespaces of an existing container (the pod's sandbox) a
+/// new one shares. The agent points them at the sandbox's init
+/// (`/proc/<guest pid>/ns/<kind>`); the config's own paths for them are
+/// replaced.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JoinRequest {
+    /// The sandbox container's id in this guest.
+    pub sandbox: String,
+    pub namespaces: Vec<JoinNamespace>,
+}
+
+/// A namespace a pod member may share with its sandbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JoinNamespace {
+    Network,
+    Ipc,
+    Uts,
+    Pid,
+}
+
+impl JoinNamespace {
+    pub const ALL: [JoinNamespace; 4] =
+        [JoinNamespace::Network, JoinNamespace::Ipc, JoinNamespace::Uts, JoinNamespace::Pid];
+
+    /// The OCI spec's name of the namespace type (`linux.namespaces[].type`).
+    pub fn oci_type(self) -> &'static str {
+        match self {
+            JoinNamespace::Network => "network",
+            JoinNamespace::Ipc => "ipc",
+            JoinNamespace::Uts => "uts",
+            JoinNamespace::Pid => "pid",
+        }
+    }
+
+    /// The file of `/proc/<pid>/ns/` that names it.
+    pub fn proc_name(self) -> &'static str {
+        match self {
+            JoinNamespace::Network => "net",
+            JoinNamespace::Ipc => "ipc",
+            JoinNamespace::Uts => "uts",
+            JoinNamespace::Pid => "pid",
+        }
+    }
+
+    pub fn from_oci_type(t: &str) -> Option<JoinNamespace> {
+        JoinNamespace::ALL.into_iter().find(|k| k.oci_type() == t)
+    }
 }
 
 /// 1.2: one virtio-blk disk of a container. The host cannot know which
@@ -156,7 +211,8 @@ pub struct CreateTimings {
     pub runtime_ms: u64,
 }
 
-/// Names a container (start, resume_create, pause, resume, stats).
+/// Names a container (start, resume_create, pause, resume, stats,
+/// delete_container).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ContainerRef {
     pub id: String,
@@ -293,6 +349,25 @@ mod tests {
             r.disks[0],
             GuestDisk { serial: "x".into(), devices: vec![0], rules: vec![1], ..Default::default() }
         );
+    }
+
+    #[test]
+    fn join_is_optional_and_has_its_documented_wire_form() {
+        let wire = serde_json::json!({"id":"c","config":{},"share":"amphi","stdio":{"session":"s","streams":[]}});
+        let r: CreateContainerRequest = serde_json::from_value(wire.clone()).unwrap();
+        assert_eq!(r.join, None);
+        assert_eq!(serde_json::to_value(&r).unwrap().get("join"), None);
+        let mut with = wire;
+        with["join"] = serde_json::json!({"sandbox":"pod","namespaces":["network","ipc","uts"]});
+        let r: CreateContainerRequest = serde_json::from_value(with.clone()).unwrap();
+        let j = r.join.clone().unwrap();
+        assert_eq!(j.sandbox, "pod");
+        assert_eq!(j.namespaces, vec![JoinNamespace::Network, JoinNamespace::Ipc, JoinNamespace::Uts]);
+        assert_eq!(serde_json::to_value(&r).unwrap()["join"], with["join"]);
+        for k in JoinNamespace::ALL {
+            assert_eq!(JoinNamespace::from_oci_type(k.oci_type()), Some(k));
+        }
+        assert_eq!(JoinNamespace::from_oci_type("mount"), None);
     }
 
     #[test]

@@ -18,7 +18,7 @@ pub const AGENT_VSOCK_PORT: u32 = 1024;
 
 /// This build's protocol version. Same major: compatible; the minor
 /// version only adds optional fields, methods and error codes.
-pub const PROTOCOL_VERSION: ProtocolVersion = ProtocolVersion { major: 1, minor: 5 };
+pub const PROTOCOL_VERSION: ProtocolVersion = ProtocolVersion { major: 1, minor: 6 };
 
 /// The kernel command-line word that makes a boot a VM template's: the
 /// agent then waits for [`Request::Restored`] before it runs anything.
@@ -100,6 +100,9 @@ pub enum Request {
     /// 1.5: the guest was restored from a template: reseed its RNG, set
     /// its wall clock, and (on a template boot) start serving.
     Restored(RestoredRequest),
+    /// 1.6: remove a container that ended (or kill and remove it), while
+    /// the guest keeps running for the others: a pod member's `delete`.
+    DeleteContainer(ContainerRef),
 }
 
 /// Every method name, in the order of [`Request`]'s variants.
@@ -122,6 +125,7 @@ pub const METHODS: &[&str] = &[
     "update",
     "configure_network",
     "restored",
+    "delete_container",
 ];
 
 impl Request {
@@ -145,6 +149,7 @@ impl Request {
             Request::Update(_) => "update",
             Request::ConfigureNetwork(_) => "configure_network",
             Request::Restored(_) => "restored",
+            Request::DeleteContainer(_) => "delete_container",
         }
     }
 }
@@ -221,6 +226,7 @@ pub enum Response {
     Update,
     ConfigureNetwork(NetworkResponse),
     Restored(RestoredReply),
+    DeleteContainer,
 }
 
 impl Response {
@@ -244,6 +250,7 @@ impl Response {
             Response::Update => "update",
             Response::ConfigureNetwork(_) => "configure_network",
             Response::Restored(_) => "restored",
+            Response::DeleteContainer => "delete_container",
         }
     }
 }
@@ -476,7 +483,7 @@ mod tests {
         let v: serde_json::Value = serde_json::to_value(&r).unwrap();
         assert_eq!(
             v,
-            serde_json::json!({"id":3,"method":"handshake","params":{"protocol":{"major":1,"minor":5},"host_version":"0.1.0"}})
+            serde_json::json!({"id":3,"method":"handshake","params":{"protocol":{"major":1,"minor":6},"host_version":"0.1.0"}})
         );
         let h: serde_json::Value = serde_json::to_value(RequestEnvelope { id: 4, request: Request::Health }).unwrap();
         assert_eq!(h, serde_json::json!({"id":4,"method":"health"}));
@@ -544,6 +551,17 @@ mod tests {
     }
 
     #[test]
+    fn delete_container_has_its_documented_wire_form() {
+        let json = serde_json::json!({"id": 3, "method": "delete_container", "params": {"id": "m1"}});
+        let r: RequestEnvelope = serde_json::from_value(json.clone()).unwrap();
+        assert_eq!(r.request, Request::DeleteContainer(super::super::container::ContainerRef { id: "m1".into() }));
+        assert_eq!(serde_json::to_value(&r).unwrap(), json);
+        assert_eq!(Some(&r.request.method()), METHODS.last());
+        let wire = serde_json::json!({"id": 3, "result": {"method": "delete_container"}});
+        assert_eq!(serde_json::to_value(ResponseEnvelope::ok(3, Response::DeleteContainer)).unwrap(), wire);
+    }
+
+    #[test]
     fn restored_has_its_documented_wire_form() {
         let json = serde_json::json!({"id": 2, "method": "restored",
             "params": {"realtime_ns": 1_790_000_000_123_456_789_u64, "seed": [1, 2, 255], "generation": 7}});
@@ -551,7 +569,7 @@ mod tests {
         let Request::Restored(q) = &r.request else { panic!("{r:?}") };
         assert_eq!((q.realtime_ns, q.seed.as_slice(), q.generation), (1_790_000_000_123_456_789, &[1, 2, 255][..], 7));
         assert_eq!(serde_json::to_value(&r).unwrap(), json);
-        assert_eq!(Some(&r.request.method()), METHODS.last());
+        assert!(METHODS.contains(&r.request.method()));
 
         let ok = ResponseEnvelope::ok(
             2,

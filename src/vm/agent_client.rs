@@ -276,6 +276,17 @@ impl AgentClient {
         expect!(self.call(Request::Update(req))?, "update", Response::Update => ())
     }
 
+    /// Removes a container from the guest, killing what is left of it;
+    /// refused without a round trip by an agent older than 1.6.
+    pub fn delete_container(&mut self, id: &str) -> Result<(), AgentClientError> {
+        let needs = agent::ProtocolVersion { major: 1, minor: 6 };
+        if let Some(v) = self.agent_protocol.filter(|v| v.minor < needs.minor) {
+            return Err(AgentClientError::TooOld { method: "delete_container", needs, agent: v });
+        }
+        expect!(self.call(Request::DeleteContainer(ContainerRef { id: id.into() }))?, "delete_container",
+            Response::DeleteContainer => ())
+    }
+
     pub fn configure_network(&mut self, req: NetworkRequest) -> Result<NetworkResponse, AgentClientError> {
         expect!(self.call(Request::ConfigureNetwork(req))?, "configure_network", Response::ConfigureNetwork(r) => r)
     }

@@ -780,5 +780,5 @@ teardown() {
   run --separate-stderr "$AMPHI" vm check --template --json
   trace
   [ "$status" -eq 0 ]
-  echo "$output" | jq -e '.template != null and .timings.restore_to_handshake_ms > 0 and .agent_protocol == "1.5"'
+  echo "$output" | jq -e '.template != null and .timings.restore_to_handshake_ms > 0 and .agent_protocol == "1.6"'
 }

@@ -16,12 +16,19 @@
 //!   memory limit follows the balloon ([`live`]).
 //! - `destroy` makes sure the VMM is gone and removes its cgroup. Its
 //!   mounts lived in its own mount namespace and went with it.
+//!
+//! A container of a VM pod runs in its sandbox's VM instead ([`pod`]):
+//! `create` mounts its files into the running VMM's share, asks the agent
+//! to create it with the sandbox's namespaces, and forks a relay process
+//! ([`exec_relay`]) that stands for it on the host; `destroy` removes it
+//! from the guest and its files from the share, and the VM runs on.
 
 pub mod disks;
 pub mod exec_relay;
 pub mod live;
 pub mod network;
 pub mod plan;
+pub mod pod;
 pub mod stdio;
 pub mod vmm_process;
 
@@ -34,7 +41,9 @@ use nix::sys::signal::Signal;
 use oci_spec::runtime::LinuxResources;
 use serde::{Deserialize, Serialize};
 
-use crate::agent::container::{CreateContainerRequest, PsRequest, SignalRequest, StdioRequest, UpdateRequest};
+use crate::agent::container::{
+    CreateContainerRequest, JoinRequest, PsRequest, SignalRequest, StdioRequest, UpdateRequest, GUEST_SHARE_DIR,
+};
 use crate::agent::{AgentError, ErrorCode, NetworkRequest};
 use crate::container::process;
 use crate::container::sandbox::{
@@ -73,6 +82,10 @@ pub struct VmState {
     /// The host interfaces redirected to the VM, for `delete` to release.
     #[serde(default)]
     pub net: network::Wired,
+    /// A container of a VM pod: the sandbox whose VM it runs in. `vsock`
+    /// and `console_log` are then the sandbox's; it has no host cgroup.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<pod::MemberState>,
 }
 
 /// The directory of the container's state dir that becomes the VMM's root
@@ -124,6 +137,8 @@ pub enum VmError {
     Live(#[from] live::LiveError),
     #[error(transparent)]
     Network(#[from] network::NetworkError),
+    #[error(transparent)]
+    Pod(#[from] pod::PodError),
 }
 
 fn tail(lines: &[String]) -> String {
@@ -162,6 +177,11 @@ impl From<VmError> for SandboxError {
             VmError::Network(n @ (network::NetworkError::Taken { .. } | network::NetworkError::TooMany { .. })) => {
                 SandboxError::BadConfig(n.to_string())
             }
+            VmError::Pod(p @ (pod::PodError::Mount { .. } | pod::PodError::Namespace { .. })) => {
+                SandboxError::isolation(VmError::Pod(p))
+            }
+            VmError::Pod(pod::PodError::Unsupported(m)) => SandboxError::Unsupported(m),
+            VmError::Pod(p) => SandboxError::BadConfig(p.to_string()),
             e => SandboxError::isolation(e),
         }
     }
@@ -197,6 +217,7 @@ impl Sandbox for VmSandbox {
             console_log: jail::root::host_path(&root, jail::root::CONSOLE_LOG),
             api: jail::root::host_path(&root, jail::root::API),
             net: network::Wired::default(),
+            pod: None,
         };
         Ok(serde_json::to_value(planned).map_err(|e| VmError::Config(format!("cannot record the VM's state: {e}")))?)
     }
@@ -237,6 +258,9 @@ impl Sandbox for VmSandbox {
     }
 
     fn destroy(&self, state: &State) -> Result<(), SandboxError> {
+        if let Some(member) = vm_state(state).pod {
+            return Ok(destroy_member(state, &member)?);
+        }
         if process::liveness(state.pid, state.pid_start_time) == process::Liveness::Alive {
             let _ = process::signal(state.pid, state.pid_start_time, Sig::KILL);
             process::wait_gone(state.pid, state.pid_start_time, KILL_GRACE);
@@ -270,6 +294,15 @@ impl Sandbox for VmSandbox {
     /// the balloon ([`live`]).
     fn update(&self, state: &State, resources: &LinuxResources) -> Result<(), SandboxError> {
         let vs = vm_state(state);
+        if vs.pod.is_some() {
+            // A pod's container: its cgroup is in the guest; the VM's size
+            // and host cgroup are the sandbox's.
+            let json = serde_json::to_value(resources).map_err(|e| VmError::Config(e.to_string()))?;
+            connect(state, CALL_TIMEOUT)?
+                .update(UpdateRequest { id: state.id.clone(), resources: json })
+                .map_err(VmError::from)?;
+            return Ok(());
+        }
         let cgroup = Manager::from_state(vs.cgroup.clone());
         let mut vm = Running { state, vs, cgroup };
         live::update(&mut vm, &state.id, resources, live::RETURN_DEADLINE)?;
@@ -295,7 +328,11 @@ impl Sandbox for VmSandbox {
         let mut stats: Stats =
             serde_json::from_value(r.stats).map_err(|e| VmError::Config(format!("the guest's stats: {e}")))?;
         // The guest's view comes from the guest; the host's from the VMM's
-        // cgroup, whatever the guest says.
+        // cgroup, whatever the guest says. A pod's container has none of
+        // its own (the VM is the sandbox's).
+        if vm_state(state).pod.is_some() {
+            return Ok(stats);
+        }
         stats.host = Some(Box::new(Manager::from_state(vm_state(state).cgroup).runc_stats()));
         Ok(stats)
     }
@@ -372,22 +409,38 @@ fn exec(state: &State, req: &ExecRequest<'_>) -> Result<Exec, VmError> {
     let (report_r, report_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| io("pipe")(e.into()))?;
     let plan = exec_relay::ExecPlan {
         id: state.id.clone(),
-        exec_id: session_name(),
+        start: exec_relay::Start::Exec { exec_id: session_name(), process },
         uds: vs.vsock,
         session: session_name(),
         streams: stdio::streams(&local),
         local,
         window,
-        process,
         report: report_w,
     };
+    let (pid, guest_pid) = spawn_relay(plan, report_r, None)?;
+    crate::logging::debug_with(|| format!("exec {}: guest pid {guest_pid}, relay {pid}", state.id));
+    if let (Some(m), Some(path)) = (&master, &req.console_socket) {
+        crate::linux::console::send_to_socket(path, m.as_raw_fd())
+            .map_err(|e| VmError::Config(crate::logging::chain(&e)))?;
+    }
+    Ok(Exec { pid, console: if req.keep_console { master } else { None } })
+}
+
+/// Forks the relay process of `plan` and waits for its report: its pid
+/// and the guest pid of what it started. On error the relay is gone. The
+/// child closes its copies of `report_r` and of `close` (the parent's
+/// ends of other pipes) first.
+fn spawn_relay(plan: exec_relay::ExecPlan, report_r: OwnedFd, close: Option<i32>) -> Result<(i32, i32), VmError> {
     let report_r_raw = report_r.as_raw_fd();
     let pid = crate::linux::process::clone_child(nix::sched::CloneFlags::empty(), None, move || {
-        // SAFETY: closing the child's copy of the parent's read end.
-        unsafe { libc::close(report_r_raw) };
+        for fd in std::iter::once(report_r_raw).chain(close) {
+            // SAFETY: closing the child's copies of the parent's pipe
+            // ends, which nothing in the child uses.
+            unsafe { libc::close(fd) };
+        }
         exec_relay::run(plan)
     })
-    .map_err(|e| io("cannot fork the exec relay")(e.into()))?;
+    .map_err(|e| io("cannot fork the relay process")(e.into()))?;
     let reap = || {
         let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
         let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
@@ -395,27 +448,209 @@ fn exec(state: &State, req: &ExecRequest<'_>) -> Result<Exec, VmError> {
     let mut line = String::new();
     let read = BufReader::new(std::fs::File::from(report_r)).read_line(&mut line);
     match read.ok().and_then(|_| serde_json::from_str::<exec_relay::Report>(line.trim_end()).ok()) {
-        Some(exec_relay::Report::Started(guest_pid)) => {
-            crate::logging::debug_with(|| format!("exec {}: guest pid {guest_pid}, relay {pid}", state.id));
-        }
+        Some(exec_relay::Report::Started(guest_pid)) => Ok((pid, guest_pid)),
         Some(exec_relay::Report::Refused(a)) => {
             reap();
-            return Err(VmError::Guest2(a));
+            Err(VmError::Guest2(a))
         }
         Some(exec_relay::Report::Failed(m)) => {
             reap();
-            return Err(VmError::Relay(m));
+            Err(VmError::Relay(m))
         }
         None => {
             reap();
-            return Err(VmError::Relay("the relay process ended without saying why".into()));
+            Err(VmError::Relay("the relay process ended without saying why".into()))
         }
     }
-    if let (Some(m), Some(path)) = (&master, &req.console_socket) {
-        crate::linux::console::send_to_socket(path, m.as_raw_fd())
-            .map_err(|e| VmError::Config(crate::logging::chain(&e)))?;
+}
+
+/// `create` of a container of a VM pod, in its sandbox's VM.
+fn create_member(req: &CreateRequest<'_>, sandbox: &str) -> Result<Created, VmError> {
+    let spec = &req.bundle.spec;
+    if req.preserve_fds > 0 {
+        return Err(PlanError::Unsupported(
+            "--preserve-fds cannot pass host descriptors into a VM: drop it or use --isolation container".into(),
+        )
+        .into());
     }
-    Ok(Exec { pid, console: if req.keep_console { master } else { None } })
+    let process = spec.process().as_ref().ok_or_else(|| VmError::Config("config.json has no process".into()))?;
+    let terminal = process.terminal().unwrap_or(false);
+    crate::container::sandbox::check_terminal(req.console_socket.as_deref(), terminal, req.keep_console)
+        .map_err(|m| VmError::Config(m.into()))?;
+    let host_hooks = spec.hooks().as_ref().is_some_and(|h| {
+        h.prestart().as_ref().is_some_and(|l| !l.is_empty())
+            || h.create_runtime().as_ref().is_some_and(|l| !l.is_empty())
+    });
+    if host_hooks {
+        return Err(pod::PodError::Unsupported(
+            "a container of a VM pod cannot have prestart or createRuntime hooks (they would run on the host while \
+             the container is made in the sandbox's VM): drop them or use --isolation container"
+                .into(),
+        )
+        .into());
+    }
+    let window = if req.keep_console { window_of_stdin() } else { None };
+    // The sandbox stays locked (it cannot be deleted) until this returns.
+    let found = pod::find_sandbox(&req.dir.path, sandbox)?;
+    let sbx = &found.state;
+    let svs = vm_state(sbx);
+    let mut json = serde_json::to_value(spec).map_err(|e| VmError::Config(e.to_string()))?;
+    let joins = pod::decide_joins(&mut json, sandbox, &mut pod::namespace_inode, &mut |k| {
+        pod::namespace_inode(&PathBuf::from(format!("/proc/{}/ns/{}", sbx.pid, k.proc_name())))
+    })?;
+    let stripped: oci_spec::runtime::Spec =
+        serde_json::from_value(json).map_err(|e| VmError::Config(format!("config.json: {e}")))?;
+    let mut gplan =
+        plan::guest_plan(&stripped, &req.bundle.dir, &req.bundle.rootfs, req.cgroups_path.as_deref(), window)?;
+    if !gplan.disks.is_empty() {
+        return Err(pod::PodError::Unsupported(
+            "a container of a VM pod cannot bring disks (image or block-device mounts, block devices in \
+             linux.devices): the pod's VM runs already; use bind mounts or --isolation container"
+                .into(),
+        )
+        .into());
+    }
+    let share = Path::new(GUEST_SHARE_DIR).join(plan::SHARE_TAG);
+    pod::place_under_pod(req.id, &mut gplan.entries, &mut gplan.config, &share);
+
+    let client = connect(sbx, CALL_TIMEOUT)?;
+    let needs = crate::agent::ProtocolVersion { major: 1, minor: 6 };
+    if let Some(v) = client.agent_protocol().filter(|v| v.minor < needs.minor) {
+        return Err(VmError::Config(format!(
+            "the pod's sandbox {sandbox:?} runs a guest agent of protocol {v}, which cannot take containers into \
+             its VM (protocol {needs}): rebuild the guest image with this amphi's agent and recreate the pod"
+        )));
+    }
+    drop(client);
+
+    let member = pod::MemberState {
+        sandbox: sandbox.to_string(),
+        vmm_pid: sbx.pid,
+        vmm_start_time: sbx.pid_start_time,
+        entries: gplan.entries.iter().map(|e| e.name.clone()).collect(),
+    };
+    pod::attach(sbx.pid, sbx.pid_start_time, &gplan.entries)?;
+    let mut guard = MemberGuard { relay: None, uds: svs.vsock.clone(), id: req.id.to_string(), member, armed: true };
+
+    let (master, local) = if terminal {
+        let pty = nix::pty::openpty(
+            window.map(|(r, c)| nix::pty::Winsize { ws_row: r, ws_col: c, ws_xpixel: 0, ws_ypixel: 0 }).as_ref(),
+            None,
+        )
+        .map_err(|e| io("cannot open a host pty for the container's terminal")(e.into()))?;
+        (Some(pty.master), Local::Tty(pty.slave))
+    } else {
+        (None, Local::Inherited)
+    };
+    let pipe = || nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| io("pipe")(e.into()));
+    let (report_r, report_w) = pipe()?;
+    let (control_r, control_w) = pipe()?;
+    let create = CreateContainerRequest {
+        id: req.id.to_string(),
+        config: gplan.config,
+        share: plan::SHARE_TAG.into(),
+        stdio: StdioRequest::default(),
+        runtime_hooks: false,
+        no_pivot: req.no_pivot,
+        no_new_keyring: req.no_new_keyring,
+        disks: Vec::new(),
+        join: Some(JoinRequest { sandbox: sandbox.to_string(), namespaces: joins }),
+    };
+    let plan = exec_relay::ExecPlan {
+        id: req.id.to_string(),
+        start: exec_relay::Start::Member { create: Box::new(create), control: control_r },
+        uds: svs.vsock.clone(),
+        session: session_name(),
+        streams: stdio::streams(&local),
+        local,
+        window,
+        report: report_w,
+    };
+    // The relay must not hold the control pipe's write end: its EOF is
+    // how the relay learns that `create` failed.
+    let (pid, guest_pid) = spawn_relay(plan, report_r, Some(control_w.as_raw_fd()))?;
+    guard.relay = Some(pid);
+    crate::logging::debug_with(|| format!("create {}: in pod {sandbox:?}, guest pid {guest_pid}, relay {pid}", req.id));
+    if let Some(m) = &master {
+        if let Some(path) = &req.console_socket {
+            crate::linux::console::send_to_socket(path, m.as_raw_fd())
+                .map_err(|e| VmError::Config(crate::logging::chain(&e)))?;
+        }
+    }
+    if req.mode == LaunchMode::Deferred {
+        std::fs::write(req.dir.fifo_path(), b"").map_err(io("cannot mark the container created"))?;
+    }
+    let (start_time, _) =
+        process::stat(pid).ok_or_else(|| VmError::Relay("the container's relay process ended".into()))?;
+    let launcher: Option<Box<dyn Launch>> = match req.mode {
+        LaunchMode::Attached => {
+            Some(Box::new(Attached { client: connect(sbx, CALL_TIMEOUT)?, id: req.id.to_string() }))
+        }
+        LaunchMode::Deferred => None,
+    };
+    let sandbox_state = serde_json::to_value(VmState {
+        vsock: svs.vsock.clone(),
+        cgroup: CgroupState::default(),
+        console_log: svs.console_log.clone(),
+        api: PathBuf::new(),
+        net: network::Wired::default(),
+        pod: Some(guard.member.clone()),
+    })
+    .map_err(|e| VmError::Config(format!("cannot record the container's state: {e}")))?;
+    guard.armed = false;
+    let console = if req.keep_console { master } else { None };
+    let commit: Option<Box<dyn Commit>> = Some(Box::new(HandOver { control: control_w }));
+    Ok(Created { pid, pid_start_time: start_time, sandbox_state, console, launcher, commit })
+}
+
+/// Removes a pod's container: from the guest (its relay then exits with
+/// its status), then its files from the VMM's share. A VM that is gone
+/// took both with it.
+fn destroy_member(state: &State, member: &pod::MemberState) -> Result<(), VmError> {
+    if process::liveness(member.vmm_pid, member.vmm_start_time) == process::Liveness::Alive {
+        match connect(state, KILL_CALL_TIMEOUT).and_then(|mut c| Ok(c.delete_container(&state.id)?)) {
+            Ok(()) => {}
+            Err(VmError::Guest2(a)) if a.code == ErrorCode::NoSuchContainer => {}
+            Err(e) => crate::logging::warn(&format!(
+                "delete {}: removing it from the pod's VM: {}",
+                state.id,
+                crate::logging::chain(&e)
+            )),
+        }
+    }
+    if process::liveness(state.pid, state.pid_start_time) == process::Liveness::Alive {
+        let _ = process::signal(state.pid, state.pid_start_time, Sig::KILL);
+        process::wait_gone(state.pid, state.pid_start_time, KILL_GRACE);
+    }
+    pod::detach(member)?;
+    Ok(())
+}
+
+/// Undoes a half-made pod container: its relay, its container in the
+/// guest, its files in the VMM's share. Disarmed once `create` succeeds.
+struct MemberGuard {
+    relay: Option<i32>,
+    uds: PathBuf,
+    id: String,
+    member: pod::MemberState,
+    armed: bool,
+}
+
+impl Drop for MemberGuard {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        if let Some(pid) = self.relay {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
+            let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
+            if let Ok(mut c) = AgentClient::connect(&self.uds, Instant::now() + KILL_CALL_TIMEOUT) {
+                c.set_timeout(Some(CALL_TIMEOUT));
+                let _ = c.delete_container(&self.id);
+            }
+        }
+        let _ = pod::detach(&self.member);
+    }
 }
 
 /// Host CPUs online, for the vCPU limit.
@@ -473,6 +708,9 @@ fn console_tail(path: &Path) -> Vec<String> {
 fn create(req: &CreateRequest<'_>, hooks: &mut RuntimeHooks<'_>) -> Result<Created, VmError> {
     crate::logging::timing("create:start");
     let spec = &req.bundle.spec;
+    if let pod::Role::Member { sandbox } = pod::role_of(spec)? {
+        return create_member(req, &sandbox);
+    }
     host::check(&SystemHost, Path::new(host::DEFAULT_KVM_PATH))?;
     let size: VmSize = plan::size(spec, host_cpus())?;
     if req.preserve_fds > 0 {
@@ -703,6 +941,7 @@ fn create(req: &CreateRequest<'_>, hooks: &mut RuntimeHooks<'_>) -> Result<Creat
         no_pivot: req.no_pivot,
         no_new_keyring: req.no_new_keyring,
         disks: gplan.disks.iter().map(|d| d.guest.clone()).collect(),
+        join: None,
     })?;
     if created.hooks_pending {
         hooks(pid)?;
@@ -751,6 +990,7 @@ fn create(req: &CreateRequest<'_>, hooks: &mut RuntimeHooks<'_>) -> Result<Creat
         console_log,
         api,
         net: guard.wired.clone(),
+        pod: None,
     })
     .map_err(|e| VmError::Config(format!("cannot record the VM's state: {e}")))?;
     let launcher: Option<Box<dyn Launch>> = match req.mode {

@@ -45,6 +45,12 @@ pub const DEFAULT_VCPUS: u8 = 1;
 pub const VMM_OVERHEAD_MIB: u64 = 64;
 /// How long the guest has to boot to its agent.
 pub const DEFAULT_BOOT_TIMEOUT: Duration = Duration::from_secs(60);
+/// The pod's limits, as containerd's CRI annotates a sandbox: the sum of
+/// its containers' memory limits (bytes) and their CPU quota and period.
+/// A pod's VM (the sandbox's, `super::pod`) is sized from them.
+pub const ANNOTATION_SANDBOX_MEMORY: &str = "io.kubernetes.cri.sandbox-memory";
+pub const ANNOTATION_SANDBOX_CPU_QUOTA: &str = "io.kubernetes.cri.sandbox-cpu-quota";
+pub const ANNOTATION_SANDBOX_CPU_PERIOD: &str = "io.kubernetes.cri.sandbox-cpu-period";
 /// The virtio-fs tag of a container's share.
 pub const SHARE_TAG: &str = "amphi";
 
@@ -118,6 +124,18 @@ fn parse_number(spec: &Spec, key: &'static str, host_max: Option<u64>) -> Result
     Ok(Some(n))
 }
 
+/// One of the CRI's pod annotations: a number, where 0 or less (the CRI
+/// writes 0 for "no limit", quotas may be -1) is no value.
+fn pod_number(spec: &Spec, key: &'static str) -> Result<Option<i64>, PlanError> {
+    let Some(v) = annotation(spec, key) else { return Ok(None) };
+    let n: i64 = v.trim().parse().map_err(|_| PlanError::Annotation {
+        key,
+        value: v.to_string(),
+        problem: "not a whole number (containerd's CRI writes it)".into(),
+    })?;
+    Ok((n > 0).then_some(n))
+}
+
 /// A "true"/"false" annotation; `None` when the bundle does not set it.
 fn parse_bool(spec: &Spec, key: &'static str) -> Result<Option<bool>, PlanError> {
     match annotation(spec, key).map(str::trim) {
@@ -174,20 +192,27 @@ pub fn size(spec: &Spec, host_cpus: u64) -> Result<VmSize, PlanError> {
             })
         }
         Some(m) => m,
-        None => match res.and_then(|r| r.memory().as_ref()).and_then(|m| m.limit()) {
-            Some(limit) if limit > 0 => {
-                let mib = (limit as u64).div_ceil(1 << 20) + MEMORY_OVERHEAD_MIB;
-                if mib > MAX_MEMORY_MIB {
-                    return Err(PlanError::Unsupported(format!(
-                        "linux.resources.memory.limit {limit} needs a guest of {mib} MiB, more than the \
-                         {MAX_MEMORY_MIB} MiB a VM can have: set a smaller limit or the {ANNOTATION_MEMORY} \
-                         annotation"
-                    )));
+        None => {
+            // The container's own limit; for a pod's sandbox, the pod's.
+            let own = res.and_then(|r| r.memory().as_ref()).and_then(|m| m.limit()).filter(|l| *l > 0);
+            let (what, limit) = match own {
+                Some(l) => ("linux.resources.memory.limit", Some(l)),
+                None => (ANNOTATION_SANDBOX_MEMORY, pod_number(spec, ANNOTATION_SANDBOX_MEMORY)?),
+            };
+            match limit {
+                Some(limit) => {
+                    let mib = (limit as u64).div_ceil(1 << 20) + MEMORY_OVERHEAD_MIB;
+                    if mib > MAX_MEMORY_MIB {
+                        return Err(PlanError::Unsupported(format!(
+                            "{what} {limit} needs a guest of {mib} MiB, more than the {MAX_MEMORY_MIB} MiB a VM \
+                             can have: set a smaller limit or the {ANNOTATION_MEMORY} annotation"
+                        )));
+                    }
+                    mib
                 }
-                mib
+                None => DEFAULT_MEMORY_MIB,
             }
-            _ => DEFAULT_MEMORY_MIB,
-        },
+        }
     };
     let vcpus = match parse_number(spec, ANNOTATION_CPUS, Some(host_cpus.min(254)))? {
         Some(n) => n,
@@ -195,7 +220,14 @@ pub fn size(spec: &Spec, host_cpus: u64) -> Result<VmSize, PlanError> {
             let cpu = res.and_then(|r| r.cpu().as_ref());
             let quota = cpu.and_then(|c| c.quota()).filter(|q| *q > 0);
             let period = cpu.and_then(|c| c.period()).filter(|p| *p > 0).unwrap_or(100_000);
-            let from_quota = quota.map(|q| (q as u64).div_ceil(period));
+            let from_quota = match quota {
+                Some(q) => Some((q as u64).div_ceil(period)),
+                // A pod's sandbox: the pod's quota, as the CRI annotates it.
+                None => pod_number(spec, ANNOTATION_SANDBOX_CPU_QUOTA)?.map(|q| {
+                    let period = pod_number(spec, ANNOTATION_SANDBOX_CPU_PERIOD).ok().flatten().unwrap_or(100_000);
+                    (q as u64).div_ceil(period.max(1) as u64)
+                }),
+            };
             let from_set = cpu.and_then(|c| c.cpus().as_deref()).and_then(cpuset_count);
             from_quota.or(from_set).unwrap_or(u64::from(DEFAULT_VCPUS)).clamp(1, host_cpus.clamp(1, 254))
         }
@@ -503,6 +535,34 @@ mod tests {
             }
         }
         serde_json::from_value(base).unwrap()
+    }
+
+    #[test]
+    fn a_pods_vm_is_sized_from_the_pods_limits() {
+        let pod = |m: &str, q: &str, p: &str| {
+            spec(json!({"annotations": {
+                ANNOTATION_SANDBOX_MEMORY: m, ANNOTATION_SANDBOX_CPU_QUOTA: q, ANNOTATION_SANDBOX_CPU_PERIOD: p
+            }}))
+        };
+        let s = size(&pod("268435456", "250000", "100000"), 8).unwrap();
+        assert_eq!((s.memory_mib, s.vcpus), (256 + MEMORY_OVERHEAD_MIB, 3));
+        // No limits (the CRI writes 0, or -1 for the quota): the defaults.
+        let s = size(&pod("0", "-1", "100000"), 8).unwrap();
+        assert_eq!((s.memory_mib, s.vcpus), (DEFAULT_MEMORY_MIB, DEFAULT_VCPUS));
+        // More CPUs than the host has: the host's.
+        assert_eq!(size(&pod("0", "1600000", "100000"), 4).unwrap().vcpus, 4);
+        // The container's own limit and amphi's annotations come first.
+        let mut own = pod("268435456", "250000", "100000");
+        own.set_annotations(Some(
+            [
+                (ANNOTATION_SANDBOX_MEMORY.to_string(), "268435456".to_string()),
+                (ANNOTATION_CPUS.to_string(), "1".into()),
+            ]
+            .into(),
+        ));
+        assert_eq!(size(&own, 8).unwrap().vcpus, 1);
+        let e = size(&pod("lots", "0", "0"), 8).unwrap_err();
+        assert!(e.to_string().contains(ANNOTATION_SANDBOX_MEMORY), "{e}");
     }
 
     #[test]

@@ -8,7 +8,8 @@
 //!   to the guest),
 //! - joins the container's cgroup on the host,
 //! - joins (or makes) the container's network namespace and opens the
-//!   VM's TAPs there (`network`),
+//!   VM's TAPs there (`network`), and makes IPC and UTS namespaces of its
+//!   own (a pod's containers name the sandbox's by the VMM's pid),
 //! - closes every descriptor it does not need (a client's sync pipe must
 //!   not be held open by the VMM, nor the container's lock),
 //! - makes a private mount namespace holding the virtio-fs share: a small
@@ -237,6 +238,12 @@ pub fn run(plan: VmmPlan) -> i32 {
     // TAPs need CAP_NET_ADMIN there, which the jail drops.
     if let Err(e) = enter_network(&net, &mut config) {
         return fail("cannot set up the VM's network", e);
+    }
+    // IPC and UTS namespaces of its own: the VMM uses neither, and a pod's
+    // containers name the sandbox's by the VMM's pid (`super::pod`), which
+    // must then be the sandbox's and not the host's.
+    if let Err(e) = nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWIPC | nix::sched::CloneFlags::CLONE_NEWUTS) {
+        return fail("cannot make the VMM's IPC and UTS namespaces", e.to_string());
     }
     let mut keep = vec![events.0.lock().unwrap_or_else(|e| e.into_inner()).as_raw_fd(), control.as_raw_fd()];
     keep.extend(config.nets.iter().filter_map(|n| n.fd.as_ref().map(|f| f.0.as_raw_fd())));
