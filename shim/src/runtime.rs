@@ -31,6 +31,8 @@ pub enum AmphiError {
     Failed { command: &'static str, status: i32, message: String },
     #[error("amphi state printed something that is not OCI state JSON")]
     BadState(#[source] serde_json::Error),
+    #[error("amphi events --stats printed something that is not a stats record")]
+    BadStats(#[source] serde_json::Error),
 }
 
 impl AmphiError {
@@ -175,6 +177,15 @@ impl Amphi {
     pub fn state(&self, id: &str) -> Result<OciState, AmphiError> {
         let out = self.captured("state", &[id.into()])?;
         serde_json::from_slice(&out.stdout).map_err(AmphiError::BadState)
+    }
+
+    /// `amphi events --stats`: one record of the container's statistics,
+    /// as amphi reads them (for a container of a VM pod, from the guest).
+    pub fn stats(&self, id: &str) -> Result<amphi::container::stats::Stats, AmphiError> {
+        let out = self.captured("events", &["--stats".into(), id.into()])?;
+        let event: amphi::container::stats::Event =
+            serde_json::from_slice(&out.stdout).map_err(AmphiError::BadStats)?;
+        Ok(event.data.map(|d| *d).unwrap_or_default())
     }
 
     pub fn kill(&self, id: &str, signal: u32, all: bool) -> Result<(), AmphiError> {

@@ -721,8 +721,13 @@ impl Service {
 
     pub fn do_stats(&self, req: StatsRequest) -> Result<StatsResponse, ShimError> {
         let c = self.container(&req.id)?;
-        let cg = c.cgroups.as_ref().ok_or(crate::stats::StatsError::NoCgroup)?;
-        Ok(StatsResponse { stats: Some(cg.metrics()?).into(), ..Default::default() })
+        // A container of a VM pod has no host cgroups of its own (its relay
+        // runs in the shim's): amphi asks the guest.
+        let metrics = match c.cgroups.as_ref() {
+            Some(cg) => cg.metrics()?,
+            None => crate::stats::from_amphi(&c.amphi.stats(&req.id)?)?,
+        };
+        Ok(StatsResponse { stats: Some(metrics).into(), ..Default::default() })
     }
 
     pub fn do_connect(&self, req: ConnectRequest) -> ConnectResponse {

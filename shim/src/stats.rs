@@ -1,4 +1,7 @@
-//! Pids and Stats: read from the cgroups the container's init was placed in.
+//! Pids and Stats: read from the cgroups the container's init was placed in,
+//! or, for a container without host cgroups of its own (one of a VM pod,
+//! whose cgroups are in the guest), from `amphi events --stats`
+//! ([`from_amphi`]).
 //!
 //! amphi puts the container (or, for the VM isolation, its VMM) in its own
 //! cgroups; the shim finds them from `/proc/<init>/cgroup` right after
@@ -10,7 +13,9 @@
 
 use cgroups_rs::fs::{Cgroup, Subsystem};
 use containerd_shim::cgroup::{collect_metrics, collect_metrics_v2, get_cgroup};
-use containerd_shim::protos::cgroups::metrics::{CPUUsage, Metrics};
+use containerd_shim::protos::cgroups::metrics::{
+    CPUStat, CPUUsage, MemoryEntry, MemoryStat, Metrics, PidsStat, Throttle,
+};
 use containerd_shim::protos::protobuf::well_known_types::any::Any;
 use containerd_shim::util::convert_to_any;
 
@@ -67,6 +72,49 @@ impl Cgroups {
     }
 }
 
+/// containerd's v1 metrics, as an `Any`, from what `amphi events --stats`
+/// printed (runc's record). The CRI plugin reads either version; v1 has a
+/// field for each of runc's numbers, and its working set is usage less
+/// the inactive file pages (memory.stat's `total_inactive_file` on v1,
+/// `inactive_file` on v2 and in a guest).
+pub fn from_amphi(s: &amphi::container::stats::Stats) -> Result<Any, StatsError> {
+    let mut m = Metrics::new();
+    let mut cpu = CPUStat::new();
+    cpu.throttling = Some(Throttle {
+        periods: s.cpu.throttling.periods,
+        throttled_periods: s.cpu.throttling.throttled_periods,
+        throttled_time: s.cpu.throttling.throttled_time,
+        ..Default::default()
+    })
+    .into();
+    m.cpu = Some(cpu).into();
+    let u = &s.cpu.usage;
+    let percpu = u.percpu.iter().map(u64::to_string).collect::<Vec<_>>().join(" ");
+    set_cpu_usage(&mut m, u.total, u.user, u.kernel, &percpu);
+    let entry = |e: &amphi::container::stats::MemoryEntry| MemoryEntry {
+        limit: e.limit,
+        usage: e.usage,
+        max: e.max,
+        failcnt: e.failcnt,
+        ..Default::default()
+    };
+    let raw = |k: &str| s.memory.raw.get(k).copied().unwrap_or(0);
+    m.memory = Some(MemoryStat {
+        cache: s.memory.cache,
+        usage: Some(entry(&s.memory.usage)).into(),
+        swap: Some(entry(&s.memory.swap)).into(),
+        kernel: Some(entry(&s.memory.kernel)).into(),
+        kernel_tcp: Some(entry(&s.memory.kernel_tcp)).into(),
+        total_inactive_file: raw("total_inactive_file").max(raw("inactive_file")),
+        inactive_file: raw("inactive_file"),
+        rss: raw("total_rss").max(raw("rss")).max(raw("anon")),
+        ..Default::default()
+    })
+    .into();
+    m.pids = Some(PidsStat { current: s.pids.current, limit: s.pids.limit, ..Default::default() }).into();
+    convert_to_any(Box::new(m)).map_err(StatsError::Collect)
+}
+
 /// Whether a process's /proc/<pid>/cgroup names cgroups of its own:
 /// different from the shim's, and not all at the root.
 fn is_own(theirs: &str, ours: &str) -> bool {
@@ -105,7 +153,27 @@ fn set_cpu_usage(m: &mut Metrics, total: u64, user: u64, kernel: u64, percpu: &s
 #[cfg(test)]
 mod tests {
     use super::*;
-    use containerd_shim::protos::cgroups::metrics::{CPUStat, Throttle};
+
+    #[test]
+    fn amphis_record_becomes_v1_metrics_with_a_working_set() {
+        use amphi::container::stats::{CpuUsage, MemoryEntry as Entry, Stats};
+        let mut s = Stats::default();
+        s.cpu.usage = CpuUsage { total: 900, percpu: vec![400, 500], kernel: 300, user: 600, ..Default::default() };
+        s.cpu.throttling.periods = 4;
+        s.memory.usage = Entry { limit: 1_000_000, usage: 50_000, max: 60_000, failcnt: 0 };
+        s.memory.raw = [("inactive_file".to_string(), 8000), ("anon".to_string(), 30_000)].into();
+        s.pids.current = 3;
+        let any = from_amphi(&s).unwrap();
+        assert_eq!(any.type_url, "io.containerd.cgroups.v1.Metrics");
+        let m: Metrics = containerd_shim::protos::protobuf::Message::parse_from_bytes(&any.value).unwrap();
+        let u = m.cpu.usage.as_ref().unwrap();
+        assert_eq!((u.total, u.user, u.kernel, u.per_cpu.clone()), (900, 600, 300, vec![400, 500]));
+        assert_eq!(m.cpu.throttling.as_ref().unwrap().periods, 4);
+        let mem = m.memory.as_ref().unwrap();
+        assert_eq!((mem.usage.usage, mem.usage.limit, mem.usage.max), (50_000, 1_000_000, 60_000));
+        assert_eq!((mem.total_inactive_file, mem.rss), (8000, 30_000), "what the CRI's working set subtracts");
+        assert_eq!(m.pids.current, 3);
+    }
 
     #[test]
     fn cpuacct_usage_fills_v1_cpu_stats() {

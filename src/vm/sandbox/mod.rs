@@ -510,6 +510,9 @@ fn create_member(req: &CreateRequest<'_>, sandbox: &str) -> Result<Created, VmEr
         )
         .into());
     }
+    if gplan.entries.iter().any(|e| e.name == "rootfs" && e.read_only) {
+        plan::make_mount_points(spec, &req.bundle.dir, &req.bundle.rootfs)?;
+    }
     let share = Path::new(GUEST_SHARE_DIR).join(plan::SHARE_TAG);
     pod::place_under_pod(req.id, &mut gplan.entries, &mut gplan.config, &share);
 
