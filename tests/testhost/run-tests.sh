@@ -6,7 +6,7 @@
 # /dev/kvm, which runs stock kernels where this machine's PVM one cannot.
 #
 # Usage: tests/testhost/run-tests.sh [SUITE...]
-#   suites (default: all, in this order): selfcheck podman containerd cri docker cgroups vm load-vm crash-vm oci-vm oci-vm-cold bench
+#   suites (default: all, in this order): selfcheck podman containerd cri docker cgroups vm cri-vm load-vm crash-vm oci-vm oci-vm-cold bench
 #   (tests/testhost/suites.sh says what each runs)
 # On the host first: the static amphi, amphi-agent and containerd-shim-amphi-v2
 # ($AMPHI's directory when it holds all three static, as scripts/setup.sh
@@ -25,7 +25,7 @@ repo=$(cd "$here/../.." && pwd)
 . "$repo/tests/vm/lib.sh"
 # bench last: the test hosts that stalled on 2026-12-01 did so during it
 # (QEMU microvm boots beside amphi's), and a retry then reruns it alone.
-all=(selfcheck podman containerd cri docker cgroups vm load-vm crash-vm oci-vm oci-vm-cold bench)
+all=(selfcheck podman containerd cri docker cgroups vm cri-vm load-vm crash-vm oci-vm oci-vm-cold bench)
 suites=("$@")
 [ ${#suites[@]} -gt 0 ] || suites=("${all[@]}")
 for s in "${suites[@]}"; do
@@ -69,7 +69,7 @@ fi
 
 # The CRI test's binary, built here (cargo under TCG is slow).
 cri_bin=
-if [[ " ${suites[*]} " == *" cri "* ]]; then
+if [[ " ${suites[*]} " == *" cri"* ]]; then
   cri_bin=$(cd "$repo" && cargo test -p containerd-shim-amphi-v2 --test cri --no-run --locked --message-format=json 2>/dev/null |
     jq -r 'select(.reason == "compiler-artifact" and .target.name == "cri" and .executable != null) | .executable' | tail -n 1)
   [ -x "$cri_bin" ] || fail "the CRI test did not build (cargo test -p containerd-shim-amphi-v2 --test cri --no-run)"

@@ -14,12 +14,16 @@
 #   cri         tests/cri/run.sh amphi: a pod through containerd's CRI
 #               plugin, container isolation on pure cgroup2 (CRI_TEST_BIN=
 #               $TH_CRI, built before the boot)
+#   cri-vm      the same pod with the amphi-vm handler: one microVM for
+#               the pod, its containers inside it
 #   docker      dockerd with amphi as a runtime: run (bridge network),
 #               exit code, run -d + stop + rm
 #   cgroups     the root tests that need a pure cgroup2 host: the cargo
 #               test binaries named in TH_TESTS, run with --ignored
 #   vm          VM isolation: bats tests/vm/containers.bats (the runc
-#               command line), containerd through both shims with every
+#               command line) and tests/vm/pod.bats (VM pods: a CRI
+#               sandbox's VM runs the pod's containers), containerd
+#               through both shims with every
 #               container in a microVM (podman's and docker's VM checks
 #               are in their suites)
 #   bench       amphi bench --isolation both --suite quick --compare qemu:
@@ -213,9 +217,10 @@ suite_docker() {
 }
 suite_containerd() { SHIM_DIR=$TH_BIN tests/clients/containerd.sh; }
 suite_cri() { SHIM_DIR=$TH_BIN CRI_TEST_BIN=$TH_CRI tests/cri/run.sh amphi; }
+suite_cri-vm() { SHIM_DIR=$TH_BIN CRI_TEST_BIN=$TH_CRI tests/cri/run.sh amphi-vm; }
 suite_vm() {
   local rc=0
-  AMPHI=$TH_BIN/amphi bats --tap tests/vm/containers.bats || rc=1
+  AMPHI=$TH_BIN/amphi bats --tap tests/vm/containers.bats tests/vm/pod.bats || rc=1
   SHIM_DIR=$TH_BIN CONTAINERD_ISOLATION=vm tests/clients/containerd.sh || rc=1
   return $rc
 }
