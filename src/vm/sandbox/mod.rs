@@ -392,16 +392,7 @@ fn exec(state: &State, req: &ExecRequest<'_>) -> Result<Exec, VmError> {
     let vs = vm_state(state);
     let terminal = req.process.terminal().unwrap_or(false);
     let window = if req.keep_console { window_of_stdin() } else { None };
-    let (master, local) = if terminal {
-        let pty = nix::pty::openpty(
-            window.map(|(r, c)| nix::pty::Winsize { ws_row: r, ws_col: c, ws_xpixel: 0, ws_ypixel: 0 }).as_ref(),
-            None,
-        )
-        .map_err(|e| io("cannot open a host pty for the exec's terminal")(e.into()))?;
-        (Some(pty.master), Local::Tty(pty.slave))
-    } else {
-        (None, Local::Inherited)
-    };
+    let (master, local) = host_terminal(terminal, window, "exec")?;
     let mut process = serde_json::to_value(req.process).map_err(|e| VmError::Config(e.to_string()))?;
     if let (Some((rows, cols)), Some(p)) = (window, process.as_object_mut()) {
         p.entry("consoleSize").or_insert(serde_json::json!({"height": rows, "width": cols}));
@@ -467,16 +458,7 @@ fn spawn_relay(plan: exec_relay::ExecPlan, report_r: OwnedFd, close: Option<i32>
 /// `create` of a container of a VM pod, in its sandbox's VM.
 fn create_member(req: &CreateRequest<'_>, sandbox: &str) -> Result<Created, VmError> {
     let spec = &req.bundle.spec;
-    if req.preserve_fds > 0 {
-        return Err(PlanError::Unsupported(
-            "--preserve-fds cannot pass host descriptors into a VM: drop it or use --isolation container".into(),
-        )
-        .into());
-    }
-    let process = spec.process().as_ref().ok_or_else(|| VmError::Config("config.json has no process".into()))?;
-    let terminal = process.terminal().unwrap_or(false);
-    crate::container::sandbox::check_terminal(req.console_socket.as_deref(), terminal, req.keep_console)
-        .map_err(|m| VmError::Config(m.into()))?;
+    let terminal = check_launch(req)?;
     let host_hooks = spec.hooks().as_ref().is_some_and(|h| {
         h.prestart().as_ref().is_some_and(|l| !l.is_empty())
             || h.create_runtime().as_ref().is_some_and(|l| !l.is_empty())
@@ -510,9 +492,7 @@ fn create_member(req: &CreateRequest<'_>, sandbox: &str) -> Result<Created, VmEr
         )
         .into());
     }
-    if gplan.entries.iter().any(|e| e.name == "rootfs" && e.read_only) {
-        plan::make_mount_points(spec, &req.bundle.dir, &req.bundle.rootfs)?;
-    }
+    make_read_only_root_mount_points(req, &gplan)?;
     let share = Path::new(GUEST_SHARE_DIR).join(plan::SHARE_TAG);
     pod::place_under_pod(req.id, &mut gplan.entries, &mut gplan.config, &share);
 
@@ -535,16 +515,7 @@ fn create_member(req: &CreateRequest<'_>, sandbox: &str) -> Result<Created, VmEr
     pod::attach(sbx.pid, sbx.pid_start_time, &gplan.entries)?;
     let mut guard = MemberGuard { relay: None, uds: svs.vsock.clone(), id: req.id.to_string(), member, armed: true };
 
-    let (master, local) = if terminal {
-        let pty = nix::pty::openpty(
-            window.map(|(r, c)| nix::pty::Winsize { ws_row: r, ws_col: c, ws_xpixel: 0, ws_ypixel: 0 }).as_ref(),
-            None,
-        )
-        .map_err(|e| io("cannot open a host pty for the container's terminal")(e.into()))?;
-        (Some(pty.master), Local::Tty(pty.slave))
-    } else {
-        (None, Local::Inherited)
-    };
+    let (master, local) = host_terminal(terminal, window, "container")?;
     let pipe = || nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| io("pipe")(e.into()));
     let (report_r, report_w) = pipe()?;
     let (control_r, control_w) = pipe()?;
@@ -670,6 +641,47 @@ fn session_name() -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
+/// What `create` checks of any VM container before it does anything:
+/// no descriptors to pass (they cannot cross into the VM), a process, and
+/// a terminal setting that fits the console socket. Returns whether the
+/// process has a terminal.
+fn check_launch(req: &CreateRequest<'_>) -> Result<bool, VmError> {
+    if req.preserve_fds > 0 {
+        return Err(PlanError::Unsupported(
+            "--preserve-fds cannot pass host descriptors into a VM: drop it or use --isolation container".into(),
+        )
+        .into());
+    }
+    let process =
+        req.bundle.spec.process().as_ref().ok_or_else(|| VmError::Config("config.json has no process".into()))?;
+    let terminal = process.terminal().unwrap_or(false);
+    crate::container::sandbox::check_terminal(req.console_socket.as_deref(), terminal, req.keep_console)
+        .map_err(|m| VmError::Config(m.into()))?;
+    Ok(terminal)
+}
+
+/// The host side of a process's stdio: a pty (master for the caller, slave
+/// for the relay) when it has a terminal, else the caller's own stdio.
+/// `what` names the process in the error.
+fn host_terminal(terminal: bool, window: Option<(u16, u16)>, what: &str) -> Result<(Option<OwnedFd>, Local), VmError> {
+    if !terminal {
+        return Ok((None, Local::Inherited));
+    }
+    let size = window.map(|(r, c)| nix::pty::Winsize { ws_row: r, ws_col: c, ws_xpixel: 0, ws_ypixel: 0 });
+    let pty = nix::pty::openpty(size.as_ref(), None)
+        .map_err(|e| io(format!("cannot open a host pty for the {what}'s terminal"))(e.into()))?;
+    Ok((Some(pty.master), Local::Tty(pty.slave)))
+}
+
+/// A read-only root the guest sees through the share needs its mount
+/// points made on the host first ([`plan::make_mount_points`]).
+fn make_read_only_root_mount_points(req: &CreateRequest<'_>, gplan: &plan::GuestPlan) -> Result<(), VmError> {
+    if gplan.entries.iter().any(|e| e.name == "rootfs" && e.read_only) {
+        plan::make_mount_points(&req.bundle.spec, &req.bundle.dir, &req.bundle.rootfs)?;
+    }
+    Ok(())
+}
+
 fn window_of_stdin() -> Option<(u16, u16)> {
     let mut ws = libc::winsize { ws_row: 0, ws_col: 0, ws_xpixel: 0, ws_ypixel: 0 };
     // SAFETY: TIOCGWINSZ writes one winsize into the struct we own.
@@ -716,21 +728,10 @@ fn create(req: &CreateRequest<'_>, hooks: &mut RuntimeHooks<'_>) -> Result<Creat
     }
     host::check(&SystemHost, Path::new(host::DEFAULT_KVM_PATH))?;
     let size: VmSize = plan::size(spec, host_cpus())?;
-    if req.preserve_fds > 0 {
-        return Err(PlanError::Unsupported(
-            "--preserve-fds cannot pass host descriptors into a VM: drop it or use --isolation container".into(),
-        )
-        .into());
-    }
-    let process = spec.process().as_ref().ok_or_else(|| VmError::Config("config.json has no process".into()))?;
-    let terminal = process.terminal().unwrap_or(false);
-    crate::container::sandbox::check_terminal(req.console_socket.as_deref(), terminal, req.keep_console)
-        .map_err(|m| VmError::Config(m.into()))?;
+    let terminal = check_launch(req)?;
     let window = if req.keep_console { window_of_stdin() } else { None };
     let mut gplan = plan::guest_plan(spec, &req.bundle.dir, &req.bundle.rootfs, req.cgroups_path.as_deref(), window)?;
-    if gplan.entries.iter().any(|e| e.name == "rootfs" && e.read_only) {
-        plan::make_mount_points(spec, &req.bundle.dir, &req.bundle.rootfs)?;
-    }
+    make_read_only_root_mount_points(req, &gplan)?;
     let net = network::plan(spec)?;
     if net.taps > 0 {
         plan::guest_network_namespace(&mut gplan.config, req.id);
@@ -784,16 +785,7 @@ fn create(req: &CreateRequest<'_>, hooks: &mut RuntimeHooks<'_>) -> Result<Creat
 
     // The host pty, when the process has a terminal: the master goes to the
     // console socket (or back to `run`), the VMM keeps the slave.
-    let (master, local) = if terminal {
-        let pty = nix::pty::openpty(
-            window.map(|(r, c)| nix::pty::Winsize { ws_row: r, ws_col: c, ws_xpixel: 0, ws_ypixel: 0 }).as_ref(),
-            None,
-        )
-        .map_err(|e| io("cannot open a host pty for the container's terminal")(e.into()))?;
-        (Some(pty.master), Local::Tty(pty.slave))
-    } else {
-        (None, Local::Inherited)
-    };
+    let (master, local) = host_terminal(terminal, window, "container")?;
     let streams = stdio::streams(&local);
 
     let host_res = plan::host_resources_typed(spec, &size);
