@@ -55,9 +55,10 @@ fi
 lifecycle() {
   local n=$1 id=$idp$1 out st i log=$work/$idp$1.log
   a() { timeout "$per" "$amphi" --root "$root" "$@"; }
-  fail() { echo "not ok $n - $*"; a delete --force "$id" > /dev/null 2>&1; return 0; }
+  # A message of many lines (create's, with a guest console) stays TAP.
+  fail() { echo "not ok $n - $*" | sed '2,$s/^/#   /'; a delete --force "$id" > /dev/null 2>&1; return 0; }
   # The container keeps create's stdio: a file, not a pipe we would wait on.
-  a create --bundle "$bundle" "$id" > "$log" 2>&1 < /dev/null || { fail "create: $(tail -n 5 "$log")"; return; }
+  a create --bundle "$bundle" "$id" > "$log" 2>&1 < /dev/null || { fail "create: $(tail -n 25 "$log")"; return; }
   out=$(a start "$id" 2>&1) || { fail "start: $out"; return; }
   st=$(a state "$id" 2>&1) || { fail "state: $st"; return; }
   [[ $st == *'"status": "running"'* ]] || { fail "state after start: $st"; return; }
@@ -83,7 +84,8 @@ seq "$count" | xargs -P "$parallel" -I{} bash -c 'lifecycle {}' > "$work/results
 secs=$((SECONDS - t0))
 pass=$(grep -c '^ok ' "$work/results")
 fail=$(grep -c '^not ok ' "$work/results")
-grep '^not ok ' "$work/results" | head -n 20
+# The first 20 failures, each with its "#" lines.
+awk '/^not ok / { p = ++n <= 20 } /^not ok |^#   / { if (p) print; next } { p = 0 }' "$work/results"
 echo "# $count $isolation lifecycles, $parallel at a time: $pass completed, $fail failed, in ${secs}s"
 
 # Nothing left by the lifecycles.

@@ -8,6 +8,7 @@
 # scripts/setup.sh installs, or tests/vm/build-static.sh builds).
 
 bats_require_minimum_version 1.5.0
+load deadline
 
 setup_file() {
   export AMPHI=${AMPHI:-$(command -v amphi)}
@@ -28,6 +29,7 @@ setup() {
   if [ -e /sys/module/kvm_pvm ] || ! grep -qwE 'vmx|svm' /proc/cpuinfo || [ ! -c /dev/kvm ]; then
     skip "no /dev/kvm that runs stock kernels here (run through tests/vm/run-tests.sh)"
   fi
+  deadline_watch "$ROOT"
 }
 
 A() { "$AMPHI" --root "$ROOT" "$@"; }
@@ -325,6 +327,12 @@ mountinfo" ]
 @test "ps, pause, resume, update and events --stats reach the guest" {
   b=$(mkbundle ops ".process.args = $(args /bin/sh -c 'sleep 1000 & exec sleep 999')")
   A run -d --bundle "$b" vmc-ops </dev/null >/dev/null 2>&1
+  # run -d returns once the shell started, maybe before it forked (a CI
+  # run's ps saw the shell alone).
+  for _ in $(seq 50); do
+    [ "$(A ps --format json vmc-ops | jq length)" = 2 ] && break
+    sleep 0.2
+  done
   run A ps --format json vmc-ops
   trace
   [ "$status" -eq 0 ]
@@ -506,7 +514,10 @@ SH
   b=$(mkbundle mem ".process.args = $(args /bin/sh -c 'dd if=/dev/zero of=/dev/shm/fill bs=1M count=160 2>/dev/null; touch /dev/shm/filled; exec sleep 1000')
     | .linux.resources.memory.limit = 268435456
     | (.mounts[] | select(.destination == \"/dev/shm\") | .options) |= map(select(startswith(\"size=\") | not)) + [\"size=200m\"]")
-  A run -d --bundle "$b" vmc-mem </dev/null >/dev/null 2>&1
+  # The VMM keeps run's stderr: should it stop on its own (a CI run once
+  # lost it mid-update, "connection reset"), its last words show below.
+  A run -d --bundle "$b" vmc-mem </dev/null >/dev/null 2>"$WORK/mem.err"
+  VMM_ERR=$WORK/mem.err
   for _ in $(seq 100); do A exec vmc-mem test -e /dev/shm/filled && break; sleep 0.3; done
   A exec vmc-mem test -e /dev/shm/filled
   run vmm_api vmc-mem '{"op":"stats"}'
@@ -653,7 +664,10 @@ hget() {
 # GGET HOST PORT PATH, as a guest command: the body over busybox nc.
 GGET='get() { printf "GET /%s HTTP/1.0\r\n\r\n" "$3" | nc -w 10 "$1" "$2" | tail -n 1; }; get'
 
+# For every test (bats keeps the last teardown defined).
 teardown() {
+  deadline_report
+  if [ -s "${VMM_ERR:-}" ]; then echo "# the VMM's stderr:"; cat "$VMM_ERR"; fi
   [ -z "${WEB:-}" ] || kill "$WEB" 2>/dev/null || true
   [ -z "${NETNS:-}" ] || { A delete --force "$CID" >/dev/null 2>&1; rmnetns "$NETNS"; }
   true

@@ -12,6 +12,7 @@
 # may lack).
 
 bats_require_minimum_version 1.5.0
+load deadline
 
 setup_file() {
   export AMPHI=${AMPHI:-$(command -v amphi)}
@@ -27,11 +28,16 @@ teardown_file() {
   rm -rf "$ROOT" "$WORK"
 }
 
+teardown() {
+  deadline_report
+}
+
 setup() {
   [ -x "$AMPHI" ] || skip "amphi is not installed (scripts/setup.sh)"
   if [ -e /sys/module/kvm_pvm ] || ! grep -qwE 'vmx|svm' /proc/cpuinfo || [ ! -c /dev/kvm ]; then
     skip "no /dev/kvm that runs stock kernels here (run inside the nested test host)"
   fi
+  deadline_watch "$ROOT"
 }
 
 A() { "$AMPHI" --root "$ROOT" "$@"; }
