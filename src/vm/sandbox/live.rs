@@ -12,8 +12,9 @@
 //! - a limit that does not go down (higher, or none): the host first, then
 //!   the guest, so the guest never holds more than the host allows;
 //! - a limit that goes down: the guest's cgroup and the balloon first, then
-//!   the host once the VMM's memory fits under it ([`fits`], polled for up
-//!   to [`RETURN_DEADLINE`]).
+//!   the host once the VMM's memory fits under it ([`fits`], polled while
+//!   the guest keeps giving memory back: [`RETURN_DEADLINE`] without any,
+//!   [`RETURN_MAX`] in all).
 //!
 //! A container created without a memory limit has none on the host either;
 //! `update --memory` adds one, as runc does for a container, so the host
@@ -30,13 +31,18 @@ use super::plan;
 use super::VmError;
 use crate::vm::vmm::api::VmmStats;
 
-/// How long `update` waits for the guest to give back what a lower memory
-/// limit asks through the balloon. Linux inflates 1 MiB at a time, each
-/// step acknowledged by the VMM: hundreds of MiB take well under a second
-/// on a guest with free memory; a guest that must first reclaim (page
-/// cache, a workload over its new limit) takes longer, and one that cannot
-/// give the memory back at all should not hold `update` long.
+/// How long `update` waits for a guest that gives nothing more back of
+/// what a lower memory limit asks through the balloon. Linux inflates
+/// 1 MiB at a time, each step acknowledged by the VMM: hundreds of MiB take
+/// well under a second on a guest with free memory and a fast host; a
+/// guest that must first reclaim (page cache, a workload over its new
+/// limit), or runs on a slow host (the nested test host: 127 of 192 MiB
+/// in 5 s), takes longer and is waited for as long as it makes progress;
+/// one that cannot give the memory back at all should not hold `update`
+/// long.
 pub const RETURN_DEADLINE: Duration = Duration::from_secs(5);
+/// The longest `update` waits for the guest in all, progress or not.
+pub const RETURN_MAX: Duration = Duration::from_secs(60);
 /// How often the VMM is asked meanwhile.
 const RETURN_POLL: Duration = Duration::from_millis(100);
 
@@ -214,8 +220,9 @@ pub fn update(vm: &mut dyn LiveVm, id: &str, resources: &LinuxResources, deadlin
     Ok(())
 }
 
-/// Polls the VMM until its memory [`fits`] `limit_mib`. Past the deadline
-/// the update fails rather than lower the limit anyway: the guest's RAM is
+/// Polls the VMM until its memory [`fits`] `limit_mib`. `deadline` counts
+/// from the guest's last progress (more given to the balloon, or less
+/// resident), [`RETURN_MAX`] from the start. Past either the update fails rather than lower the limit anyway: the guest's RAM is
 /// anonymous memory that the kernel can only swap or OOM-kill for, so a
 /// limit under what the VMM holds ends the VM (or, on v1, is refused with
 /// EBUSY). Throttling through memory.high instead was the other choice: it
@@ -232,9 +239,14 @@ fn wait_for_return(
     deadline: Duration,
 ) -> Result<(), VmError> {
     let start = vm.now();
+    let mut progress = (start, 0, u64::MAX);
     loop {
         let stats = vm.vmm_stats()?.unwrap_or_default();
         let usage = vm.host_memory().map(|h| h.usage);
+        let (given, resident) = (stats.balloon.as_ref().map_or(0, |b| b.actual_mib), stats.guest_resident_kib >> 10);
+        if given > progress.1 || resident < progress.2 {
+            progress = (vm.now(), progress.1.max(given), progress.2.min(resident));
+        }
         if fits(&stats, target_mib, limit_mib, usage) {
             crate::logging::debug_with(|| {
                 format!("update {id}: the guest gave the memory back in {} ms", (vm.now() - start).as_millis())
@@ -242,7 +254,7 @@ fn wait_for_return(
             return Ok(());
         }
         let waited = vm.now().saturating_duration_since(start);
-        if waited >= deadline {
+        if vm.now().saturating_duration_since(progress.0) >= deadline || waited >= RETURN_MAX {
             return Err(LiveError::MemoryNotReturned {
                 id: id.to_string(),
                 target_mib: target_mib.unwrap_or(0),
@@ -266,13 +278,16 @@ mod tests {
     const MIB: u64 = 1 << 20;
 
     /// A VM of 384 MiB (a 256 MiB limit at boot) whose guest gives back
-    /// `step_mib` of the balloon's target at each look, or nothing.
+    /// `step_mib` of the balloon's target at every `every`th look, or
+    /// nothing.
     struct Fake {
         log: Vec<String>,
         api: bool,
         balloon: Option<BalloonStatus>,
         resident_mib: u64,
         step_mib: u64,
+        every: u32,
+        looks: u32,
         host: Option<HostMemory>,
         guest_refuses: bool,
         start: Instant,
@@ -287,6 +302,8 @@ mod tests {
                 balloon: Some(BalloonStatus::default()),
                 resident_mib: 300,
                 step_mib: 64,
+                every: 1,
+                looks: 0,
                 host: Some(HostMemory { usage: 340 * MIB, limit: Some(448 * MIB) }),
                 guest_refuses: false,
                 start: Instant::now(),
@@ -308,7 +325,8 @@ mod tests {
             if !self.api {
                 return Ok(None);
             }
-            if let Some(b) = &mut self.balloon {
+            self.looks += 1;
+            if let Some(b) = self.balloon.as_mut().filter(|_| self.looks % self.every == 0) {
                 b.actual_mib = b.target_mib.min(b.actual_mib + self.step_mib);
                 self.resident_mib = self.resident_mib.min(384 - b.actual_mib);
             }
@@ -439,6 +457,30 @@ mod tests {
         vm.log.clear();
         run(&mut vm, r#"{"memory":{"limit":67108864}}"#).unwrap();
         assert_eq!(vm.log, [GUEST_64M, "balloon 192", "host memory 256"]);
+    }
+
+    #[test]
+    fn a_slow_guest_is_waited_for_while_it_gives_memory_back() {
+        // 1 MiB a look, 192 looks: far past RETURN_DEADLINE, never 5 s
+        // without progress.
+        let mut vm = Fake::new();
+        vm.step_mib = 1;
+        run(&mut vm, r#"{"memory":{"limit":67108864}}"#).unwrap();
+        assert_eq!(vm.log, [GUEST_64M, "balloon 192", "host memory 256"]);
+        assert!(vm.slept > RETURN_DEADLINE, "{:?}", vm.slept);
+        // 1 MiB every 6 s: 5 s without progress ends it.
+        let mut vm = Fake::new();
+        (vm.step_mib, vm.every) = (1, 60);
+        let e = run(&mut vm, r#"{"memory":{"limit":67108864}}"#).unwrap_err().to_string();
+        assert!(e.contains("0 of the 192 MiB"), "{e}");
+        assert_eq!(vm.host.unwrap().limit, Some(448 * MIB));
+        // 1 MiB every 2 s: progress all along, but RETURN_MAX in all.
+        let mut vm = Fake::new();
+        (vm.step_mib, vm.every) = (1, 20);
+        let e = run(&mut vm, r#"{"memory":{"limit":67108864}}"#).unwrap_err().to_string();
+        assert!(vm.slept >= RETURN_MAX && vm.slept < RETURN_MAX + 2 * RETURN_POLL, "{:?}", vm.slept);
+        assert!(e.contains("after 60s the guest has given back 30 of the 192 MiB"), "{e}");
+        assert_eq!(vm.host.unwrap().limit, Some(448 * MIB));
     }
 
     #[test]

@@ -223,7 +223,22 @@ impl Sandbox for VmSandbox {
     }
 
     fn create(&self, req: &CreateRequest<'_>, hooks: &mut RuntimeHooks<'_>) -> Result<Created, SandboxError> {
-        Ok(create(req, hooks)?)
+        create(req, hooks).map_err(|e| {
+            if matches!(e, VmError::Agent(_)) {
+                // The agent stopped answering after it had listened: what the
+                // guest printed last (a panic, an agent that died) is the one
+                // clue, and the console goes with the container's directory.
+                let console = console_tail(&jail::root::host_path(&vmm_root(&req.dir.path), jail::root::CONSOLE_LOG));
+                if !console.is_empty() {
+                    crate::logging::warn(&format!(
+                        "create {}: the guest agent stopped answering{}",
+                        req.id,
+                        tail(&console)
+                    ));
+                }
+            }
+            e.into()
+        })
     }
 
     fn start(&self, dir: &ContainerDir, state: &State) -> Result<(), SandboxError> {
