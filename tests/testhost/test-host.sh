@@ -4,8 +4,9 @@
 #
 # This machine's /dev/kvm is PVM, which cannot boot a stock guest kernel,
 # and its cgroups are hybrid. So the test host is a QEMU TCG guest with an
-# emulated AMD CPU that has SVM (-M pc -cpu qemu64,+svm; kvm_amd gives it a
-# real /dev/kvm), booting Debian's generic kernel
+# emulated AMD CPU that has SVM (-M pc -cpu qemu64,+svm,+npt; kvm_amd gives it a
+# real /dev/kvm; without +npt kvm_amd runs its guests on shadow page
+# tables, docs/testing.md), booting Debian's generic kernel
 # (scripts/fetch-test-host-kernel) from its ELF vmlinux through the PVH entry.
 # Its root is this machine's / shared read-only over virtio-9p with a tmpfs
 # overlay on top, so everything installed here (bash, podman, conmon,
@@ -58,8 +59,9 @@
 #                       fetched when there is none)
 #   --append ARGS       more kernel arguments (e.g. loglevel=7 to see the
 #                       boot with --console-log)
-# Exit status: COMMAND's; 124 when the test host stalled (--stall-timeout:
-# a fresh test host may well succeed, see docs/testing.md); 125 when it
+# Exit status: COMMAND's; 124 when the test host itself failed: it stalled
+# (--stall-timeout) or its kernel panicked (a fresh test host may well
+# succeed, see docs/testing.md); 125 when it
 # never reported one otherwise (boot failure, crash, --boot-timeout,
 # --timeout: stderr says which); 130 when interrupted
 # (SIGINT, SIGTERM, SIGHUP); 2 for bad usage. Nothing outlives a run: QEMU
@@ -324,7 +326,7 @@ done
 # for every clock read, an MMIO exit that takes QEMU's global lock. The
 # TSC is read without it, and the nested guests' kvmclock gets a stable
 # master clock; read_hpet was on a vCPU in the hung test hosts we saw.
-qemu-system-x86_64 -M pc -accel tcg -cpu qemu64,+svm -smp "$smp" -m "$mem" \
+qemu-system-x86_64 -M pc -accel tcg -cpu qemu64,+svm,+npt -smp "$smp" -m "$mem" \
   -nodefaults -no-user-config -display none -no-reboot -pidfile "$work/qemu.pid" \
   -chardev "pipe,id=mon,path=$work/mon" -mon chardev=mon,mode=readline \
   -chardev "pipe,id=con,path=$work/con" -serial chardev:con \
@@ -390,6 +392,12 @@ read -r t_exit status < <(awk '$2 == "exit" {print $1, $3}' "$work/status") || t
 if [ -z "${status:-}" ]; then
   if [ -e "$work/boot-timeout" ]; then
     log "the test host did not boot within ${boot_timeout}s (--boot-timeout)"
+  elif grep -q 'Kernel panic - not syncing' "$work/console.log" 2>/dev/null; then
+    # Not amphi's guests (their consoles are files in the test host): the
+    # test host's own kernel. Seen once under QEMU 10 (2026-12-01): a
+    # "corrupted stack end" in a vCPU thread of a microVM's VMM.
+    log "the test host's kernel panicked after $(secs "$t0" "$t_end")s: $(grep -m1 -o 'Kernel panic - not syncing.*' "$work/console.log" | tr -d '\r') (docs/testing.md: a stalled test host)"
+    touch "$work/panicked"
   elif [ -e "$work/stalled" ]; then
     log "the test host stalled: no heartbeat from its PID 1 for ${stall_timeout}s (--stall-timeout), after $(secs "$t0" "$t_end")s; its kernel stopped scheduling (docs/testing.md: a stalled test host)"
   elif [ -e "$work/timed-out" ]; then
@@ -410,7 +418,7 @@ if [ -z "${status:-}" ]; then
     log "last console lines:"
     tail -n 30 "$work/console.log" | sed 's/^/  /' >&2
   fi
-  [ -e "$work/stalled" ] && exit 124
+  [ -e "$work/stalled" ] || [ -e "$work/panicked" ] && exit 124
   exit 125
 fi
 log "exit $status; launch -> root mounted $(secs "$t0" "$t_booted")s -> command $(secs "$t0" "$t_start")s, command $(secs "$t_start" "$t_exit")s, total $(secs "$t0" "$t_end")s"

@@ -3,7 +3,8 @@
 #
 # The project's machines expose /dev/kvm through PVM, which cannot run a
 # stock guest kernel. This boots a throw-away Linux "test host" under QEMU
-# TCG with an emulated AMD CPU that has SVM (-cpu qemu64,+svm, -M pc), so
+# TCG with an emulated AMD CPU that has SVM (-cpu qemu64,+svm,+npt, -M pc;
+# without +npt kvm_amd runs its guests on shadow page tables), so
 # kvm_amd gives it a real /dev/kvm; then runs COMMAND inside it with busybox
 # sh, in /payload (a copy of PAYLOAD_DIR). The exit status is COMMAND's.
 #
@@ -73,7 +74,7 @@ chmod +x "$root/init"
 (cd "$root" && find . | cpio -o -H newc --quiet) > "$work/initrd"
 
 status_file=$work/console.log
-timeout "$timeout_s" qemu-system-x86_64 -M pc -accel tcg -cpu qemu64,+svm -smp "$smp" -m "$mem" \
+timeout "$timeout_s" qemu-system-x86_64 -M pc -accel tcg -cpu qemu64,+svm,+npt -smp "$smp" -m "$mem" \
   -nographic -no-reboot -nodefaults -serial stdio \
   -kernel "$work/vmlinux" -initrd "$work/initrd" \
   -append "console=ttyS0 panic=-1 quiet" </dev/null | tee "$status_file" || true
