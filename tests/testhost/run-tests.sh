@@ -103,8 +103,8 @@ rc=$?
 # both vCPUs spinning in the scheduler with interrupts off; seen in up to
 # half the boots that run microVMs under QEMU 7.2, docs/testing.md), or
 # one whose own kernel panicked (also 124; seen under QEMU 10), says
-# nothing about amphi: the suites it had not finished run again in a fresh one, at most
-# three times (2026-12-01 afternoon: 4 stalls in 6 boots), within the
+# nothing about amphi: the suites it had not finished run again in a
+# fresh one, at most three times (2026-12-01 afternoon: 4 stalls in 6 boots), within the
 # tier's budget: a fresh boot gets what is left of it,
 # and none starts with less than 10 minutes left. On a slow day a retry of
 # most suites needs more than the half hour a fixed timeout gave it

@@ -22,7 +22,7 @@ deadline_watch() {
     trap 'kill $! 2>/dev/null; exit 0' TERM
     wait $! || exit 0
     "$REPO/tests/vm/hang-report.sh" "$@" > "$DEADLINE_REPORT" 2>&1
-  ) </dev/null >/dev/null 2>&1 3>&- &
+  ) </dev/null >/dev/null 2>&1 &
   DEADLINE_WATCH=$!
 }
 

@@ -2,7 +2,8 @@
 # What every running amphi VMM is doing, for a test that timed out: a hang
 # in VM isolation is either the guest (its vCPU spinning, or halted with an
 # interrupt that never comes) or the host side (a VMM thread or an amphi
-# command blocked). This prints, without changing anything:
+# command blocked). This prints, changing nothing but mounting tracefs
+# where it is not mounted:
 #   - each VMM's threads with their state and kernel wait channel, and the
 #     amphi commands still running (what they wait in);
 #   - 2 s of KVM exits (ftrace kvm:kvm_exit): how often each vCPU left the

@@ -222,12 +222,13 @@ pub fn update(vm: &mut dyn LiveVm, id: &str, resources: &LinuxResources, deadlin
 
 /// Polls the VMM until its memory [`fits`] `limit_mib`. `deadline` counts
 /// from the guest's last progress (more given to the balloon, or less
-/// resident), [`RETURN_MAX`] from the start. Past either the update fails rather than lower the limit anyway: the guest's RAM is
-/// anonymous memory that the kernel can only swap or OOM-kill for, so a
-/// limit under what the VMM holds ends the VM (or, on v1, is refused with
-/// EBUSY). Throttling through memory.high instead was the other choice: it
-/// would stall the vCPU threads in reclaim (a VM that seems hung rather
-/// than one that was told no), exists on cgroup v2 only, and would need
+/// resident), [`RETURN_MAX`] from the start. Past either the update fails
+/// rather than lower the limit anyway: the guest's RAM is anonymous memory
+/// that the kernel can only swap or OOM-kill for, so a limit under what
+/// the VMM holds ends the VM (or, on v1, is refused with EBUSY).
+/// Throttling through memory.high instead was the other choice: it would
+/// stall the vCPU threads in reclaim (a VM that seems hung rather than one
+/// that was told no), exists on cgroup v2 only, and would need
 /// someone to turn it into the real limit later, which nothing in amphi
 /// stays around to do. A failed update, named and repeatable, is plainer.
 fn wait_for_return(
@@ -239,13 +240,17 @@ fn wait_for_return(
     deadline: Duration,
 ) -> Result<(), VmError> {
     let start = vm.now();
-    let mut progress = (start, 0, u64::MAX);
+    // The most given to the balloon and the least resident so far (MiB),
+    // and when either last moved.
+    let (mut most_given, mut least_resident, mut last_progress) = (0, u64::MAX, start);
     loop {
         let stats = vm.vmm_stats()?.unwrap_or_default();
         let usage = vm.host_memory().map(|h| h.usage);
-        let (given, resident) = (stats.balloon.as_ref().map_or(0, |b| b.actual_mib), stats.guest_resident_kib >> 10);
-        if given > progress.1 || resident < progress.2 {
-            progress = (vm.now(), progress.1.max(given), progress.2.min(resident));
+        let given = stats.balloon.as_ref().map_or(0, |b| b.actual_mib);
+        let resident = stats.guest_resident_kib >> 10;
+        if given > most_given || resident < least_resident {
+            (most_given, least_resident, last_progress) =
+                (most_given.max(given), least_resident.min(resident), vm.now());
         }
         if fits(&stats, target_mib, limit_mib, usage) {
             crate::logging::debug_with(|| {
@@ -254,7 +259,7 @@ fn wait_for_return(
             return Ok(());
         }
         let waited = vm.now().saturating_duration_since(start);
-        if vm.now().saturating_duration_since(progress.0) >= deadline || waited >= RETURN_MAX {
+        if vm.now().saturating_duration_since(last_progress) >= deadline || waited >= RETURN_MAX {
             return Err(LiveError::MemoryNotReturned {
                 id: id.to_string(),
                 target_mib: target_mib.unwrap_or(0),
