@@ -149,6 +149,19 @@ echo
 echo "=== leak check"
 if tests/leaks.sh compare "$log/before"; then result[leaks]=PASS; else result[leaks]=FAIL; fi
 
+# What failed, a few lines per failed tier, just above the summary: CI
+# keeps only the end of a run's output, and a failure deep in a long
+# tier's log would otherwise show there as a count alone.
+for t in "${order[@]}"; do
+  case ${result[$t]} in
+    FAIL*) if [ -f "$log/$t.log" ]; then
+             echo
+             echo "=== what failed in $t ($log/$t.log)"
+             awk -v max=12 -f tests/failure-digest.awk "$log/$t.log"
+           fi ;;
+  esac
+done
+
 echo
 echo "=== summary (logs in $log)"
 status=0

@@ -103,6 +103,22 @@ vmm_cgroup() {
   [ "$(cat "$b/rootfs/tmp/from-guest")" = written-in-vm ]
 }
 
+@test "output written just before the exit reaches a reader that is slow to take it, whole" {
+  # 300 kB fit in the pipes and vsock buffers between the workload and
+  # the reader, so the workload exits at once; the reader waits for the
+  # mark it leaves in its rootfs, then 7 s more. The VMM used to give the
+  # copy 5 s after the exit and cut the rest.
+  b=$(mkbundle slow ".process.args = $(args /bin/sh -c 'head -c 300000 /dev/zero; touch /done; exit 3')")
+  run bash -c '"$1" --root "$2" run --bundle "$3" vmc-slow | {
+      for _ in $(seq 600); do [ -e "$3/rootfs/done" ] && break; sleep 0.1; done
+      sleep 7; wc -c; }
+    echo "exit=${PIPESTATUS[0]}"' _ "$AMPHI" "$ROOT" "$b"
+  trace
+  [ "${lines[0]}" = 300000 ]
+  [ "${lines[1]}" = exit=3 ]
+  nothing_left vmc-slow
+}
+
 @test "a bind-mounted host directory is readable and writable" {
   mkdir -p "$WORK/vol"; echo from-host > "$WORK/vol/in"
   b=$(mkbundle bind ".process.args = $(args /bin/sh -c 'cat /data/in; echo from-guest > /data/out') |

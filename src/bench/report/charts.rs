@@ -118,18 +118,22 @@ pub fn boxes(step: &Step) -> Result<Option<String>, ReportError> {
             let (i, c) = (i as i32, color(*subject));
             let mut body = Rectangle::new([(Exact(i), *q1), (Exact(i + 1), *q3)], c.mix(0.25).filled());
             let mut outline = Rectangle::new([(Exact(i), *q1), (Exact(i + 1), *q3)], c.stroke_width(1));
-            // Zero-height rectangles are horizontal lines the width of the box.
-            let mut mid = Rectangle::new([(Exact(i), *median), (Exact(i + 1), *median)], c.stroke_width(3));
-            let mut caps = [*min, *max].map(|v| Rectangle::new([(Exact(i), v), (Exact(i + 1), v)], c.stroke_width(1)));
-            for r in [&mut body, &mut outline, &mut mid] {
+            for r in [&mut body, &mut outline] {
                 r.set_margin(0, 0, 30, 30);
             }
-            for r in &mut caps {
-                r.set_margin(0, 0, 50, 50);
-            }
             chart.draw_series([PathElement::new(vec![(CenterOf(i), *min), (CenterOf(i), *max)], c)])?;
-            chart.draw_series([body, outline, mid])?;
-            chart.draw_series(caps)?;
+            if q3 > q1 {
+                chart.draw_series([body, outline])?;
+            }
+            // The median and the whisker caps are lines across the box, in
+            // pixels: a zero-height rectangle would be one, but SVG draws
+            // no rectangle of height 0, so a series of one sample (whose
+            // quartiles are all the same) would show nothing at all.
+            for (v, inset, width) in [(*median, 30, 3), (*min, 50, 1), (*max, 50, 1)] {
+                let (left, y) = chart.backend_coord(&(Exact(i), v));
+                let (right, _) = chart.backend_coord(&(Exact(i + 1), v));
+                root.draw(&PathElement::new(vec![(left + inset, y), (right - inset, y)], c.stroke_width(width)))?;
+            }
         }
         root.present()?;
     }
@@ -255,6 +259,27 @@ pub fn density(step: &Step) -> Result<Option<String>, ReportError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_series_of_one_sample_is_drawn_as_a_line_in_its_color() {
+        let step: Step = serde_json::from_value(serde_json::json!({
+            "id": "lifecycle.create", "title": "create returns", "group": "lifecycle", "unit": "milliseconds",
+            "series": [
+                {"subject": "container", "x": null, "samples": [12.0], "error": null},
+                {"subject": "vm", "x": null, "samples": [480.0], "error": null}
+            ]
+        }))
+        .unwrap();
+        let svg = boxes(&step).unwrap().unwrap();
+        for subject in [Subject::Container, Subject::Vm] {
+            let RGBColor(r, g, b) = color(subject);
+            let stroke = format!("stroke=\"#{r:02X}{g:02X}{b:02X}\"");
+            let lines = svg.lines().filter(|l| l.contains("<polyline") && l.contains(&stroke)).count();
+            // The whisker (a point here), the median and both caps.
+            assert!(lines >= 3, "{subject:?}: {lines} lines with {stroke} in {svg}");
+            assert!(!svg.contains("height=\"0\""), "a zero-height rectangle draws nothing: {svg}");
+        }
+    }
 
     #[test]
     fn a_log_axis_has_ticks_even_within_one_decade() {

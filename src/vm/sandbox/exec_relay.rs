@@ -29,8 +29,6 @@ use crate::vm::agent_client::{AgentClient, AgentClientError};
 pub const START_DEADLINE: Duration = Duration::from_secs(60);
 /// How long the agent may take to create a pod's container.
 const CREATE_TIMEOUT: Duration = Duration::from_secs(120);
-/// How long the output may take to be copied out after the process ended.
-const FLUSH_LIMIT: Duration = Duration::from_secs(5);
 
 /// What the relay tells `amphi exec` once, on its report pipe.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -157,7 +155,9 @@ pub fn run(plan: ExecPlan) -> i32 {
     let member = exec_id.is_none();
     match client.wait(WaitRequest { id, exec_id }) {
         Ok(status) => {
-            relays.finish(FLUSH_LIMIT);
+            if let Err(e) = relays.finish(stdio::FLUSH_IDLE) {
+                let _ = writeln!(std::io::stderr(), "amphi: the exec'd process: {e}");
+            }
             exit_like(status)
         }
         Err(e) if member => {

@@ -10,6 +10,8 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -54,24 +56,75 @@ pub fn streams(local: &Local) -> Vec<StreamKind> {
     }
 }
 
+/// How long the output relays may go without copying a byte, once the
+/// process ended, before the rest of its output is given up: only a guest
+/// that never closes its streams, or a reader that stopped reading, gets
+/// there. A fixed limit on the whole copy would cut the output of a slow
+/// but working VM (it did, under nested emulation, after 5 s).
+pub const FLUSH_IDLE: Duration = Duration::from_secs(10);
+
+/// The output relays stopped making progress before they ended.
+#[derive(Debug, thiserror::Error)]
+#[error("no more of its output arrived for {}s while its streams stayed open; the rest was dropped", .0.as_secs())]
+pub struct FlushStalled(Duration);
+
 /// Relays in flight; the output relays end when the guest closes their
 /// streams (after the process exited and its output was drained).
 pub struct Relays {
     outputs: Vec<JoinHandle<()>>,
+    /// Bytes the output relays wrote so far: the sign of progress.
+    copied: Arc<AtomicU64>,
 }
 
 impl Relays {
-    /// Waits (at most `limit`) until every output stream was copied out.
-    pub fn finish(self, limit: Duration) {
-        let deadline = Instant::now() + limit;
-        for h in self.outputs {
-            while !h.is_finished() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(2));
-            }
-            if h.is_finished() {
-                let _ = h.join();
-            }
+    /// Waits until every output stream was copied out, for as long as the
+    /// copy makes progress: gives up after `idle` without a byte moving.
+    pub fn finish(self, idle: Duration) -> Result<(), FlushStalled> {
+        let done = || self.outputs.iter().all(JoinHandle::is_finished);
+        let ended = wait_while_progress(done, || self.copied.load(Ordering::Relaxed), idle);
+        for h in self.outputs.into_iter().filter(JoinHandle::is_finished) {
+            let _ = h.join();
         }
+        if ended {
+            Ok(())
+        } else {
+            Err(FlushStalled(idle))
+        }
+    }
+}
+
+/// Polls `done` until it holds (true) or `progress` has not changed for
+/// `idle` (false).
+fn wait_while_progress(done: impl Fn() -> bool, progress: impl Fn() -> u64, idle: Duration) -> bool {
+    let (mut seen, mut since) = (progress(), Instant::now());
+    loop {
+        if done() {
+            return true;
+        }
+        let now = progress();
+        if now != seen {
+            (seen, since) = (now, Instant::now());
+        } else if since.elapsed() >= idle {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// A writer that counts the bytes it passed on.
+struct Counted<W> {
+    inner: W,
+    copied: Arc<AtomicU64>,
+}
+
+impl<W: std::io::Write> std::io::Write for Counted<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.copied.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
     }
 }
 
@@ -92,6 +145,7 @@ pub fn attach(
 ) -> Result<Relays, AgentClientError> {
     let io = |e: std::io::Error| AgentClientError::Protocol(crate::agent::ProtocolError::Frame(e.into()));
     let mut outputs = Vec::new();
+    let copied = Arc::new(AtomicU64::new(0));
     for &kind in kinds {
         let s: UnixStream = agent_client::attach_stream(uds, session, kind, deadline)?;
         match (&local, kind) {
@@ -105,9 +159,10 @@ pub fn attach(
             }
             (Local::Inherited, StreamKind::Stdout | StreamKind::Stderr) => {
                 let fd = if kind == StreamKind::Stdout { 1 } else { 2 };
+                let copied = copied.clone();
                 outputs.push(
                     spawn("stdout", move || {
-                        relay::pump(s.as_fd(), &mut FdWriter(std_fd(fd)), None);
+                        relay::pump(s.as_fd(), &mut Counted { inner: FdWriter(std_fd(fd)), copied }, None);
                     })
                     .map_err(io)?,
                 );
@@ -120,9 +175,10 @@ pub fn attach(
                     relay::pump(to_guest.as_fd(), &mut back, None);
                 })
                 .map_err(io)?;
+                let copied = copied.clone();
                 outputs.push(
                     spawn("tty-out", move || {
-                        relay::pump(s.as_fd(), &mut FdWriter(from_guest.as_fd()), None);
+                        relay::pump(s.as_fd(), &mut Counted { inner: FdWriter(from_guest.as_fd()), copied }, None);
                     })
                     .map_err(io)?,
                 );
@@ -130,7 +186,7 @@ pub fn attach(
             _ => {}
         }
     }
-    Ok(Relays { outputs })
+    Ok(Relays { outputs, copied })
 }
 
 #[cfg(test)]
@@ -145,5 +201,57 @@ mod tests {
         assert!(!is_null(zero.as_fd()));
         let (r, _w) = nix::unistd::pipe().unwrap();
         assert!(!is_null(r.as_fd()));
+    }
+
+    #[test]
+    fn a_slow_copy_is_waited_for_while_bytes_move() {
+        let copied = Arc::new(AtomicU64::new(0));
+        let c = copied.clone();
+        // 30 steps 5 ms apart: far longer in all than the idle limit.
+        let writer = std::thread::spawn(move || {
+            for _ in 0..30 {
+                std::thread::sleep(Duration::from_millis(5));
+                c.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+        let ended = wait_while_progress(
+            || copied.load(Ordering::Relaxed) == 30,
+            || copied.load(Ordering::Relaxed),
+            Duration::from_millis(100),
+        );
+        writer.join().unwrap();
+        assert!(ended);
+    }
+
+    #[test]
+    fn a_copy_without_progress_is_given_up_after_the_idle_limit() {
+        let t0 = Instant::now();
+        assert!(!wait_while_progress(|| false, || 7, Duration::from_millis(50)));
+        assert!(t0.elapsed() >= Duration::from_millis(50));
+    }
+
+    #[test]
+    fn relays_that_ended_finish_at_once_and_stuck_ones_are_reported() {
+        let ended = Relays { outputs: vec![std::thread::spawn(|| {})], copied: Arc::default() };
+        std::thread::sleep(Duration::from_millis(20));
+        assert!(ended.finish(Duration::from_secs(60)).is_ok());
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let stuck = Relays {
+            outputs: vec![std::thread::spawn(move || {
+                let _ = rx.recv();
+            })],
+            copied: Arc::default(),
+        };
+        let e = stuck.finish(Duration::from_millis(30)).unwrap_err();
+        assert!(e.to_string().contains("the rest was dropped"), "{e}");
+        drop(tx);
+    }
+
+    #[test]
+    fn a_counted_writer_counts_what_went_through() {
+        let copied = Arc::new(AtomicU64::new(0));
+        let mut w = Counted { inner: Vec::new(), copied: copied.clone() };
+        std::io::Write::write_all(&mut w, b"twelve bytes").unwrap();
+        assert_eq!((copied.load(Ordering::Relaxed), w.inner.len()), (12, 12));
     }
 }

@@ -85,9 +85,6 @@ pub const FORWARDED: &[Signal] = &[
 
 /// How long the stdio streams may take to open once the agent listens.
 const ATTACH_DEADLINE: Duration = Duration::from_secs(30);
-/// How long the output relays may take to copy what is left after the
-/// workload ended.
-const FLUSH_LIMIT: Duration = Duration::from_secs(5);
 
 struct Events(Mutex<std::fs::File>);
 
@@ -348,9 +345,11 @@ pub fn run(plan: VmmPlan) -> i32 {
                 Err(_) => return,
             };
             let Ok(mut client) = AgentClient::connect(&uds, deadline) else { return };
-            if let Ok(s) = client.wait(WaitRequest { id, exec_id: None }) {
+            if let Ok(s) = client.wait(WaitRequest { id: id.clone(), exec_id: None }) {
                 crate::logging::timing("vmm:exit_seen");
-                relays.finish(FLUSH_LIMIT);
+                if let Err(e) = relays.finish(stdio::FLUSH_IDLE) {
+                    let _ = writeln!(std::io::stderr(), "amphi: container {id}: {e}");
+                }
                 *status.lock().unwrap_or_else(|e| e.into_inner()) = Some(s);
                 stop.store(true, Ordering::Release);
             }

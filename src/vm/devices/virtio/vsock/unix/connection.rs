@@ -205,6 +205,15 @@ impl<S: HostStream> VsockConnection<S> {
             (OP_RST, _) => {
                 self.state = ConnState::Killed;
                 self.pending = 0;
+                // Linux resets a connection it closed when we have not
+                // answered its SHUTDOWN within 8 s: the host reader was
+                // slow to take what is buffered. What the guest sent
+                // before its SHUTDOWN (a workload's last output) is still
+                // delivered, and only then does the connection go. A RST
+                // without a SHUTDOWN first is an abort: nothing is.
+                if !self.peer_no_tx {
+                    self.tx_buf = VecDeque::new();
+                }
             }
             (OP_RESPONSE, ConnState::LocalInit) => {
                 self.state = ConnState::Established;
@@ -298,7 +307,7 @@ impl<S: HostStream> VsockConnection<S> {
                 Err(_) => return self.host_write_gone(),
             }
         }
-        if (self.fwd_cnt - self.last_fwd_cnt_sent).0 >= CREDIT_UPDATE_THRESHOLD {
+        if (self.fwd_cnt - self.last_fwd_cnt_sent).0 >= CREDIT_UPDATE_THRESHOLD && self.state != ConnState::Killed {
             self.pending |= pending::CREDIT_UPDATE;
         }
         if self.tx_buf.is_empty() {
@@ -618,6 +627,49 @@ pub(crate) mod tests {
         c.send_pkt(&TestPkt::guest(OP_RST, 1024, 1 << 30, 0, &[]).pkt());
         assert_eq!(c.state(), ConnState::Killed);
         assert!(!c.has_pending_rx(), "no reply to a RST");
+    }
+
+    #[test]
+    fn what_the_guest_sent_before_shutdown_and_rst_still_reaches_a_slow_host_reader() {
+        let (mut c, b) = established();
+        // The host reader takes nothing yet: the stream's buffer fills and
+        // the rest waits in the connection.
+        let chunk = vec![5u8; 64 * 1024];
+        let mut sent = 0;
+        while c.tx_buf.is_empty() {
+            c.send_pkt(&TestPkt::guest(OP_RW, 1024, 1 << 30, 0, &chunk).pkt());
+            sent += chunk.len();
+        }
+        c.send_pkt(&TestPkt::guest(OP_SHUTDOWN, 1024, 1 << 30, SHUTDOWN_RCV | SHUTDOWN_SEND, &[]).pkt());
+        c.send_pkt(&TestPkt::guest(OP_RST, 1024, 1 << 30, 0, &[]).pkt());
+        assert_eq!(c.state(), ConnState::Killed);
+        assert!(c.buffered() > 0 && c.interest().contains(EventSet::OUT));
+        let mut reader = b.try_clone().unwrap();
+        reader.set_nonblocking(false).unwrap();
+        let got = std::thread::spawn(move || {
+            let mut all = Vec::new();
+            reader.read_to_end(&mut all).unwrap();
+            all
+        });
+        while c.buffered() > 0 {
+            c.notify(EventSet::OUT);
+        }
+        assert!(!c.has_pending_rx(), "nothing more for a guest that reset");
+        drop(c);
+        let all = got.join().unwrap();
+        assert_eq!(all.len(), sent);
+        assert!(all.iter().all(|&x| x == 5));
+    }
+
+    #[test]
+    fn a_rst_without_shutdown_drops_what_is_buffered() {
+        let (mut c, _b) = established();
+        let chunk = vec![5u8; 64 * 1024];
+        while c.tx_buf.is_empty() {
+            c.send_pkt(&TestPkt::guest(OP_RW, 1024, 1 << 30, 0, &chunk).pkt());
+        }
+        c.send_pkt(&TestPkt::guest(OP_RST, 1024, 1 << 30, 0, &[]).pkt());
+        assert_eq!((c.state(), c.buffered()), (ConnState::Killed, 0));
     }
 
     #[test]

@@ -201,7 +201,8 @@ impl VsockMuxer {
             return;
         };
         let fd = conn.stream().as_raw_fd();
-        if conn.state() == ConnState::Killed && !conn.has_pending_rx() {
+        // A connection the guest reset may still hold output for the host.
+        if conn.state() == ConnState::Killed && !conn.has_pending_rx() && conn.buffered() == 0 {
             self.unwatch(fd);
             self.conns.remove(&key);
             return;
