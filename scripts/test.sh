@@ -41,6 +41,15 @@ for a in "$@"; do
 done
 [ ${#tiers[@]} -gt 0 ] || tiers=("${all[@]}")
 [ "$(id -u)" = 0 ] || { echo "test: run as root" >&2; exit 2; }
+# CI gives the whole run 90 minutes, clone and setup included, and kills
+# it there with no summary. Under CI=true the run keeps to
+# AMPHI_TEST_MINUTES (default 85, from here): the testhost tier's budget
+# (its stall retries) ends 2 minutes before that, and the fuzz tier, last,
+# is skipped with the reason when what is left cannot hold it.
+deadline=
+if [ -n "${AMPHI_TEST_MINUTES:-}" ] || [ "${CI:-}" = true ]; then
+  deadline=$((SECONDS + ${AMPHI_TEST_MINUTES:-85} * 60))
+fi
 if [ "$setup" = 1 ]; then
   scripts/setup.sh --quiet || { echo "test: setup failed" >&2; exit 1; }
 fi
@@ -103,6 +112,19 @@ run_tier() { # name, command...
   result[$name]=$V
 }
 want() { [[ " ${tiers[*]} " == *" $1 "* ]]; }
+# skip_tier NAME REASON: the tier did not run; the summary says why.
+skip_tier() {
+  order+=("$1")
+  echo
+  echo "=== tier $1: SKIPPED: $2" | tee "$log/$1.log"
+  verdict "$log/$1.log" 0 0
+  result[$1]=$V
+}
+# The testhost tier leaves the bench tier 2 minutes (it takes about 1);
+# fuzz needs about 10 (its AFL++ build, about 8, and 6 targets of
+# FUZZ_SECONDS) and gives way to testhost's stall retries.
+fuzz_secs=${FUZZ_SECONDS:-20}
+after_testhost=120
 
 # The CI gates of DEVELOPERS.md, as a tier: formatting and lints.
 lint() {
@@ -140,9 +162,24 @@ want containerd && run_tier containerd tests/clients/containerd.sh
 want cri && run_tier cri tests/cri/run.sh amphi
 want docker && run_tier docker tests/clients/docker.sh
 want vm && run_tier vm tests/vm/run-tests.sh
-want testhost && run_tier testhost tests/testhost/run-tests.sh
+if want testhost; then
+  if [ -n "$deadline" ]; then
+    th_budget=$((deadline - SECONDS - after_testhost))
+    [ "$th_budget" -lt "${TESTHOST_BUDGET:-3300}" ] || th_budget=${TESTHOST_BUDGET:-3300}
+    echo "# test: the testhost tier gets ${th_budget}s of the run's $((deadline - SECONDS))s left"
+    TESTHOST_BUDGET=$th_budget run_tier testhost tests/testhost/run-tests.sh
+  else
+    run_tier testhost tests/testhost/run-tests.sh
+  fi
+fi
 want bench && run_tier bench bats --tap tests/bench/bench.bats
-want fuzz && run_tier fuzz fuzz/run.sh "${FUZZ_SECONDS:-20}"
+if want fuzz; then
+  if [ -n "$deadline" ] && [ $((deadline - SECONDS)) -lt $((600 + 6 * fuzz_secs)) ]; then
+    skip_tier fuzz "no time: $((deadline - SECONDS))s left of the run's ${AMPHI_TEST_MINUTES:-85} minutes, the tier needs $((600 + 6 * fuzz_secs))s"
+  else
+    run_tier fuzz fuzz/run.sh "$fuzz_secs"
+  fi
+fi
 
 order+=("leaks")
 echo

@@ -51,6 +51,24 @@ if [ "$isolation" = vm ]; then
   jq '.annotations["run.amphi.vm.boot_timeout"] = "240"' "$bundle/config.json" > "$work/c" && mv "$work/c" "$bundle/config.json"
 fi
 
+# stuck ID STATE LOG: what a container that does not stop shows: the end
+# of its stdio (a VMM says there why it waits), its VM's console, and the
+# threads of its process (a VMM: vCPUs, devices, relays) with their state
+# and kernel wait channel.
+stuck() {
+  local pid t
+  pid=$(grep -o '"pid": [0-9]*' <<< "$2" | grep -o '[0-9]*$')
+  echo "its stdio, last lines:"; tail -n 5 "$3" 2>/dev/null
+  if [ -f "$root/$1/vmm/console.log" ]; then
+    echo "its VM's console, last lines:"; tail -n 15 "$root/$1/vmm/console.log"
+  fi
+  echo "threads of pid $pid (name state wchan):"
+  for t in /proc/"$pid"/task/*; do
+    [ -r "$t/stat" ] && echo "  $(cat "$t/comm") $(sed 's/.*) //' "$t/stat" | cut -d' ' -f1) $(cat "$t/wchan" 2>/dev/null)"
+  done
+}
+export -f stuck
+
 # One lifecycle; prints "ok N" or "not ok N - why". Runs under xargs.
 lifecycle() {
   local n=$1 id=$idp$1 out st i log=$work/$idp$1.log
@@ -61,7 +79,9 @@ lifecycle() {
   a create --bundle "$bundle" "$id" > "$log" 2>&1 < /dev/null || { fail "create: $(tail -n 25 "$log")"; return; }
   out=$(a start "$id" 2>&1) || { fail "start: $out"; return; }
   st=$(a state "$id" 2>&1) || { fail "state: $st"; return; }
-  [[ $st == *'"status": "running"'* ]] || { fail "state after start: $st"; return; }
+  [[ $st == *'"status": "running"'* ]] || { fail "state after start: $st
+its stdio, last lines:
+$(tail -n 10 "$log")"; return; }
   out=$(a kill "$id" TERM 2>&1) || { fail "kill: $out"; return; }
   for ((i = 1; i <= per * 10; i++)); do
     st=$(a state "$id" 2>&1) || { fail "state: $st"; return; }
@@ -71,7 +91,8 @@ lifecycle() {
     # the pid namespace's init): send it again each second.
     [ $((i % 10)) = 0 ] && a kill "$id" TERM > /dev/null 2>&1
   done
-  [[ $st == *'"status": "stopped"'* ]] || { fail "still not stopped ${per}s after SIGTERM: $st"; return; }
+  [[ $st == *'"status": "stopped"'* ]] || { fail "still not stopped ${per}s after SIGTERM: $st
+$(stuck "$id" "$st" "$log")"; return; }
   out=$(a delete "$id" 2>&1) || { fail "delete: $out"; return; }
   rm -f "$log"
   echo "ok $n"

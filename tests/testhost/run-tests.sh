@@ -137,7 +137,7 @@ if [ "$stalls" -gt 0 ] && [ "$rc" != 125 ] && grep -q '^testhost: ' "$results/su
   # Every boot's suites, counted together.
   echo "# testhost: after $stalls stalled test host(s), the suites of every boot:"
   cat "$results/done"
-  awk '{ p += $4; f += $6; k += $8 } END { printf "testhost: %d passed, %d failed, %d skipped\n", p, f, k; exit f > 0 }' \
+  awk '/^# testhost [a-z0-9-]+: [0-9]+ passed/ { p += $4; f += $6; k += $8 } END { printf "testhost: %d passed, %d failed, %d skipped\n", p, f, k; exit f > 0 }' \
     "$results/done"
   exit $?
 fi

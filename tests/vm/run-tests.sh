@@ -60,13 +60,13 @@ case $place in
       [ "${PIPESTATUS[0]}" = 0 ] || status=1
     else
       # The e2e tests take about a minute; a nested host that reports no
-      # exit status within 600 s (exit 3) stalled (docs/testing.md, "A
+      # exit status within 300 s (exit 3) stalled (docs/testing.md, "A
       # stalled test host": nothing amphi does) and gets one fresh boot.
       for attempt in 1 2; do
-        "$here/nested-host.sh" --smp 2 --timeout 600 "$payload" 'sh ./e2e.sh /payload' | tee "$payload/e2e.log"
+        "$here/nested-host.sh" --smp 2 --timeout 300 "$payload" 'sh ./e2e.sh /payload' | tee "$payload/e2e.log"
         rc=${PIPESTATUS[0]}
         [ "$rc" = 3 ] && [ $attempt = 1 ] || break
-        echo "# the nested test host stalled (no exit status in 600 s): booting a fresh one"
+        echo "# the nested test host stalled (no exit status in 300 s): booting a fresh one"
       done
       [ "$rc" = 0 ] || status=1
     fi ;;
