@@ -24,6 +24,8 @@
 #      processes) may remain afterwards.
 # Usage: scripts/test.sh [--no-setup] [TIER...]
 #   (tiers: lint unit root crash load oci podman containerd cri docker vm testhost bench fuzz; default all)
+#   env: FUZZ_SECONDS (default 20); AMPHI_TEST_MINUTES, the run's time limit
+#   (default: none, 85 under CI=true)
 # The summary shows each tier as PASS, FAIL or SKIP (reason) with its
 # counts; a test that could not run is counted as skipped, never passed.
 set -uo pipefail
