@@ -126,7 +126,7 @@ skip_tier() {
 # fuzz needs about 10 (its AFL++ build, about 8, and 6 targets of
 # FUZZ_SECONDS) and gives way to testhost's stall retries.
 fuzz_secs=${FUZZ_SECONDS:-20}
-after_testhost=120
+fuzz_need=$((600 + 6 * fuzz_secs))
 
 # The CI gates of DEVELOPERS.md, as a tier: formatting and lints.
 lint() {
@@ -164,20 +164,11 @@ want containerd && run_tier containerd tests/clients/containerd.sh
 want cri && run_tier cri tests/cri/run.sh amphi
 want docker && run_tier docker tests/clients/docker.sh
 want vm && run_tier vm tests/vm/run-tests.sh
-if want testhost; then
-  if [ -n "$deadline" ]; then
-    th_budget=$((deadline - SECONDS - after_testhost))
-    [ "$th_budget" -lt "${TESTHOST_BUDGET:-3300}" ] || th_budget=${TESTHOST_BUDGET:-3300}
-    echo "# test: the testhost tier gets ${th_budget}s of the run's $((deadline - SECONDS))s left"
-    TESTHOST_BUDGET=$th_budget run_tier testhost tests/testhost/run-tests.sh
-  else
-    run_tier testhost tests/testhost/run-tests.sh
-  fi
-fi
+want testhost && TESTHOST_LEFT=${deadline:+$((deadline - SECONDS - 120))} run_tier testhost tests/testhost/run-tests.sh
 want bench && run_tier bench bats --tap tests/bench/bench.bats
 if want fuzz; then
-  if [ -n "$deadline" ] && [ $((deadline - SECONDS)) -lt $((600 + 6 * fuzz_secs)) ]; then
-    skip_tier fuzz "no time: $((deadline - SECONDS))s left of the run's ${AMPHI_TEST_MINUTES:-85} minutes, the tier needs $((600 + 6 * fuzz_secs))s"
+  if [ -n "$deadline" ] && [ $((deadline - SECONDS)) -lt "$fuzz_need" ]; then
+    skip_tier fuzz "no time: $((deadline - SECONDS))s left of the run's ${AMPHI_TEST_MINUTES:-85} minutes, the tier needs ${fuzz_need}s"
   else
     run_tier fuzz fuzz/run.sh "$fuzz_secs"
   fi

@@ -61,14 +61,12 @@ if [ "$isolation" = vm ]; then
   jq '.annotations["run.amphi.vm.boot_timeout"] = "240"' "$bundle/config.json" > "$work/c" && mv "$work/c" "$bundle/config.json"
 fi
 
-# stuck ID STATE LOG: what a container that does not stop shows: the end
-# of its stdio (a VMM says there why it waits), its VM's console, and the
-# threads of its process (a VMM: vCPUs, devices, relays) with their state
-# and kernel wait channel.
+# stuck ID STATE: what a container that does not stop shows besides its
+# stdio: its VM's console, and the threads of its process (a VMM: vCPUs,
+# devices, relays) with their state and kernel wait channel.
 stuck() {
   local pid t
   pid=$(grep -o '"pid": [0-9]*' <<< "$2" | grep -o '[0-9]*$')
-  echo "its stdio, last lines:"; tail -n 5 "$3" 2>/dev/null
   if [ -f "$root/$1/vmm/console.log" ]; then
     echo "its VM's console, last lines:"; tail -n 15 "$root/$1/vmm/console.log"
   fi
@@ -119,8 +117,8 @@ lifecycle() {
     # the pid namespace's init): send it again each second.
     [ $((++i % 10)) != 0 ] || a "$cmd_wait" kill "$id" TERM > /dev/null 2>&1
   done
-  [[ $st == *'"status": "stopped"'* ]] || { fail "still not stopped ${per}s after SIGTERM: $st
-$(stuck "$id" "$st" "$log")"; return; }
+  [[ $st == *'"status": "stopped"'* ]] || { fail "still not stopped ${per}s after SIGTERM: $st$(io)
+$(stuck "$id" "$st")"; return; }
   out=$(a "$cmd_wait" delete "$id" 2>&1) || { fail "delete: $out$(io)"; return; }
   rm -f "$log"
   echo "ok $n"

@@ -96,7 +96,11 @@ boot() { # TIMEOUT SUITE...
 # 90 minutes for every tier, and the others take about 30 on a slow day
 # (2026-12-01: 1824 s). The first boot gets all of what is left of it: a
 # fixed limit (45 minutes) failed a CI run whose suites were merely slow.
+# TESTHOST_LEFT, when set (scripts/test.sh under CI), is what the whole
+# run has left for this tier: the budget never goes past it.
 budget=${TESTHOST_BUDGET:-3300}
+if [ -n "${TESTHOST_LEFT:-}" ] && [ "$TESTHOST_LEFT" -lt "$budget" ]; then budget=$TESTHOST_LEFT; fi
+echo "# testhost: a budget of ${budget}s${TESTHOST_LEFT:+ (the run has ${TESTHOST_LEFT}s left for it)}"
 boot $((budget - SECONDS)) "${suites[@]}"
 rc=$?
 # A stalled test host (exit 124: its emulated kernel stopped scheduling,
